@@ -1,0 +1,34 @@
+# Two commands a new user needs (see README):  make run   and   make test
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.vdfast-installed
+# pip must never resolve torch on its own: the constraints pin the CPU build (no 5 GB CUDA download)
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test bench smoke clean
+
+$(STAMP): requirements.txt constraints.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-build-isolation -e .
+	$(PY) -c "import torch, vdfast._C; print('vdfast._C built; torch', torch.__version__)"
+	touch $@
+
+install: $(STAMP)
+
+# the main job: distill the embedded dataset with DM at ipc 1, evaluate, print the table
+run: install
+	$(VENV)/bin/vdfast distill --data builtin --method dm --ipc 1 --out runs/builtin-dm-ipc1
+
+test: install
+	$(PY) -m pytest -q
+
+smoke: install
+	$(PY) benchmarks/run.py --smoke
+
+clean:
+	rm -rf build *.egg-info vdfast/_C*.so runs

@@ -1,0 +1,1 @@
+"""Benchmarks: one harness (harness.py), one bench_<op>.py per op."""

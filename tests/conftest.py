@@ -1,0 +1,35 @@
+"""Test-wide setup.
+
+TRITON_INTERPRET must be set before any @triton.jit function is defined, so it is set here, before
+any kernel module is imported: Triton kernels run on CPU tensors at tiny shapes in the CPU tests.
+Collection never touches a GPU; GPU tests carry the ``gpu`` marker and skip without a device.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("VDFAST_PROGRESS", "0")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def seed():
+    return 1234
+
+
+@pytest.fixture
+def gen(seed):
+    """A local generator: library code and tests never reseed the global RNG."""
+    return torch.Generator().manual_seed(seed)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none visible")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,91 @@
+"""The public API and CLI end to end on small versions of the embedded dataset."""
+import json
+
+import pytest
+import torch
+
+import vdfast
+from vdfast.cli import main
+from vdfast.config import ConfigError, resolve
+from vdfast.data.store import ClipStore, StoreError
+
+FAST = {"net.width": 8, "batch_real": 4}
+
+
+@pytest.fixture(scope="module")
+def small():
+    return ClipStore.builtin(train_per_class=6, test_per_class=3)
+
+
+def test_distill_returns_synset_and_history(small, tmp_path):
+    res = vdfast.distill(small, method="dm", ipc=1, iterations=12, out=tmp_path / "run",
+                         progress=False, **FAST)
+    v, y = res.synset.videos()
+    assert v.shape == (12, 3, 8, 32, 32) and torch.equal(y, torch.arange(12))
+    h = res.history
+    assert len(h["loss"]) == 12 and h["iterations"] == 12 and h["peak_memory_mb"] > 0
+    assert len(h["seconds_per_it"]) >= 1
+    for f in ("synset/synset.json", "config.json", "metrics.json", "checkpoint/state.pt"):
+        assert (tmp_path / "run" / f).exists(), f
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["method"] == "dm" and cfg["iterations"] == 12 and cfg["net"]["width"] == 8
+
+
+def test_killed_run_resumes_to_the_same_result(small, tmp_path):
+    opts = dict(method="dm", ipc=1, progress=False, checkpoint_every=5, **FAST)
+    full = vdfast.distill(small, iterations=10, out=tmp_path / "a", **opts)
+    # "kill" after the checkpoint at 5: run 5 iterations, then continue to 10 in a new call
+    vdfast.distill(small, iterations=5, out=tmp_path / "b", **opts)
+    state = torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=False)
+    assert state["iteration"] == 5
+    resumed = vdfast.distill(small, iterations=10, out=tmp_path / "b", **opts)
+    torch.testing.assert_close(resumed.synset.data, full.synset.data)
+    assert resumed.history["loss"] == pytest.approx(full.history["loss"])
+    # other settings in the same directory: a clear error instead of mixing runs
+    with pytest.raises(RuntimeError, match="other settings"):
+        vdfast.distill(small, iterations=10, out=tmp_path / "b", lr_img=0.5, **opts)
+
+
+def test_evaluate_report_has_baselines(small):
+    res = vdfast.distill(small, method="random", ipc=1, progress=False, **FAST)
+    rep = vdfast.evaluate(res.synset, small, students=2, epochs=3, full_epochs=1, progress=False,
+                          net={"width": 8})
+    names = [r.name for r in rep.rows]
+    assert names == ["random", "full train set"]  # a random synset needs no random baseline
+    assert len(rep.row("random").accs) == 2
+    assert all(0.0 <= a <= 1.0 for r in rep.rows for a in r.accs)
+    assert "| random | 1 |" in rep.table()
+
+
+def test_bad_inputs_fail_before_work(small, tmp_path):
+    with pytest.raises(StoreError, match="lower --ipc"):
+        vdfast.distill(small, ipc=7, progress=False)
+    with pytest.raises(ConfigError, match="method='dmm' is not one of"):
+        vdfast.distill(small, method="dmm", progress=False)
+    with pytest.raises(StoreError, match="does not exist"):
+        vdfast.distill(tmp_path / "nope", progress=False)
+    with pytest.raises(StoreError, match="vdfast prepare"):
+        vdfast.distill(tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="unknown option 'lr'"):
+        resolve("builtin", lr=3)
+    with pytest.raises(ConfigError, match="ipc must be > 0"):
+        resolve("builtin", ipc=0)
+    with pytest.raises(ConfigError, match="eval student"):
+        resolve("builtin", **{"eval.student": "resnet"})
+
+
+def test_cli_distill_eval_preview_info(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["distill", "--method", "herding", "--ipc", "1", "--out", str(out), "--net-width", "8",
+               "--eval-students", "1", "--eval-epochs", "2", "--eval-full-epochs", "1"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| herding | 1 |" in text and "| random real | 1 |" in text and "full train set" in text
+    assert (out / "preview.gif").exists() and (out / "report.md").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval"]["rows"][0]["name"] == "herding"
+    assert main(["info"]) == 0
+    assert "backends" in capsys.readouterr().out
+    assert main(["eval", str(out / "synset"), "--eval-students", "1", "--eval-epochs", "1",
+                 "--no-eval-full", "--no-eval-baselines", "--net-width", "8"]) == 0
+    assert "| herding | 1 |" in capsys.readouterr().out

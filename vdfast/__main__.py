@@ -1,0 +1,5 @@
+import sys
+
+from vdfast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,260 @@
+"""The public API: ``distill``, ``evaluate``, ``prepare``, ``load``, ``open_data``.
+
+``vdfast.distill`` is the entry point other tools call. It resolves the configuration, checks the
+request against the data BEFORE any long work, runs the method's steps with a progress bar,
+checkpoints the synset (a killed run resumes from its last checkpoint) and returns a :class:`Result`
+with the synset and the history (loss, seconds per iteration, peak memory).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vdfast.config import DistillConfig, EvalConfig, from_dict, resolve
+from vdfast.data.store import ClipStore, StoreError
+from vdfast.progress import bar, say
+from vdfast.synsets import Synset, load
+from vdfast.version import __version__
+
+BUILTIN = "builtin"
+
+
+def open_data(data=None) -> ClipStore:
+    """A ClipStore from ``None``/``"builtin"`` (the embedded dataset), a prepared store directory,
+    or a ClipStore (returned as is)."""
+    if isinstance(data, ClipStore):
+        return data
+    if data is None or data == BUILTIN:
+        return ClipStore.builtin()
+    path = Path(data)
+    if not path.exists():
+        raise StoreError(f"data path {path} does not exist; pass a store made by `vdfast prepare`, "
+                         f"or `builtin` for the embedded dataset")
+    if (path / "store.json").exists():
+        return ClipStore.open(path)
+    raise StoreError(f"{path} is not a prepared store (no store.json). Decode it once with "
+                     f"`vdfast prepare {path} --out STORE` (it detects the dataset layout), then pass "
+                     f"--data STORE")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but no CUDA device is visible; use --device cpu")
+    return torch.device(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory (CUDA allocator) or peak resident memory of the process (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Result:
+    synset: Synset
+    config: DistillConfig
+    history: dict = field(default_factory=dict)
+    out: Path | None = None
+    store: ClipStore | None = None
+
+
+def _identity(cfg: DistillConfig, store: ClipStore) -> dict:
+    """What must match for a checkpoint to be resumed."""
+    d = cfg.to_dict()
+    d.pop("iterations")
+    d.pop("checkpoint_every")
+    d.pop("eval")
+    d.pop("device")
+    return {"config": d, "data": store.describe()}
+
+
+def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None = None,
+            out: str | os.PathLike | None = None, resume: bool = True, preset: str = "auto",
+            progress: bool = True, **options) -> Result:
+    """Distill ``data`` into ``ipc`` synthetic videos per class.
+
+    Args:
+        data: ``None`` or ``"builtin"`` (embedded dataset), a store directory, or a ClipStore.
+        method: ``dm`` | ``random`` | ``herding`` | ``kcenter``.
+        ipc: videos per class.
+        iterations: optimisation steps (default from the preset).
+        out: directory for ``synset/``, ``checkpoint/``, ``config.json``, ``metrics.json``; with
+            ``resume`` a run continues from ``out/checkpoint``.
+        preset: ``auto`` (``builtin`` for the embedded data, else ``published``) or a name in
+            :data:`vdfast.config.PRESETS`.
+        **options: any DistillConfig field (``lr_img=...``, ``seed=...``, ``device=...``), dotted
+            nested fields (``**{"net.width": 32}``) or ``net=``/``eval=`` dicts.
+
+    Returns:
+        :class:`Result` with ``.synset`` and ``.history`` (``loss``, ``seconds_per_it``,
+        ``peak_memory_mb``, ``iterations``).
+
+    Example::
+
+        res = vdfast.distill(method="dm", ipc=1, iterations=100)
+        videos, labels = res.synset.videos()     # [12, 3, 8, 32, 32]
+    """
+    from vdfast import methods
+
+    store = open_data(data)
+    if preset == "auto":
+        preset = "builtin" if store.name == BUILTIN else "published"
+    cfg = resolve(preset, method=method, ipc=ipc, iterations=iterations, **options)
+    store.check_request(ipc=cfg.ipc)
+    device = pick_device(cfg.device)
+    m = methods.get(cfg.method)
+    out = Path(out) if out is not None else None
+    ident = _identity(cfg, store)
+
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    history = {"loss": [], "seconds_per_it": [], "at_iteration": [], "peak_memory_mb": 0.0}
+    start = 0
+    synset = None
+    ckpt = out / "checkpoint" if out else None
+    if ckpt is not None and (ckpt / "state.pt").exists():
+        if not resume:
+            shutil.rmtree(ckpt)
+        else:
+            saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+            if saved["identity"] != ident:
+                raise RuntimeError(
+                    f"{out} holds a run with other settings; pass another --out, or --no-resume to "
+                    f"start over (differences: {_diff(saved['identity'], ident)})")
+            synset = load(ckpt / "synset", device=device)
+            start = saved["iteration"]
+            history = saved["history"]
+            gen.set_state(saved["gen"])
+            say(f"resuming {cfg.method} from iteration {start} ({ckpt})")
+    if synset is None:
+        synset = m.init(store, cfg, device, gen)
+    synset.meta.update(method=cfg.method, ipc=cfg.ipc, config=cfg.to_dict(), dataset=store.name)
+
+    if m.iterative and start < cfg.iterations:
+        state = m.setup(synset, store, cfg, device)
+        if start > 0:
+            m.load_state_dict(state, saved["method"])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        window, t_win, losses = 10, time.perf_counter(), []
+        with bar(total=cfg.iterations, initial=start, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it",
+                 enable=progress) as pb:
+            for it in range(start, cfg.iterations):
+                losses.append(m.step(synset, state, gen))
+                done = it + 1
+                if done % window == 0 or done == cfg.iterations:
+                    vals = torch.stack(losses).float().cpu().tolist()  # the one sync per window
+                    dt = (time.perf_counter() - t_win) / len(vals)
+                    history["loss"] += vals
+                    history["seconds_per_it"].append(dt)
+                    history["at_iteration"].append(done)
+                    pb.set_postfix(loss=f"{vals[-1]:.4g}", refresh=False)
+                    pb.update(len(vals))
+                    losses, t_win = [], time.perf_counter()
+                    if not all(v == v for v in vals):
+                        raise FloatingPointError(
+                            f"{cfg.method} loss became NaN at iteration {done}; lower --lr-img "
+                            f"(now {cfg.lr_img})")
+                if ckpt is not None and cfg.checkpoint_every and (
+                        done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+                    _checkpoint(ckpt, synset, m, state, gen, done, history, ident)
+        history["peak_memory_mb"] = peak_memory_mb(device)
+    history["iterations"] = cfg.iterations if m.iterative else 0
+    result = Result(synset, cfg, history, out, store)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        synset.save(out / "synset")
+        (out / "config.json").write_text(json.dumps({"vdfast": __version__, "preset": preset,
+                                                     "data": store.describe(), **cfg.to_dict()},
+                                                    indent=1))
+        _write_metrics(out, {"history": _summary(history)})
+        if ckpt is not None and not (ckpt / "state.pt").exists():
+            _checkpoint(ckpt, synset, m, {}, gen, history["iterations"], history, ident)
+    return result
+
+
+def _diff(a: dict, b: dict, prefix="") -> str:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            d = _diff(va, vb, f"{prefix}{k}.")
+            if d:
+                out.append(d)
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return ", ".join(out)
+
+
+def _checkpoint(ckpt: Path, synset, m, state, gen, iteration, history, ident):
+    ckpt.mkdir(parents=True, exist_ok=True)
+    synset.save(ckpt / "synset")
+    tmp = ckpt / "state.pt.tmp"
+    torch.save({"iteration": iteration, "history": history, "gen": gen.get_state(),
+                "method": m.state_dict(state) if state else {}, "identity": ident}, tmp)
+    os.replace(tmp, ckpt / "state.pt")
+
+
+def _summary(history: dict) -> dict:
+    loss = history.get("loss", [])
+    spi = history.get("seconds_per_it", [])
+    return {"iterations": history.get("iterations"), "final_loss": loss[-1] if loss else None,
+            "median_seconds_per_it": sorted(spi)[len(spi) // 2] if spi else None,
+            "peak_memory_mb": history.get("peak_memory_mb"), "loss": loss}
+
+
+def _write_metrics(out: Path, update: dict):
+    f = out / "metrics.json"
+    d = json.loads(f.read_text()) if f.exists() else {}
+    d.update(update)
+    f.write_text(json.dumps(d, indent=1))
+
+
+def evaluate(synset, data=None, students: int | None = None, out=None, seed: int = 0,
+             device: str = "auto", preset: str = "auto", progress: bool = True,
+             baselines: bool | None = None, full: bool | None = None, net: dict | None = None,
+             **eval_options):
+    """Train fresh students on ``synset`` and test them on ``data``'s real test split.
+
+    ``synset``: a Synset or a path to a saved one. ``eval_options``: EvalConfig fields
+    (``epochs``, ``student``, ``lr`` ...); ``net``: NetConfig fields of the student
+    (``{"width": 32}``). Returns a :class:`vdfast.evaluation.Report`; its
+    ``table()`` is the markdown table the CLI prints.
+    """
+    from vdfast.evaluation import evaluate as run_eval
+
+    if not isinstance(synset, Synset):
+        synset = load(synset)
+    store = open_data(data)
+    if preset == "auto":
+        preset = "builtin" if store.name == BUILTIN else "published"
+    cfg = resolve(preset, eval={"students": students, **eval_options}, net=net or {}, seed=seed,
+                  device=device)
+    dev = pick_device(cfg.device)
+    rep = run_eval(synset.to(dev), store, cfg.eval, seed=cfg.seed, device=dev, net_cfg=cfg.net,
+                   progress=progress, baselines=baselines, full=full)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out, {"eval": rep.to_dict(), "eval_config": cfg.eval.__dict__,
+                             "storage": synset.storage()})
+    return rep
+
+
+def prepare(source, out, **options) -> ClipStore:
+    """Decode a dataset folder into a ClipStore (see :func:`vdfast.data.store.prepare`)."""
+    from vdfast.data.store import prepare as _prepare
+
+    return _prepare(source, out, **options)
+
+
+__all__ = ["distill", "evaluate", "prepare", "load", "open_data", "Result", "EvalConfig", "from_dict"]

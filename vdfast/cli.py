@@ -1,0 +1,172 @@
+"""The command line: ``vdfast prepare | distill | eval | preview | info``.
+
+Flags map one-to-one onto config fields (generated from the dataclasses, so a new field is a new
+flag): ``--lr-img`` is ``DistillConfig.lr_img``, ``--net-width`` is ``NetConfig.width``,
+``--eval-epochs`` is ``EvalConfig.epochs``. Unset flags take the preset's value. argparse lives here
+only; the library functions take explicit parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from vdfast.config import DistillConfig, EvalConfig, NetConfig
+
+_SKIP = {"net", "eval"}
+
+
+def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "", skip=()):
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if f.name in _SKIP or f.name in skip:
+            continue
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        dest = (prefix.replace("-", "_") + f.name) if prefix else f.name
+        default = getattr(defaults, f.name)
+        kw = dict(dest=dest, default=None, help=f"(published default: {default})")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            p.add_argument(flag, type=type(default), **kw)
+
+
+def _overrides(ns) -> dict:
+    o = {}
+    for f in dataclasses.fields(DistillConfig):
+        if f.name not in _SKIP and hasattr(ns, f.name):
+            o[f.name] = getattr(ns, f.name)
+    for prefix, cls in (("net", NetConfig), ("eval", EvalConfig)):
+        for f in dataclasses.fields(cls):
+            v = getattr(ns, f"{prefix}_{f.name}", None)
+            if v is not None:
+                o[f"{prefix}.{f.name}"] = v
+    return {k: v for k, v in o.items() if v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vdfast", description="Fast video dataset distillation.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    pr = sub.add_parser("prepare", help="decode a dataset folder once into a ClipStore")
+    pr.add_argument("source", help="dataset folder (UCF101, HMDB51, Kinetics, SSv2, frames, folder)")
+    pr.add_argument("--out", required=True, help="store directory to write (resumable)")
+    pr.add_argument("--layout", default="auto",
+                    help="auto | ucf101 | miniucf | hmdb51 | kinetics | ssv2 | frames | folder")
+    pr.add_argument("--frames", type=int, default=16)
+    pr.add_argument("--gap", type=int, default=4)
+    pr.add_argument("--size", type=int, default=112)
+    pr.add_argument("--split", type=int, default=1, help="official split number (UCF101, HMDB51)")
+    pr.add_argument("--classes", default=None, help="comma-separated subset of class names")
+    pr.add_argument("--workers", type=int, default=0, help="parallel decode processes")
+    pr.add_argument("--annotations", default=None, help="split/annotation files, if not beside the videos")
+    pr.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (plain folders)")
+    pr.add_argument("--seed", type=int, default=0)
+
+    d = sub.add_parser("distill", help="distill a store (default: the embedded dataset) and evaluate")
+    d.add_argument("--data", default="builtin", help="store directory, or `builtin`")
+    d.add_argument("--out", default=None, help="run directory (default runs/<data>-<method>-ipc<k>)")
+    d.add_argument("--preset", default="auto", help="auto | builtin | published")
+    d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from OUT/checkpoint when present")
+    d.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                   help="train fresh students afterwards and print the accuracy table")
+    d.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
+                   help="write preview.gif / preview.png of the distilled videos")
+    _add_fields(d, DistillConfig)
+    _add_fields(d, NetConfig, "net-")
+    _add_fields(d, EvalConfig, "eval-")
+
+    e = sub.add_parser("eval", help="evaluate a saved synset on a store's test split")
+    e.add_argument("synset", help="synset directory (RUN/synset)")
+    e.add_argument("--data", default="builtin")
+    e.add_argument("--out", default=None, help="write metrics.json here")
+    e.add_argument("--preset", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    _add_fields(e, NetConfig, "net-")
+    _add_fields(e, EvalConfig, "eval-")
+
+    v = sub.add_parser("preview", help="write a GIF and a PNG grid of a synset's videos")
+    v.add_argument("synset")
+    v.add_argument("--out", default=None, help="directory (default: beside the synset)")
+    v.add_argument("--max-videos", type=int, default=64)
+
+    i = sub.add_parser("info", help="versions, devices and usable backends")
+    i.add_argument("--json", action="store_true")
+    return p
+
+
+def _print_storage(synset):
+    s = synset.storage()
+    print(f"storage: {s['bytes'] / 2**20:.2f} MiB stored for {s['videos']} videos "
+          f"({100 * s['ratio_vs_fp32_videos']:.0f}% of fp32 videos, "
+          f"{s['video_bytes_uint8'] / 2**20:.2f} MiB as uint8 videos)")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import vdfast
+
+    if args.cmd == "info":
+        from vdfast.info import format_info, info
+
+        d = info()
+        print(json.dumps(d, indent=1) if args.json else format_info(d))
+        return 0
+    if args.cmd == "prepare":
+        classes = args.classes.split(",") if args.classes else None
+        vdfast.prepare(args.source, args.out, layout=args.layout, frames=args.frames, gap=args.gap,
+                       size=args.size, split=args.split, classes=classes, workers=args.workers,
+                       annotations=args.annotations, test_fraction=args.test_fraction, seed=args.seed)
+        return 0
+    if args.cmd == "preview":
+        from vdfast.preview import preview
+
+        syn = vdfast.load(args.synset)
+        paths = preview(syn, args.out or Path(args.synset).parent, max_videos=args.max_videos)
+        print(f"wrote {paths['gif']} and {paths['png']}")
+        return 0
+    if args.cmd == "eval":
+        o = _overrides(args)
+        rep = vdfast.evaluate(args.synset, args.data, out=args.out, seed=args.seed, device=args.device,
+                              preset=args.preset,
+                              net={k.split(".", 1)[1]: v for k, v in o.items() if k.startswith("net.")},
+                              **{k.split(".", 1)[1]: v for k, v in o.items() if k.startswith("eval.")})
+        print(rep.table())
+        return 0
+    if args.cmd == "distill":
+        o = _overrides(args)
+        store = vdfast.open_data(args.data)
+        method, ipc = o.pop("method", "dm"), o.pop("ipc", 1)
+        out = Path(args.out or f"runs/{store.name}-{method}-ipc{ipc}")
+        res = vdfast.distill(store, method=method, ipc=ipc, out=out, resume=args.resume,
+                             preset=args.preset, **o)
+        h = res.history
+        spi = h.get("seconds_per_it") or [0]
+        print(f"distilled {method} ipc {ipc}: {h['iterations']} iterations, "
+              f"median {1e3 * sorted(spi)[len(spi) // 2]:.1f} ms/it, peak memory "
+              f"{h.get('peak_memory_mb', 0):.0f} MiB -> {out / 'synset'}")
+        _print_storage(res.synset)
+        if args.preview:
+            from vdfast.preview import preview
+
+            paths = preview(res.synset, out)
+            print(f"preview: {paths['gif']}, {paths['png']}")
+        if args.evaluate:
+            ev = res.config.eval
+            rep = vdfast.evaluate(res.synset, store, out=out, seed=res.config.seed,
+                                  device=res.config.device, preset=args.preset,
+                                  net=dataclasses.asdict(res.config.net),
+                                  **{f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)})
+            print()
+            print(rep.table())
+            (out / "report.md").write_text(rep.table() + "\n")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

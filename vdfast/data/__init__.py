@@ -1,0 +1,1 @@
+"""Dataset readers (:mod:`vdfast.data.layouts`) and clip decoding (:mod:`vdfast.data.decode`)."""

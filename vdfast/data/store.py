@@ -1,0 +1,299 @@
+"""ClipStore: the one place decoded video lives.
+
+Layout on disk (``vdfast prepare`` writes it; decoding happens nowhere else)::
+
+    <store>/store.json              classes, clip spec, counts, normalisation, what was skipped and why
+    <store>/train/0000.npy          uint8 [n, T, H, W, 3] for class 0 (memory-mapped on read)
+    <store>/train/0000.json         that class's report: files used, skipped (with reasons), short
+    <store>/test/...
+
+A class file is written to a temporary name and renamed when the whole class is decoded, so an
+interrupted ``prepare`` resumes at the first unfinished class. The embedded default dataset is a
+ClipStore held in memory (``ClipStore.builtin()``).
+
+On a device, :class:`ClipPool` keeps a split as one uint8 tensor and samples per-class batches with
+device-side random numbers: no host sync and no host gathering inside a distillation loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from vdfast.version import __version__
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "test")
+STORE_FORMAT = 1
+
+
+class StoreError(ValueError):
+    """A store that cannot serve the request (missing, incomplete, wrong clip format ...)."""
+
+
+class ClipStore:
+    """Decoded clips per (split, class), uint8 ``[n, T, H, W, 3]``.
+
+    ``classes[i]`` is the name of label ``i``. Arrays are numpy (memory-mapped when opened from
+    disk); :meth:`tensors` and :class:`ClipPool` move them to torch.
+    """
+
+    def __init__(self, classes: Sequence[str], arrays: dict[str, list[np.ndarray]], frames: int,
+                 size: int, name: str = "store", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 path: str | None = None, meta: dict | None = None):
+        self.classes = list(classes)
+        self.arrays = arrays
+        self.frames, self.size = int(frames), int(size)
+        self.name = name
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.path = path
+        self.meta = meta or {}
+        for split, per_class in arrays.items():
+            if len(per_class) != len(self.classes):
+                raise StoreError(f"{split}: {len(per_class)} class arrays for {len(self.classes)} classes")
+            for c, a in enumerate(per_class):
+                if a.ndim != 5 or a.shape[1:] != (self.frames, self.size, self.size, 3) or a.dtype != np.uint8:
+                    raise StoreError(f"{split}/{self.classes[c]}: array {a.shape} {a.dtype} is not "
+                                     f"uint8 [n, {self.frames}, {self.size}, {self.size}, 3]")
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def builtin(cls, seed: int = 0, train_per_class: int = 60, test_per_class: int = 30,
+                frames: int = 8, size: int = 32) -> "ClipStore":
+        """The embedded default dataset (shapes x motions), generated in memory."""
+        from vdfast.data.synthetic import make_builtin_arrays
+
+        arrays, classes = make_builtin_arrays(seed, train_per_class, test_per_class, frames, size)
+        return cls(classes, arrays, frames, size, name="builtin",
+                   meta={"source": "builtin", "seed": seed})
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "ClipStore":
+        """Open a prepared store (arrays memory-mapped, nothing read until used)."""
+        path = Path(path)
+        meta_file = path / "store.json"
+        if not meta_file.exists():
+            raise StoreError(f"{path} is not a vdfast store (no store.json); create one with "
+                             f"`vdfast prepare SOURCE --out {path}`")
+        meta = json.loads(meta_file.read_text())
+        if not meta.get("complete"):
+            raise StoreError(f"store {path} is incomplete (prepare was interrupted); run the same "
+                             f"`vdfast prepare ... --out {path}` again to resume it")
+        classes = meta["classes"]
+        arrays = {s: [np.load(path / s / f"{c:04d}.npy", mmap_mode="r") for c in range(len(classes))]
+                  for s in SPLITS}
+        return cls(classes, arrays, meta["frames"], meta["size"], name=meta.get("name", path.name),
+                   mean=meta.get("mean", IMAGENET_MEAN), std=meta.get("std", IMAGENET_STD),
+                   path=str(path), meta=meta)
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def counts(self, split: str = "train") -> list[int]:
+        self._check_split(split)
+        return [int(a.shape[0]) for a in self.arrays[split]]
+
+    def clips(self, split: str, c: int) -> np.ndarray:
+        self._check_split(split)
+        return self.arrays[split][c]
+
+    def tensors(self, split: str, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole split as (uint8 ``[N, T, H, W, 3]``, int64 labels ``[N]``) on ``device``."""
+        self._check_split(split)
+        parts = [torch.from_numpy(np.ascontiguousarray(a)) for a in self.arrays[split]]
+        labels = torch.cat([torch.full((p.shape[0],), c, dtype=torch.long) for c, p in enumerate(parts)])
+        return torch.cat(parts).to(device), labels.to(device)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "classes": len(self.classes), "frames": self.frames,
+                "size": self.size, "train": sum(self.counts("train")), "test": sum(self.counts("test"))}
+
+    def _check_split(self, split: str):
+        if split not in self.arrays:
+            raise StoreError(f"unknown split {split!r}; this store has {', '.join(self.arrays)}")
+
+    def check_request(self, ipc: int | None = None, frames: int | None = None, size: int | None = None):
+        """Clear errors, before any long work, for requests this store cannot serve."""
+        if frames is not None and frames != self.frames:
+            raise StoreError(f"store {self.name} holds {self.frames}-frame clips, {frames} requested; "
+                             f"prepare a new store with --frames {frames}")
+        if size is not None and size != self.size:
+            raise StoreError(f"store {self.name} holds {self.size}x{self.size} clips, {size} requested; "
+                             f"prepare a new store with --size {size}")
+        if ipc is not None:
+            counts = self.counts("train")
+            short = [(self.classes[c], n) for c, n in enumerate(counts) if n < ipc]
+            if short:
+                listed = ", ".join(f"{k} ({n})" for k, n in short[:8])
+                raise StoreError(f"ipc {ipc} is larger than the number of train clips of "
+                                 f"{len(short)} class(es): {listed}; lower --ipc to at most {min(counts)}")
+
+
+class ClipPool:
+    """A split of a store on one device as a single uint8 tensor, with per-class sampling.
+
+    ``sample(n, gen)`` draws ``n`` clips of every class (without replacement while the class has
+    enough, wrapping around otherwise) using random numbers generated on the device: the loop that
+    calls it never synchronises with the host.
+    """
+
+    def __init__(self, store: ClipStore, split: str = "train", device="cpu"):
+        self.data, self.labels = store.tensors(split, device)
+        counts = torch.tensor(store.counts(split), dtype=torch.long)
+        if (counts == 0).any():
+            empty = [store.classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+            raise StoreError(f"classes with no {split} clips: {', '.join(empty)}")
+        self.counts = counts.to(device)
+        self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
+        self.max_count = int(counts.max())
+        self.num_classes = len(counts)
+        self.device = torch.device(device)
+        col = torch.arange(self.max_count, device=device)
+        self._invalid = col[None, :] >= self.counts[:, None]
+
+    def sample(self, n: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 ``[nc * n, T, H, W, 3]`` class-major, labels ``[nc * n]``)."""
+        keys = torch.rand(self.num_classes, self.max_count, device=self.device, generator=gen)
+        keys = keys.masked_fill(self._invalid, 2.0)
+        k = min(n, self.max_count)
+        pick = keys.topk(k, dim=1, largest=False).indices
+        if n > k:
+            pick = pick.repeat(1, (n + k - 1) // k)[:, :n]
+        pick = pick % self.counts[:, None]
+        idx = (self.offsets[:, None] + pick).flatten()
+        labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(n)
+        return self.data[idx], labels
+
+
+# --------------------------------------------------------------------------------------------
+# prepare: listing -> decode -> per-class arrays on disk, resumable, every skip reported
+# --------------------------------------------------------------------------------------------
+def _decode_one(args):
+    from vdfast.data.decode import DecodeError, decode_clip
+
+    item, spec = args
+    try:
+        clip, info = decode_clip(item.path, spec, kind=item.kind)
+        return clip, info, None
+    except DecodeError as e:
+        return None, None, str(e)
+    except Exception as e:  # a decoder crash on one file must not end a 40-hour run
+        return None, None, f"{type(e).__name__}: {e}"
+
+
+def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "auto",
+            frames: int = 16, gap: int = 4, size: int = 112, split: int = 1,
+            classes: Sequence[str] | None = None, workers: int = 0, annotations: str | None = None,
+            test_fraction: float = 0.2, seed: int = 0, progress: bool = True) -> ClipStore:
+    """Decode a dataset folder into a ClipStore at ``out`` (resumable; see module docstring).
+
+    Returns the opened store. Every file that could not be used is listed, with its reason, in
+    ``store.json["skipped"]`` and printed at the end; short videos are looped and counted.
+    """
+    from vdfast.data.decode import ClipSpec
+    from vdfast.data.layouts import list_videos
+    from vdfast.progress import bar
+
+    if frames < 1 or size < 8 or gap < 1:
+        raise ValueError(f"impossible clip spec: frames={frames}, gap={gap}, size={size} "
+                         f"(need frames >= 1, gap >= 1, size >= 8)")
+    listing = list_videos(str(source), layout=layout, split=split, classes=classes,
+                          test_fraction=test_fraction, seed=seed, annotations=annotations)
+    spec = ClipSpec(frames=frames, gap=gap, size=size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    want = {"source": str(Path(source).resolve()), "layout": listing.layout, "split": split,
+            "classes": listing.classes, "spec": asdict(spec)}
+    meta_file = out / "store.json"
+    if meta_file.exists():
+        old = json.loads(meta_file.read_text())
+        if {k: old.get("request", {}).get(k) for k in want} != want:
+            raise StoreError(f"{out} already holds a store prepared with other settings "
+                             f"({old.get('request')}); choose another --out or delete it")
+    meta = {"format": STORE_FORMAT, "vdfast": __version__, "name": out.name, "request": want,
+            "classes": listing.classes, "frames": frames, "size": size, "gap": gap,
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "layout": listing.layout,
+            "listing_problems": [list(p) for p in listing.problems], "complete": False}
+    meta_file.write_text(json.dumps(meta, indent=1))
+
+    by_key: dict[tuple[str, int], list] = {}
+    index = {c: i for i, c in enumerate(listing.classes)}
+    for it in listing.items:
+        by_key.setdefault((it.split, index[it.label]), []).append(it)
+    todo = [(s, c) for s in SPLITS for c in range(len(listing.classes))
+            if not (out / s / f"{c:04d}.npy").exists()]
+    total = sum(len(by_key.get(k, [])) for k in todo)
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    t0 = time.perf_counter()
+    n_frames = 0
+    try:
+        with bar(total=total, desc=f"prepare {out.name}", unit="clip", enable=progress) as pb:
+            for s, c in todo:
+                items = by_key.get((s, c), [])
+                (out / s).mkdir(exist_ok=True)
+                jobs = [(it, spec) for it in items]
+                results = pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs)
+                clips, used, skipped, short = [], [], [], []
+                for it, (clip, info, err) in zip(items, results):
+                    pb.update(1)
+                    if err is not None:
+                        skipped.append([it.path, err])
+                        continue
+                    clips.append(clip)
+                    used.append(it.path)
+                    n_frames += info.get("num_frames", frames)
+                    if info.get("short"):
+                        short.append([it.path, f"{info['num_frames']} frames < {frames}: looped"])
+                arr = (np.stack(clips) if clips else np.zeros((0, frames, size, size, 3), np.uint8))
+                tmp = out / s / f"{c:04d}.tmp.npy"
+                np.save(tmp, arr)
+                (out / s / f"{c:04d}.json").write_text(json.dumps(
+                    {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short}))
+                os.replace(tmp, out / s / f"{c:04d}.npy")
+    finally:
+        if pool:
+            pool.shutdown()
+    elapsed = time.perf_counter() - t0
+
+    skipped, short, counts = [], [], {s: [] for s in SPLITS}
+    for s in SPLITS:
+        for c in range(len(listing.classes)):
+            rep = json.loads((out / s / f"{c:04d}.json").read_text())
+            skipped += rep["skipped"]
+            short += rep["short"]
+            counts[s].append(len(rep["used"]))
+    empty = [f"{s}/{listing.classes[c]}" for s in SPLITS for c, n in enumerate(counts[s]) if n == 0]
+    meta.update(complete=True, counts=counts, skipped=skipped, short=short, empty=empty,
+                decode_seconds=round(elapsed, 2),
+                decode_frames_per_s=round(n_frames / elapsed, 1) if elapsed > 0 and n_frames else None)
+    meta_file.write_text(json.dumps(meta, indent=1))
+    _print_report(meta, listing.problems)
+    return ClipStore.open(out)
+
+
+def _print_report(meta: dict, problems):
+    from vdfast.progress import say
+
+    c = meta["counts"]
+    say(f"store {meta['name']}: {len(meta['classes'])} classes, {sum(c['train'])} train / "
+        f"{sum(c['test'])} test clips of {meta['frames']}x{meta['size']}x{meta['size']}")
+    for title, rows in (("listing problems", problems), ("skipped (not decodable)", meta["skipped"]),
+                        ("short (looped)", meta["short"])):
+        if rows:
+            say(f"  {title}: {len(rows)}")
+            for entry, why in list(rows)[:20]:
+                say(f"    {entry}: {why}")
+            if len(rows) > 20:
+                say(f"    ... {len(rows) - 20} more in store.json")
+    if meta["empty"]:
+        say(f"  EMPTY classes: {', '.join(meta['empty'])}")

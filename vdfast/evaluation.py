@@ -1,0 +1,206 @@
+"""Evaluation: fresh students trained on a synthetic set, tested on the real test split.
+
+The published protocol (spec/methods.md): SGD (momentum 0.9, weight decay 5e-4, lr 0.01), ``epochs``
+epochs with the learning rate divided by 10 at half, batch 256, each batch standardised by its own
+scalar mean and std (train and test alike), mean +- std over N students. vdfast reports the FINAL
+accuracy of each student; no checkpoint or learning rate is chosen on the test set.
+
+Every report can carry two baselines run under the same protocol: random real clips at the same
+ipc (the gain that distillation must show) and the full training set (the ceiling).
+
+Students are seeded with :func:`torch.random.fork_rng`, so dropout is reproducible and the caller's
+global RNG is left as it was.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from vdfast.config import EvalConfig
+from vdfast.data.store import ClipStore
+from vdfast.models import build_student
+from vdfast.ops import normalize_clips
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean()) / x.std().clamp_min(1e-6)
+
+
+@dataclass
+class Row:
+    name: str
+    ipc: int | None
+    accs: list[float]
+    seconds: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accs)
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.accs) if len(self.accs) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "ipc": self.ipc, "accs": self.accs, "mean": self.mean,
+                "std": self.std, "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class Report:
+    dataset: str
+    student: str
+    rows: list[Row] = field(default_factory=list)
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def table(self) -> str:
+        """Markdown table of final accuracies (%), mean +- std over students."""
+        lines = [f"Final test accuracy on {self.dataset} ({self.student} students, mean ± std)", "",
+                 "| set | ipc | accuracy (%) | students |", "|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.name} | {r.ipc if r.ipc is not None else 'all'} | "
+                         f"{100 * r.mean:.1f} ± {100 * r.std:.1f} | {len(r.accs)} |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "student": self.student,
+                "rows": [r.to_dict() for r in self.rows]}
+
+
+class _Source:
+    """Training examples for a student: float normalised videos, or uint8 clips normalised per batch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std):
+        self.x, self.y, self.mean, self.std = x, y, mean, std
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def batch(self, idx):
+        x = self.x[idx]
+        if x.dtype == torch.uint8:
+            x = normalize_clips(x, self.mean, self.std)
+        return x, self.y[idx]
+
+
+def train_student(net, source: _Source, cfg: EvalConfig, epochs: int, gen: torch.Generator,
+                  soft: bool = False, desc: str = "", progress: bool = True):
+    """Train ``net`` in place on ``source``; returns the final training loss."""
+    from vdfast.progress import bar
+
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], 0.1)
+    n = len(source)
+    steps = math.ceil(n / cfg.batch)
+    net.train()
+    loss = torch.zeros(())
+    tau = cfg.soft_temperature
+    with bar(total=epochs, desc=desc, unit="ep", enable=progress) as pb:
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen).to(source.x.device)
+            for s in range(steps):
+                x, y = source.batch(perm[s * cfg.batch:(s + 1) * cfg.batch])
+                if cfg.standardize:
+                    x = _standardize(x)
+                out = net(x)
+                if soft:
+                    loss = F.kl_div(F.log_softmax(out / tau, 1), y, reduction="batchmean") * tau * tau
+                else:
+                    loss = F.cross_entropy(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+            pb.update(1)
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def test_accuracy(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
+                  batch: int = 256) -> float:
+    net.eval()
+    correct = 0
+    for s in range(0, test_x.shape[0], batch):
+        x = normalize_clips(test_x[s:s + batch], mean, std)
+        if standardize:
+            x = _standardize(x)
+        correct += int((net(x).argmax(1) == test_y[s:s + batch]).sum())
+    return correct / max(1, test_x.shape[0])
+
+
+def run_students(x, y, store: ClipStore, test, cfg: EvalConfig, epochs: int, n: int, seed: int,
+                 device, soft: bool = False, name: str = "", net_cfg=None, progress=True) -> list[float]:
+    """Train ``n`` fresh students on (x, y) and return their final test accuracies."""
+    accs = []
+    for i in range(n):
+        s = seed * 1009 + i
+        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(s)
+            net = build_student(cfg.student, store.num_classes, store.frames, store.size,
+                                width=net_cfg.width if net_cfg else 64,
+                                depth=net_cfg.depth if net_cfg else 3,
+                                norm=net_cfg.norm if net_cfg else "none").to(device)
+            gen = torch.Generator().manual_seed(s)
+            train_student(net, _Source(x, y, store.mean, store.std), cfg, epochs, gen, soft=soft,
+                          desc=f"{name} student {i + 1}/{n}", progress=progress)
+            accs.append(test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize))
+    return accs
+
+
+def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int = 0,
+             device="cpu", net_cfg=None, progress: bool = True, baselines: bool | None = None,
+             full: bool | None = None) -> Report:
+    """Evaluate ``synset`` on ``store``'s test split; see the module docstring."""
+    from vdfast.methods.base import real_init
+    from vdfast.synsets import check_matches
+
+    cfg = cfg or EvalConfig()
+    baselines = cfg.baselines if baselines is None else baselines
+    full = cfg.full if full is None else full
+    check_matches(synset, store.classes, store.frames, store.size)
+    test = store.tensors("test", device)
+    if test[0].shape[0] == 0:
+        from vdfast.data.store import StoreError
+
+        raise StoreError(f"store {store.name} has no test clips to evaluate on")
+    rep = Report(store.name, cfg.student)
+    ipc = synset.ipc
+    method = synset.meta.get("method", synset.kind)
+
+    with torch.no_grad():
+        videos, labels = synset.videos()
+        videos = videos.detach().to(device)
+        soft = synset.soft_labels is not None
+        targets = synset.soft_labels.to(device) if soft else labels.to(device)
+    t0 = time.perf_counter()
+    accs = run_students(videos, targets, store, test, cfg, cfg.epochs, cfg.students, seed, device,
+                        soft=soft, name=method, net_cfg=net_cfg, progress=progress)
+    rep.rows.append(Row(f"{method}", ipc, accs, time.perf_counter() - t0))
+
+    if baselines and method != "random":
+        t0 = time.perf_counter()
+        accs = []
+        for i in range(cfg.students):  # a different random coreset per student
+            clips, lab = real_init(store, ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
+            accs += run_students(clips.to(device), lab.to(device), store, test, cfg, cfg.epochs, 1,
+                                 seed + i, device, name="random real", net_cfg=net_cfg,
+                                 progress=progress)
+        rep.rows.append(Row("random real", ipc, accs, time.perf_counter() - t0))
+    if full:
+        t0 = time.perf_counter()
+        x, y = store.tensors("train", device)
+        accs = run_students(x, y, store, test, cfg, cfg.full_epochs, cfg.full_students, seed, device,
+                            name="full train set", net_cfg=net_cfg, progress=progress)
+        rep.rows.append(Row("full train set", None, accs, time.perf_counter() - t0))
+    return rep

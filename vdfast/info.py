@@ -1,0 +1,43 @@
+"""``vdfast info``: versions, devices, and which backends are usable (and why not)."""
+from __future__ import annotations
+
+import importlib
+import platform
+
+
+def _version(mod: str) -> str:
+    try:
+        m = importlib.import_module(mod)
+        return getattr(m, "__version__", "installed")
+    except Exception as e:
+        return f"not usable ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
+
+
+def info() -> dict:
+    import torch
+
+    import vdfast
+    from vdfast.ops.dispatch import backend_reasons, status_table
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    return {
+        "vdfast": vdfast.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda, "devices": devices, "threads": torch.get_num_threads(),
+        "packages": {p: _version(p) for p in ("triton", "av", "nvidia.dali", "accelerate", "xformers",
+                                              "safetensors", "numpy")},
+        "backends": {k: v or "usable" for k, v in backend_reasons().items()},
+        "ops": [list(r) for r in status_table()],
+    }
+
+
+def format_info(d: dict) -> str:
+    lines = [f"vdfast {d['vdfast']}  python {d['python']}  torch {d['torch']} (cuda {d['torch_cuda']})",
+             f"devices: {', '.join(d['devices'])}  (torch threads: {d['threads']})", "", "packages:"]
+    lines += [f"  {k:12s} {v}" for k, v in d["packages"].items()]
+    lines += ["", "backends:"] + [f"  {k:10s} {v}" for k, v in d["backends"].items()]
+    if d["ops"]:
+        lines += ["", "ops (op / backend / device: status):"]
+        lines += [f"  {o:22s} {b:10s} {dev:5s} {s}" for o, b, dev, s in d["ops"]]
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""ConvNet3D, the network of every published video-distillation table, and the 2-D ConvNet used
+for still images (static learning).
+
+ConvNet3D (spec/methods.md): ``depth`` blocks of ``Conv3d(k=(3,7,7), stride=(1,2,2), pad=(1,3,3))
+-> [norm] -> ReLU -> MaxPool3d``; pool 1 is (1,2,2), the others 2x2x2; widths ``w, 2w, 2w, ...``
+(64 -> 128 -> 128 by default); no normalisation by default. ``embed`` flattens the last block (2048-d
+at 16x112², 256-d at 8x64²). The head: AvgPool3d((2,2,2), stride 1) when H > 64 else (2,1,1),
+Dropout(0.5), a 1x1x1 conv to the classes, then the max over the remaining time (and any remaining
+space). Because there is no normalisation layer, embedding a batch of all classes at once gives
+exactly the per-class results (DM relies on it).
+
+Example::
+
+    net = ConvNet3D(num_classes=50, frames=16, size=112)
+    logits = net(torch.randn(2, 3, 16, 112, 112))   # [2, 50]
+    feats = net.embed(torch.randn(2, 3, 16, 112, 112))  # [2, 2048]
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+NORMS = ("none", "instance", "batch")
+
+
+def _norm3d(kind: str, ch: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "instance":
+        return nn.GroupNorm(ch, ch, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(ch)
+    raise ValueError(f"unknown norm {kind!r}; choose from {NORMS}")
+
+
+def _norm2d(kind: str, ch: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "instance":
+        return nn.GroupNorm(ch, ch, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    raise ValueError(f"unknown norm {kind!r}; choose from {NORMS}")
+
+
+def feature_shape(frames: int, size: int, depth: int) -> tuple[int, int]:
+    """(time, space) extent after ``depth`` ConvNet3D blocks."""
+    t, s = frames, size
+    for d in range(depth):
+        s = (s + 2 * 3 - 7) // 2 + 1  # conv stride 2, pad 3, kernel 7
+        if d == 0:
+            s //= 2
+        else:
+            t //= 2
+            s //= 2
+    return t, s
+
+
+class ConvNet3D(nn.Module):
+    def __init__(self, num_classes: int, frames: int = 16, size: int = 112, channels: int = 3,
+                 width: int = 64, depth: int = 3, norm: str = "none", dropout: float = 0.5):
+        super().__init__()
+        t, s = feature_shape(frames, size, depth)
+        if t < 1 or s < 1:
+            raise ValueError(
+                f"ConvNet3D with depth {depth} cannot take {frames} frames at {size}x{size} "
+                f"(features would be {t}x{s}x{s}); use a smaller depth or larger clips")
+        layers = []
+        cin = channels
+        for d in range(depth):
+            cout = width if d == 0 else 2 * width
+            layers += [nn.Conv3d(cin, cout, (3, 7, 7), (1, 2, 2), (1, 3, 3)), _norm3d(norm, cout),
+                       nn.ReLU(inplace=True), nn.MaxPool3d((1, 2, 2) if d == 0 else 2)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.feat_dim = cin * t * s * s
+        self.feat_shape = (cin, t, s, s)
+        kt = min(2, t)
+        self.pool = nn.AvgPool3d((kt, 2, 2) if size > 64 and s >= 2 else (kt, 1, 1), stride=1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Conv3d(cin, num_classes, 1)
+        self.num_classes = num_classes
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, T, H, W] -> [N, feat_dim]."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.classifier(self.dropout(self.pool(self.features(x))))
+        return h.flatten(2).amax(dim=2)
+
+
+class ConvNet2D(nn.Module):
+    """The image ConvNet of static learning: ``depth`` x (Conv 3x3 -> norm -> ReLU -> AvgPool 2),
+    width 128, instance norm by default; a linear classifier on the flattened features."""
+
+    def __init__(self, num_classes: int, size: int = 112, channels: int = 3, width: int = 128,
+                 depth: int = 4, norm: str = "instance"):
+        super().__init__()
+        layers = []
+        cin, s = channels, size
+        for _ in range(depth):
+            layers += [nn.Conv2d(cin, width, 3, padding=1), _norm2d(norm, width), nn.ReLU(inplace=True),
+                       nn.AvgPool2d(2)]
+            cin, s = width, s // 2
+        if s < 1:
+            raise ValueError(f"ConvNet2D depth {depth} is too deep for {size}x{size} images")
+        self.features = nn.Sequential(*layers)
+        self.feat_dim = width * s * s
+        self.classifier = nn.Linear(self.feat_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class FrameRNN(nn.Module):
+    """Cross-architecture student: a 2-D ConvNet per frame, then a GRU or LSTM over time, then a
+    linear classifier on the last hidden state (the "CNN+GRU/LSTM" rows of the published tables)."""
+
+    def __init__(self, num_classes: int, size: int = 112, channels: int = 3, cell: str = "gru",
+                 width: int = 64, depth: int = 3, hidden: int = 256):
+        super().__init__()
+        self.cnn = ConvNet2D(num_classes, size=size, channels=channels, width=width, depth=depth,
+                             norm="instance")
+        rnn = {"gru": nn.GRU, "lstm": nn.LSTM}.get(cell)
+        if rnn is None:
+            raise ValueError(f"unknown recurrent cell {cell!r}; choose gru or lstm")
+        self.rnn = rnn(self.cnn.feat_dim, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, t, h, w = x.shape
+        f = self.cnn.embed(x.transpose(1, 2).reshape(n * t, c, h, w)).view(n, t, -1)
+        out, _ = self.rnn(f)
+        return self.head(out[:, -1])
+
+
+STUDENTS = ("convnet3d", "cnn_gru", "cnn_lstm")
+
+
+def build_student(name: str, num_classes: int, frames: int, size: int, width: int = 64,
+                  depth: int = 3, norm: str = "none") -> nn.Module:
+    """A fresh student network by name (see ``STUDENTS``)."""
+    if name == "convnet3d":
+        return ConvNet3D(num_classes, frames, size, width=width, depth=depth, norm=norm)
+    if name in ("cnn_gru", "cnn_lstm"):
+        d = max(1, min(3, (size.bit_length() - 3)))
+        return FrameRNN(num_classes, size, cell=name.split("_")[1], width=width, depth=d)
+    raise ValueError(f"unknown student {name!r}; choose from {', '.join(STUDENTS)}")
+
+
+def count_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())

@@ -1,0 +1,205 @@
+"""Distribution-matching loss: per-class feature means of real and synthetic clips, compared.
+
+Backends: ``cuda`` (``csrc/dm_loss.cu``), ``triton`` (``kernels/dm_loss.py``), ``cpp``
+(``csrc/dm_loss.cpp``), ``reference`` (``vdfast/reference/dm_loss.py``), chosen by
+:mod:`vdfast.ops.dispatch`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from vdfast.ops.dispatch import FLOATS, op
+from vdfast.reference import dm_loss as _ref
+
+_OP = op("dm_loss")
+_BLOCK_CUDA = 256  # columns per CUDA block of the diff kernel (csrc/dm_loss.cu: kCols)
+
+
+def _out(shape, dtype, device):
+    """Uninitialised output; NaN-filled under VDFAST_NAN_FILL=1 so unwritten elements show."""
+    if os.environ.get("VDFAST_NAN_FILL") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers: fwd(real, rl, syn, sl, nc) -> (loss, diff [nc, D], cnt [2, nc]);
+#            bwd(n, dtype, labels, diff, scale [nc]) -> grad [n, D]
+# ---------------------------------------------------------------------------------------------
+def _fwd_cpp(real, rl, syn, sl, nc):
+    acc = _acc(real.dtype)
+    diff = _out((nc, real.shape[1]), acc, real.device)
+    cnt = _out((2, nc), acc, real.device)
+    loss = _out((), acc, real.device)
+    torch.ops.vdfast.dm_loss_fwd_cpu(real, rl, syn, sl, diff, cnt, loss)
+    return loss, diff, cnt
+
+
+def _bwd_cpp(n, dtype, labels, diff, scale):
+    grad = _out((n, diff.shape[1]), dtype, diff.device)
+    torch.ops.vdfast.dm_loss_bwd_cpu(grad, labels, diff, scale)
+    return grad
+
+
+def _fwd_cuda(real, rl, syn, sl, nc):
+    acc, dev, D = _acc(real.dtype), real.device, real.shape[1]
+    sums = torch.zeros((2, nc, D), dtype=acc, device=dev)
+    cnt = torch.zeros((2, nc), dtype=acc, device=dev)
+    diff = _out((nc, D), acc, dev)
+    partial = _out((nc, -(-D // _BLOCK_CUDA)), acc, dev)
+    torch.ops.vdfast.dm_loss_fwd_cuda(real, rl, syn, sl, sums, cnt, diff, partial)
+    return partial.sum(), diff, cnt
+
+
+def _bwd_cuda(n, dtype, labels, diff, scale):
+    grad = _out((n, diff.shape[1]), dtype, diff.device)
+    torch.ops.vdfast.dm_loss_bwd_cuda(grad, labels, diff, scale)
+    return grad
+
+
+def _tile(n, d):
+    # Small tiles keep the CPU interpreter's program instances cheap; larger ones on a GPU.
+    from vdfast.ops.dispatch import triton_interpret
+    if triton_interpret() and not torch.cuda.is_available():
+        return 16, 32
+    return 32, 128
+
+
+def _fwd_triton(real, rl, syn, sl, nc):
+    import triton
+    from vdfast._kernels.dm_loss import _dm_loss_diff_kernel, _dm_loss_fwd_kernel
+
+    acc, dev, D = _acc(real.dtype), real.device, real.shape[1]
+    sums = torch.zeros((2, nc, D), dtype=acc, device=dev)
+    cnt = torch.zeros((2, nc), dtype=acc, device=dev)
+    for k, (x, lab) in enumerate(((real, rl), (syn, sl))):
+        if x.shape[0] == 0 or D == 0:
+            continue
+        bn, bd = _tile(x.shape[0], D)
+        grid = (triton.cdiv(x.shape[0], bn), triton.cdiv(D, bd))
+        _dm_loss_fwd_kernel[grid](x, lab, sums[k], cnt[k], x.shape[0], D, nc, x.stride(0),
+                                  BLOCK_N=bn, BLOCK_D=bd)
+    bd = min(triton.next_power_of_2(max(D, 1)), _tile(1, D)[1] * 2)
+    diff = _out((nc, D), acc, dev)
+    partial = _out((nc, triton.cdiv(D, bd)), acc, dev)
+    if D > 0:
+        _dm_loss_diff_kernel[(nc, partial.shape[1])](sums[0], sums[1], cnt[0], cnt[1], diff, partial,
+                                                     D, BLOCK_D=bd)
+    return partial.sum(), diff, cnt
+
+
+def _bwd_triton(n, dtype, labels, diff, scale):
+    import triton
+    from vdfast._kernels.dm_loss import _dm_loss_bwd_kernel
+
+    D = diff.shape[1]
+    grad = _out((n, D), dtype, diff.device)
+    if n and D:
+        bn, bd = _tile(n, D)
+        _dm_loss_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(D, bd))](
+            grad, labels, diff, scale, n, D, diff.shape[0], BLOCK_N=bn, BLOCK_D=bd)
+    return grad
+
+
+class _DMLoss(torch.autograd.Function):
+    """Fused forward; the backward is a gather of the saved class-mean differences, itself not
+    differentiable (``once_differentiable``): double backward needs ``backend="reference"``."""
+
+    @staticmethod
+    def forward(ctx, real, real_labels, syn, syn_labels, num_classes, fwd, bwd):
+        loss, diff, cnt = fwd(real, real_labels, syn, syn_labels, num_classes)
+        ctx.save_for_backward(real_labels, syn_labels, diff, cnt)
+        ctx.bwd = bwd
+        ctx.meta = (real.shape[0], real.dtype, syn.shape[0], syn.dtype)
+        return loss.to(real.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        rl, sl, diff, cnt = ctx.saved_tensors
+        nr, dtr, ns, dts = ctx.meta
+        # d loss / d real_i = 2 diff[c_i] / n_real[c_i]; d / d syn_j = -2 diff[c_j] / n_syn[c_j]
+        scale = 2.0 * g.to(diff.dtype) / cnt.clamp_min(1.0)
+        gr = ctx.bwd(nr, dtr, rl, diff, scale[0].contiguous()) if ctx.needs_input_grad[0] else None
+        gs = ctx.bwd(ns, dts, sl, diff, (-scale[1]).contiguous()) if ctx.needs_input_grad[2] else None
+        return gr, None, gs, None, None, None, None
+
+
+def _fused(fwd, bwd):
+    def run(real, rl, syn, sl, nc):
+        return _DMLoss.apply(real, rl, syn, sl, nc, fwd, bwd)
+    return run
+
+
+def _check(real_feat, real_labels, syn_feat, syn_labels, num_classes):
+    if real_feat.dim() != 2 or syn_feat.dim() != 2 or real_feat.shape[1] != syn_feat.shape[1]:
+        raise ValueError(f"dm_loss: real_feat [Nr, D] and syn_feat [Ns, D] must share D; got "
+                         f"{tuple(real_feat.shape)} and {tuple(syn_feat.shape)}")
+    if real_feat.dtype != syn_feat.dtype:
+        raise ValueError(f"dm_loss: feature dtypes differ ({real_feat.dtype}, {syn_feat.dtype})")
+    for name, lab, x in (("real", real_labels, real_feat), ("syn", syn_labels, syn_feat)):
+        if lab.dim() != 1 or lab.shape[0] != x.shape[0] or lab.dtype != torch.int64:
+            raise ValueError(f"dm_loss: {name}_labels must be int64 [{x.shape[0]}]; got "
+                             f"{lab.dtype} {tuple(lab.shape)}")
+        if lab.device != real_feat.device or x.device != real_feat.device:
+            raise ValueError("dm_loss: all inputs must be on one device")
+    if int(num_classes) < 1:
+        raise ValueError(f"dm_loss: num_classes must be >= 1, got {num_classes}")
+
+
+def _rows(x):
+    """A view with unit column stride (rows may be strided), copying only when needed."""
+    return x if x.stride(-1) == 1 else x.clone(memory_format=torch.contiguous_format)
+
+
+def dm_loss(real_feat: torch.Tensor, real_labels: torch.Tensor, syn_feat: torch.Tensor,
+            syn_labels: torch.Tensor, num_classes: int, backend: str | None = None) -> torch.Tensor:
+    """Distribution-matching loss of DM.
+
+    ``sum_c || mean_i real_feat[i] (real_labels[i] == c) - mean_j syn_feat[j] (syn_labels[j] == c) ||^2``
+    over ``c in [0, num_classes)``; a class absent on either side contributes 0. All class means
+    come from one pass over the features (no per-class loop).
+
+    Args:
+        real_feat: ``[Nr, D]`` float (float32/float64/float16/bfloat16), any strides.
+        real_labels: ``[Nr]`` int64 in ``[0, num_classes)``.
+        syn_feat: ``[Ns, D]``, same dtype and device as ``real_feat``.
+        syn_labels: ``[Ns]`` int64.
+        num_classes: number of classes.
+        backend: ``None`` (automatic: cuda -> triton -> cpp -> reference), or one of
+            ``"cuda"``, ``"triton"``, ``"cpp"``, ``"reference"`` (raises
+            :class:`~vdfast.ops.dispatch.BackendUnavailable` if it cannot run).
+
+    Returns:
+        A 0-d tensor of the features' dtype (fused backends accumulate in float32, or float64
+        for float64 inputs). Gradients flow to ``real_feat`` and ``syn_feat``.
+
+    Double backward: only ``backend="reference"``; the fused backward is ``once_differentiable``
+    (DM needs first-order gradients only). Labels outside ``[0, num_classes)``: the reference and
+    cpp raise; the GPU backends ignore those rows (a check would synchronise with the host).
+
+    Example::
+
+        >>> real = torch.randn(3200, 2048); rl = torch.arange(50).repeat_interleave(64)
+        >>> syn = torch.randn(50, 2048, requires_grad=True); sl = torch.arange(50)
+        >>> vdfast.ops.dm_loss(real, rl, syn, sl, num_classes=50).backward()
+    """
+    _check(real_feat, real_labels, syn_feat, syn_labels, num_classes)
+    impl = _OP.select([real_feat, syn_feat], backend)
+    return impl.fn(_rows(real_feat), real_labels.contiguous(), _rows(syn_feat),
+                   syn_labels.contiguous(), int(num_classes))
+
+
+_OP.register("reference", _ref.dm_loss, devices=("cpu", "cuda"), double_backward=True)
+_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",))
+_OP.register("triton", _fused(_fwd_triton, _bwd_triton), devices=("cuda",))
+_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",))
+
+__all__ = ["dm_loss"]

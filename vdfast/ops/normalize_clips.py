@@ -1,0 +1,177 @@
+"""Clip normalisation: uint8 ``[N, T, H, W, C]`` clips (as the store keeps them) to a float
+``[N, C, T, H, W]`` network input, with optional whole-batch standardisation.
+
+Backends: ``cuda`` (``csrc/normalize_clips.cu``), ``triton`` (``kernels/normalize_clips.py``),
+``cpp`` (``csrc/normalize_clips.cpp``), ``reference`` (``vdfast/reference/normalize_clips.py``).
+Each backend provides two steps, and the arithmetic between them lives here, once:
+
+* ``stats(clips) -> int64 [C, 2]``: exact sums of x and x^2 per channel (only for ``standardize``);
+* ``apply(clips, scale, shift, out)``: ``out[n, c, t, h, w] = scale[c] * clips[n, t, h, w, c] + shift[c]``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from vdfast.ops.dispatch import op
+from vdfast.reference import normalize_clips as _ref
+
+_OP = op("normalize_clips")
+OUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _out(shape, dtype, device):
+    """Uninitialised output; under VDFAST_NAN_FILL=1 filled with NaN (integers: their minimum)
+    so unwritten elements show."""
+    if os.environ.get("VDFAST_NAN_FILL") == "1":
+        fill = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def affine(mean: torch.Tensor, std: torch.Tensor, sums: torch.Tensor | None, count: int):
+    """float64 per-channel ``(scale, shift)`` with ``scale * x + shift`` equal to
+    ``(x / 255 - mean) / std``, then, given the channel sums of x and x^2 over ``count`` pixels
+    per channel, standardised by the batch's scalar mean and unbiased std (no host sync)."""
+    a = 1.0 / (255.0 * std)
+    b = -mean / std
+    if sums is None:
+        return a, b
+    s1, s2 = sums[:, 0].double(), sums[:, 1].double()
+    total = count * a.numel()
+    sum_y = (a * s1 + b * count).sum()
+    sum_y2 = (a * a * s2 + 2 * a * b * s1 + b * b * count).sum()
+    mu = sum_y / total
+    var = (sum_y2 - total * mu * mu) / (total - 1)
+    sigma = var.clamp_min(0).sqrt()
+    return a / sigma, (b - mu) / sigma
+
+
+# ---------------------------------------------------------------------------------------------
+# backends: stats(clips) -> int64 [C, 2]; apply(clips, scale f64 [C], shift f64 [C], out)
+# ---------------------------------------------------------------------------------------------
+def _stats_cpp(clips):
+    sums = torch.empty((clips.shape[-1], 2), dtype=torch.int64)
+    torch.ops.vdfast.normalize_clips_stats_cpu(clips, sums)
+    return sums
+
+
+def _apply_cpp(clips, scale, shift, out):
+    torch.ops.vdfast.normalize_clips_apply_cpu(clips, scale, shift, out)
+
+
+_BLOCK_CUDA = 1024  # positions per CUDA block (csrc/normalize_clips.cu: kBlock)
+
+
+def _stats_cuda(clips):
+    N, T, H, W, C = clips.shape
+    part = _out((N, -(-(T * H * W) // _BLOCK_CUDA), C, 2), torch.int64, clips.device)
+    torch.ops.vdfast.normalize_clips_stats_cuda(clips, part)
+    return part.sum(dim=(0, 1))
+
+
+def _apply_cuda(clips, scale, shift, out):
+    torch.ops.vdfast.normalize_clips_apply_cuda(clips, scale, shift, out)
+
+
+def _block():
+    from vdfast.ops.dispatch import triton_interpret
+    return 256 if triton_interpret() and not torch.cuda.is_available() else 1024
+
+
+def _geom(clips):
+    N, T, H, W, C = clips.shape
+    return N, T, H, W, C, clips.stride()
+
+
+def _stats_triton(clips):
+    import triton
+    from vdfast._kernels.normalize_clips import _normalize_clips_stats_kernel
+
+    N, T, H, W, C, (sN, sT, sH, sW, sC) = _geom(clips)
+    blk = _block()
+    nprog = triton.cdiv(T * H * W, blk)
+    part = _out((N, nprog, C, 2), torch.int64, clips.device)
+    if part.numel() == 0:
+        return torch.zeros((C, 2), dtype=torch.int64, device=clips.device)
+    _normalize_clips_stats_kernel[(N, nprog)](clips, part, T, H, W, sN, sT, sH, sW, sC, C=C, BLOCK=blk)
+    return part.sum(dim=(0, 1))
+
+
+def _apply_triton(clips, scale, shift, out):
+    import triton
+    from vdfast._kernels.normalize_clips import _normalize_clips_fwd_kernel
+
+    N, T, H, W, C, (sN, sT, sH, sW, sC) = _geom(clips)
+    if out.numel() == 0:
+        return
+    acc = torch.float64 if out.dtype == torch.float64 else torch.float32
+    blk = _block()
+    _normalize_clips_fwd_kernel[(N, triton.cdiv(T * H * W, blk))](
+        clips, out, scale.to(acc), shift.to(acc), T, H, W, sN, sT, sH, sW, sC, C=C, BLOCK=blk)
+
+
+def _fused(stats, apply):
+    def run(clips, mean, std, standardize, out_dtype):
+        N, T, H, W, C = clips.shape
+        mean = torch.as_tensor(mean, dtype=torch.float64, device=clips.device)
+        std = torch.as_tensor(std, dtype=torch.float64, device=clips.device)
+        sums = stats(clips) if standardize else None
+        scale, shift = affine(mean, std, sums, N * T * H * W)
+        out = _out((N, C, T, H, W), out_dtype, clips.device)
+        apply(clips, scale.contiguous(), shift.contiguous(), out)
+        return out
+    return run
+
+
+def normalize_clips(clips: torch.Tensor, mean, std, standardize: bool = False,
+                    out_dtype: torch.dtype = torch.float32, backend: str | None = None) -> torch.Tensor:
+    """uint8 clips ``[N, T, H, W, C]`` -> float ``[N, C, T, H, W]``, ``(x / 255 - mean[c]) / std[c]``.
+
+    One pass over the input (the layout change and the normalisation are fused). With
+    ``standardize=True`` the result is then standardised by the whole batch's scalar mean and
+    standard deviation, ``(y - y.mean()) / y.std()``, with the *unbiased* std (``Tensor.std()``'s
+    default, as the evaluation protocol's code computes it): the fused backends take these from
+    exact integer channel sums of the input, so the output is still written once.
+
+    Args:
+        clips: uint8 ``[N, T, H, W, C]``, any strides (slices and permutations need no copy).
+        mean, std: ``C`` floats (sequence or tensor), e.g. ImageNet's
+            ``(0.485, 0.456, 0.406)``, ``(0.229, 0.224, 0.225)``.
+        standardize: also standardise by the batch's scalar mean / unbiased std.
+        out_dtype: float32 (default), float64, float16 or bfloat16. Arithmetic is float64 in the
+            cpp backend, float32 (float64 for a float64 output) in the others.
+        backend: ``None`` (automatic) or ``"cuda"``, ``"triton"``, ``"cpp"``, ``"reference"``.
+
+    Returns:
+        A new contiguous ``[N, C, T, H, W]`` tensor of ``out_dtype``; no gradient (integer input).
+
+    Example::
+
+        >>> clips = torch.randint(0, 256, (8, 16, 112, 112, 3), dtype=torch.uint8)
+        >>> x = vdfast.ops.normalize_clips(clips, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        >>> x.shape
+        torch.Size([8, 3, 16, 112, 112])
+    """
+    if clips.dtype != torch.uint8 or clips.dim() != 5:
+        raise ValueError(f"normalize_clips: clips must be uint8 [N, T, H, W, C]; got {clips.dtype} "
+                         f"{tuple(clips.shape)}")
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"normalize_clips: out_dtype must be one of {OUT_DTYPES}; got {out_dtype}")
+    C = clips.shape[-1]
+    for name, v in (("mean", mean), ("std", std)):
+        n = v.numel() if isinstance(v, torch.Tensor) else len(v)
+        if n != C:
+            raise ValueError(f"normalize_clips: {name} needs {C} values (one per channel), got {n}")
+    probe = torch.empty(0, dtype=out_dtype, device=clips.device)
+    impl = _OP.select([probe], backend)
+    return impl.fn(clips, mean, std, bool(standardize), out_dtype)
+
+
+_OP.register("reference", _ref.normalize_clips, devices=("cpu", "cuda"), dtypes=OUT_DTYPES)
+_OP.register("cpp", _fused(_stats_cpp, _apply_cpp), devices=("cpu",), dtypes=OUT_DTYPES)
+_OP.register("triton", _fused(_stats_triton, _apply_triton), devices=("cuda",), dtypes=OUT_DTYPES)
+_OP.register("cuda", _fused(_stats_cuda, _apply_cuda), devices=("cuda",), dtypes=OUT_DTYPES)
+
+__all__ = ["normalize_clips"]

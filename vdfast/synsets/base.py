@@ -1,0 +1,158 @@
+"""Synset: the distilled set, the currency between methods, evaluation, saving and other tools.
+
+A synset knows its parametrisation (``kind``), produces its videos (differentiably while
+distilling) in the normalised space the networks see, carries hard labels (and soft labels when a
+method made them), and reports its storage. On disk a synset is a directory::
+
+    synset.safetensors   every tensor (parameters, labels, soft labels)
+    synset.json          kind, method, ipc, class names, frames, size, normalisation, storage, config,
+                         vdfast version
+
+so that a synset made on one machine loads and evaluates on another (``vdfast.load``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from vdfast.version import __version__
+
+SYNSET_FORMAT = 1
+KINDS: dict[str, type] = {}
+
+
+def register(kind: str):
+    def deco(cls):
+        cls.kind = kind
+        KINDS[kind] = cls
+        return cls
+    return deco
+
+
+class Synset(nn.Module):
+    kind = "base"
+
+    def __init__(self, classes: Sequence[str], frames: int, size: int, mean, std,
+                 labels: torch.Tensor, soft_labels: torch.Tensor | None = None,
+                 meta: dict | None = None):
+        super().__init__()
+        self.classes = list(classes)
+        self.frames, self.size = int(frames), int(size)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.register_buffer("labels", labels.long().clone())
+        self.register_buffer("soft_labels", None if soft_labels is None else soft_labels.float().clone())
+        self.meta = dict(meta or {})
+
+    # ---------------------------------------------------------------- what every kind provides
+    def videos(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float videos ``[N, C, T, H, W]`` in normalised space, hard labels ``[N]``)."""
+        raise NotImplementedError
+
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that make up the synset (what storage is counted on)."""
+        return {k: v for k, v in self.state_dict().items() if k not in ("labels", "soft_labels")}
+
+    # ---------------------------------------------------------------- shared
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def ipc(self) -> int:
+        return int(self.meta.get("ipc", len(self.labels) // max(1, self.num_classes)))
+
+    def storage(self) -> dict:
+        """Bytes of the synset against ``ipc`` full videos per class (uint8 and fp32 pixels)."""
+        stored = sum(t.numel() * t.element_size() for t in self.stored_tensors().values())
+        n_videos = self.ipc * self.num_classes
+        pixels = n_videos * 3 * self.frames * self.size * self.size
+        return {"bytes": stored, "videos": n_videos, "video_bytes_uint8": pixels,
+                "video_bytes_fp32": pixels * 4, "ratio_vs_fp32_videos": stored / (pixels * 4),
+                "fp32_mib": stored / 2**20}
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``[N, C, T, H, W]`` -> [0, 1] pixels."""
+        m = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1, 1)
+        s = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1, 1)
+        return (x * s + m).clamp(0, 1)
+
+    def header(self) -> dict:
+        return {"format": SYNSET_FORMAT, "kind": self.kind, "vdfast": __version__,
+                "classes": self.classes, "frames": self.frames, "size": self.size,
+                "normalization": {"mean": list(self.mean), "std": list(self.std)},
+                "num_videos": int(self.labels.numel()), "soft_labels": self.soft_labels is not None,
+                "storage": self.storage(), **self.meta}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the synset directory atomically (a half-written synset never replaces a good one)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(tmp / "synset.safetensors"))
+        (tmp / "synset.json").write_text(json.dumps(self.header(), indent=1, default=str))
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+        return path
+
+    @classmethod
+    def _from_header(cls, header: dict, tensors: dict[str, torch.Tensor]) -> "Synset":
+        raise NotImplementedError
+
+
+class SynsetError(ValueError):
+    pass
+
+
+def load(path: str | os.PathLike, device="cpu") -> Synset:
+    """Load a saved synset directory (or its ``synset.json``)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    meta_file = path / "synset.json"
+    if not meta_file.exists():
+        raise SynsetError(f"{path} is not a synset directory (no synset.json); synsets are written "
+                          f"by `vdfast distill --out DIR` into DIR/synset")
+    header = json.loads(meta_file.read_text())
+    kind = header.get("kind")
+    if kind not in KINDS:
+        raise SynsetError(f"{path}: synset kind {kind!r} is unknown to vdfast {__version__} "
+                          f"(known: {', '.join(KINDS)}); upgrade vdfast")
+    tensors = load_file(str(path / "synset.safetensors"), device=str(device))
+    return KINDS[kind]._from_header(header, tensors)
+
+
+def check_matches(synset: Synset, classes: Sequence[str], frames: int, size: int) -> None:
+    """Clear error when a synset is evaluated against data of other classes or clip format."""
+    if list(classes) != list(synset.classes):
+        missing = [c for c in synset.classes if c not in classes]
+        extra = [c for c in classes if c not in synset.classes]
+        raise SynsetError(
+            f"the synset's {len(synset.classes)} classes do not match the data's {len(classes)}"
+            + (f"; not in the data: {', '.join(missing[:5])}" if missing else "")
+            + (f"; not in the synset: {', '.join(extra[:5])}" if extra else "")
+            + ("; same names in another order" if not missing and not extra else "")
+            + ". Evaluate on the dataset the synset was distilled from.")
+    if (frames, size) != (synset.frames, synset.size):
+        raise SynsetError(f"the synset holds {synset.frames}x{synset.size}² videos but the data has "
+                          f"{frames}x{size}² clips; prepare the data with --frames {synset.frames} "
+                          f"--size {synset.size}")
