@@ -17,6 +17,11 @@
 
 namespace {
 
+// tasks of fewer than ~16k pixels are grouped: waking the thread pool costs more than they do
+inline int64_t grain_for(int64_t pixels_per_task) {
+  return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(pixels_per_task, 1));
+}
+
 inline int64_t plane_of(int64_t t, int64_t T) { return t == 0 ? 0 : (t == T - 1 ? 1 : 2); }
 
 // o[x] += w[0] * d[x-1] + w[1] * d[x] + w[2] * d[x+1], zero padding at both ends
@@ -48,7 +53,7 @@ void fwd_impl(const scalar_t* planes, const scalar_t* dyn, const scalar_t* wd, c
               const int64_t* sidx, const int64_t* didx, scalar_t* out, int64_t N, int64_t K,
               int64_t Co, int64_t T, int64_t H, int64_t W) {
   const int64_t HW = H * W;
-  at::parallel_for(0, N * T, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * T, grain_for(H * W), [&](int64_t begin, int64_t end) {
     for (int64_t nt = begin; nt < end; ++nt) {
       const int64_t n = nt / T, t = nt % T;
       const scalar_t* pl = planes + (sidx[n] * K + plane_of(t, T)) * Co * HW;
@@ -80,7 +85,7 @@ void fwd_impl(const scalar_t* planes, const scalar_t* dyn, const scalar_t* wd, c
 template <typename scalar_t>
 void bwd_planes_impl(const scalar_t* g, const int64_t* sidx, scalar_t* gp, int64_t N, int64_t Ns,
                      int64_t K, int64_t Co, int64_t T, int64_t HW) {
-  at::parallel_for(0, Ns * Co, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Ns * Co, grain_for(HW * T), [&](int64_t begin, int64_t end) {
     for (int64_t sc = begin; sc < end; ++sc) {
       const int64_t s = sc / Co, co = sc % Co;
       for (int64_t k = 0; k < K; ++k) {
@@ -104,7 +109,7 @@ template <typename scalar_t>
 void bwd_dyn_impl(const scalar_t* g, const scalar_t* wd, const int64_t* didx, scalar_t* gd,
                   int64_t N, int64_t Nd, int64_t Co, int64_t T, int64_t H, int64_t W) {
   const int64_t HW = H * W;
-  at::parallel_for(0, Nd * T, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, Nd * T, grain_for(H * W), [&](int64_t begin, int64_t end) {
     for (int64_t dt = begin; dt < end; ++dt) {
       const int64_t d = dt / T, ts = dt % T;  // ts: the dynamic frame receiving the gradient
       scalar_t* dst = gd + dt * HW;
@@ -135,7 +140,7 @@ void bwd_params_impl(const scalar_t* g, const scalar_t* dyn, const int64_t* didx
                      scalar_t* gb, int64_t N, int64_t Co, int64_t T, int64_t H, int64_t W) {
   const int64_t HW = H * W, P = Co * 28;  // per (n, t): Co*27 weight taps + Co bias sums
   std::vector<double> part(N * T * P, 0.0);
-  at::parallel_for(0, N * T, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * T, grain_for(H * W), [&](int64_t begin, int64_t end) {
     for (int64_t nt = begin; nt < end; ++nt) {
       const int64_t n = nt / T, t = nt % T;
       double* acc = part.data() + nt * P;
@@ -174,7 +179,7 @@ void bwd_params_impl(const scalar_t* g, const scalar_t* dyn, const int64_t* didx
       }
     }
   });
-  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P, grain_for(N * T), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       double s = 0;
       for (int64_t nt = 0; nt < N * T; ++nt) s += part[nt * P + j];

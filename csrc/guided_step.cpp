@@ -17,7 +17,9 @@ void guided_step_impl(const scalar_t* x, const scalar_t* eps, const scalar_t* gu
                       int64_t F, int64_t CHW, bool guide_per_frame, double a_, double b_,
                       double c0_, double c1_, double s_, bool ddim) {
   const scalar_t a = a_, b = b_, c0 = c0_, c1 = c1_, s = s_;
-  at::parallel_for(0, B * F, 1, [&](int64_t begin, int64_t end) {
+  // small steps run on the calling thread: waking the pool costs more than ~64k elements
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(CHW, 1));
+  at::parallel_for(0, B * F, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t off = row * CHW;
       const scalar_t* m = guide + (guide_per_frame ? row : row / F) * CHW;

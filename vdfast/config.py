@@ -106,9 +106,9 @@ class DistillConfig:
 PRESETS: dict[str, dict] = {
     "published": {},
     "builtin": {
-        "iterations": 300, "batch_real": 32, "lr_img": 1.0, "checkpoint_every": 100,
+        "iterations": 200, "batch_real": 16, "lr_img": 1.0, "checkpoint_every": 50,
         "net": {"width": 32, "depth": 2},
-        "eval": {"epochs": 300, "batch": 64, "full_epochs": 20},
+        "eval": {"epochs": 200, "batch": 64, "full_epochs": 20},
     },
 }
 

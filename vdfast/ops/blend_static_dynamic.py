@@ -251,9 +251,10 @@ def _check(static, dynamic, weight, bias, static_idx, dynamic_idx):
     if static_idx.dim() != 1 or static_idx.shape != dynamic_idx.shape:
         raise ValueError("static_idx and dynamic_idx must be 1-D of the same length N, got "
                          f"{tuple(static_idx.shape)} and {tuple(dynamic_idx.shape)}")
-    if not (static.dtype == dynamic.dtype == weight.dtype):
-        raise TypeError(f"static, dynamic and weight must share a dtype, got {static.dtype}, "
-                        f"{dynamic.dtype}, {weight.dtype}")
+    if not (static.dtype == dynamic.dtype == weight.dtype
+            == (weight.dtype if bias is None else bias.dtype)):
+        raise TypeError(f"static, dynamic, weight and bias must share a dtype, got {static.dtype}, "
+                        f"{dynamic.dtype}, {weight.dtype}, {None if bias is None else bias.dtype}")
     # bounds are checked on the CPU only: on a GPU the check would synchronise every call
     for name, idx, size in (("static_idx", static_idx, Ns), ("dynamic_idx", dynamic_idx,
                                                              dynamic.shape[0])):
@@ -291,7 +292,8 @@ def blend_static_dynamic(static: torch.Tensor, dynamic: torch.Tensor, weight: to
         >>> v = blend_static_dynamic(S, D, H.weight, H.bias, 2 * idx, 2 * idx + 1)  # [10,3,16,112,112]
     """
     _check(static, dynamic, weight, bias, static_idx, dynamic_idx)
-    static_idx, dynamic_idx = static_idx.long(), dynamic_idx.long()
+    static_idx = static_idx.to(device=static.device, dtype=torch.long)
+    dynamic_idx = dynamic_idx.to(device=static.device, dtype=torch.long)
     impl = _op.select([static, dynamic, weight] + ([bias] if bias is not None else []),
                       backend=backend)
     return impl.fn(static, dynamic, weight, bias, static_idx, dynamic_idx)
