@@ -27,8 +27,11 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
+# tiny benchmark runs (CI): every fused op against its reference, and one DM iteration against
+# the reference-style loop
 smoke: install
-	$(PY) benchmarks/run.py --smoke
+	$(PY) benchmarks/harness.py --smoke
+	$(PY) benchmarks/step_dm.py --smoke
 
 clean:
 	rm -rf build *.egg-info vdfast/_C*.so runs
