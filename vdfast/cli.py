@@ -13,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from vdfast.config import DistillConfig, EvalConfig, NetConfig
+from vdfast.config import SECTIONS, DistillConfig, NetConfig
 
-_SKIP = {"net", "eval"}
+_SKIP = set(SECTIONS)
 
 
 def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "", skip=()):
@@ -38,7 +38,7 @@ def _overrides(ns) -> dict:
     for f in dataclasses.fields(DistillConfig):
         if f.name not in _SKIP and hasattr(ns, f.name):
             o[f.name] = getattr(ns, f.name)
-    for prefix, cls in (("net", NetConfig), ("eval", EvalConfig)):
+    for prefix, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             v = getattr(ns, f"{prefix}_{f.name}", None)
             if v is not None:
@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
                    help="write preview.gif / preview.png of the distilled videos")
     _add_fields(d, DistillConfig)
-    _add_fields(d, NetConfig, "net-")
-    _add_fields(d, EvalConfig, "eval-")
+    for name, cls in SECTIONS.items():
+        _add_fields(d, cls, name + "-")
 
     e = sub.add_parser("eval", help="evaluate a saved synset on a store's test split")
     e.add_argument("synset", help="synset directory (RUN/synset)")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     _add_fields(e, NetConfig, "net-")
-    _add_fields(e, EvalConfig, "eval-")
+    _add_fields(e, SECTIONS["eval"], "eval-")
 
     v = sub.add_parser("preview", help="write a GIF and a PNG grid of a synset's videos")
     v.add_argument("synset")

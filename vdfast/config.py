@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 
-METHODS = ("dm", "random", "herding", "kcenter")
 INITS = ("real", "noise")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -70,6 +69,32 @@ class EvalConfig:
         _positive("eval lr", self.lr)
 
 
+# ---- method sections: each method owns one dataclass here (flags --<section>-<field>) ----------
+@dataclass(frozen=True)
+class MTTConfig:
+    """MTT (trajectory matching) and its expert buffers."""
+
+
+@dataclass(frozen=True)
+class DCConfig:
+    """DC (gradient matching)."""
+
+
+@dataclass(frozen=True)
+class FRePoConfig:
+    """FRePo (kernel ridge regression on a pool of online models)."""
+
+
+@dataclass(frozen=True)
+class S2DConfig:
+    """Static-dynamic disentanglement: static memory, dynamic memory, integrator."""
+
+
+@dataclass(frozen=True)
+class GVDConfig:
+    """GVD: generator, mode guidance with frame-wise decay, MVIC, soft labels."""
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     method: str = "dm"
@@ -84,9 +109,19 @@ class DistillConfig:
     checkpoint_every: int = 200      # iterations between checkpoints (0: only at the end)
     net: NetConfig = field(default_factory=NetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mtt: MTTConfig = field(default_factory=MTTConfig)
+    dc: DCConfig = field(default_factory=DCConfig)
+    frepo: FRePoConfig = field(default_factory=FRePoConfig)
+    s2d: S2DConfig = field(default_factory=S2DConfig)
+    gvd: GVDConfig = field(default_factory=GVDConfig)
 
     def __post_init__(self):
-        _choice("method", self.method, METHODS)
+        for name, cls in SECTIONS.items():  # nested sections may arrive as dicts (from JSON)
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, cls(**getattr(self, name)))
+        from vdfast.methods import names  # the method registry (no config import there)
+
+        _choice("method", self.method, names())
         _choice("init", self.init, INITS)
         _choice("device", self.device, DEVICES)
         _positive("ipc", self.ipc)
@@ -113,40 +148,41 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# nested sections of DistillConfig: CLI prefix / override key -> dataclass
+SECTIONS: dict[str, type] = {"net": NetConfig, "eval": EvalConfig, "mtt": MTTConfig, "dc": DCConfig,
+                             "frepo": FRePoConfig, "s2d": S2DConfig, "gvd": GVDConfig}
+
+
 def resolve(preset: str = "published", **overrides) -> DistillConfig:
     """A DistillConfig from a preset plus explicit overrides.
 
-    Overrides may be flat (``lr_img=0.5``) or dotted for nested fields (``"net.width": 32``,
+    Overrides may be flat (``lr_img=0.5``), dotted for nested sections (``"net.width": 32``,
     ``"eval.epochs": 100``), or nested dicts (``eval={"epochs": 100}``). ``None`` values are ignored.
     """
     _choice("preset", preset, PRESETS)
-    merged: dict = {"net": {}, "eval": {}}
-    for k, v in PRESETS[preset].items():
-        if k in ("net", "eval"):
-            merged[k].update(v)
-        else:
-            merged[k] = v
-    known = {f.name for f in fields(DistillConfig)}
-    sub = {"net": {f.name for f in fields(NetConfig)}, "eval": {f.name for f in fields(EvalConfig)}}
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        if k in ("net", "eval") and isinstance(v, dict):
-            for kk, vv in v.items():
-                _set_sub(merged, sub, k, kk, vv)
-        elif "." in k:
-            head, tail = k.split(".", 1)
-            if head not in sub:
-                raise ConfigError(f"unknown option {k!r}")
-            _set_sub(merged, sub, head, tail, v)
-        elif k in known:
-            merged[k] = v
-        else:
-            raise ConfigError(f"unknown option {k!r}; valid options: {', '.join(sorted(known))}, "
-                              f"net.{{{','.join(sorted(sub['net']))}}}, eval.{{{','.join(sorted(sub['eval']))}}}")
-    net = NetConfig(**merged.pop("net"))
-    ev = EvalConfig(**merged.pop("eval"))
-    return DistillConfig(net=net, eval=ev, **merged)
+    merged: dict = {k: {} for k in SECTIONS}
+    known = {f.name for f in fields(DistillConfig)} - set(SECTIONS)
+    sub = {k: {f.name for f in fields(cls)} for k, cls in SECTIONS.items()}
+    for source in (PRESETS[preset], overrides):
+        for k, v in source.items():
+            if v is None:
+                continue
+            if k in SECTIONS and isinstance(v, dict):
+                for kk, vv in v.items():
+                    _set_sub(merged, sub, k, kk, vv)
+            elif "." in k:
+                head, tail = k.split(".", 1)
+                if head not in sub:
+                    raise ConfigError(f"unknown option {k!r}; sections: {', '.join(SECTIONS)}")
+                _set_sub(merged, sub, head, tail, v)
+            elif k in known:
+                merged[k] = v
+            else:
+                raise ConfigError(f"unknown option {k!r}; valid options: {', '.join(sorted(known))}, "
+                                  f"or a section field like net.width ({', '.join(SECTIONS)})")
+    for k, cls in SECTIONS.items():
+        merged[k] = cls(**merged[k])
+    return DistillConfig(**merged)
 
 
 def _set_sub(merged, sub, head, key, value):
@@ -160,6 +196,6 @@ def _set_sub(merged, sub, head, key, value):
 def from_dict(d: dict) -> DistillConfig:
     """Inverse of ``DistillConfig.to_dict`` (used when loading a saved run)."""
     d = dict(d)
-    net = NetConfig(**d.pop("net", {}))
-    ev = EvalConfig(**d.pop("eval", {}))
-    return DistillConfig(net=net, eval=ev, **d)
+    for k, cls in SECTIONS.items():
+        d[k] = cls(**d.get(k, {}))
+    return DistillConfig(**d)

@@ -162,7 +162,6 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
              device="cpu", net_cfg=None, progress: bool = True, baselines: bool | None = None,
              full: bool | None = None) -> Report:
     """Evaluate ``synset`` on ``store``'s test split; see the module docstring."""
-    from vdfast.methods.base import real_init
     from vdfast.synsets import check_matches
 
     cfg = cfg or EvalConfig()
@@ -192,7 +191,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         t0 = time.perf_counter()
         accs = []
         for i in range(cfg.students):  # a different random coreset per student
-            clips, lab = real_init(store, ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
+            clips, lab = store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
             accs += run_students(clips.to(device), lab.to(device), store, test, cfg, cfg.epochs, 1,
                                  seed + i, device, name="random real", net_cfg=net_cfg,
                                  progress=progress)

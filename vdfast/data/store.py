@@ -114,6 +114,16 @@ class ClipStore:
         labels = torch.cat([torch.full((p.shape[0],), c, dtype=torch.long) for c, p in enumerate(parts)])
         return torch.cat(parts).to(device), labels.to(device)
 
+    def random_clips(self, per_class: int, gen: torch.Generator, split: str = "train"):
+        """``per_class`` random clips of every class (without replacement), class-major:
+        (uint8 ``[nc * per_class, T, H, W, 3]``, labels). Draws from ``gen`` (a CPU generator)."""
+        clips, labels = [], []
+        for c, n in enumerate(self.counts(split)):
+            idx = torch.randperm(n, generator=gen)[:per_class].sort().values.numpy()
+            clips.append(torch.from_numpy(np.ascontiguousarray(self.clips(split, c)[idx])))
+            labels.append(torch.full((len(idx),), c, dtype=torch.long))
+        return torch.cat(clips), torch.cat(labels)
+
     def describe(self) -> dict:
         return {"name": self.name, "classes": len(self.classes), "frames": self.frames,
                 "size": self.size, "train": sum(self.counts("train")), "test": sum(self.counts("test"))}

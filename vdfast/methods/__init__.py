@@ -1,18 +1,40 @@
-"""Distillation methods by name. ``get(name)`` returns a fresh Method object."""
-from vdfast.config import METHODS
+"""Distillation methods by name.
+
+A method name is an objective (``dm``, ``random``, ``herding``, ``kcenter`` ...) optionally prefixed
+by a parametrisation (``s2d-dm``: the static-dynamic synset trained with the DM loss). Each method
+module adds one line to ``OBJECTIVES``; each parametrisation registers its synset init in
+``vdfast.synsets`` and one line in ``PARAMETRIZATIONS``.
+"""
+import importlib
+
 from vdfast.methods.base import Method
+
+# objective -> "module:Class" (imported on use)
+OBJECTIVES = {
+    "dm": "vdfast.methods.dm:DM",
+    "random": "vdfast.methods.coreset:Coreset",
+    "herding": "vdfast.methods.coreset:Coreset",
+    "kcenter": "vdfast.methods.coreset:Coreset",
+}
+# parametrisations other than pixel, and the objectives they can be trained with
+PARAMETRIZATIONS: dict[str, tuple[str, ...]] = {}
+
+
+def names() -> list[str]:
+    return list(OBJECTIVES) + [f"{p}-{o}" for p, objs in PARAMETRIZATIONS.items() for o in objs]
 
 
 def get(name: str) -> Method:
-    if name == "dm":
-        from vdfast.methods.dm import DM
+    """A fresh Method object for ``name``."""
+    param, objective = "pixel", name
+    if "-" in name:
+        param, objective = name.split("-", 1)
+        if param not in PARAMETRIZATIONS or objective not in PARAMETRIZATIONS[param]:
+            raise ValueError(f"unknown method {name!r}; choose from {', '.join(names())}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(names())}")
+    module, cls = OBJECTIVES[objective].split(":")
+    return getattr(importlib.import_module(module), cls)(objective, parametrization=param)
 
-        return DM()
-    if name in ("random", "herding", "kcenter"):
-        from vdfast.methods.coreset import Coreset
 
-        return Coreset(name)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-
-
-__all__ = ["Method", "get"]
+__all__ = ["Method", "get", "names", "OBJECTIVES", "PARAMETRIZATIONS"]

@@ -15,11 +15,25 @@ from vdfast.data.store import ClipStore
 
 
 class Method:
+    """An objective over a parametrisation. ``init`` builds the synset of ``self.parametrization``
+    (``pixel``: the videos themselves; ``s2d``: static + dynamic memory); ``step`` computes the
+    objective on ``synset.videos()`` and updates ``synset.param_groups(cfg)``."""
+
     name = "base"
     iterative = False
 
+    def __init__(self, name: str | None = None, parametrization: str = "pixel"):
+        self.name = name or self.name
+        self.parametrization = parametrization
+
+    @property
+    def full_name(self) -> str:
+        return self.name if self.parametrization == "pixel" else f"{self.parametrization}-{self.name}"
+
     def init(self, store: ClipStore, cfg, device, gen: torch.Generator):
-        raise NotImplementedError
+        from vdfast.synsets import make
+
+        return make(self.parametrization, store, cfg, device, method=self.full_name)
 
     def setup(self, synset, store: ClipStore, cfg, device) -> dict:
         return {}
@@ -50,13 +64,3 @@ def reinit_(net: nn.Module, gen: torch.Generator) -> nn.Module:
             m.weight.fill_(1.0)
             m.bias.zero_()
     return net
-
-
-def real_init(store: ClipStore, ipc: int, gen_cpu: torch.Generator):
-    """``ipc`` random real train clips per class: (uint8 ``[nc*ipc, T, H, W, 3]``, labels)."""
-    clips, labels = [], []
-    for c, n in enumerate(store.counts("train")):
-        idx = torch.randperm(n, generator=gen_cpu)[:ipc].sort().values.numpy()
-        clips.append(torch.from_numpy(store.clips("train", c)[idx]))
-        labels.append(torch.full((ipc,), c, dtype=torch.long))
-    return torch.cat(clips), torch.cat(labels)

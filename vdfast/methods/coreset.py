@@ -16,7 +16,6 @@ import torch
 
 from vdfast.data.store import ClipStore
 from vdfast.methods.base import Method, reinit_
-from vdfast.methods.dm import init_pixel_synset
 from vdfast.models import ConvNet3D
 from vdfast.ops import normalize_clips
 from vdfast.synsets import PixelSynset
@@ -64,12 +63,9 @@ def embed_class(net, store: ClipStore, c: int, device, chunk: int = 256) -> torc
 class Coreset(Method):
     iterative = False
 
-    def __init__(self, name: str):
-        self.name = name
-
     def init(self, store, cfg, device, gen):
         if self.name == "random":
-            return init_pixel_synset(store, cfg, device, "random")
+            return super().init(store, cfg, device, gen)
         select = {"herding": herding, "kcenter": kcenter}[self.name]
         net = ConvNet3D(store.num_classes, store.frames, store.size, width=cfg.net.width,
                         depth=cfg.net.depth, norm=cfg.net.norm).to(device).eval()

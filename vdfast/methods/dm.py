@@ -2,7 +2,8 @@
 
 Each iteration: a NEW randomly initialised ConvNet3D (weights redrawn in place, no gradient on
 them); loss = sum over classes c of || mean_i embed(real_i of c) - mean_j embed(syn_j of c) ||^2 with
-``batch_real`` real clips per class; SGD(momentum) on the synthetic pixels.
+``batch_real`` real clips per class; SGD(momentum) on the synset's learnable tensors (the pixels, or with ``s2d-dm``
+the dynamic memory and integrator).
 
 Where the reference spends its time (~97 %: 50 per-class forwards, real clips gathered on the host)
 vdfast does one batched forward of every class's real clips (ConvNet3D has no normalisation layer,
@@ -14,36 +15,21 @@ from __future__ import annotations
 
 import torch
 
-from vdfast.data.store import ClipPool, ClipStore
-from vdfast.methods.base import Method, real_init, reinit_
+from vdfast.data.store import ClipPool
+from vdfast.methods.base import Method, reinit_
 from vdfast.models import ConvNet3D
 from vdfast.ops import dm_loss, normalize_clips
-from vdfast.synsets import PixelSynset
-
-
-def init_pixel_synset(store: ClipStore, cfg, device, method: str) -> PixelSynset:
-    """Pixel synset initialised from ``ipc`` random real clips per class (or N(0, 1) noise)."""
-    gen_cpu = torch.Generator().manual_seed(cfg.seed)
-    clips, labels = real_init(store, cfg.ipc, gen_cpu)
-    data = normalize_clips(clips, store.mean, store.std)
-    if cfg.init == "noise":
-        data = torch.randn(data.shape, generator=gen_cpu)
-    return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
-                       meta={"method": method, "ipc": cfg.ipc, "dataset": store.name})
 
 
 class DM(Method):
     name = "dm"
     iterative = True
 
-    def init(self, store, cfg, device, gen):
-        return init_pixel_synset(store, cfg, device, self.name)
-
     def setup(self, synset, store, cfg, device):
         net = ConvNet3D(store.num_classes, store.frames, store.size, width=cfg.net.width,
                         depth=cfg.net.depth, norm=cfg.net.norm).to(device)
         net.requires_grad_(False)
-        opt = torch.optim.SGD([synset.data], lr=cfg.lr_img, momentum=cfg.momentum)
+        opt = torch.optim.SGD(synset.param_groups(cfg), momentum=cfg.momentum)
         return {"pool": ClipPool(store, "train", device), "net": net, "opt": opt,
                 "batch_real": cfg.batch_real, "mean": store.mean, "std": store.std}
 

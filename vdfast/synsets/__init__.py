@@ -1,4 +1,4 @@
-from vdfast.synsets.base import KINDS, Synset, SynsetError, check_matches, load
+from vdfast.synsets.base import INITS, KINDS, Synset, SynsetError, check_matches, load, make
 from vdfast.synsets.pixel import PixelSynset
 
-__all__ = ["Synset", "PixelSynset", "SynsetError", "KINDS", "load", "check_matches"]
+__all__ = ["Synset", "PixelSynset", "SynsetError", "KINDS", "INITS", "load", "make", "check_matches"]

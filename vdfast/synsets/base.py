@@ -24,7 +24,8 @@ import torch.nn as nn
 from vdfast.version import __version__
 
 SYNSET_FORMAT = 1
-KINDS: dict[str, type] = {}
+KINDS: dict[str, type] = {}      # kind -> Synset subclass (for load)
+INITS: dict[str, object] = {}    # parametrisation -> init(store, cfg, device, method) -> Synset
 
 
 def register(kind: str):
@@ -33,6 +34,20 @@ def register(kind: str):
         KINDS[kind] = cls
         return cls
     return deco
+
+
+def register_init(parametrization: str):
+    """Register how a method's ``init`` builds a synset of this parametrisation."""
+    def deco(fn):
+        INITS[parametrization] = fn
+        return fn
+    return deco
+
+
+def make(parametrization: str, store, cfg, device, method: str) -> "Synset":
+    if parametrization not in INITS:
+        raise ValueError(f"unknown parametrisation {parametrization!r}; known: {', '.join(INITS)}")
+    return INITS[parametrization](store, cfg, device, method)
 
 
 class Synset(nn.Module):
@@ -52,6 +67,10 @@ class Synset(nn.Module):
     # ---------------------------------------------------------------- what every kind provides
     def videos(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(float videos ``[N, C, T, H, W]`` in normalised space, hard labels ``[N]``)."""
+        raise NotImplementedError
+
+    def param_groups(self, cfg) -> list[dict]:
+        """Optimizer parameter groups (with their learning rates) that distillation updates."""
         raise NotImplementedError
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:

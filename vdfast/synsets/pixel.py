@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from vdfast.synsets.base import Synset, register
+from vdfast.synsets.base import Synset, register, register_init
 
 
 @register("pixel")
@@ -21,6 +21,9 @@ class PixelSynset(Synset):
     def videos(self):
         return self.data, self.labels
 
+    def param_groups(self, cfg) -> list[dict]:
+        return [{"params": [self.data], "lr": cfg.lr_img}]
+
     @classmethod
     def _from_header(cls, header, tensors):
         norm = header["normalization"]
@@ -29,3 +32,17 @@ class PixelSynset(Synset):
                              "num_videos", "soft_labels", "storage")}
         return cls(tensors["data"], tensors["labels"], header["classes"], norm["mean"], norm["std"],
                    soft_labels=tensors.get("soft_labels"), meta=meta)
+
+
+@register_init("pixel")
+def init_pixel(store, cfg, device, method: str) -> PixelSynset:
+    """``ipc`` random real clips per class (seeded by ``cfg.seed``), or N(0, 1) noise."""
+    from vdfast.ops import normalize_clips
+
+    gen_cpu = torch.Generator().manual_seed(cfg.seed)
+    clips, labels = store.random_clips(cfg.ipc, gen_cpu)
+    data = normalize_clips(clips, store.mean, store.std)
+    if cfg.init == "noise":
+        data = torch.randn(data.shape, generator=gen_cpu)
+    return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
+                       meta={"method": method, "ipc": cfg.ipc, "dataset": store.name})
