@@ -66,6 +66,7 @@ class Result:
     history: dict = field(default_factory=dict)
     out: Path | None = None
     store: ClipStore | None = None
+    rank: int = 0
 
 
 def _identity(cfg: DistillConfig, store: ClipStore) -> dict:
@@ -111,8 +112,14 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
         preset = "builtin" if store.name == BUILTIN else "published"
     cfg = resolve(preset, method=method, ipc=ipc, iterations=iterations, **options)
     store.check_request(ipc=cfg.ipc)
-    device = pick_device(cfg.device)
+    from vdfast import distributed
+
+    dist = distributed.setup(pick_device(cfg.device))
+    device = dist.device
     m = methods.get(cfg.method)
+    if dist.active and m.iterative and not m.shardable:
+        raise RuntimeError(f"method {cfg.method} does not run on {dist.world} processes yet; "
+                           f"launch it as a single process")
     out = Path(out) if out is not None else None
     ident = _identity(cfg, store)
 
@@ -140,19 +147,21 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
     synset.meta.update(method=cfg.method, ipc=cfg.ipc, config=cfg.to_dict(), dataset=store.name)
 
     if m.iterative and start < cfg.iterations:
-        state = m.setup(synset, store, cfg, device)
+        state = (m.setup(synset, store, cfg, device, dist=dist) if m.shardable
+                 else m.setup(synset, store, cfg, device))
         if start > 0:
             m.load_state_dict(state, saved["method"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         window, t_win, losses = 10, time.perf_counter(), []
         with bar(total=cfg.iterations, initial=start, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it",
-                 enable=progress) as pb:
+                 enable=progress and dist.main) as pb:
             for it in range(start, cfg.iterations):
                 losses.append(m.step(synset, state, gen))
                 done = it + 1
                 if done % window == 0 or done == cfg.iterations:
-                    vals = torch.stack(losses).float().cpu().tolist()  # the one sync per window
+                    # the one sync per window (summed over processes' classes)
+                    vals = dist.all_reduce_(torch.stack(losses).float()).cpu().tolist()
                     dt = (time.perf_counter() - t_win) / len(vals)
                     history["loss"] += vals
                     history["seconds_per_it"].append(dt)
@@ -162,15 +171,19 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                     losses, t_win = [], time.perf_counter()
                     if not all(v == v for v in vals):
                         raise FloatingPointError(
-                            f"{cfg.method} loss became NaN at iteration {done}; lower --lr-img "
-                            f"(now {cfg.lr_img})")
+                            f"{cfg.method} loss became NaN at iteration {done}; lower the learning "
+                            f"rate of the synthetic data (--lr-img, or the method's own "
+                            f"--{m.name}-lr-img); the last checkpoint is in {ckpt}")
                 if ckpt is not None and cfg.checkpoint_every and (
                         done % cfg.checkpoint_every == 0 or done == cfg.iterations):
-                    _checkpoint(ckpt, synset, m, state, gen, done, history, ident)
+                    if dist.main:  # every process holds the same synset
+                        _checkpoint(ckpt, synset, m, state, gen, done, history, ident)
+                    dist.barrier()
         history["peak_memory_mb"] = peak_memory_mb(device)
     history["iterations"] = cfg.iterations if m.iterative else 0
+    history["processes"] = dist.world
     result = Result(synset, cfg, history, out, store)
-    if out is not None:
+    if out is not None and dist.main:
         out.mkdir(parents=True, exist_ok=True)
         synset.save(out / "synset")
         (out / "config.json").write_text(json.dumps({"vdfast": __version__, "preset": preset,
@@ -179,6 +192,8 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
         _write_metrics(out, {"history": _summary(history)})
         if ckpt is not None and not (ckpt / "state.pt").exists():
             _checkpoint(ckpt, synset, m, {}, gen, history["iterations"], history, ident)
+    dist.barrier()
+    result.rank = dist.rank
     return result
 
 

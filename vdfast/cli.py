@@ -144,9 +144,11 @@ def main(argv=None) -> int:
         out = Path(args.out or f"runs/{store.name}-{method}-ipc{ipc}")
         res = vdfast.distill(store, method=method, ipc=ipc, out=out, resume=args.resume,
                              preset=args.preset, **o)
+        if res.rank != 0:  # other processes of a multi-process run: rank 0 reports
+            return 0
         h = res.history
         spi = h.get("seconds_per_it") or [0]
-        print(f"distilled {method} ipc {ipc}: {h['iterations']} iterations, "
+        print(f"distilled {method} ipc {ipc} on {h['processes']} process(es): {h['iterations']} iterations, "
               f"median {1e3 * sorted(spi)[len(spi) // 2]:.1f} ms/it, peak memory "
               f"{h.get('peak_memory_mb', 0):.0f} MiB -> {out / 'synset'}")
         _print_storage(res.synset)

@@ -72,27 +72,212 @@ class EvalConfig:
 # ---- method sections: each method owns one dataclass here (flags --<section>-<field>) ----------
 @dataclass(frozen=True)
 class MTTConfig:
-    """MTT (trajectory matching) and its expert buffers."""
+    """MTT (trajectory matching) and its expert buffers.
+
+    Published video settings at ipc 1 (the reference's MTT scripts): syn_steps 10, expert_epochs 1,
+    max_start_epoch 10, initial student lr 0.01 learned (``learn_lr``), the whole synset per step;
+    30 experts of 50 epochs, SGD lr 0.01 without momentum, batch 256. ``lr_img`` replaces the
+    top-level ``lr_img`` (DM's) for the pixels MTT optimises (the papers sweep 1e2-1e4)."""
+
+    buffer: str = ""                 # expert directory; "" = buffers/<data>-<net>-<training> under
+    #                                  $VDFAST_BUFFERS or ./buffers, trained on first use
+    num_experts: int = 30
+    buffer_epochs: int = 50          # epochs each expert trains (rows saved: buffer_epochs + 1)
+    buffer_lr: float = 0.01
+    buffer_batch: int = 256
+    buffer_momentum: float = 0.0
+    buffer_seed: int = 0
+    syn_steps: int = 10              # unrolled student steps per iteration
+    expert_epochs: int = 1           # target = expert epoch start + expert_epochs
+    max_start_epoch: int = 10        # start epoch drawn from [0, max_start_epoch)
+    lr_img: float = 1000.0
+    lr_lr: float = 1e-5              # learning rate of the learnable student step size
+    lr_teacher: float = 0.01         # initial student step size
+    learn_lr: bool = True
+    batch_syn: int = 0               # synthetic videos per unrolled step (0: all)
+
+    def __post_init__(self):
+        for n in ("num_experts", "buffer_epochs", "buffer_batch", "syn_steps", "expert_epochs",
+                  "max_start_epoch"):
+            _positive(f"mtt {n}", getattr(self, n))
+        for n in ("buffer_lr", "lr_img", "lr_teacher"):
+            _positive(f"mtt {n}", getattr(self, n))
+        _positive("mtt lr_lr", self.lr_lr, allow_zero=True)
+        _positive("mtt batch_syn", self.batch_syn, allow_zero=True)
+        if not 0 <= self.buffer_momentum < 1:
+            raise ConfigError(f"mtt buffer_momentum must be in [0, 1), got {self.buffer_momentum}")
+        if self.max_start_epoch + self.expert_epochs > self.buffer_epochs:
+            raise ConfigError(
+                f"mtt max_start_epoch ({self.max_start_epoch}) + expert_epochs ({self.expert_epochs}) "
+                f"exceeds buffer_epochs ({self.buffer_epochs}); lower --mtt-max-start-epoch or raise "
+                f"--mtt-buffer-epochs")
 
 
 @dataclass(frozen=True)
 class DCConfig:
-    """DC (gradient matching)."""
+    """DC (gradient matching; Zhao, Mopuri & Bilen 2021). One iteration = a fresh random network,
+    then ``outer_loop`` synset updates with ``inner_loop`` epochs of network training on the
+    synthetic set between them. ``outer_loop``/``inner_loop`` 0: the paper's table by ipc
+    (1: 1/1, 10: 10/50, 20: 20/25, 30: 30/20, 40: 40/15, 50: 50/10; other ipc: the largest entry
+    at or below it)."""
+
+    outer_loop: int = 0
+    inner_loop: int = 0
+    batch_real: int = 256     # real clips per class per outer step
+    batch_train: int = 256    # synthetic clips per network-training step (inner loop)
+    lr_net: float = 0.01      # plain SGD of the network in the inner loop
+    lr_img: float = 0.1       # SGD(momentum=cfg.momentum) on pixel synsets (replaces lr_img, DM's)
+    batched: bool = False     # all classes' gradients in one vmap (exact; more memory; for GPUs)
+
+    def __post_init__(self):
+        for n in ("outer_loop", "inner_loop"):
+            _positive(f"dc {n}", getattr(self, n), allow_zero=True)
+        for n in ("batch_real", "batch_train", "lr_net", "lr_img"):
+            _positive(f"dc {n}", getattr(self, n))
 
 
 @dataclass(frozen=True)
 class FRePoConfig:
-    """FRePo (kernel ridge regression on a pool of online models)."""
+    """FRePo (Zhou, Nezhadarya & Ba 2022): kernel ridge regression from synthetic to real
+    ``embed`` features of a pool of online-trained networks; learnable labels; Adam."""
+
+    pool_size: int = 10          # online models; one per step, round-robin
+    reset_every: int = 100       # a model is re-initialised after this many updates
+    train_all: bool = False      # True: every pool model takes a step each iteration
+    batch_real: int = 1024       # real clips per step in all (balanced: batch_real // nc per class)
+    reg: float = 1e-6            # ridge: lambda = reg * tr(K_ss) / N
+    lr_img: float = 3e-4         # Adam on pixel synsets (replaces lr_img, DM's)
+    lr_label: float = 3e-4       # Adam on the label targets
+    lr_net: float = 3e-4         # Adam of the online models
+    schedule: str = "cosine"     # of the synset/label learning rates over the run: cosine | constant
+    learn_labels: bool = True
+    label_margin: float = 0.5    # hinge keeping each label's own class this far above the others
+    margin_weight: float = 1.0
+    label_confidence: float = 0.9  # evaluation soft labels: softmax(labels / tau), tau set so the
+                                   # initial labels give this probability to their class
+
+    def __post_init__(self):
+        for n in ("pool_size", "reset_every", "batch_real", "reg", "lr_img", "lr_label", "lr_net"):
+            _positive(f"frepo {n}", getattr(self, n))
+        _positive("frepo label_margin", self.label_margin, allow_zero=True)
+        _positive("frepo margin_weight", self.margin_weight, allow_zero=True)
+        _choice("frepo schedule", self.schedule, ("cosine", "constant"))
+        if not 0 < self.label_confidence < 1:
+            raise ConfigError(f"frepo label_confidence must be in (0, 1), got {self.label_confidence}")
 
 
 @dataclass(frozen=True)
 class S2DConfig:
-    """Static-dynamic disentanglement: static memory, dynamic memory, integrator."""
+    """Static-dynamic disentanglement: static memory, dynamic memory, integrator.
+
+    Learning rates and momentum of 0 / < 0 mean "the published value for the objective" (the
+    ``s2d-<objective>`` method), from :attr:`PUBLISHED`: DM lr_D 1e-4, lr_H 1e-5, SGD momentum 0.95;
+    MTT lr_D 1e4, lr_H 1e-3 (the objective's own momentum). DC and FRePo have no published values
+    in the spec: vdfast's own (DC: DC's pixel lr for D; FRePo: Adam-sized), tune them explicitly.
+    """
+
+    pairing: str = "multi"           # "multi": spc = dpc = 2 ipc, redrawn per call; "1:1": spc = dpc = ipc
+    lr_dynamic: float = 0.0          # 0: published for the objective
+    lr_integrator: float = 0.0       # 0: published for the objective
+    momentum: float = -1.0           # < 0: published for the objective (or the objective's own)
+    integrator_init: str = "identity"  # "identity": videos start as the still image + a little motion; "default": Conv3d init
+    static_method: str = "dc"        # image method of static learning: "dc" (the paper) or "dm"
+    static_iterations: int = 1000
+    static_lr: float = 0.0           # 0: the image method's usual lr (DC 0.1, DM 1.0)
+    static_batch_real: int = 256     # real frames per class per iteration
+    static_width: int = 128
+    static_depth: int = 4
+    static_norm: str = "instance"
+    static_path: str = ""            # bring your own static memory (static.safetensors dir/file, or an s2d synset dir)
+    static_cache: str = ""           # directory where learned static memories are kept and reused
+
+    PUBLISHED = {"dm": (1e-4, 1e-5, 0.95), "mtt": (1e4, 1e-3, None), "dc": (0.1, 1e-3, None),
+                 "frepo": (1e-3, 1e-4, None)}
+
+    def __post_init__(self):
+        _choice("s2d pairing", self.pairing, ("multi", "1:1"))
+        _choice("s2d integrator_init", self.integrator_init, ("identity", "default"))
+        _choice("s2d static_method", self.static_method, ("dc", "dm"))
+        _choice("s2d static_norm", self.static_norm, ("none", "instance", "batch"))
+        _positive("s2d lr_dynamic", self.lr_dynamic, allow_zero=True)
+        _positive("s2d lr_integrator", self.lr_integrator, allow_zero=True)
+        _positive("s2d static_lr", self.static_lr, allow_zero=True)
+        for n in ("static_iterations", "static_batch_real", "static_width", "static_depth"):
+            _positive(f"s2d {n}", getattr(self, n), allow_zero=n == "static_iterations")
+        if self.momentum >= 1:
+            raise ConfigError(f"s2d momentum must be < 1 (< 0: the published value), got {self.momentum}")
+
+    def optim(self, objective: str) -> tuple[float, float, float | None]:
+        """(lr of D, lr of H, momentum or None for the objective's own) for ``s2d-<objective>``."""
+        if objective not in self.PUBLISHED:
+            raise ConfigError(f"s2d has no settings for objective {objective!r}; "
+                              f"choose from {', '.join(self.PUBLISHED)}")
+        lr_d, lr_h, mom = self.PUBLISHED[objective]
+        return (self.lr_dynamic or lr_d, self.lr_integrator or lr_h,
+                self.momentum if self.momentum >= 0 else mom)
 
 
 @dataclass(frozen=True)
 class GVDConfig:
-    """GVD: generator, mode guidance with frame-wise decay, MVIC, soft labels."""
+    """GVD: generator, mode guidance with frame-wise decay, MVIC, soft labels (spec/gvd.md).
+
+    Stages (autoencoder, train latents, generator, modes, samples, teacher) are cached under
+    ``workdir`` (empty: ``<run out>/gvd`` when the run has one, else not kept) and resume there.
+    """
+
+    workdir: str = ""               # stage cache / checkpoints; keyed by each stage's settings
+    autoencoder: str = ""           # a local diffusers AutoencoderKL folder; empty: train vdfast's
+    ae_down: int = 8                # spatial factor of the trained autoencoder (4 or 8)
+    ae_width: int = 64
+    ae_steps: int = 20000
+    ae_batch: int = 64              # frames per step
+    ae_lr: float = 2e-4
+    generator: str = "XL"           # VideoDiT size: tiny | small | S | B | L | XL
+    patch: int = 2
+    gen_steps: int = 100000         # diffusion training steps (train split only)
+    gen_batch: int = 32
+    gen_lr: float = 1e-4
+    ema: float = 0.9999
+    p_uncond: float = 0.1           # class dropout for classifier-free guidance
+    train_timesteps: int = 1000     # DDPM schedule length (linear betas 1e-4 .. 0.02)
+    checkpoint_every: int = 1000    # training steps between checkpoints (autoencoder, generator)
+    sampler: str = "ddpm"           # ddpm | ddim
+    steps: int = 50                 # sampling steps
+    cfg_scale: float = 4.0
+    lam: float = 0.1                # mode guidance strength (0: off)
+    rho: float = 0.0                # last frame's share of lam (1: no frame-wise decay)
+    t_stop: float = 0.5             # guide while t >= t_stop * train_timesteps (the noisier part)
+    segments: int = 2               # MVIC segments per instance (1: off)
+    kmeans_iters: int = 50
+    chunk: int = 32                 # instances generated at once (peak memory independent of ipc)
+    soft_labels: bool = True
+    temperature: float = 1.0        # soft labels softmax(logits / T); match --eval-soft-temperature
+    teacher_epochs: int = 30
+    store_as: str = "uint8"         # decoded videos kept as uint8 pixels or fp16 normalised
+    keep_latents: bool = False      # also store the fp16 latents in the synset
+
+    def __post_init__(self):
+        from vdfast.models.video_dit import PRESETS as DIT_SIZES
+
+        _choice("gvd generator", self.generator, tuple(DIT_SIZES))
+        _choice("gvd sampler", self.sampler, ("ddpm", "ddim"))
+        _choice("gvd store_as", self.store_as, ("uint8", "fp16"))
+        _choice("gvd ae_down", self.ae_down, (2, 4, 8, 16))
+        for n in ("ae_width", "ae_steps", "ae_batch", "ae_lr", "patch", "gen_steps", "gen_batch",
+                  "gen_lr", "train_timesteps", "steps", "segments", "kmeans_iters", "chunk",
+                  "teacher_epochs", "temperature"):
+            _positive(f"gvd {n}", getattr(self, n))
+        _positive("gvd checkpoint_every", self.checkpoint_every, allow_zero=True)
+        _positive("gvd lam", self.lam, allow_zero=True)
+        _positive("gvd cfg_scale", self.cfg_scale, allow_zero=True)
+        for n in ("rho", "t_stop", "p_uncond"):
+            if not 0.0 <= getattr(self, n) <= 1.0:
+                raise ConfigError(f"gvd {n} must be in [0, 1], got {getattr(self, n)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"gvd ema must be in [0, 1), got {self.ema}")
+        if self.steps > self.train_timesteps:
+            raise ConfigError(f"gvd steps ({self.steps}) exceed train_timesteps "
+                              f"({self.train_timesteps})")
 
 
 @dataclass(frozen=True)
@@ -144,6 +329,25 @@ PRESETS: dict[str, dict] = {
         "iterations": 200, "batch_real": 16, "lr_img": 1.0, "checkpoint_every": 50,
         "net": {"width": 32, "depth": 2},
         "eval": {"epochs": 200, "batch": 64, "full_epochs": 20},
+        # MTT: 3 experts x 6 epochs (~1 min each on 2 cores); lr 0.05 because 0.01 without
+        # momentum barely moves a 12-class expert in 6 epochs
+        "mtt": {"num_experts": 3, "buffer_epochs": 6, "buffer_lr": 0.05, "buffer_batch": 64,
+                "max_start_epoch": 4, "lr_teacher": 0.05, "lr_img": 100.0, "lr_lr": 1e-5},
+        # DC: ipc 1 -> 1 outer / 1 inner step per iteration; lr_img 1 (0.1, the image setting,
+        # barely moves the pixels in 200 iterations)
+        "dc": {"batch_real": 16, "batch_train": 64, "lr_img": 1.0},
+        # FRePo: a 4-model pool living ~100 iterations each; Adam lr 0.01 (3e-4 is for 500K steps)
+        "frepo": {"batch_real": 192, "pool_size": 4, "reset_every": 25, "lr_img": 0.01,
+                  "lr_label": 0.01},
+        # S2D: static learning with DM on a 3-block ConvNet2D (32x32 frames), 100 iterations; lr of D
+        # and H tuned for s2d-dm on this data (the published 1e-4 / 1e-5 barely move D in 200
+        # iterations here); other objectives: pass --s2d-lr-dynamic / --s2d-lr-integrator
+        "s2d": {"static_method": "dm", "static_iterations": 100, "static_width": 32,
+                "static_depth": 3, "static_batch_real": 16, "lr_dynamic": 1.0,
+                "lr_integrator": 1e-5},
+        "gvd": {"ae_down": 4, "ae_width": 16, "ae_steps": 600, "ae_batch": 32, "ae_lr": 1e-3,
+                "generator": "tiny", "gen_steps": 2000, "gen_batch": 32, "gen_lr": 1e-3,
+                "ema": 0.995, "checkpoint_every": 250, "steps": 25, "teacher_epochs": 20},
     },
 }
 

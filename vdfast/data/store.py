@@ -107,11 +107,13 @@ class ClipStore:
         self._check_split(split)
         return self.arrays[split][c]
 
-    def tensors(self, split: str, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole split as (uint8 ``[N, T, H, W, 3]``, int64 labels ``[N]``) on ``device``."""
+    def tensors(self, split: str, device="cpu", classes=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole split (or only ``classes``) as (uint8 ``[N, T, H, W, 3]``, int64 labels
+        ``[N]``) on ``device``."""
         self._check_split(split)
-        parts = [torch.from_numpy(np.ascontiguousarray(a)) for a in self.arrays[split]]
-        labels = torch.cat([torch.full((p.shape[0],), c, dtype=torch.long) for c, p in enumerate(parts)])
+        classes = range(self.num_classes) if classes is None else classes
+        parts = [torch.from_numpy(np.ascontiguousarray(self.arrays[split][c])) for c in classes]
+        labels = torch.cat([torch.full((p.shape[0],), c, dtype=torch.long) for c, p in zip(classes, parts)])
         return torch.cat(parts).to(device), labels.to(device)
 
     def random_clips(self, per_class: int, gen: torch.Generator, split: str = "train"):
@@ -155,34 +157,45 @@ class ClipPool:
     ``sample(n, gen)`` draws ``n`` clips of every class (without replacement while the class has
     enough, wrapping around otherwise) using random numbers generated on the device: the loop that
     calls it never synchronises with the host.
+
+    ``classes`` (a contiguous ``range``) keeps only those classes on the device, for class-sharded
+    multi-process runs. The random keys are still drawn for ALL classes and then sliced, so every
+    class sees the same draws whatever the number of processes (results do not depend on it).
     """
 
-    def __init__(self, store: ClipStore, split: str = "train", device="cpu"):
-        self.data, self.labels = store.tensors(split, device)
-        counts = torch.tensor(store.counts(split), dtype=torch.long)
-        if (counts == 0).any():
-            empty = [store.classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+    def __init__(self, store: ClipStore, split: str = "train", device="cpu", classes: range | None = None):
+        all_counts = torch.tensor(store.counts(split), dtype=torch.long)
+        if (all_counts == 0).any():
+            empty = [store.classes[i] for i in torch.nonzero(all_counts == 0).flatten().tolist()]
             raise StoreError(f"classes with no {split} clips: {', '.join(empty)}")
+        self.classes = classes if classes is not None else range(len(all_counts))
+        self.data, self.labels = store.tensors(split, device, classes=self.classes)
+        counts = all_counts[self.classes.start:self.classes.stop]
         self.counts = counts.to(device)
         self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
-        self.max_count = int(counts.max())
-        self.num_classes = len(counts)
+        self.total_classes = len(all_counts)
+        self.max_count = int(all_counts.max())
         self.device = torch.device(device)
         col = torch.arange(self.max_count, device=device)
         self._invalid = col[None, :] >= self.counts[:, None]
+        self._labels = torch.tensor(list(self.classes), device=device)
+
+    @property
+    def num_classes(self) -> int:
+        """All classes of the store (labels are global ids)."""
+        return self.total_classes
 
     def sample(self, n: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 ``[nc * n, T, H, W, 3]`` class-major, labels ``[nc * n]``)."""
-        keys = torch.rand(self.num_classes, self.max_count, device=self.device, generator=gen)
-        keys = keys.masked_fill(self._invalid, 2.0)
+        """(uint8 ``[len(classes) * n, T, H, W, 3]`` class-major, global labels)."""
+        keys = torch.rand(self.total_classes, self.max_count, device=self.device, generator=gen)
+        keys = keys[self.classes.start:self.classes.stop].masked_fill(self._invalid, 2.0)
         k = min(n, self.max_count)
         pick = keys.topk(k, dim=1, largest=False).indices
         if n > k:
             pick = pick.repeat(1, (n + k - 1) // k)[:, :n]
         pick = pick % self.counts[:, None]
         idx = (self.offsets[:, None] + pick).flatten()
-        labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(n)
-        return self.data[idx], labels
+        return self.data[idx], self._labels.repeat_interleave(n)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,12 +12,18 @@ from vdfast.methods.base import Method
 # objective -> "module:Class" (imported on use)
 OBJECTIVES = {
     "dm": "vdfast.methods.dm:DM",
+    "mtt": "vdfast.methods.mtt:MTT",
     "random": "vdfast.methods.coreset:Coreset",
     "herding": "vdfast.methods.coreset:Coreset",
     "kcenter": "vdfast.methods.coreset:Coreset",
+    "dc": "vdfast.methods.dc:DC",
+    "frepo": "vdfast.methods.frepo:FRePo",
+    "gvd": "vdfast.methods.gvd:GVD",
+    "static": "vdfast.methods.static:StaticOnly",
 }
 # parametrisations other than pixel, and the objectives they can be trained with
 PARAMETRIZATIONS: dict[str, tuple[str, ...]] = {}
+PARAMETRIZATIONS["s2d"] = ("dm", "mtt", "dc", "frepo")
 
 
 def names() -> list[str]:

@@ -21,6 +21,7 @@ class Method:
 
     name = "base"
     iterative = False
+    shardable = False  # True: setup(..., dist=) splits classes across processes
 
     def __init__(self, name: str | None = None, parametrization: str = "pixel"):
         self.name = name or self.name

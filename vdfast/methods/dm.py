@@ -24,14 +24,24 @@ from vdfast.ops import dm_loss, normalize_clips
 class DM(Method):
     name = "dm"
     iterative = True
+    shardable = True  # classes split across processes (see vdfast.distributed)
 
-    def setup(self, synset, store, cfg, device):
+    def setup(self, synset, store, cfg, device, dist=None):
+        from vdfast.distributed import Dist
+
+        dist = dist or Dist(0, 1, torch.device(device))
+        classes = dist.shard(store.num_classes)
         net = ConvNet3D(store.num_classes, store.frames, store.size, width=cfg.net.width,
                         depth=cfg.net.depth, norm=cfg.net.norm).to(device)
         net.requires_grad_(False)
-        opt = torch.optim.SGD(synset.param_groups(cfg), momentum=cfg.momentum)
-        return {"pool": ClipPool(store, "train", device), "net": net, "opt": opt,
-                "batch_real": cfg.batch_real, "mean": store.mean, "std": store.std}
+        groups = synset.param_groups(cfg)
+        opt = torch.optim.SGD(groups, momentum=cfg.momentum)
+        labels = synset.labels
+        own = torch.nonzero((labels >= classes.start) & (labels < classes.stop)).flatten()
+        return {"pool": ClipPool(store, "train", device, classes=classes), "net": net, "opt": opt,
+                "batch_real": cfg.batch_real, "mean": store.mean, "std": store.std, "dist": dist,
+                "own": None if len(own) == len(labels) else own,
+                "params": [p for g in groups for p in g["params"]]}
 
     def step(self, synset, state, gen):
         net, opt, pool = state["net"], state["opt"], state["pool"]
@@ -41,9 +51,12 @@ class DM(Method):
         with torch.no_grad():
             real_feat = net.embed(real)
         syn, syn_labels = synset.videos()
+        if state["own"] is not None:  # this process's classes only
+            syn, syn_labels = syn[state["own"]], syn_labels[state["own"]]
         loss = dm_loss(real_feat, real_labels, net.embed(syn), syn_labels, pool.num_classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        state["dist"].sum_grads_(state["params"])
         opt.step()
         return loss.detach()
 

@@ -1,4 +1,6 @@
 from vdfast.synsets.base import INITS, KINDS, Synset, SynsetError, check_matches, load, make
 from vdfast.synsets.pixel import PixelSynset
+from vdfast.synsets.generated import GeneratedSynset
+from vdfast.synsets.static_dynamic import StaticDynamicSynset
 
 __all__ = ["Synset", "PixelSynset", "SynsetError", "KINDS", "INITS", "load", "make", "check_matches"]

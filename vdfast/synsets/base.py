@@ -62,6 +62,7 @@ class Synset(nn.Module):
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.register_buffer("labels", labels.long().clone())
         self.register_buffer("soft_labels", None if soft_labels is None else soft_labels.float().clone())
+        self.register_parameter("label_targets", None)  # learnable regression targets (FRePo)
         self.meta = dict(meta or {})
 
     # ---------------------------------------------------------------- what every kind provides
@@ -75,9 +76,20 @@ class Synset(nn.Module):
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors that make up the synset (what storage is counted on)."""
-        return {k: v for k, v in self.state_dict().items() if k not in ("labels", "soft_labels")}
+        return {k: v for k, v in self.state_dict().items()
+                if k not in ("labels", "soft_labels", "label_targets")}
 
     # ---------------------------------------------------------------- shared
+    def learn_labels(self, targets: torch.Tensor) -> nn.Parameter:
+        """Attach learnable label targets ``[N, nc]`` (FRePo's regression labels, initialised to
+        ``onehot - 1/nc``). They are an ``nn.Parameter`` saved with the synset as
+        ``label_targets``; the hard ``labels`` stay as they are. Returns the parameter."""
+        if targets.shape != (self.labels.numel(), self.num_classes):
+            raise ValueError(f"label targets must be [{self.labels.numel()}, {self.num_classes}] "
+                             f"(one row per video), got {tuple(targets.shape)}")
+        self.label_targets = nn.Parameter(targets.detach().float().clone().to(self.labels.device))
+        return self.label_targets
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -157,7 +169,10 @@ def load(path: str | os.PathLike, device="cpu") -> Synset:
         raise SynsetError(f"{path}: synset kind {kind!r} is unknown to vdfast {__version__} "
                           f"(known: {', '.join(KINDS)}); upgrade vdfast")
     tensors = load_file(str(path / "synset.safetensors"), device=str(device))
-    return KINDS[kind]._from_header(header, tensors)
+    synset = KINDS[kind]._from_header(header, tensors)
+    if "label_targets" in tensors and synset.label_targets is None:
+        synset.learn_labels(tensors["label_targets"])
+    return synset
 
 
 def check_matches(synset: Synset, classes: Sequence[str], frames: int, size: int) -> None:

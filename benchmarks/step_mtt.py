@@ -1,0 +1,169 @@
+"""One MTT iteration: vdfast against the reference-style loop, same sizes, same run, as a ratio.
+
+    python benchmarks/step_mtt.py --smoke                 # tiny, CI
+    python benchmarks/step_mtt.py --workloads builtin_ipc1,k400like50_ipc1 --json runs/mtt_step.json
+
+Workloads are stores of random uint8 clips shaped like the named dataset and expert buffers of
+random trajectories (the time of an MTT iteration does not depend on the values). Both providers
+unroll ``syn_steps`` second-order student steps on the whole synset and update the pixels and the
+learnable step size. Peak memory: CUDA allocator peak on a GPU (null on a CPU). "buffer MiB" is the
+host memory the buffer occupies: the reference holds every expert and epoch, vdfast two rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import _quantile, device_name, time_fn, versions  # noqa: E402
+from reference_mtt import ReferenceMTT  # noqa: E402
+
+from vdfast.config import resolve  # noqa: E402
+from vdfast.data.store import ClipStore  # noqa: E402
+from vdfast.methods import experts as ex  # noqa: E402
+from vdfast.methods import get  # noqa: E402
+from vdfast.methods.base import reinit_  # noqa: E402
+from vdfast.models import count_params  # noqa: E402
+
+WORKLOADS = {
+    # the embedded dataset's shape: 12 classes, 8x32², ConvNet3D width 32 depth 2, 10 unrolled steps
+    "builtin_ipc1": dict(nc=12, frames=8, size=32, width=32, depth=2, ipc=1, syn_steps=10),
+    # Kinetics/SSv2-style clips (8x64², the published ConvNet3D), 50 classes, published unroll
+    "k400like50_ipc1": dict(nc=50, frames=8, size=64, width=64, depth=3, ipc=1, syn_steps=10),
+    # MiniUCF: 50 classes, 16x112², the published net and unroll (GPU-sized)
+    "miniucf_ipc1": dict(nc=50, frames=16, size=112, width=64, depth=3, ipc=1, syn_steps=10),
+}
+SMOKE = {"smoke_ipc1": dict(nc=6, frames=4, size=16, width=4, depth=2, ipc=1, syn_steps=2)}
+EXPERTS, EPOCHS, MAX_START = 2, 3, 2
+
+
+def random_store(nc, frames, size, per_class, seed=0) -> ClipStore:
+    rng = np.random.default_rng(seed)
+    arrays = {s: [rng.integers(0, 256, (per_class, frames, size, size, 3), dtype=np.uint8)
+                  for _ in range(nc)] for s in ("train", "test")}
+    return ClipStore([f"c{i}" for i in range(nc)], arrays, frames, size, name="random")
+
+
+def fake_buffer(store, cfg, path) -> list:
+    """Write ``EXPERTS`` random trajectories as a vdfast buffer at ``path``; return them as the
+    reference's in-memory buffer (experts x epochs x per-layer tensors)."""
+    m = cfg.mtt
+    net_h = ex.net_header(store, cfg.net)
+    net = ex.build_net(net_h)
+    layout = ex.param_layout(net)
+    p = count_params(net)
+    g = torch.Generator().manual_seed(0)
+    training = {"epochs": m.buffer_epochs, "lr": m.buffer_lr, "batch": m.buffer_batch,
+                "momentum": m.buffer_momentum, "weight_decay": 0.0, "seed": m.buffer_seed,
+                "dropout": True}
+    os.makedirs(path, exist_ok=True)
+    trajectories = []
+    for i in range(EXPERTS):
+        reinit_(net, g)
+        theta = ex.flatten_params(net)
+        tpath, jpath = ex.expert_paths(path, i)
+        ex._create_trajectory_file(tpath, EPOCHS + 1, p)
+        rows = []
+        for e in range(EPOCHS + 1):
+            ex._write_row(tpath, e, theta)
+            rows.append([t.clone() for t in ex.unflatten(theta, layout)])
+            theta = theta + 1e-3 * torch.randn(p, generator=g)
+        trajectories.append(rows)
+        ex._write_json(jpath, {"format": ex.EXPERT_FORMAT, "kind": "expert_trajectory",
+                               "net": net_h, "store": ex.store_header(store),
+                               "classes": list(store.classes),
+                               "normalization": ex.normalization_header(store),
+                               "training": training, "expert": i, "params": layout,
+                               "num_params": p, "epochs_done": EPOCHS, "complete": True})
+    return trajectories
+
+
+def run(name, w, device, repeats, warmup, tmp):
+    store = random_store(w["nc"], w["frames"], w["size"], per_class=max(1, w["ipc"]))
+    cfg = resolve("published", method="mtt", ipc=w["ipc"],
+                  net={"width": w["width"], "depth": w["depth"]},
+                  mtt={"buffer": os.path.join(tmp, name), "num_experts": EXPERTS,
+                       "buffer_epochs": EPOCHS, "max_start_epoch": MAX_START, "expert_epochs": 1,
+                       "syn_steps": w["syn_steps"]})
+    trajectories = fake_buffer(store, cfg, os.path.join(tmp, name))
+    m = get("mtt")
+    gen = torch.Generator(device=device).manual_seed(0)
+    syn = m.init(store, cfg, device, gen)
+    state = m.setup(syn, store, cfg, device)
+    mc = cfg.mtt
+    ref = ReferenceMTT(ex.build_net(state["buffer"].net), trajectories, syn.data, syn.labels,
+                       mc.lr_img, mc.lr_lr, mc.lr_teacher, cfg.momentum, mc.syn_steps,
+                       mc.expert_epochs, mc.max_start_epoch, mc.batch_syn, device)
+    p = state["buffer"].num_params
+    host_mib = {"reference-style loop": EXPERTS * (EPOCHS + 1) * p * 4 / 2**20,
+                "vdfast": 2 * p * 4 / 2**20}
+    providers = (("reference-style loop", ref.step), ("vdfast", lambda: m.step(syn, state, gen)))
+    # interleaved repeats (ref, vdfast, ref, ...): on a shared machine both see the same load
+    times = {name: [] for name, _ in providers}
+    for _, fn in providers:
+        time_fn(fn, device, 0, warmup)
+    for _ in range(repeats):
+        for provider, fn in providers:
+            times[provider] += time_fn(fn, device, 1, 0)
+    rows = []
+    env = versions()
+    for provider, fn in providers:
+        peak = None
+        if device.type == "cuda":  # a separate call per provider for its allocator peak
+            torch.cuda.reset_peak_memory_stats(device)
+            time_fn(fn, device, 1, 0)
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+        t = times[provider]
+        rows.append({"workload": name, "method": "mtt", "provider": provider,
+                     "median_ms": statistics.median(t), "p20_ms": _quantile(t, 0.2),
+                     "p80_ms": _quantile(t, 0.8), "peak_mb": peak,
+                     "buffer_host_mb_per_expert_set": host_mib[provider], "num_params": p,
+                     "device": device_name(device), "shape": w, **env})
+    base = rows[0]["median_ms"]
+    for r in rows:
+        r["speedup_vs_reference"] = base / r["median_ms"]
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--workloads", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu"))
+    workloads = SMOKE if a.smoke else WORKLOADS
+    if a.workloads:
+        workloads = {k: v for k, v in {**WORKLOADS, **SMOKE}.items() if k in a.workloads.split(",")}
+    repeats = a.repeats or (3 if a.smoke else 10)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vdfast-mtt-bench-") as tmp:
+        for name, w in workloads.items():
+            rows += run(name, w, device, repeats, warmup=1 if a.smoke else 2, tmp=tmp)
+    print(f"MTT iteration on {device_name(device)} ({EXPERTS} experts x {EPOCHS + 1} epochs held)\n")
+    print("| workload | provider | median ms | p20-p80 ms | peak MiB | buffer MiB in host memory "
+          "| speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+        print(f"| {r['workload']} | {r['provider']} | {r['median_ms']:.1f} | "
+              f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f} | {peak} | "
+              f"{r['buffer_host_mb_per_expert_set']:.1f} | {r['speedup_vs_reference']:.2f}x |")
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""GVD end to end at toy scale: modes keyed by label name, stage caching and resume, soft labels,
+the generated synset's save/load round trip."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import vdfast
+from vdfast.config import GVDConfig, resolve
+from vdfast.data.store import ClipStore
+from vdfast.methods import get
+from vdfast.methods.base import reinit_
+from vdfast.methods.gvd import (discover_modes, encode_train, soft_labels, train_autoencoder,
+                                train_generator)
+from vdfast.models.autoencoder import FrameAutoencoder
+from vdfast.synsets import GeneratedSynset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny shapes: one thread avoids OpenMP spin-waits on a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def store():
+    return ClipStore.builtin(train_per_class=4, test_per_class=1, frames=4, size=16)
+
+
+def _shuffled(store, perm):
+    classes = [store.classes[i] for i in perm]
+    arrays = {s: [a[i] for i in perm] for s, a in store.arrays.items()}
+    return ClipStore(classes, arrays, store.frames, store.size, name=store.name, meta=store.meta)
+
+
+G = GVDConfig(ae_down=4, ae_width=4, ae_steps=4, ae_batch=4, generator="tiny", gen_steps=3,
+              gen_batch=4, steps=3, train_timesteps=20, checkpoint_every=2, teacher_epochs=1,
+              segments=2, chunk=5, kmeans_iters=5)
+
+
+def test_modes_are_keyed_by_label_name(store):
+    perm = [5, 0, 11, 3, 7, 1, 2, 10, 4, 9, 6, 8]
+    other = _shuffled(store, perm)
+    ae = reinit_(FrameAutoencoder(down=4, width=4), torch.Generator().manual_seed(0)).eval()
+    m1 = discover_modes(encode_train(ae, store), 3, 5, seed=1)
+    m2 = discover_modes(encode_train(ae, other), 3, 5, seed=1)
+    assert set(m1) == set(store.classes) and m1[store.classes[0]].shape == (3, 4, 4, 4, 4)
+    for lab in store.classes:
+        assert torch.equal(m1[lab], m2[lab])
+    # and they differ between classes (k-means of each class's own clips)
+    assert not torch.equal(m1[store.classes[0]], m1[store.classes[1]])
+    # the autoencoder trained on a shuffled store is the same network
+    a1 = train_autoencoder(store, G, 0, "cpu", progress=False)
+    a2 = train_autoencoder(other, G, 0, "cpu", progress=False)
+    for p1, p2 in zip(a1.state_dict().values(), a2.state_dict().values()):
+        assert torch.equal(p1, p2)
+
+
+def test_training_resumes_from_checkpoints(store, tmp_path):
+    a_full = train_autoencoder(store, G, 0, "cpu", tmp_path / "full", progress=False)
+    (tmp_path / "cut").mkdir()
+    half = dataclasses.replace(G, ae_steps=2)
+    train_autoencoder(store, half, 0, "cpu", tmp_path / "cut", progress=False)  # killed at step 2
+    (tmp_path / "cut" / "ae_final.pt").unlink()
+    a_res = train_autoencoder(store, G, 0, "cpu", tmp_path / "cut", progress=False)
+    for k, v in a_full.state_dict().items():
+        torch.testing.assert_close(a_res.state_dict()[k], v, rtol=1e-6, atol=1e-7)
+
+    lat = encode_train(a_full, store)
+    g_full = train_generator(lat, dataclasses.replace(G, gen_steps=4), 0, "cpu", tmp_path / "gf",
+                             progress=False)
+    (tmp_path / "gc").mkdir()
+    train_generator(lat, dataclasses.replace(G, gen_steps=2), 0, "cpu", tmp_path / "gc", progress=False)
+    (tmp_path / "gc" / "gen_final.pt").unlink()
+    g_res = train_generator(lat, dataclasses.replace(G, gen_steps=4), 0, "cpu", tmp_path / "gc",
+                            progress=False)
+    for k, v in g_full.state_dict().items():
+        torch.testing.assert_close(g_res.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_gvd_end_to_end_caches_every_stage(store, tmp_path):
+    cfg = resolve("builtin", method="gvd", ipc=2, **{"net.width": 4, "eval.batch": 16},
+                  gvd=dict(dataclasses.asdict(G), workdir=str(tmp_path / "w"), keep_latents=True))
+    syn = get("gvd").init(store, cfg, "cpu", torch.Generator())
+    v, y = syn.videos()
+    assert v.shape == (24, 3, 4, 16, 16) and y.tolist() == [c for c in range(12) for _ in range(2)]
+    assert syn.soft_labels.shape == (24, 12)
+    torch.testing.assert_close(syn.soft_labels.sum(1), torch.ones(24))
+    stages = sorted(p.name.split("-")[0] for p in (tmp_path / "w").iterdir())
+    assert stages == ["ae", "gen", "latents", "modes", "samples", "teacher"]
+    again = get("gvd").init(store, cfg, "cpu", torch.Generator())  # every stage from the cache
+    assert torch.equal(again.pixels, syn.pixels)
+    torch.testing.assert_close(again.soft_labels, syn.soft_labels)
+    # guidance off: no modes stage needed, other videos, same generator
+    off = dataclasses.replace(cfg, gvd=dataclasses.replace(cfg.gvd, lam=0.0))
+    syn_off = get("gvd").init(store, off, "cpu", torch.Generator())
+    assert len(list((tmp_path / "w").glob("gen-*"))) == 1
+    assert not torch.equal(syn_off.pixels, syn.pixels)
+
+
+def test_soft_labels_average_the_segments(gen):
+    from vdfast.models import ConvNet3D
+
+    torch.manual_seed(0)  # the teacher's weights; any network will do
+    teacher = ConvNet3D(3, frames=4, size=16, width=4, depth=2).eval()
+    u8 = torch.randint(0, 256, (5, 4, 16, 16, 3), dtype=torch.uint8, generator=gen)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    p = soft_labels(teacher, u8, mean, std, temperature=2.0, segments=2, standardize=False)
+    from vdfast.ops import normalize_clips
+
+    x = normalize_clips(u8, mean, std)
+    with torch.no_grad():
+        s0 = torch.softmax(teacher(x[:, :, :2].repeat_interleave(2, 2)) / 2.0, 1)
+        s1 = torch.softmax(teacher(x[:, :, 2:].repeat_interleave(2, 2)) / 2.0, 1)
+    torch.testing.assert_close(p, (s0 + s1) / 2)
+    whole = soft_labels(teacher, u8, mean, std, temperature=2.0, segments=1, standardize=False)
+    with torch.no_grad():
+        torch.testing.assert_close(whole, torch.softmax(teacher(x) / 2.0, 1))
+
+
+@pytest.mark.parametrize("store_as", ["uint8", "fp16"])
+def test_generated_synset_round_trip(store_as, tmp_path, gen):
+    u8 = torch.randint(0, 256, (6, 4, 8, 8, 3), dtype=torch.uint8, generator=gen)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    from vdfast.ops import normalize_clips
+
+    videos = u8 if store_as == "uint8" else normalize_clips(u8, mean, std)
+    soft = torch.softmax(torch.randn(6, 3, generator=gen), 1)
+    lat = torch.randn(6, 4, 4, 2, 2, generator=gen)
+    syn = GeneratedSynset(videos, torch.tensor([0, 0, 1, 1, 2, 2]), ["a", "b", "c"], mean, std,
+                          soft_labels=soft, latents=lat, store_as=store_as,
+                          meta={"method": "gvd", "ipc": 2})
+    v, y = syn.videos()
+    assert v.shape == (6, 3, 4, 8, 8) and v.dtype == torch.float32
+    s = syn.storage()
+    pixels = 6 * 3 * 4 * 8 * 8
+    assert s["decoded_uint8_bytes"] == pixels and s["decoded_fp32_mib"] == pixels * 4 / 2**20
+    assert s["latent_bytes_fp16"] == lat.numel() * 2
+    assert s["bytes"] == (pixels if store_as == "uint8" else 2 * pixels) + lat.numel() * 2
+    syn.save(tmp_path / "syn")
+    back = vdfast.load(tmp_path / "syn")
+    assert isinstance(back, GeneratedSynset) and back.store_as == store_as
+    torch.testing.assert_close(back.videos()[0], v, rtol=0, atol=0)
+    torch.testing.assert_close(back.soft_labels, soft)
+    torch.testing.assert_close(back.latents.float(), lat.half().float())
+    assert back.meta["method"] == "gvd" and back.ipc == 2
+    hard = back.without_soft_labels()
+    assert hard.soft_labels is None and torch.equal(hard.videos()[0], back.videos()[0])
+    with pytest.raises(ValueError, match="uint8"):
+        GeneratedSynset(u8.float(), y, ["a", "b", "c"], mean, std)
+    assert np.isclose(s["ratio_vs_fp32_videos"], s["bytes"] / (pixels * 4))

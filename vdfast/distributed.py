@@ -1,0 +1,81 @@
+"""Multi-process runs on existing engines: Accelerate's ``PartialState`` over torch.distributed.
+
+The same command runs on 1 process or N (``accelerate launch --multi_gpu --num_processes N -m vdfast
+distill ...`` or ``torchrun --nproc_per_node N -m vdfast distill ...``; on CPUs the backend is gloo).
+
+Class-sharded methods (DM and the s2d variants, whose losses are sums over classes): rank r owns a
+contiguous block of classes, keeps only their real clips on its device, and embeds only their real
+and synthetic clips. Every rank keeps the whole synset; after each backward the synset's gradients
+are summed across ranks (other ranks' rows are zero on each rank, shared tensors such as the s2d
+integrator get the full sum), so every rank takes the identical optimizer step and holds the same
+synset — there is nothing to gather and a checkpoint is written by rank 0 alone. The random draws
+(network init, real-clip keys for ALL classes) come from a generator seeded identically on every
+rank, so the result does not depend on the number of processes beyond float summation order.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def shard(self, n: int) -> range:
+        """The contiguous block of ``range(n)`` this rank owns (sizes differ by at most one)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return range(start, start + base + (1 if self.rank < extra else 0))
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def sum_grads_(self, params) -> None:
+        """Sum the gradients of ``params`` across ranks in place (one flat buffer, one call)."""
+        if not self.active:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        o = 0
+        for g in grads:
+            g.copy_(flat[o:o + g.numel()].view_as(g))
+            o += g.numel()
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+
+def launched_world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup(device: torch.device) -> Dist:
+    """The process group of this run (a single-process Dist when not launched with N > 1)."""
+    if launched_world() <= 1:
+        return Dist(0, 1, device)
+    try:
+        from accelerate import PartialState
+    except ImportError as e:  # pragma: no cover - accelerate is a dependency
+        raise RuntimeError("multi-process runs need `accelerate` (pip install accelerate)") from e
+    state = PartialState(cpu=device.type == "cpu")
+    dev = state.device if device.type == "cuda" else torch.device("cpu")
+    return Dist(state.process_index, state.num_processes, dev)

@@ -1,0 +1,481 @@
+"""GVD: guiding video diffusion (spec/gvd.md). Non-iterative: all the work is in ``init``.
+
+Stages, each cached in its own folder ``<workdir>/<stage>-<key>`` where ``key`` hashes the stage's
+settings and those of the stages it uses (another setting = another folder, never a stale reuse):
+
+1. ``ae``       a per-frame autoencoder trained on TRAIN frames (or a local diffusers folder);
+                checkpointed every ``gvd.checkpoint_every`` steps and resumed.
+2. ``latents``  every train clip encoded, one fp16 tensor per class LABEL NAME.
+3. ``gen``      the class-conditional VideoDiT trained with the DDPM loss on those latents (train
+                split only), EMA weights; checkpointed and resumed.
+4. ``modes``    per class: k-means of the flattened latents with ``k = ipc * segments``, keyed by
+                label name (class enumeration order changes nothing).
+5. ``samples``  guided sampling in chunks of ``gvd.chunk`` instances, each chunk decoded and saved as
+                it finishes (a killed run resumes at the next chunk; peak memory independent of ipc).
+6. ``teacher``  a ConvNet3D trained on the real train split; soft labels softmax(logits / tau) per
+                MVIC segment, averaged over the segments of an instance.
+
+Every label->index mapping the generator sees is the index in the SORTED label names, and each
+instance's noise comes from a generator seeded by (seed, label name, slot): a store with the same
+classes in another order gives the same modes and the same videos per label.
+
+``workdir``: ``gvd.workdir`` if set, else ``<run out>/gvd`` when :func:`vdfast.distill` has an
+``out`` (the method's ``run_dir`` attribute), else nothing is written and nothing resumes.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vdfast.data.store import ClipStore
+from vdfast.methods.base import Method
+from vdfast.methods.gvd_sample import ddpm_schedule, instance_generator, kmeans, sample
+from vdfast.progress import bar, say
+
+__all__ = ["GVD", "train_autoencoder", "encode_train", "train_generator", "discover_modes",
+           "generate", "train_teacher", "soft_labels", "data_identity"]
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _key(d: dict) -> str:
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def data_identity(store: ClipStore) -> dict:
+    """What identifies the training data, independent of class enumeration order."""
+    counts = dict(zip(store.classes, store.counts("train")))
+    return {"name": store.name, "path": store.path, "frames": store.frames, "size": store.size,
+            "train": {c: counts[c] for c in sorted(counts)}, "seed": store.meta.get("seed"),
+            "source": store.meta.get("source")}
+
+
+class _Work:
+    """``root/<stage>-<key>`` folders, or nothing at all when root is None."""
+
+    def __init__(self, root):
+        self.root = Path(root) if root else None
+
+    def stage(self, name: str, ident: dict) -> Path | None:
+        if self.root is None:
+            return None
+        d = self.root / f"{name}-{_key(ident)}"
+        d.mkdir(parents=True, exist_ok=True)
+        f = d / "identity.json"
+        if not f.exists():
+            f.write_text(json.dumps(ident, indent=1, sort_keys=True, default=str))
+        return d
+
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _to_unit(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., H, W, 3]`` -> float in [-1, 1] ``[..., 3, H, W]``."""
+    return u8.float().div(127.5).sub(1.0).movedim(-1, -3)
+
+
+def _to_u8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] ``[..., 3, H, W]`` -> uint8 ``[..., H, W, 3]``."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+
+
+def _seeded(build, seed: int):
+    """``build()`` with its parameter initialisation drawn from ``seed`` (the caller's global RNG
+    is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _sorted_train(store: ClipStore) -> list[tuple[str, np.ndarray]]:
+    return [(lab, store.clips("train", store.classes.index(lab))) for lab in sorted(store.classes)]
+
+
+# ------------------------------------------------------------------------ stage 1: autoencoder
+def build_autoencoder(g, channels: int = 3):
+    from vdfast.models.autoencoder import DiffusersAE, FrameAutoencoder
+
+    if g.autoencoder:
+        return DiffusersAE(g.autoencoder)
+    return FrameAutoencoder(channels, 4, down=g.ae_down, width=g.ae_width)
+
+
+def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None = None,
+                      progress: bool = True):
+    """The frame autoencoder of config ``g`` (GVDConfig) trained on random TRAIN frames (MSE),
+    then its latent ``scale`` set to 1 / std of the training latents. Resumes from ``ckpt/ae.pt``."""
+    ae = _seeded(lambda: build_autoencoder(g), seed * 7 + 3).to(device)
+    if g.autoencoder:
+        return ae.eval()
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    final = ckpt / "ae_final.pt" if ckpt else None
+    if final is not None and final.exists():
+        ae.load_state_dict(torch.load(final, map_location=device))
+        return ae.eval()
+    arrays = [a for _, a in _sorted_train(store)]
+    offsets = np.cumsum([0] + [a.shape[0] for a in arrays])
+    gen = torch.Generator().manual_seed(seed * 7 + 1)
+    opt = torch.optim.Adam(ae.parameters(), lr=g.ae_lr)
+    step = 0
+    state = ckpt / "ae.pt" if ckpt else None
+    if state is not None and state.exists():
+        s = torch.load(state, map_location="cpu", weights_only=False)
+        ae.load_state_dict(s["model"])
+        opt.load_state_dict(s["opt"])
+        gen.set_state(s["gen"])
+        step = s["step"]
+
+    def frames_batch(n):
+        ci = torch.randint(int(offsets[-1]), (n,), generator=gen).numpy()
+        fi = torch.randint(store.frames, (n,), generator=gen).numpy()
+        cls = np.searchsorted(offsets, ci, side="right") - 1
+        u8 = np.stack([arrays[c][i - offsets[c], f] for c, i, f in zip(cls, ci, fi)])
+        return _to_unit(torch.from_numpy(u8)).to(device)
+
+    ae.train()
+    with bar(total=g.ae_steps, initial=step, desc="gvd autoencoder", unit="step", enable=progress) as pb:
+        while step < g.ae_steps:
+            x = frames_batch(g.ae_batch)
+            loss = F.mse_loss(ae.decoder(ae.encoder(x)), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            pb.update(1)
+            if step % 50 == 0:
+                pb.set_postfix(mse=f"{float(loss.detach()):.4f}", refresh=False)
+            if state is not None and g.checkpoint_every and step % g.checkpoint_every == 0:
+                _atomic_save({"model": ae.state_dict(), "opt": opt.state_dict(),
+                              "gen": gen.get_state(), "step": step}, state)
+    ae.eval()
+    with torch.no_grad():
+        z = torch.cat([ae.encode_raw(frames_batch(g.ae_batch)) for _ in range(max(1, 1024 // g.ae_batch))])
+        ae.scale.fill_(1.0 / float(z.std().clamp_min(1e-6)))
+    if final is not None:
+        _atomic_save(ae.state_dict(), final)
+    return ae
+
+
+# ---------------------------------------------------------------------------- stage 2: latents
+@torch.no_grad()
+def encode_clips(ae, u8: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """uint8 clips ``[n, T, H, W, 3]`` -> latents ``[n, T, c, h, w]`` (float32)."""
+    dev = next(ae.parameters()).device
+    out = []
+    for s in range(0, u8.shape[0], chunk):
+        x = _to_unit(u8[s:s + chunk].to(dev))            # [b, T, 3, H, W]
+        b, t = x.shape[:2]
+        z = ae.encode(x.flatten(0, 1))
+        out.append(z.view(b, t, *z.shape[1:]).float())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def encode_train(ae, store: ClipStore, cache: Path | None = None) -> dict[str, torch.Tensor]:
+    """Every train clip's latent, ``{label name: fp16 [n, T, c, h, w]}`` (CPU)."""
+    f = cache / "latents.safetensors" if cache else None
+    if f is not None and f.exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(f))
+    lat = {lab: encode_clips(ae, torch.from_numpy(np.ascontiguousarray(a))).half().cpu()
+           for lab, a in _sorted_train(store)}
+    if f is not None:
+        from safetensors.torch import save_file
+
+        save_file(lat, str(f) + ".tmp")
+        os.replace(str(f) + ".tmp", f)
+    return lat
+
+
+# -------------------------------------------------------------------------- stage 3: generator
+def build_generator(g, labels: list[str], frames: int, latent_shape):
+    from vdfast.models.video_dit import VideoDiT
+
+    c, s = latent_shape[0], latent_shape[-1]
+    return VideoDiT.from_preset(g.generator, len(labels), frames, s, channels=c, patch=g.patch)
+
+
+def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt: Path | None = None,
+                    progress: bool = True):
+    """The class-conditional VideoDiT (EMA weights, eval mode) trained with the epsilon-MSE DDPM loss
+    on ``latents`` (train split); class index = index of the label in ``sorted(latents)``."""
+    labels = sorted(latents)
+    x_all = torch.cat([latents[k] for k in labels]).to(device)
+    y_all = torch.cat([torch.full((latents[k].shape[0],), i, dtype=torch.long)
+                       for i, k in enumerate(labels)]).to(device)
+    frames, lat_shape = x_all.shape[1], tuple(x_all.shape[2:])
+    net = _seeded(lambda: build_generator(g, labels, frames, lat_shape), seed * 7 + 4).to(device)
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    final = ckpt / "gen_final.pt" if ckpt else None
+    if final is not None and final.exists():
+        net.load_state_dict(torch.load(final, map_location=device))
+        return net.eval()
+    ema = copy.deepcopy(net)
+    ema.requires_grad_(False)
+    ab = ddpm_schedule(g.train_timesteps).to(device=device, dtype=torch.float32)
+    opt = torch.optim.AdamW(net.parameters(), lr=g.gen_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed * 7 + 2)
+    step = 0
+    state = ckpt / "gen.pt" if ckpt else None
+    if state is not None and state.exists():
+        s = torch.load(state, map_location="cpu", weights_only=False)
+        net.load_state_dict(s["model"])
+        ema.load_state_dict(s["ema"])
+        opt.load_state_dict(s["opt"])
+        gen.set_state(s["gen"])
+        step = s["step"]
+    warmup = max(1, min(500, g.gen_steps // 20))
+    n = x_all.shape[0]
+    net.train()
+    with bar(total=g.gen_steps, initial=step, desc="gvd generator", unit="step", enable=progress) as pb:
+        while step < g.gen_steps:
+            idx = torch.randint(n, (g.gen_batch,), generator=gen)
+            t = torch.randint(g.train_timesteps, (g.gen_batch,), generator=gen)
+            drop = torch.rand(g.gen_batch, generator=gen) < g.p_uncond
+            noise = torch.randn((g.gen_batch,) + tuple(x_all.shape[1:]), generator=gen).to(device)
+            idx, t, drop = idx.to(device), t.to(device), drop.to(device)
+            x0 = x_all[idx].float()
+            y = torch.where(drop, torch.full_like(y_all[idx], net.null_class), y_all[idx])
+            a = ab[t].view(-1, 1, 1, 1, 1)
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            with torch.autocast("cuda", torch.bfloat16, enabled=x_t.is_cuda):  # bf16 matmuls on GPU
+                pred = net(x_t, t, y)
+            loss = F.mse_loss(pred.float(), noise)
+            for pg in opt.param_groups:
+                pg["lr"] = g.gen_lr * min(1.0, (step + 1) / warmup)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), net.parameters()):
+                    pe.lerp_(p, 1.0 - g.ema)
+            step += 1
+            pb.update(1)
+            if step % 50 == 0:
+                pb.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+            if state is not None and g.checkpoint_every and step % g.checkpoint_every == 0:
+                _atomic_save({"model": net.state_dict(), "ema": ema.state_dict(),
+                              "opt": opt.state_dict(), "gen": gen.get_state(), "step": step}, state)
+    if final is not None:
+        _atomic_save(ema.state_dict(), final)
+    return ema.eval()
+
+
+# ------------------------------------------------------------------------------ stage 4: modes
+def discover_modes(latents: dict[str, torch.Tensor], k: int, iters: int, seed: int,
+                   cache: Path | None = None) -> dict[str, torch.Tensor]:
+    """``{label: modes [k, T, c, h, w]}``: k-means of each class's flattened latents, seeded by
+    (seed, label NAME); cached as one safetensors file keyed by label."""
+    f = cache / "modes.safetensors" if cache else None
+    if f is not None and f.exists():
+        from safetensors.torch import load_file
+
+        return load_file(str(f))
+    out = {}
+    for lab in sorted(latents):
+        z = latents[lab]
+        gen = torch.Generator().manual_seed(instance_generator(seed, lab, -1).initial_seed())
+        centres, _ = kmeans(z.flatten(1).float(), k, iters, gen)
+        out[lab] = centres.view(k, *z.shape[1:]).contiguous()
+    if f is not None:
+        from safetensors.torch import save_file
+
+        save_file(out, str(f) + ".tmp")
+        os.replace(str(f) + ".tmp", f)
+    return out
+
+
+# ---------------------------------------------------------------------------- stage 5: samples
+def mvic_guides(modes: torch.Tensor, slot: int, segments: int) -> torch.Tensor:
+    """The per-frame guide ``[T, c, h, w]`` of instance ``slot``: segment s (frames
+    ``s*T/M .. (s+1)*T/M``) takes those frames of mode ``slot * M + s``."""
+    T = modes.shape[1]
+    seg = T // segments
+    parts = [modes[slot * segments + s, s * seg:(s + 1) * seg] for s in range(segments)]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str], ipc: int, g,
+             seed: int, device, cache: Path | None = None, progress: bool = True,
+             backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ipc`` instances of every class (class-major in ``classes`` order), generated in chunks of
+    ``g.chunk``; each chunk is decoded and, with ``cache``, saved as it finishes (resume).
+    Returns (uint8 videos ``[N, T, H, W, 3]``, labels ``[N]`` in ``classes`` order, latents fp16)."""
+    sorted_labels = sorted(classes)
+    jobs = [(c, lab, k) for c, lab in enumerate(classes) for k in range(ipc)]
+    ab = ddpm_schedule(g.train_timesteps)
+    shape = (model.frames, model.channels, model.latent_size, model.latent_size)
+    vids, lats = [], []
+    with bar(total=len(jobs), desc="gvd sampling", unit="video", enable=progress) as pb:
+        for ci, s in enumerate(range(0, len(jobs), g.chunk)):
+            part = jobs[s:s + g.chunk]
+            f = cache / f"chunk{ci:05d}.pt" if cache else None
+            if f is not None and f.exists():
+                d = torch.load(f, map_location="cpu")
+            else:
+                y = torch.tensor([sorted_labels.index(lab) for _, lab, _ in part], device=device)
+                gens = [instance_generator(seed, lab, k, device) for _, lab, k in part]
+                guide = None
+                if modes is not None and g.lam > 0:
+                    guide = torch.stack([mvic_guides(modes[lab], k, g.segments)
+                                         for _, lab, k in part]).to(device)
+                z = sample(model, y, gens, shape, ab, g.steps, g.sampler, g.cfg_scale, guide, g.lam,
+                           g.rho, g.t_stop, g.segments, backend=backend)
+                frames = ae.decode(z.flatten(0, 1).to(next(ae.parameters()).dtype))
+                u8 = _to_u8(frames.float())                      # [B*T, H, W, 3]
+                d = {"videos": u8.view(len(part), shape[0], *u8.shape[1:]).cpu(),
+                     "latents": z.half().cpu()}
+                if f is not None:
+                    _atomic_save(d, f)
+            vids.append(d["videos"])
+            lats.append(d["latents"])
+            pb.update(len(part))
+    labels = torch.tensor([c for c, _, _ in jobs], dtype=torch.long)
+    return torch.cat(vids), labels, torch.cat(lats)
+
+
+# ---------------------------------------------------------------------- stage 6: soft labels
+def train_teacher(store: ClipStore, net_cfg, eval_cfg, epochs: int, seed: int, device,
+                  cache: Path | None = None, progress: bool = True):
+    """A ConvNet3D trained on the full real train split (the evaluation protocol's optimiser)."""
+    from vdfast.evaluation import _Source, train_student
+    from vdfast.models import ConvNet3D
+
+    net = ConvNet3D(store.num_classes, store.frames, store.size, width=net_cfg.width,
+                    depth=net_cfg.depth, norm=net_cfg.norm).to(device)
+    f = cache / "teacher.pt" if cache else None
+    if f is not None and f.exists():
+        net.load_state_dict(torch.load(f, map_location=device))
+        return net.eval()
+    x, y = store.tensors("train", device)
+    ecfg = dataclasses.replace(eval_cfg, epochs=epochs)
+    devs = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devs):
+        torch.manual_seed(seed * 31 + 5)
+        train_student(net, _Source(x, y, store.mean, store.std), ecfg, epochs,
+                      torch.Generator().manual_seed(seed * 31 + 6), desc="gvd teacher",
+                      progress=progress)
+    if f is not None:
+        _atomic_save(net.state_dict(), f)
+    return net.eval()
+
+
+@torch.no_grad()
+def soft_labels(teacher, u8: torch.Tensor, mean, std, temperature: float, segments: int = 1,
+                standardize: bool = True, batch: int = 64) -> torch.Tensor:
+    """softmax(teacher(x) / temperature) ``[N, nc]`` of uint8 videos ``[N, T, H, W, 3]``; with
+    ``segments`` > 1 each segment (stretched to T frames by repeating frames) is labelled and the
+    instance gets the mean of its segments' distributions. Batches are standardised like the
+    evaluation's (scalar mean/std of each batch) when ``standardize``."""
+    from vdfast.ops import normalize_clips
+
+    dev = next(teacher.parameters()).device
+    teacher.eval()
+    N, T = u8.shape[:2]
+    seg = T // segments
+    out = []
+    for s in range(0, N, batch):
+        x = normalize_clips(u8[s:s + batch].to(dev), mean, std)    # [b, C, T, H, W]
+        probs = 0
+        for m in range(segments):
+            xs = x[:, :, m * seg:(m + 1) * seg].repeat_interleave(segments, dim=2) if segments > 1 else x
+            if standardize:
+                xs = (xs - xs.mean()) / xs.std().clamp_min(1e-6)
+            probs = probs + torch.softmax(teacher(xs).float() / temperature, 1)
+        out.append(probs / segments)
+    return torch.cat(out).cpu()
+
+
+# ------------------------------------------------------------------------------------ method
+class GVD(Method):
+    """GVD (objective ``gvd``), non-iterative. ``run_dir`` (set by the caller before ``init``)
+    places the stage cache at ``run_dir/gvd`` when ``gvd.workdir`` is empty."""
+
+    iterative = False
+    run_dir: Path | None = None
+
+    def workdir(self, cfg) -> Path | None:
+        if cfg.gvd.workdir:
+            return Path(cfg.gvd.workdir)
+        return Path(self.run_dir) / "gvd" if self.run_dir else None
+
+    @staticmethod
+    def stage_identities(store, cfg) -> dict[str, dict]:
+        """What each stage's cache folder is keyed by (``<stage>-<hash of this dict>``)."""
+        g, seed = cfg.gvd, cfg.seed
+        data = data_identity(store)
+        ids = {"ae": {"data": data, "seed": seed, **{k: getattr(g, k) for k in (
+            "autoencoder", "ae_down", "ae_width", "ae_steps", "ae_batch", "ae_lr")}}}
+        ids["latents"] = {"ae": _key(ids["ae"])}
+        ids["gen"] = {"latents": _key(ids["latents"]), "seed": seed, **{k: getattr(g, k) for k in (
+            "generator", "patch", "gen_steps", "gen_batch", "gen_lr", "ema", "p_uncond",
+            "train_timesteps")}}
+        ids["modes"] = ({"latents": _key(ids["latents"]), "k": cfg.ipc * g.segments,
+                         "iters": g.kmeans_iters, "seed": seed} if g.lam > 0 else None)
+        ids["samples"] = {"gen": _key(ids["gen"]), "modes": ids["modes"] and _key(ids["modes"]),
+                          "ipc": cfg.ipc, "classes": store.classes, "seed": seed,
+                          **{k: getattr(g, k) for k in ("sampler", "steps", "cfg_scale", "lam",
+                                                         "rho", "t_stop", "segments", "chunk")}}
+        ids["teacher"] = {"data": data, "classes": store.classes, "seed": seed,
+                          "net": dataclasses.asdict(cfg.net), "epochs": g.teacher_epochs,
+                          "eval": {k: getattr(cfg.eval, k) for k in (
+                              "lr", "momentum", "weight_decay", "batch", "standardize")}}
+        return ids
+
+    def init(self, store, cfg, device, gen, progress: bool = True):
+        """Runs (or loads) every stage; ``gen`` is unused: each stage draws from its own generator
+        seeded by ``cfg.seed``, so cached and fresh stages agree."""
+        from vdfast.synsets.generated import GeneratedSynset
+
+        g, seed = cfg.gvd, cfg.seed
+        if store.frames % g.segments:
+            raise ValueError(f"gvd segments={g.segments} must divide the clip's {store.frames} frames")
+        device = torch.device(device)
+        work = _Work(self.workdir(cfg))
+        ids = self.stage_identities(store, cfg)
+        ae = train_autoencoder(store, g, seed, device, work.stage("ae", ids["ae"]), progress)
+        ae.requires_grad_(False)
+        latents = encode_train(ae, store, work.stage("latents", ids["latents"]))
+        model = train_generator(latents, g, seed, device, work.stage("gen", ids["gen"]), progress)
+        modes = None
+        if g.lam > 0:
+            modes = discover_modes(latents, cfg.ipc * g.segments, g.kmeans_iters, seed,
+                                   work.stage("modes", ids["modes"]))
+        del latents
+        videos, labels, z = generate(model, ae, modes, store.classes, cfg.ipc, g, seed, device,
+                                     work.stage("samples", ids["samples"]), progress)
+        soft = None
+        if g.soft_labels:
+            teacher = train_teacher(store, cfg.net, cfg.eval, g.teacher_epochs, seed, device,
+                                    work.stage("teacher", ids["teacher"]), progress)
+            soft = soft_labels(teacher, videos, store.mean, store.std, g.temperature, g.segments,
+                               cfg.eval.standardize)
+        if g.store_as == "fp16":
+            from vdfast.ops import normalize_clips
+
+            videos = normalize_clips(videos, store.mean, store.std)
+        meta = {"method": self.name, "ipc": cfg.ipc, "dataset": store.name,
+                "gvd": {"workdir": str(work.root) if work.root else None,
+                        "temperature": g.temperature, "segments": g.segments,
+                        "stages": {k: v and _key(v) for k, v in ids.items()}}}
+        if work.root is None:
+            say("gvd: no workdir (--gvd-workdir): stages are neither cached nor resumable")
+        return GeneratedSynset(videos.to(device), labels.to(device), store.classes, store.mean,
+                               store.std, soft_labels=None if soft is None else soft.to(device),
+                               latents=z.to(device) if g.keep_latents else None,
+                               store_as=g.store_as, meta=meta)

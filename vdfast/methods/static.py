@@ -1,0 +1,280 @@
+"""Static learning: the still images (static memory) of static-dynamic disentanglement, and the
+static-only baseline.
+
+Static learning distills one random frame of each real clip, per class, into ``spc`` still images
+with an image method on a 2-D ConvNet (:class:`~vdfast.models.ConvNet2D`; the paper: DC, depth 4,
+width 128, instance norm):
+
+* ``dm``: each iteration a NEW random ConvNet2D (weights redrawn from the run's generator) embeds
+  ``batch_real`` random real frames per class and the still images; the loss is
+  :func:`vdfast.ops.dm_loss` (per-class feature means, all classes in one batch: ConvNet2D's instance
+  norm is per sample, so this equals the per-class loop). SGD(momentum 0.5).
+* ``dc``: per-class gradient matching (:func:`vdfast.methods.dc.dc_loss`) on the same network,
+  the paper's outer/inner loops by images per class (:func:`vdfast.methods.dc.dc_loops`), the network
+  training on the still images between outer steps. SGD(momentum 0.5), lr 0.1.
+
+The result ``[nc * spc, C, H, W]`` lives in the same normalised space as the videos (the store's
+mean/std), class-major. It is saved as a *static memory file*, a directory holding::
+
+    static.safetensors   "static" [nc*spc, C, H, W] float32, "labels" [nc*spc] int64
+    static.json          kind "static_memory", classes, spc, size, normalization, how it was made
+
+so a user can bring their own (``s2d.static_path``), and learned ones are reused across runs
+(``s2d.static_cache``): ``s2d-dm`` with the 1:1 pairing and the static-only baseline at the same ipc
+read the SAME static memory, so the comparison isolates the dynamic memory.
+
+The static-only baseline (method ``static``): every still image repeated over time as a pixel synset,
+``spc = ipc`` (no dynamic memory, no integrator).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from vdfast.data.store import ClipPool, ClipStore
+from vdfast.methods.base import Method, reinit_
+from vdfast.models import ConvNet2D
+from vdfast.ops import dm_loss, normalize_clips
+from vdfast.version import __version__
+
+STATIC_FORMAT = 1
+STATIC_LR = {"dm": 1.0, "dc": 0.1}   # the image methods' usual pixel learning rates
+STATIC_METHODS = tuple(STATIC_LR)
+
+
+class StaticMemoryError(ValueError):
+    """A static memory file that does not fit the data or the request; the message says why."""
+
+
+def random_frames(u8: torch.Tensor, mean, std, gen: torch.Generator | None = None) -> torch.Tensor:
+    """One random frame of each clip: uint8 ``[N, T, H, W, 3]`` -> normalised float ``[N, 3, H, W]``.
+    Random numbers from ``gen`` on the clips' device (no host sync)."""
+    n, t = u8.shape[:2]
+    pick = torch.randint(0, t, (n,), generator=gen, device=u8.device)
+    frames = u8[torch.arange(n, device=u8.device), pick]           # [N, H, W, 3]
+    return normalize_clips(frames.unsqueeze(1), mean, std).squeeze(2)
+
+
+def _dc():
+    """The DC module (gradient matching), or None where this install lacks it."""
+    try:
+        from vdfast.methods import dc
+    except ImportError:
+        return None
+    return dc if hasattr(dc, "dc_loss") and hasattr(dc, "dc_loops") else None
+
+
+def _net2d(nc: int, size: int, width: int, depth: int, norm: str, device) -> ConvNet2D:
+    """A ConvNet2D allocated without drawing from the global RNG (weights come from ``reinit_``)."""
+    with torch.device("meta"):
+        net = ConvNet2D(nc, size, width=width, depth=depth, norm=norm)
+    return net.to_empty(device=device).eval()
+
+
+def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int = 1000,
+                 lr: float = 0.0, batch_real: int = 256, width: int = 128, depth: int = 4,
+                 norm: str = "instance", seed: int = 0, device="cpu", momentum: float = 0.5,
+                 progress: bool = False) -> torch.Tensor:
+    """Distill still images from one random frame per real clip.
+
+    Args:
+        store: the clips; ``spc`` still images per class are learned.
+        method: ``"dm"`` or ``"dc"`` (the image method).
+        iterations: optimisation steps (0: the real-frame initialisation itself).
+        lr: SGD learning rate of the pixels (0: :data:`STATIC_LR` of the method).
+        batch_real: real frames per class per iteration.
+        width, depth, norm: the :class:`~vdfast.models.ConvNet2D` (paper: 128, 4, instance).
+        seed: everything is drawn from local generators seeded with it (never the global RNG).
+
+    Returns:
+        float32 ``[nc * spc, 3, H, W]`` still images in the store's normalised space, class-major,
+        detached, on ``device``.
+
+    Example::
+
+        S = learn_static(ClipStore.builtin(), spc=2, method="dm", iterations=100, width=32, depth=3)
+    """
+    if method not in STATIC_METHODS:
+        raise ValueError(f"static method {method!r} is not one of: {', '.join(STATIC_METHODS)}")
+    store.check_request(ipc=spc)
+    device = torch.device(device)
+    nc = store.num_classes
+    gen_cpu = torch.Generator().manual_seed(seed)
+    clips, labels = store.random_clips(spc, gen_cpu)
+    static = random_frames(clips, store.mean, store.std, gen_cpu).to(device)
+    labels = labels.to(device)
+    if iterations == 0:
+        return static.contiguous()
+    dc = _dc() if method == "dc" else None
+    if method == "dc" and dc is None:
+        raise RuntimeError("static learning with DC needs vdfast.methods.dc (dc_loss), which this "
+                           "install lacks; use --s2d-static-method dm")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    net = _net2d(nc, store.size, width, depth, norm, device)
+    net.requires_grad_(method == "dc")
+    pool = ClipPool(store, "train", device)
+    x = static.clone().requires_grad_(True)
+    opt = torch.optim.SGD([x], lr=lr or STATIC_LR[method], momentum=momentum)
+    # DC: the paper's (outer, inner) loops by images per class; the network trains on the still
+    # images between outer steps (plain SGD, lr 0.01, batch 256)
+    outer, inner = dc.dc_loops(spc) if dc is not None else (1, 0)
+    from vdfast.progress import bar
+
+    with bar(total=iterations, desc=f"static memory ({method})", unit="it", enable=progress) as pb:
+        for _ in range(iterations):
+            reinit_(net, gen)
+            for ol in range(outer):
+                real_u8, real_labels = pool.sample(batch_real, gen)
+                real = random_frames(real_u8, store.mean, store.std, gen)
+                if dc is None:
+                    with torch.no_grad():
+                        real_feat = net.embed(real)
+                    loss = dm_loss(real_feat, real_labels, net.embed(x), labels, nc)
+                else:  # class-major real frames and still images, as dc_loss wants
+                    loss = dc.dc_loss(net, real, x, nc)
+                opt.zero_grad(set_to_none=True)
+                loss.backward(inputs=[x])
+                opt.step()
+                if ol < outer - 1:
+                    dc.train_epochs(net, x.detach(), labels, inner, 256, 0.01, gen)
+            pb.update(1)
+    return x.detach().contiguous()
+
+
+# ------------------------------------------------------------------------ static memory files
+def save_static(path: str | os.PathLike, static: torch.Tensor, classes, mean, std,
+                meta: dict | None = None) -> Path:
+    """Write a static memory directory (``static.safetensors`` + ``static.json``); returns it.
+
+    ``static``: ``[nc * spc, C, H, W]`` normalised still images, class-major."""
+    from safetensors.torch import save_file
+
+    nc = len(classes)
+    if static.dim() != 4 or static.shape[0] % nc:
+        raise StaticMemoryError(f"static memory must be [nc * spc, C, H, W] with nc={nc}, got "
+                                f"{tuple(static.shape)}")
+    spc = static.shape[0] // nc
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    labels = torch.arange(nc).repeat_interleave(spc)
+    save_file({"static": static.detach().float().cpu().contiguous(), "labels": labels},
+              str(tmp / "static.safetensors"))
+    header = {"format": STATIC_FORMAT, "kind": "static_memory", "vdfast": __version__,
+              "classes": list(classes), "spc": spc, "channels": static.shape[1],
+              "size": static.shape[-1], "normalization": {"mean": list(mean), "std": list(std)},
+              **(meta or {})}
+    (tmp / "static.json").write_text(json.dumps(header, indent=1, default=str))
+    if path.exists():  # an existing directory: replace the two files (tensors first, json last)
+        for f in ("static.safetensors", "static.json"):
+            os.replace(tmp / f, path / f)
+        tmp.rmdir()
+    else:
+        tmp.rename(path)
+    return path
+
+
+def load_static(path: str | os.PathLike, store: ClipStore | None = None, spc: int | None = None,
+                device="cpu") -> tuple[torch.Tensor, dict]:
+    """Read a static memory: a directory (or its ``static.safetensors``) written by
+    :func:`save_static`, or a saved ``static_dynamic`` synset directory (its frozen static memory).
+
+    With ``store`` the classes, image size and normalisation are checked against it; with ``spc``
+    the number of still images per class. Returns (``[nc * spc, C, H, W]`` float32, header)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if (path / "static.json").exists():
+        header = json.loads((path / "static.json").read_text())
+        static = load_file(str(path / "static.safetensors"), device=str(device))["static"]
+    elif (path / "synset.json").exists():
+        header = json.loads((path / "synset.json").read_text())
+        if header.get("kind") != "static_dynamic":
+            raise StaticMemoryError(f"{path} is a {header.get('kind')!r} synset; only a "
+                                    f"static_dynamic synset carries a static memory")
+        static = load_file(str(path / "synset.safetensors"), device=str(device))["static"]
+        header["spc"] = static.shape[0] // len(header["classes"])
+    else:
+        raise StaticMemoryError(f"{path} holds no static memory (no static.json or synset.json); "
+                                f"pass a directory written by vdfast.methods.static.save_static or "
+                                f"an s2d synset directory")
+    if static.dim() != 4 or static.shape[0] != header["spc"] * len(header["classes"]):
+        raise StaticMemoryError(f"{path}: static tensor {tuple(static.shape)} does not hold "
+                                f"{header['spc']} images for each of {len(header['classes'])} classes")
+    if store is not None:
+        if list(header["classes"]) != list(store.classes):
+            raise StaticMemoryError(f"{path}: its {len(header['classes'])} classes do not match the "
+                                    f"data's {store.num_classes}; learn a static memory on this data "
+                                    f"(leave s2d.static_path empty)")
+        if static.shape[-1] != store.size or static.shape[-2] != store.size:
+            raise StaticMemoryError(f"{path}: {static.shape[-1]}x{static.shape[-2]} images for "
+                                    f"{store.size}x{store.size} clips; resize them or learn anew")
+        norm = header.get("normalization", {})
+        if norm and (tuple(norm["mean"]) != tuple(store.mean) or tuple(norm["std"]) != tuple(store.std)):
+            raise StaticMemoryError(f"{path}: normalised with mean/std {norm['mean']}/{norm['std']}, "
+                                    f"the data with {list(store.mean)}/{list(store.std)}")
+    if spc is not None and header["spc"] != spc:
+        raise StaticMemoryError(f"{path} holds {header['spc']} still images per class, {spc} are "
+                                f"needed (s2d pairing 'multi': 2 x ipc, '1:1': ipc); learn one "
+                                f"(leave s2d.static_path empty) or pass a matching file")
+    return static.float().contiguous(), header
+
+
+def _static_settings(cfg, spc: int) -> dict:
+    s = cfg.s2d
+    return {"spc": spc, "method": s.static_method, "iterations": s.static_iterations,
+            "lr": s.static_lr or STATIC_LR[s.static_method], "batch_real": s.static_batch_real,
+            "width": s.static_width, "depth": s.static_depth, "norm": s.static_norm, "seed": cfg.seed}
+
+
+def cache_dir(cache: str | os.PathLike, store: ClipStore, settings: dict) -> Path:
+    """``<cache>/static-<hash>``: one directory per (data, static settings)."""
+    key = json.dumps({"data": store.describe(), "store": store.meta.get("seed"),
+                      "classes": store.classes, **settings}, sort_keys=True, default=str)
+    return Path(cache) / f"static-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def get_static(store: ClipStore, cfg, spc: int, device="cpu", progress: bool = False) -> torch.Tensor:
+    """The static memory of an s2d run: ``cfg.s2d.static_path`` when given, else a cached one from
+    ``cfg.s2d.static_cache`` with the same settings, else learned with :func:`learn_static` (and
+    written to the cache when one is set). ``[nc * spc, C, H, W]`` on ``device``."""
+    s = cfg.s2d
+    if s.static_path:
+        return load_static(s.static_path, store, spc, device)[0]
+    settings = _static_settings(cfg, spc)
+    where = cache_dir(s.static_cache, store, settings) if s.static_cache else None
+    if where is not None and (where / "static.json").exists():
+        return load_static(where, store, spc, device)[0]
+    static = learn_static(store, spc, method=s.static_method, iterations=s.static_iterations,
+                          lr=settings["lr"], batch_real=s.static_batch_real, width=s.static_width,
+                          depth=s.static_depth, norm=s.static_norm, seed=cfg.seed, device=device,
+                          progress=progress)
+    if where is not None:
+        save_static(where, static, store.classes, store.mean, store.std,
+                    meta={"dataset": store.name, "learned": settings})
+    return static
+
+
+class StaticOnly(Method):
+    """The static-only baseline: ``ipc`` still images per class (static learning with the run's
+    ``s2d.static_*`` settings, or ``s2d.static_path``), each repeated over the clip's frames, as a
+    pixel synset. Same static memory as ``s2d-<objective>`` with ``--s2d-pairing 1:1``."""
+
+    name = "static"
+    iterative = False
+
+    def init(self, store, cfg, device, gen):
+        from vdfast.synsets import PixelSynset
+
+        static = get_static(store, cfg, cfg.ipc, device)
+        videos = static.unsqueeze(2).expand(-1, -1, store.frames, -1, -1)
+        labels = torch.arange(store.num_classes, device=device).repeat_interleave(cfg.ipc)
+        return PixelSynset(videos, labels, store.classes, store.mean, store.std,
+                           meta={"method": "static", "ipc": cfg.ipc, "dataset": store.name,
+                                 "static": _static_settings(cfg, cfg.ipc)})
