@@ -179,6 +179,8 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                     if dist.main:  # every process holds the same synset
                         _checkpoint(ckpt, synset, m, state, gen, done, history, ident)
                     dist.barrier()
+        if hasattr(m, "finalize"):  # e.g. MTT records its learned student step size
+            m.finalize(synset, state)
         history["peak_memory_mb"] = peak_memory_mb(device)
     history["iterations"] = cfg.iterations if m.iterative else 0
     history["processes"] = dist.world

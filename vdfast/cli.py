@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--annotations", default=None, help="split/annotation files, if not beside the videos")
     pr.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (plain folders)")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--decoder", default="auto", help="auto | pyav | dali (auto: DALI/NVDEC on a GPU)")
 
     d = sub.add_parser("distill", help="distill a store (default: the embedded dataset) and evaluate")
     d.add_argument("--data", default="builtin", help="store directory, or `builtin`")
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     _add_fields(e, NetConfig, "net-")
     _add_fields(e, SECTIONS["eval"], "eval-")
+
+    x = sub.add_parser("experts", help="train MTT expert trajectories (a buffer) on a store")
+    x.add_argument("--data", default="builtin")
+    x.add_argument("--out", required=True, help="buffer directory (resumable)")
+    x.add_argument("--preset", default="auto")
+    x.add_argument("--device", default="auto")
+    _add_fields(x, NetConfig, "net-")
+    _add_fields(x, SECTIONS["mtt"], "mtt-")
 
     v = sub.add_parser("preview", help="write a GIF and a PNG grid of a synset's videos")
     v.add_argument("synset")
@@ -120,7 +129,22 @@ def main(argv=None) -> int:
         classes = args.classes.split(",") if args.classes else None
         vdfast.prepare(args.source, args.out, layout=args.layout, frames=args.frames, gap=args.gap,
                        size=args.size, split=args.split, classes=classes, workers=args.workers,
-                       annotations=args.annotations, test_fraction=args.test_fraction, seed=args.seed)
+                       annotations=args.annotations, test_fraction=args.test_fraction, seed=args.seed,
+                       decoder=args.decoder)
+        return 0
+    if args.cmd == "experts":
+        from vdfast.api import pick_device
+        from vdfast.config import resolve
+        from vdfast.methods.experts import train_experts
+
+        store = vdfast.open_data(args.data)
+        preset = args.preset if args.preset != "auto" else ("builtin" if store.name == "builtin" else "published")
+        cfg = resolve(preset, **{k: v for k, v in _overrides(args).items() if k.startswith(("net.", "mtt."))})
+        m = cfg.mtt
+        paths = train_experts(store, args.out, num_experts=m.num_experts, epochs=m.buffer_epochs,
+                              lr=m.buffer_lr, batch=m.buffer_batch, momentum=m.buffer_momentum,
+                              net_cfg=cfg.net, seed=m.buffer_seed, device=pick_device(args.device))
+        print(f"{len(paths)} expert trajectories in {args.out}; use them with --mtt-buffer {args.out}")
         return 0
     if args.cmd == "preview":
         from vdfast.preview import preview

@@ -55,6 +55,7 @@ class EvalConfig:
     batch: int = 256
     standardize: bool = True        # scale each batch by its own scalar mean/std (the protocol)
     soft_temperature: float = 1.0   # KL temperature when the synset carries soft labels
+    learned_lr: bool = True         # train students at a synset's learned lr (MTT's syn_lr) if it has one
     baselines: bool = True          # also evaluate random real clips at the same ipc
     full: bool = True               # also train on the full training set
     full_epochs: int = 30
@@ -332,7 +333,7 @@ PRESETS: dict[str, dict] = {
         # MTT: 3 experts x 6 epochs (~1 min each on 2 cores); lr 0.05 because 0.01 without
         # momentum barely moves a 12-class expert in 6 epochs
         "mtt": {"num_experts": 3, "buffer_epochs": 6, "buffer_lr": 0.05, "buffer_batch": 64,
-                "max_start_epoch": 4, "lr_teacher": 0.05, "lr_img": 100.0, "lr_lr": 1e-5},
+                "max_start_epoch": 4, "lr_teacher": 0.05},
         # DC: ipc 1 -> 1 outer / 1 inner step per iteration; lr_img 1 (0.1, the image setting,
         # barely moves the pixels in 200 iterations)
         "dc": {"batch_real": 16, "batch_train": 64, "lr_img": 1.0},

@@ -13,6 +13,7 @@ global RNG is left as it was.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -183,7 +184,10 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         soft = synset.soft_labels is not None
         targets = synset.soft_labels.to(device) if soft else labels.to(device)
     t0 = time.perf_counter()
-    accs = run_students(videos, targets, store, test, cfg, cfg.epochs, cfg.students, seed, device,
+    syn_cfg = cfg
+    if cfg.learned_lr and synset.meta.get("syn_lr"):  # the protocol: MTT's learned step size
+        syn_cfg = dataclasses.replace(cfg, lr=float(synset.meta["syn_lr"]))
+    accs = run_students(videos, targets, store, test, syn_cfg, cfg.epochs, cfg.students, seed, device,
                         soft=soft, name=method, net_cfg=net_cfg, progress=progress)
     rep.rows.append(Row(f"{method}", ipc, accs, time.perf_counter() - t0))
 

@@ -13,6 +13,19 @@ def _version(mod: str) -> str:
         return f"not usable ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
 
 
+def _decoders() -> dict:
+    import torch
+
+    from vdfast.data.dali import dali_reason, resolve_decoder
+
+    why = dali_reason()
+    auto = resolve_decoder("auto")
+    return {"pyav": "usable" if _version("av")[0].isdigit() else _version("av"),
+            "dali (cpu: VP8/VP9/MJPEG)": why or "usable",
+            "dali (mixed: NVDEC)": why or ("usable" if torch.cuda.is_available() else "no CUDA device"),
+            "auto picks": f"{auto[0]} ({auto[1]})"}
+
+
 def info() -> dict:
     import torch
 
@@ -28,6 +41,7 @@ def info() -> dict:
         "packages": {p: _version(p) for p in ("triton", "av", "nvidia.dali", "accelerate", "xformers",
                                               "safetensors", "numpy")},
         "backends": {k: v or "usable" for k, v in backend_reasons().items()},
+        "decoders": _decoders(),
         "ops": [list(r) for r in status_table()],
     }
 
@@ -37,6 +51,8 @@ def format_info(d: dict) -> str:
              f"devices: {', '.join(d['devices'])}  (torch threads: {d['threads']})", "", "packages:"]
     lines += [f"  {k:12s} {v}" for k, v in d["packages"].items()]
     lines += ["", "backends:"] + [f"  {k:10s} {v}" for k, v in d["backends"].items()]
+    lines += ["", "video decoders (vdfast prepare --decoder):"]
+    lines += [f"  {k:26s} {v}" for k, v in d["decoders"].items()]
     if d["ops"]:
         lines += ["", "ops (op / backend / device: status):"]
         lines += [f"  {o:22s} {b:10s} {dev:5s} {s}" for o, b, dev, s in d["ops"]]

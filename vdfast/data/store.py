@@ -204,9 +204,14 @@ class ClipPool:
 def _decode_one(args):
     from vdfast.data.decode import DecodeError, decode_clip
 
-    item, spec = args
+    item, spec, decoder = args
     try:
-        clip, info = decode_clip(item.path, spec, kind=item.kind)
+        if decoder[0] == "dali" and item.kind == "video":
+            from vdfast.data.dali import decode_clip_dali
+
+            clip, info = decode_clip_dali(item.path, spec, device=decoder[1])
+        else:
+            clip, info = decode_clip(item.path, spec, kind=item.kind)
         return clip, info, None
     except DecodeError as e:
         return None, None, str(e)
@@ -217,12 +222,17 @@ def _decode_one(args):
 def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "auto",
             frames: int = 16, gap: int = 4, size: int = 112, split: int = 1,
             classes: Sequence[str] | None = None, workers: int = 0, annotations: str | None = None,
-            test_fraction: float = 0.2, seed: int = 0, progress: bool = True) -> ClipStore:
+            test_fraction: float = 0.2, seed: int = 0, progress: bool = True,
+            decoder: str = "auto") -> ClipStore:
     """Decode a dataset folder into a ClipStore at ``out`` (resumable; see module docstring).
+
+    ``decoder``: ``pyav`` (CPU), ``dali`` (NVDEC on a GPU; DALI's CPU decoder reads VP8/VP9/MJPEG
+    only) or ``auto`` (DALI on a GPU, PyAV otherwise); see :mod:`vdfast.data.dali`.
 
     Returns the opened store. Every file that could not be used is listed, with its reason, in
     ``store.json["skipped"]`` and printed at the end; short videos are looped and counted.
     """
+    from vdfast.data.dali import resolve_decoder
     from vdfast.data.decode import ClipSpec
     from vdfast.data.layouts import list_videos
     from vdfast.progress import bar
@@ -233,6 +243,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
     listing = list_videos(str(source), layout=layout, split=split, classes=classes,
                           test_fraction=test_fraction, seed=seed, annotations=annotations)
     spec = ClipSpec(frames=frames, gap=gap, size=size)
+    dec = resolve_decoder(decoder)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     want = {"source": str(Path(source).resolve()), "layout": listing.layout, "split": split,
@@ -264,7 +275,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
             for s, c in todo:
                 items = by_key.get((s, c), [])
                 (out / s).mkdir(exist_ok=True)
-                jobs = [(it, spec) for it in items]
+                jobs = [(it, spec, dec) for it in items]
                 results = pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs)
                 clips, used, skipped, short = [], [], [], []
                 for it, (clip, info, err) in zip(items, results):
@@ -297,7 +308,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
             counts[s].append(len(rep["used"]))
     empty = [f"{s}/{listing.classes[c]}" for s in SPLITS for c, n in enumerate(counts[s]) if n == 0]
     meta.update(complete=True, counts=counts, skipped=skipped, short=short, empty=empty,
-                decode_seconds=round(elapsed, 2),
+                decode_seconds=round(elapsed, 2), decoder=f"{dec[0]} ({dec[1]})",
                 decode_frames_per_s=round(n_frames / elapsed, 1) if elapsed > 0 and n_frames else None)
     meta_file.write_text(json.dumps(meta, indent=1))
     _print_report(meta, listing.problems)
@@ -309,7 +320,8 @@ def _print_report(meta: dict, problems):
 
     c = meta["counts"]
     say(f"store {meta['name']}: {len(meta['classes'])} classes, {sum(c['train'])} train / "
-        f"{sum(c['test'])} test clips of {meta['frames']}x{meta['size']}x{meta['size']}")
+        f"{sum(c['test'])} test clips of {meta['frames']}x{meta['size']}x{meta['size']} "
+        f"(decoder {meta['decoder']}, {meta['decode_frames_per_s'] or 0:.0f} frames/s)")
     for title, rows in (("listing problems", problems), ("skipped (not decodable)", meta["skipped"]),
                         ("short (looped)", meta["short"])):
         if rows:
