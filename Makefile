@@ -30,8 +30,7 @@ test: install
 # tiny benchmark runs (CI): every fused op against its reference, and one DM iteration against
 # the reference-style loop
 smoke: install
-	$(PY) benchmarks/harness.py --smoke
-	$(PY) benchmarks/step_dm.py --smoke
+	$(VENV)/bin/vdfast bench --smoke
 
 clean:
 	rm -rf build *.egg-info vdfast/_C*.so runs

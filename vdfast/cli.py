@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default=None, help="directory (default: beside the synset)")
     v.add_argument("--max-videos", type=int, default=64)
 
+    b = sub.add_parser("bench", help="run the bundled benchmarks (from a source checkout)")
+    b.add_argument("args", nargs="*", help="passed to benchmarks/run.py (--smoke, --only, --json)")
+
     i = sub.add_parser("info", help="versions, devices and usable backends")
     i.add_argument("--json", action="store_true")
     return p
@@ -115,7 +118,23 @@ def _print_storage(synset):
           f"{s['video_bytes_uint8'] / 2**20:.2f} MiB as uint8 videos)")
 
 
+def _bench(rest) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    if not script.exists():
+        print(f"vdfast bench runs the benchmarks of a source checkout; {script} not found. "
+              f"Clone the repository and install it with `make install`.", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to benchmarks/run.py
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     import vdfast
 
