@@ -89,3 +89,13 @@ def test_cli_distill_eval_preview_info(tmp_path, capsys):
     assert main(["eval", str(out / "synset"), "--eval-students", "1", "--eval-epochs", "1",
                  "--no-eval-full", "--no-eval-baselines", "--net-width", "8"]) == 0
     assert "| herding | 1 |" in capsys.readouterr().out
+
+
+def test_soft_label_synset_reports_soft_and_hard_rows(small):
+    res = vdfast.distill(small, method="random", ipc=1, progress=False, **FAST)
+    syn = res.synset
+    soft = torch.softmax(torch.randn(12, 12, generator=torch.Generator().manual_seed(0)), 1)
+    syn.register_buffer("soft_labels", soft)
+    rep = vdfast.evaluate(syn, small, students=1, epochs=2, progress=False, full=False,
+                          baselines=False, net={"width": 8})
+    assert [r.name for r in rep.rows] == ["random (soft labels)", "random (hard labels)"]
