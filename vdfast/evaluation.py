@@ -178,6 +178,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
     ipc = synset.ipc
     method = synset.meta.get("method", synset.kind)
 
+    synset.eval()  # a fixed set of videos (static-dynamic synsets redraw pairings while training)
     with torch.no_grad():
         videos, labels = synset.videos()
         videos = videos.detach().to(device)

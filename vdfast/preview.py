@@ -9,6 +9,7 @@ import torch
 
 
 def _frames_uint8(synset, max_videos: int) -> tuple[np.ndarray, list[str]]:
+    synset.eval()
     with torch.no_grad():
         v, labels = synset.videos()
         v = synset.denormalize(v[:max_videos].detach().float().cpu())

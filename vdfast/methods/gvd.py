@@ -437,11 +437,22 @@ class GVD(Method):
                               "lr", "momentum", "weight_decay", "batch", "standardize")}}
         return ids
 
+    def teacher(self, store, cfg, device, progress: bool = True):
+        """The soft-label teacher of this run (trained, or loaded from the workdir's cache), e.g. to
+        give random real clips the same soft labels: ``soft_labels(teacher, clips_u8, ...)``."""
+        work = _Work(self.workdir(cfg))
+        return train_teacher(store, cfg.net, cfg.eval, cfg.gvd.teacher_epochs, cfg.seed, device,
+                             work.stage("teacher", self.stage_identities(store, cfg)["teacher"]),
+                             progress)
+
     def init(self, store, cfg, device, gen, progress: bool = True):
         """Runs (or loads) every stage; ``gen`` is unused: each stage draws from its own generator
         seeded by ``cfg.seed``, so cached and fresh stages agree."""
         from vdfast.synsets.generated import GeneratedSynset
 
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise RuntimeError("gvd runs as one process (its stages are not sharded yet)")
         g, seed = cfg.gvd, cfg.seed
         if store.frames % g.segments:
             raise ValueError(f"gvd segments={g.segments} must divide the clip's {store.frames} frames")
@@ -461,8 +472,7 @@ class GVD(Method):
                                      work.stage("samples", ids["samples"]), progress)
         soft = None
         if g.soft_labels:
-            teacher = train_teacher(store, cfg.net, cfg.eval, g.teacher_epochs, seed, device,
-                                    work.stage("teacher", ids["teacher"]), progress)
+            teacher = self.teacher(store, cfg, device, progress)
             soft = soft_labels(teacher, videos, store.mean, store.std, g.temperature, g.segments,
                                cfg.eval.standardize)
         if g.store_as == "fp16":

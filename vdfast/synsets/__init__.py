@@ -3,4 +3,4 @@ from vdfast.synsets.pixel import PixelSynset
 from vdfast.synsets.generated import GeneratedSynset
 from vdfast.synsets.static_dynamic import StaticDynamicSynset
 
-__all__ = ["Synset", "PixelSynset", "SynsetError", "KINDS", "INITS", "load", "make", "check_matches"]
+__all__ = ["Synset", "PixelSynset", "StaticDynamicSynset", "GeneratedSynset", "SynsetError", "KINDS", "INITS", "load", "make", "check_matches"]
