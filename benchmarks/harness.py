@@ -376,3 +376,36 @@ def discover() -> list[Bench]:
 
 if __name__ == "__main__":
     main(discover())
+
+
+# ---------------------------------------------------------------------------------------------
+# end-to-end method steps (step_<method>.py): vdfast against a reference-style loop
+# ---------------------------------------------------------------------------------------------
+def compare_steps(workload: str, method: str, providers, device: torch.device, repeats: int,
+                  warmup: int, shape: dict, extra: dict | None = None) -> list[dict]:
+    """Time each ``(name, fn)`` of ``providers`` (the reference-style loop first) with interleaved
+    repeats (ref, vdfast, ref, ...: on a shared machine both see the same load); rows with median,
+    p20/p80, CUDA peak memory and the speed-up against the first provider. ``extra[name]`` adds
+    columns to that provider's row."""
+    times = {name: [] for name, _ in providers}
+    for _, fn in providers:
+        time_fn(fn, device, 0, warmup)
+    for _ in range(repeats):
+        for name, fn in providers:
+            times[name] += time_fn(fn, device, 1, 0)
+    env = versions()
+    rows = []
+    for name, fn in providers:
+        peak = None
+        if device.type == "cuda":  # a separate call per provider for its allocator peak
+            torch.cuda.reset_peak_memory_stats(device)
+            time_fn(fn, device, 1, 0)
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+        t = times[name]
+        rows.append({"workload": workload, "method": method, "provider": name,
+                     "median_ms": statistics.median(t), "p20_ms": _quantile(t, 0.2),
+                     "p80_ms": _quantile(t, 0.8), "peak_mb": peak, "device": device_name(device),
+                     "shape": shape, **(extra or {}).get(name, {}), **env})
+    for r in rows:
+        r["speedup_vs_reference"] = rows[0]["median_ms"] / r["median_ms"]
+    return rows

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import _quantile, device_name, time_fn, versions  # noqa: E402
+from harness import compare_steps, device_name  # noqa: E402
 from reference_loops import ReferenceDM  # noqa: E402
 
 from vdfast.config import resolve  # noqa: E402
@@ -54,22 +53,8 @@ def run(name, w, device, repeats, warmup):
     state = m.setup(syn, store, cfg, device)
     ref = ReferenceDM(store, syn.data, syn.labels, cfg.batch_real, cfg.lr_img, cfg.momentum,
                       w["width"], w["depth"], device)
-    rows = []
-    env = versions()
-    for provider, fn in (("reference-style loop", ref.step),
-                         ("vdfast", lambda: m.step(syn, state, gen))):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        times = time_fn(fn, device, repeats, warmup)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        rows.append({"workload": name, "method": "dm", "provider": provider,
-                     "median_ms": statistics.median(times), "p20_ms": _quantile(times, 0.2),
-                     "p80_ms": _quantile(times, 0.8), "peak_mb": peak, "device": device_name(device),
-                     "shape": w, **env})
-    base = rows[0]["median_ms"]
-    for r in rows:
-        r["speedup_vs_reference"] = base / r["median_ms"]
-    return rows
+    providers = (("reference-style loop", ref.step), ("vdfast", lambda: m.step(syn, state, gen)))
+    return compare_steps(name, "dm", providers, device, repeats, warmup, w)
 
 
 def main(argv=None):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import _quantile, device_name, time_fn, versions  # noqa: E402
+from harness import compare_steps, device_name  # noqa: E402
 from reference_mtt import ReferenceMTT  # noqa: E402
 
 from vdfast.config import resolve  # noqa: E402
@@ -105,31 +104,8 @@ def run(name, w, device, repeats, warmup, tmp):
     host_mib = {"reference-style loop": EXPERTS * (EPOCHS + 1) * p * 4 / 2**20,
                 "vdfast": 2 * p * 4 / 2**20}
     providers = (("reference-style loop", ref.step), ("vdfast", lambda: m.step(syn, state, gen)))
-    # interleaved repeats (ref, vdfast, ref, ...): on a shared machine both see the same load
-    times = {name: [] for name, _ in providers}
-    for _, fn in providers:
-        time_fn(fn, device, 0, warmup)
-    for _ in range(repeats):
-        for provider, fn in providers:
-            times[provider] += time_fn(fn, device, 1, 0)
-    rows = []
-    env = versions()
-    for provider, fn in providers:
-        peak = None
-        if device.type == "cuda":  # a separate call per provider for its allocator peak
-            torch.cuda.reset_peak_memory_stats(device)
-            time_fn(fn, device, 1, 0)
-            peak = torch.cuda.max_memory_allocated(device) / 2**20
-        t = times[provider]
-        rows.append({"workload": name, "method": "mtt", "provider": provider,
-                     "median_ms": statistics.median(t), "p20_ms": _quantile(t, 0.2),
-                     "p80_ms": _quantile(t, 0.8), "peak_mb": peak,
-                     "buffer_host_mb_per_expert_set": host_mib[provider], "num_params": p,
-                     "device": device_name(device), "shape": w, **env})
-    base = rows[0]["median_ms"]
-    for r in rows:
-        r["speedup_vs_reference"] = base / r["median_ms"]
-    return rows
+    extra = {k: {"buffer_host_mb_per_expert_set": v, "num_params": p} for k, v in host_mib.items()}
+    return compare_steps(name, "mtt", providers, device, repeats, warmup, w, extra)
 
 
 def main(argv=None):

@@ -13,14 +13,7 @@ from vdfast.models import ConvNet2D, ConvNet3D
 from vdfast.ops import normalize_clips
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These shapes are tiny: one intra-op thread is several times faster than two (and on a
-    shared 2-core machine, two threads spin against other processes: 40x slower measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_distance(g_real, g_syn, eps=1e-6):

@@ -15,14 +15,7 @@ NET = NetConfig(width=4, depth=2)
 KW = dict(epochs=3, batch=16, net_cfg=NET, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these tests run second-order unrolls of tiny convolutions: one thread is as fast, and on a
-    # shared 2-core machine two threads per process oversubscribe it badly
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ MTT = {"num_experts": 3, "buffer_epochs": 3, "buffer_batch": 16, "max_start_epoc
        "expert_epochs": 1, "syn_steps": 3, "buffer_lr": 0.01, "lr_teacher": 0.01}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these tests run second-order unrolls of tiny convolutions: one thread is as fast, and on a
-    # shared 2-core machine two threads per process oversubscribe it badly
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
