@@ -17,13 +17,7 @@ from vdfast.models.autoencoder import FrameAutoencoder
 from vdfast.synsets import GeneratedSynset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny shapes: one thread avoids OpenMP spin-waits on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny shapes (see conftest)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +88,11 @@ def test_gvd_end_to_end_caches_every_stage(store, tmp_path):
     assert stages == ["ae", "gen", "latents", "modes", "samples", "teacher"]
     again = get("gvd").init(store, cfg, "cpu", torch.Generator())  # every stage from the cache
     assert torch.equal(again.pixels, syn.pixels)
+    # a run killed during sampling resumes at the first missing chunk, with the same videos
+    (chunk,) = (tmp_path / "w").glob("samples-*/chunk00001.pt")
+    chunk.unlink()
+    resumed = get("gvd").init(store, cfg, "cpu", torch.Generator())
+    assert chunk.exists() and torch.equal(resumed.pixels, syn.pixels)
     torch.testing.assert_close(again.soft_labels, syn.soft_labels)
     # guidance off: no modes stage needed, other videos, same generator
     off = dataclasses.replace(cfg, gvd=dataclasses.replace(cfg.gvd, lam=0.0))
@@ -153,3 +152,15 @@ def test_generated_synset_round_trip(store_as, tmp_path, gen):
     with pytest.raises(ValueError, match="uint8"):
         GeneratedSynset(u8.float(), y, ["a", "b", "c"], mean, std)
     assert np.isclose(s["ratio_vs_fp32_videos"], s["bytes"] / (pixels * 4))
+
+
+def test_distill_gvd_saves_a_loadable_generated_synset(store, tmp_path):
+    small = {f"gvd.{k}": v for k, v in dataclasses.asdict(G).items()}
+    res = vdfast.distill(store, method="gvd", ipc=1, out=tmp_path / "run", progress=False,
+                         **{**small, "gvd.workdir": str(tmp_path / "w"), "gvd.segments": 1,
+                            "net.width": 4})
+    back = vdfast.load(tmp_path / "run" / "synset")
+    assert isinstance(back, GeneratedSynset) and back.meta["method"] == "gvd"
+    assert torch.equal(back.pixels, res.synset.pixels.cpu())
+    assert back.meta["gvd"]["stages"]["samples"] in {p.name.split("-")[1]
+                                                    for p in (tmp_path / "w").glob("samples-*")}

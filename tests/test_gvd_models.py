@@ -7,13 +7,7 @@ from vdfast.models.autoencoder import FrameAutoencoder
 from vdfast.models.video_dit import PRESETS, VideoDiT, attention
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny shapes: one thread avoids OpenMP spin-waits on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny shapes (see conftest)
 
 
 def _random_dit(depth, gen, **kw):

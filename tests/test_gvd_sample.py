@@ -16,13 +16,7 @@ from vdfast.models.video_dit import VideoDiT
 SHAPE = (4, 2, 3, 3)  # F, C, h, w
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny shapes: one thread avoids OpenMP spin-waits on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny shapes (see conftest)
 
 
 class Toy(torch.nn.Module):

@@ -143,6 +143,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
             gen.set_state(saved["gen"])
             say(f"resuming {cfg.method} from iteration {start} ({ckpt})")
     if synset is None:
+        m.run_dir = out  # methods with cached stages (GVD) keep them under the run directory
         synset = m.init(store, cfg, device, gen)
     synset.meta.update(method=cfg.method, ipc=cfg.ipc, config=cfg.to_dict(), dataset=store.name)
 

@@ -26,6 +26,7 @@ class Method:
     def __init__(self, name: str | None = None, parametrization: str = "pixel"):
         self.name = name or self.name
         self.parametrization = parametrization
+        self.run_dir = None  # the run's output directory (set by distill), for caches
 
     @property
     def full_name(self) -> str:

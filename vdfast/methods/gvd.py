@@ -19,8 +19,8 @@ Every label->index mapping the generator sees is the index in the SORTED label n
 instance's noise comes from a generator seeded by (seed, label name, slot): a store with the same
 classes in another order gives the same modes and the same videos per label.
 
-``workdir``: ``gvd.workdir`` if set, else ``<run out>/gvd`` when :func:`vdfast.distill` has an
-``out`` (the method's ``run_dir`` attribute), else nothing is written and nothing resumes.
+``workdir``: ``gvd.workdir`` if set, else ``<run_dir>/gvd`` when the caller set ``GVD.run_dir``
+(the run's ``out``), else nothing is written and nothing resumes.
 """
 from __future__ import annotations
 

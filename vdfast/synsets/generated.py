@@ -8,8 +8,8 @@ What is stored (``store_as``):
 * ``fp16``: the decoded videos in normalised space, ``data`` fp16 ``[N, C, T, H, W]``.
 
 Optionally the generator's latents, ``latents`` fp16 ``[N, F, c, h, w]`` (frame-major), which a
-user with the same autoencoder can decode again (~4.6x smaller than uint8 pixels at 112² with a /8
-autoencoder). Hard labels always; soft labels (teacher probabilities) when the method made them.
+user with the same autoencoder can decode again (16 frames at 112² through a /8 autoencoder:
+4 x 14² fp16 per frame, 25 KB per video against 602 KB of uint8 pixels). Hard labels always; soft labels (teacher probabilities) when the method made them.
 
 ``storage()`` reports the stored bytes and, in the papers' unit, the decoded videos as fp32 MiB,
 plus the same videos as uint8 and the latents (fp16) — see :meth:`GeneratedSynset.storage`.
