@@ -289,6 +289,7 @@ class DistillConfig:
     lr_img: float = 1.0
     momentum: float = 0.5
     batch_real: int = 64             # real clips per class per iteration (DM)
+    embed_chunk: int = 0             # clips per embedding forward; 0: one batch on a GPU, 16 on a CPU
     init: str = "real"
     seed: int = 0
     device: str = "auto"
@@ -313,6 +314,7 @@ class DistillConfig:
         _positive("ipc", self.ipc)
         _positive("iterations", self.iterations, allow_zero=True)
         _positive("batch_real", self.batch_real)
+        _positive("embed_chunk", self.embed_chunk, allow_zero=True)
         _positive("lr_img", self.lr_img)
         _positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
         if not 0 <= self.momentum < 1:

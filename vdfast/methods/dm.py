@@ -6,8 +6,8 @@ them); loss = sum over classes c of || mean_i embed(real_i of c) - mean_j embed(
 the dynamic memory and integrator).
 
 Where the reference spends its time (~97 %: 50 per-class forwards, real clips gathered on the host)
-vdfast does one batched forward of every class's real clips (ConvNet3D has no normalisation layer,
-so this is exactly the per-class result), real clips sampled on the device from a uint8
+vdfast embeds every class's real clips together (ConvNet3D has no normalisation layer, so this is
+exactly the per-class result; one forward on a GPU, cache-sized chunks on a CPU), real clips sampled on the device from a uint8
 :class:`~vdfast.data.store.ClipPool` and normalised in one fused pass, and the per-class means and
 distances in one fused ``dm_loss``. Nothing in ``step`` reads a value back to the host.
 """
@@ -19,6 +19,26 @@ from vdfast.data.store import ClipPool
 from vdfast.methods.base import Method, reinit_
 from vdfast.models import ConvNet3D
 from vdfast.ops import dm_loss, normalize_clips
+
+
+def cpu_layout(x: torch.Tensor) -> torch.Tensor:
+    """On a CPU, videos in ``channels_last_3d`` memory order (oneDNN's fast layout for Conv3d and
+    the pooling after it: ~1.7x faster than NCDHW at 8x32² here); unchanged on a GPU. A
+    differentiable copy, so it also serves the synthetic videos."""
+    if x.device.type == "cpu" and x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def embed(net, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """``net.embed`` of ``x``, ``chunk`` clips per forward (0: all at once). On a GPU one batch is
+    fastest; on a CPU, batches of hundreds of clips run out of cache and are ~30 % slower than chunks
+    of 16 (measured at 8x32² and 8x64²). ConvNet3D has no normalisation layer, so the result does
+    not depend on the chunking."""
+    x = cpu_layout(x)
+    if not chunk or x.shape[0] <= chunk:
+        return net.embed(x)
+    return torch.cat([net.embed(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
 class DM(Method):
@@ -38,7 +58,9 @@ class DM(Method):
         opt = torch.optim.SGD(groups, momentum=cfg.momentum)
         labels = synset.labels
         own = torch.nonzero((labels >= classes.start) & (labels < classes.stop)).flatten()
+        chunk = cfg.embed_chunk or (16 if torch.device(device).type == "cpu" else 0)
         return {"pool": ClipPool(store, "train", device, classes=classes), "net": net, "opt": opt,
+                "chunk": chunk,
                 "batch_real": cfg.batch_real, "mean": store.mean, "std": store.std, "dist": dist,
                 "own": None if len(own) == len(labels) else own,
                 "params": [p for g in groups for p in g["params"]]}
@@ -49,11 +71,11 @@ class DM(Method):
         real_u8, real_labels = pool.sample(state["batch_real"], gen)
         real = normalize_clips(real_u8, state["mean"], state["std"])
         with torch.no_grad():
-            real_feat = net.embed(real)
+            real_feat = embed(net, real, state["chunk"])
         syn, syn_labels = synset.videos()
         if state["own"] is not None:  # this process's classes only
             syn, syn_labels = syn[state["own"]], syn_labels[state["own"]]
-        loss = dm_loss(real_feat, real_labels, net.embed(syn), syn_labels, pool.num_classes)
+        loss = dm_loss(real_feat, real_labels, embed(net, syn), syn_labels, pool.num_classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         state["dist"].sum_grads_(state["params"])
