@@ -26,7 +26,7 @@ def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "", skip=()):
         flag = "--" + (prefix + f.name).replace("_", "-")
         dest = (prefix.replace("-", "_") + f.name) if prefix else f.name
         default = getattr(defaults, f.name)
-        kw = dict(dest=dest, default=None, help=f"(published default: {default})")
+        kw = dict(dest=dest, default=None, help=f"(default: {default}; a preset may change it)")
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:

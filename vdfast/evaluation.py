@@ -155,7 +155,8 @@ def run_students(x, y, store: ClipStore, test, cfg: EvalConfig, epochs: int, n: 
                                 norm=net_cfg.norm if net_cfg else "none").to(device)
             gen = torch.Generator().manual_seed(s)
             train_student(net, _Source(x, y, store.mean, store.std), cfg, epochs, gen, soft=soft,
-                          desc=f"{name} student {i + 1}/{n}", progress=progress)
+                          desc=f"{name} student" + (f" {i + 1}/{n}" if n > 1 else ""),
+                          progress=progress)
             accs.append(test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize))
     return accs
 
@@ -205,8 +206,8 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         for i in range(cfg.students):  # a different random coreset per student
             clips, lab = store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
             accs += run_students(clips.to(device), lab.to(device), store, test, cfg, cfg.epochs, 1,
-                                 seed + i, device, name="random real", net_cfg=net_cfg,
-                                 progress=progress)
+                                 seed + i, device, name=f"random real {i + 1}/{cfg.students}:",
+                                 net_cfg=net_cfg, progress=progress)
         rep.rows.append(Row("random real", ipc, accs, time.perf_counter() - t0))
     if full:
         t0 = time.perf_counter()
