@@ -29,14 +29,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -408,4 +406,38 @@ def compare_steps(workload: str, method: str, providers, device: torch.device, r
                      "shape": shape, **(extra or {}).get(name, {}), **env})
     for r in rows:
         r["speedup_vs_reference"] = rows[0]["median_ms"] / r["median_ms"]
+    return rows
+
+
+def step_main(doc: str, workloads: dict, smoke: dict, run_all, title: str, extra_cols=(),
+              argv=None) -> list[dict]:
+    """The command line of a ``step_<method>.py``: pick workloads and device, call
+    ``run_all(workloads, device, repeats, warmup) -> rows``, print the table (``extra_cols``: a
+    ``(header, row key, format)`` per added column), write ``--json``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny CPU shapes (CI)")
+    p.add_argument("--workloads", default=None, help="comma list of workload names")
+    p.add_argument("--device", default=None, help="default: cuda if visible, else cpu")
+    p.add_argument("--repeats", type=int, default=None, help="default 10 (smoke: 3)")
+    p.add_argument("--json", default=None, help="write JSON rows to this path")
+    a = p.parse_args(argv)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu"))
+    chosen = smoke if a.smoke else workloads
+    if a.workloads:
+        chosen = {k: v for k, v in {**workloads, **smoke}.items() if k in a.workloads.split(",")}
+    rows = run_all(chosen, device, a.repeats or (3 if a.smoke else 10), 1 if a.smoke else 2)
+    print(f"{title} on {device_name(device)}\n")
+    heads = ["workload", "provider", "median ms", "p20-p80 ms", "peak MiB", *(h for h, _, _ in extra_cols),
+             "speed-up"]
+    print("| " + " | ".join(heads) + " |\n|" + "---|" * len(heads))
+    for r in rows:
+        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+        cells = [r["workload"], r["provider"], f"{r['median_ms']:.1f}",
+                 f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f}", peak,
+                 *(format(r[k], f) for _, k, f in extra_cols), f"{r['speedup_vs_reference']:.2f}x"]
+        print("| " + " | ".join(cells) + " |")
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
     return rows

@@ -9,8 +9,6 @@ of the process's peak RSS is not attributable per provider and is reported as nu
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import compare_steps, device_name  # noqa: E402
+from harness import compare_steps, step_main  # noqa: E402
 from reference_loops import ReferenceDM  # noqa: E402
 
 from vdfast.config import resolve  # noqa: E402
@@ -58,33 +56,10 @@ def run(name, w, device, repeats, warmup):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--workloads", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--json", default=None)
-    a = p.parse_args(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu"))
-    workloads = SMOKE if a.smoke else WORKLOADS
-    if a.workloads:
-        workloads = {k: v for k, v in {**WORKLOADS, **SMOKE}.items() if k in a.workloads.split(",")}
-    repeats = a.repeats or (3 if a.smoke else 10)
-    rows = []
-    for name, w in workloads.items():
-        rows += run(name, w, device, repeats, warmup=1 if a.smoke else 2)
-    print(f"DM iteration on {device_name(device)}\n")
-    print("| workload | provider | median ms | p20-p80 ms | peak MiB | speed-up |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
-        print(f"| {r['workload']} | {r['provider']} | {r['median_ms']:.1f} | "
-              f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f} | {peak} | {r['speedup_vs_reference']:.2f}x |")
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return rows
+    def run_all(workloads, device, repeats, warmup):
+        return [r for name, w in workloads.items() for r in run(name, w, device, repeats, warmup)]
+
+    return step_main(__doc__, WORKLOADS, SMOKE, run_all, "DM iteration", argv=argv)
 
 
 if __name__ == "__main__":

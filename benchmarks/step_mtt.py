@@ -11,8 +11,6 @@ host memory the buffer occupies: the reference holds every expert and epoch, vdf
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import compare_steps, device_name  # noqa: E402
+from harness import compare_steps, step_main  # noqa: E402
 from reference_mtt import ReferenceMTT  # noqa: E402
 
 from vdfast.config import resolve  # noqa: E402
@@ -109,36 +107,15 @@ def run(name, w, device, repeats, warmup, tmp):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--workloads", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--json", default=None)
-    a = p.parse_args(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu"))
-    workloads = SMOKE if a.smoke else WORKLOADS
-    if a.workloads:
-        workloads = {k: v for k, v in {**WORKLOADS, **SMOKE}.items() if k in a.workloads.split(",")}
-    repeats = a.repeats or (3 if a.smoke else 10)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="vdfast-mtt-bench-") as tmp:
-        for name, w in workloads.items():
-            rows += run(name, w, device, repeats, warmup=1 if a.smoke else 2, tmp=tmp)
-    print(f"MTT iteration on {device_name(device)} ({EXPERTS} experts x {EPOCHS + 1} epochs held)\n")
-    print("| workload | provider | median ms | p20-p80 ms | peak MiB | buffer MiB in host memory "
-          "| speed-up |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
-        print(f"| {r['workload']} | {r['provider']} | {r['median_ms']:.1f} | "
-              f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f} | {peak} | "
-              f"{r['buffer_host_mb_per_expert_set']:.1f} | {r['speedup_vs_reference']:.2f}x |")
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return rows
+    def run_all(workloads, device, repeats, warmup):
+        with tempfile.TemporaryDirectory(prefix="vdfast-mtt-bench-") as tmp:
+            return [r for name, w in workloads.items()
+                    for r in run(name, w, device, repeats, warmup=warmup, tmp=tmp)]
+
+    return step_main(__doc__, WORKLOADS, SMOKE, run_all,
+                     f"MTT iteration ({EXPERTS} experts x {EPOCHS + 1} epochs held)",
+                     extra_cols=[("buffer MiB in host memory", "buffer_host_mb_per_expert_set", ".1f")],
+                     argv=argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import os
 import torch
 from torch.autograd.function import once_differentiable
 
-from vdfast.ops.dispatch import FLOATS, op
+from vdfast.ops.dispatch import op
 from vdfast.reference import dm_loss as _ref
 
 _OP = op("dm_loss")
