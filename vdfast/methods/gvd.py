@@ -80,6 +80,24 @@ def _atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
+def _save_train_state(path: Path, modules: dict, opt, gen: torch.Generator, step: int) -> None:
+    """A resumable training checkpoint: the modules' weights, optimizer, data RNG and step."""
+    _atomic_save({**{k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
+                  "gen": gen.get_state(), "step": step}, path)
+
+
+def _load_train_state(path: Path | None, modules: dict, opt, gen: torch.Generator) -> int:
+    """Restore what :func:`_save_train_state` wrote (if ``path`` exists); the step to resume at."""
+    if path is None or not path.exists():
+        return 0
+    s = torch.load(path, map_location="cpu", weights_only=False)
+    for k, m in modules.items():
+        m.load_state_dict(s[k])
+    opt.load_state_dict(s["opt"])
+    gen.set_state(s["gen"])
+    return s["step"]
+
+
 def _to_unit(u8: torch.Tensor) -> torch.Tensor:
     """uint8 ``[..., H, W, 3]`` -> float in [-1, 1] ``[..., 3, H, W]``."""
     return u8.float().div(127.5).sub(1.0).movedim(-1, -3)
@@ -128,14 +146,8 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
     offsets = np.cumsum([0] + [a.shape[0] for a in arrays])
     gen = torch.Generator().manual_seed(seed * 7 + 1)
     opt = torch.optim.Adam(ae.parameters(), lr=g.ae_lr)
-    step = 0
     state = ckpt / "ae.pt" if ckpt else None
-    if state is not None and state.exists():
-        s = torch.load(state, map_location="cpu", weights_only=False)
-        ae.load_state_dict(s["model"])
-        opt.load_state_dict(s["opt"])
-        gen.set_state(s["gen"])
-        step = s["step"]
+    step = _load_train_state(state, {"model": ae}, opt, gen)
 
     def frames_batch(n):
         ci = torch.randint(int(offsets[-1]), (n,), generator=gen).numpy()
@@ -157,8 +169,7 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
             if step % 50 == 0:
                 pb.set_postfix(mse=f"{float(loss.detach()):.4f}", refresh=False)
             if state is not None and g.checkpoint_every and step % g.checkpoint_every == 0:
-                _atomic_save({"model": ae.state_dict(), "opt": opt.state_dict(),
-                              "gen": gen.get_state(), "step": step}, state)
+                _save_train_state(state, {"model": ae}, opt, gen, step)
     ae.eval()
     with torch.no_grad():
         z = torch.cat([ae.encode_raw(frames_batch(g.ae_batch)) for _ in range(max(1, 1024 // g.ae_batch))])
@@ -228,15 +239,8 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
     ab = ddpm_schedule(g.train_timesteps).to(device=device, dtype=torch.float32)
     opt = torch.optim.AdamW(net.parameters(), lr=g.gen_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed * 7 + 2)
-    step = 0
     state = ckpt / "gen.pt" if ckpt else None
-    if state is not None and state.exists():
-        s = torch.load(state, map_location="cpu", weights_only=False)
-        net.load_state_dict(s["model"])
-        ema.load_state_dict(s["ema"])
-        opt.load_state_dict(s["opt"])
-        gen.set_state(s["gen"])
-        step = s["step"]
+    step = _load_train_state(state, {"model": net, "ema": ema}, opt, gen)
     warmup = max(1, min(500, g.gen_steps // 20))
     n = x_all.shape[0]
     net.train()
@@ -268,8 +272,7 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
             if step % 50 == 0:
                 pb.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
             if state is not None and g.checkpoint_every and step % g.checkpoint_every == 0:
-                _atomic_save({"model": net.state_dict(), "ema": ema.state_dict(),
-                              "opt": opt.state_dict(), "gen": gen.get_state(), "step": step}, state)
+                _save_train_state(state, {"model": net, "ema": ema}, opt, gen, step)
     if final is not None:
         _atomic_save(ema.state_dict(), final)
     return ema.eval()
