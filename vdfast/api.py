@@ -117,6 +117,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
     dist = distributed.setup(pick_device(cfg.device))
     device = dist.device
     m = methods.get(cfg.method)
+    m.dist = dist
     if dist.active and m.iterative and not m.shardable:
         raise RuntimeError(f"method {cfg.method} does not run on {dist.world} processes yet; "
                            f"launch it as a single process")
@@ -148,8 +149,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
     synset.meta.update(method=cfg.method, ipc=cfg.ipc, config=cfg.to_dict(), dataset=store.name)
 
     if m.iterative and start < cfg.iterations:
-        state = (m.setup(synset, store, cfg, device, dist=dist) if m.shardable
-                 else m.setup(synset, store, cfg, device))
+        state = m.setup(synset, store, cfg, device)
         if start > 0:
             m.load_state_dict(state, saved["method"])
         if device.type == "cuda":

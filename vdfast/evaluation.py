@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from vdfast.config import EvalConfig
-from vdfast.methods.dm import cpu_layout
 from vdfast.data.store import ClipStore
 from vdfast.models import build_student
 from vdfast.ops import normalize_clips
@@ -115,7 +114,7 @@ def train_student(net, source: _Source, cfg: EvalConfig, epochs: int, gen: torch
                 x, y = source.batch(perm[s * cfg.batch:(s + 1) * cfg.batch])
                 if cfg.standardize:
                     x = _standardize(x)
-                out = net(cpu_layout(x))
+                out = net(x)
                 if soft:
                     loss = F.kl_div(F.log_softmax(out / tau, 1), y, reduction="batchmean") * tau * tau
                 else:
@@ -137,7 +136,7 @@ def test_accuracy(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, st
         x = normalize_clips(test_x[s:s + batch], mean, std)
         if standardize:
             x = _standardize(x)
-        correct += int((net(cpu_layout(x)).argmax(1) == test_y[s:s + batch]).sum())
+        correct += int((net(x).argmax(1) == test_y[s:s + batch]).sum())
     return correct / max(1, test_x.shape[0])
 
 

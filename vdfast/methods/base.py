@@ -21,12 +21,13 @@ class Method:
 
     name = "base"
     iterative = False
-    shardable = False  # True: setup(..., dist=) splits classes across processes
+    shardable = False  # True: setup splits classes across the processes of ``self.dist``
 
     def __init__(self, name: str | None = None, parametrization: str = "pixel"):
         self.name = name or self.name
         self.parametrization = parametrization
         self.run_dir = None  # the run's output directory (set by distill), for caches
+        self.dist = None     # the run's process group (set by distill; None: one process)
 
     @property
     def full_name(self) -> str:

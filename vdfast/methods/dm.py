@@ -21,21 +21,11 @@ from vdfast.models import ConvNet3D
 from vdfast.ops import dm_loss, normalize_clips
 
 
-def cpu_layout(x: torch.Tensor) -> torch.Tensor:
-    """On a CPU, videos in ``channels_last_3d`` memory order (oneDNN's fast layout for Conv3d and
-    the pooling after it: ~1.7x faster than NCDHW at 8x32² here); unchanged on a GPU. A
-    differentiable copy, so it also serves the synthetic videos."""
-    if x.device.type == "cpu" and x.dim() == 5:
-        return x.contiguous(memory_format=torch.channels_last_3d)
-    return x
-
-
 def embed(net, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
     """``net.embed`` of ``x``, ``chunk`` clips per forward (0: all at once). On a GPU one batch is
     fastest; on a CPU, batches of hundreds of clips run out of cache and are ~30 % slower than chunks
     of 16 (measured at 8x32² and 8x64²). ConvNet3D has no normalisation layer, so the result does
     not depend on the chunking."""
-    x = cpu_layout(x)
     if not chunk or x.shape[0] <= chunk:
         return net.embed(x)
     return torch.cat([net.embed(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
@@ -46,10 +36,10 @@ class DM(Method):
     iterative = True
     shardable = True  # classes split across processes (see vdfast.distributed)
 
-    def setup(self, synset, store, cfg, device, dist=None):
+    def setup(self, synset, store, cfg, device):
         from vdfast.distributed import Dist
 
-        dist = dist or Dist(0, 1, torch.device(device))
+        dist = self.dist or Dist(0, 1, torch.device(device))
         classes = dist.shard(store.num_classes)
         net = ConvNet3D(store.num_classes, store.frames, store.size, width=cfg.net.width,
                         depth=cfg.net.depth, norm=cfg.net.norm).to(device)
