@@ -67,3 +67,34 @@ def test_check_request_errors():
         store.check_request(size=112)
     with pytest.raises(StoreError, match="unknown split"):
         store.counts("val")
+
+
+def test_streamed_pool_reads_the_same_clips_as_the_resident_pool(tmp_path, monkeypatch):
+    """A split larger than the device budget stays in its memory-mapped class files; the draws and
+    the clips are those of the resident pool."""
+    import numpy as np
+
+    src = ClipStore.builtin(train_per_class=5, test_per_class=1, frames=4, size=16)
+    arrays = {}
+    for split in ("train", "test"):
+        arrays[split] = []
+        for c in range(src.num_classes):
+            f = tmp_path / f"{split}{c}.npy"
+            a = np.array(src.clips(split, c))
+            if split == "train" and c == 3:
+                a = a[:2]  # a short class: draws wrap around
+            np.save(f, a)
+            arrays[split].append(np.load(f, mmap_mode="r"))
+    store = ClipStore(src.classes, arrays, 4, 16)
+    for classes in (None, range(2, 7)):
+        resident = ClipPool(store, "train", classes=classes, resident=True)
+        streamed = ClipPool(store, "train", classes=classes, resident=False)
+        assert resident.resident and not streamed.resident and streamed.data is None
+        for n in (3, 6):
+            x1, y1 = resident.sample(n, torch.Generator().manual_seed(n))
+            x2, y2 = streamed.sample(n, torch.Generator().manual_seed(n))
+            assert torch.equal(y1, y2) and torch.equal(x1, x2)
+    monkeypatch.setenv("VDFAST_POOL_GB", "0")
+    assert not ClipPool(store, "train").resident  # over the budget: streamed by default
+    monkeypatch.setenv("VDFAST_POOL_GB", "1")
+    assert ClipPool(store, "train").resident

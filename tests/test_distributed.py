@@ -26,11 +26,11 @@ def test_shard_blocks_cover_every_class_once():
         assert max(len(b) for b in blocks) - min(len(b) for b in blocks) <= 1
 
 
-def _launch(out, nproc):
+def _launch(out, nproc, args=ARGS):
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", VDFAST_PROGRESS="0")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(29500 + os.getpid() % 1000), "-m", "vdfast", "distill",
-           "--out", str(out), *ARGS]
+           "--out", str(out), *args]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
@@ -51,3 +51,38 @@ def test_two_ranks_give_the_one_rank_synset(tmp_path):
     # the checkpoint of a 2-rank run resumes (here: nothing left to do) with 2 ranks
     _launch(tmp_path / "two", 2)
     torch.testing.assert_close(vdfast.load(tmp_path / "two" / "synset").data, two.data)
+
+
+MTT_ARGS = ["--method", "mtt", "--ipc", "2", "--iterations", "4", "--net-width", "4",
+            "--mtt-unroll", "recompute", "--mtt-chunk", "7", "--mtt-syn-steps", "3",
+            "--mtt-num-experts", "1", "--mtt-buffer-epochs", "2", "--mtt-max-start-epoch", "1",
+            "--mtt-buffer-batch", "128", "--checkpoint-every", "2", "--no-evaluate", "--no-preview"]
+
+
+def test_mtt_two_ranks_split_each_step_and_give_the_one_rank_synset(tmp_path):
+    args = MTT_ARGS + ["--mtt-buffer", str(tmp_path / "experts")]
+    _launch(tmp_path / "one", 1, args)  # rank 0 of this run trains the expert
+    _launch(tmp_path / "two", 2, args + ["--iterations", "2"])
+    resumed = _launch(tmp_path / "two", 2, args)  # 2 ranks resume the 2-rank checkpoint
+    assert "resuming mtt from iteration 2" in resumed
+    one = vdfast.load(tmp_path / "one" / "synset")
+    two = vdfast.load(tmp_path / "two" / "synset")
+    torch.testing.assert_close(two.data, one.data, rtol=1e-4, atol=1e-5)
+    assert two.meta["syn_lr"] == pytest.approx(one.meta["syn_lr"], rel=1e-5)
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)
+
+
+def test_mtt_refuses_processes_without_the_recompute_unroll(gen):
+    from vdfast.config import resolve
+    from vdfast.data.store import ClipStore
+    from vdfast.methods import get
+
+    store = ClipStore.builtin(train_per_class=2, test_per_class=1, frames=4, size=16)
+    cfg = resolve("builtin", method="mtt", ipc=1, **{"net.width": 4})
+    m = get("mtt")
+    m.dist = Dist(0, 2)
+    syn = m.init(store, cfg, "cpu", gen)
+    with pytest.raises(ValueError, match="--mtt-unroll recompute"):
+        m.setup(syn, store, cfg, "cpu")

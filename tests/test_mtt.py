@@ -190,3 +190,72 @@ def test_distill_mtt_resumes_to_the_same_result(store, buffer_dir, tmp_path):
     torch.testing.assert_close(resumed.synset.data, full.synset.data)
     assert resumed.history["loss"] == pytest.approx(full.history["loss"])
     assert resumed.synset.meta["syn_lr"] == pytest.approx(full.synset.meta["syn_lr"])
+
+
+@pytest.mark.parametrize("batch_syn,chunk", [(0, 0), (0, 5), (5, 2)])
+def test_recompute_meta_gradient_equals_the_full_graph_float64(buffer_dir, gen, batch_syn, chunk):
+    """mtt.unroll=recompute (step-by-step reverse pass, micro-batches) is the same derivative as
+    differentiating the whole second-order graph."""
+    from vdfast.methods.mtt import meta_gradient
+
+    buf = ExpertBuffer(buffer_dir)
+    net = build_net(buf.net).double().eval()
+    names = [n for n, _ in buf.layout]
+    start, target = (t.double() for t in buf.pair(1, 0, 1))
+    syn = torch.randn(12, 3, 4, 16, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.arange(12) % 12
+    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    steps = 4
+
+    params = [p.detach().requires_grad_() for p in unflatten(start, buf.layout)]
+    out = unroll(net, names, params, syn, labels, lr, steps, batch_syn,
+                 torch.Generator().manual_seed(3))
+    loss = trajectory_loss(torch.cat([p.reshape(-1) for p in out]), start, target)
+    gx, glr = torch.autograd.grad(loss, (syn, lr))
+
+    loss2, gx2, glr2 = meta_gradient(net, names, start, target, buf.layout, syn, labels, lr, steps,
+                                     batch_syn, torch.Generator().manual_seed(3), chunk)
+    assert gx.abs().max() > 0 and glr.abs() > 0
+    torch.testing.assert_close(loss2, loss.detach(), **TOL[torch.float64])
+    torch.testing.assert_close(gx2, gx, **TOL[torch.float64])
+    torch.testing.assert_close(glr2, glr, **TOL[torch.float64])
+
+
+def test_unroll_chunk_does_not_change_the_result(buffer_dir, gen):
+    buf = ExpertBuffer(buffer_dir)
+    net = build_net(buf.net).double().eval()
+    names = [n for n, _ in buf.layout]
+    start = buf.pair(0, 0, 1)[0].double()
+    syn = torch.randn(12, 3, 4, 16, 16, generator=gen, dtype=torch.float64)
+    labels = torch.arange(12)
+    lr = torch.tensor(0.05, dtype=torch.float64)
+
+    def run(chunk):
+        params = [p.detach().requires_grad_() for p in unflatten(start, buf.layout)]
+        return unroll(net, names, params, syn, labels, lr, 2, chunk=chunk)
+
+    for a, b in zip(run(0), run(5)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def test_recompute_step_updates_like_the_graph_step(store, buffer_dir, gen):
+    results = []
+    for mode in ("graph", "recompute"):
+        cfg = config(buffer_dir, lr_img=100.0, lr_lr=1e-3, unroll=mode, chunk=5 if mode == "recompute" else 0)
+        m = get("mtt")
+        syn = m.init(store, cfg, "cpu", torch.Generator().manual_seed(0))
+        state = m.setup(syn, store, cfg, "cpu")
+        losses = [m.step(syn, state, torch.Generator().manual_seed(1)) for _ in range(2)]
+        results.append((torch.stack(losses), syn.data.detach().clone(), state["syn_lr"].detach()))
+    (l1, x1, a1), (l2, x2, a2) = results
+    torch.testing.assert_close(l2, l1, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(x2, x1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a2, a1, rtol=1e-5, atol=1e-8)
+    assert not torch.equal(a1, torch.tensor(cfg.mtt.lr_teacher))
+
+
+def test_unknown_unroll_mode_is_a_config_error():
+    from vdfast.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unroll"):
+        resolve("builtin", method="mtt", mtt={"unroll": "checkpoint"})

@@ -52,6 +52,17 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def memory_now_mb(device: torch.device) -> float:
+    """Memory held now: CUDA allocator (GPU) or the process's resident set (CPU), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # not Linux: the high-water mark instead
+        return peak_memory_mb(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak device memory (CUDA allocator) or peak resident memory of the process (CPU), in MiB."""
     if device.type == "cuda":
@@ -154,6 +165,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
             m.load_state_dict(state, saved["method"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        history["memory_before_loop_mb"] = memory_now_mb(device)  # the loop's own share: peak - this
         window, t_win, losses = 10, time.perf_counter(), []
         with bar(total=cfg.iterations, initial=start, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it",
                  enable=progress and dist.main) as pb:
@@ -161,8 +173,9 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                 losses.append(m.step(synset, state, gen))
                 done = it + 1
                 if done % window == 0 or done == cfg.iterations:
-                    # the one sync per window (summed over processes' classes)
-                    vals = dist.all_reduce_(torch.stack(losses).float()).cpu().tolist()
+                    # the one sync per window (summed over processes' shares of the loss)
+                    vals = torch.stack(losses).float()
+                    vals = (dist.all_reduce_(vals) if m.partial_loss else vals).cpu().tolist()
                     dt = (time.perf_counter() - t_win) / len(vals)
                     history["loss"] += vals
                     history["seconds_per_it"].append(dt)
@@ -227,7 +240,8 @@ def _summary(history: dict) -> dict:
     spi = history.get("seconds_per_it", [])
     return {"iterations": history.get("iterations"), "final_loss": loss[-1] if loss else None,
             "median_seconds_per_it": sorted(spi)[len(spi) // 2] if spi else None,
-            "peak_memory_mb": history.get("peak_memory_mb"), "loss": loss}
+            "peak_memory_mb": history.get("peak_memory_mb"),
+            "memory_before_loop_mb": history.get("memory_before_loop_mb"), "loss": loss}
 
 
 def _write_metrics(out: Path, update: dict):

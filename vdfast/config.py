@@ -96,6 +96,10 @@ class MTTConfig:
     lr_teacher: float = 0.01         # initial student step size
     learn_lr: bool = True
     batch_syn: int = 0               # synthetic videos per unrolled step (0: all)
+    unroll: str = "graph"            # graph: keep the whole second-order graph (fastest);
+    #                                  recompute: exact step-by-step reverse pass, memory of one step
+    chunk: int = 0                   # videos per forward inside a step (0: the step's batch at once);
+    #                                  with unroll=recompute, bounds memory independently of ipc
 
     def __post_init__(self):
         for n in ("num_experts", "buffer_epochs", "buffer_batch", "syn_steps", "expert_epochs",
@@ -105,6 +109,8 @@ class MTTConfig:
             _positive(f"mtt {n}", getattr(self, n))
         _positive("mtt lr_lr", self.lr_lr, allow_zero=True)
         _positive("mtt batch_syn", self.batch_syn, allow_zero=True)
+        _positive("mtt chunk", self.chunk, allow_zero=True)
+        _choice("mtt unroll", self.unroll, ("graph", "recompute"))
         if not 0 <= self.buffer_momentum < 1:
             raise ConfigError(f"mtt buffer_momentum must be in [0, 1), got {self.buffer_momentum}")
         if self.max_start_epoch + self.expert_epochs > self.buffer_epochs:

@@ -12,7 +12,9 @@ interrupted ``prepare`` resumes at the first unfinished class. The embedded defa
 ClipStore held in memory (``ClipStore.builtin()``).
 
 On a device, :class:`ClipPool` keeps a split as one uint8 tensor and samples per-class batches with
-device-side random numbers: no host sync and no host gathering inside a distillation loop.
+device-side random numbers: no host sync and no host gathering inside a distillation loop. A split
+larger than the device's budget is streamed instead: only the drawn clips are read from the
+memory-mapped class files, per class, at each draw.
 """
 from __future__ import annotations
 
@@ -112,9 +114,11 @@ class ClipStore:
         ``[N]``) on ``device``."""
         self._check_split(split)
         classes = range(self.num_classes) if classes is None else classes
-        parts = [torch.from_numpy(np.ascontiguousarray(self.arrays[split][c])) for c in classes]
+        parts = [self.arrays[split][c] for c in classes]
+        data = np.concatenate(parts) if parts else np.empty((0, self.frames, self.size, self.size, 3),
+                                                            np.uint8)  # one copy, off the mmap
         labels = torch.cat([torch.full((p.shape[0],), c, dtype=torch.long) for c, p in zip(classes, parts)])
-        return torch.cat(parts).to(device), labels.to(device)
+        return torch.from_numpy(data).to(device), labels.to(device)
 
     def random_clips(self, per_class: int, gen: torch.Generator, split: str = "train"):
         """``per_class`` random clips of every class (without replacement), class-major:
@@ -151,31 +155,61 @@ class ClipStore:
                                  f"{len(short)} class(es): {listed}; lower --ipc to at most {min(counts)}")
 
 
+def resident_budget(device) -> int:
+    """Bytes a :class:`ClipPool` may copy onto ``device``: ``$VDFAST_POOL_GB`` when set, else half
+    of the free GPU memory (CUDA) or half of the available RAM (CPU)."""
+    env = os.environ.get("VDFAST_POOL_GB")
+    if env:
+        return int(float(env) * 2**30)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * 2**30
+
+
 class ClipPool:
-    """A split of a store on one device as a single uint8 tensor, with per-class sampling.
+    """A split of a store for a distillation loop, with per-class sampling.
 
     ``sample(n, gen)`` draws ``n`` clips of every class (without replacement while the class has
-    enough, wrapping around otherwise) using random numbers generated on the device: the loop that
-    calls it never synchronises with the host.
+    enough, wrapping around otherwise) using random numbers generated on the device.
 
-    ``classes`` (a contiguous ``range``) keeps only those classes on the device, for class-sharded
-    multi-process runs. The random keys are still drawn for ALL classes and then sliced, so every
-    class sees the same draws whatever the number of processes (results do not depend on it).
+    Two ways to hold the clips, same draws and same clips either way:
+
+    * **resident** (when the split fits in :func:`resident_budget`): one uint8 tensor on the
+      device; sampling never synchronises with the host.
+    * **streamed** (stores larger than RAM / GPU memory, e.g. Kinetics-400 at 16x112²): the clips
+      stay in the store's memory-mapped class files; each ``sample`` reads the drawn indices back to
+      the host (one sync), reads only those clips from disk, class by class, and copies them to the
+      device through pinned memory.
+
+    ``classes`` (a contiguous ``range``) keeps only those classes, for class-sharded multi-process
+    runs. The random keys are still drawn for ALL classes and then sliced, so every class sees the
+    same draws whatever the number of processes (results do not depend on it).
     """
 
-    def __init__(self, store: ClipStore, split: str = "train", device="cpu", classes: range | None = None):
+    def __init__(self, store: ClipStore, split: str = "train", device="cpu",
+                 classes: range | None = None, resident: bool | None = None):
         all_counts = torch.tensor(store.counts(split), dtype=torch.long)
         if (all_counts == 0).any():
             empty = [store.classes[i] for i in torch.nonzero(all_counts == 0).flatten().tolist()]
             raise StoreError(f"classes with no {split} clips: {', '.join(empty)}")
         self.classes = classes if classes is not None else range(len(all_counts))
-        self.data, self.labels = store.tensors(split, device, classes=self.classes)
+        self.device = torch.device(device)
         counts = all_counts[self.classes.start:self.classes.stop]
+        self.nbytes = int(counts.sum()) * int(np.prod(store.arrays[split][0].shape[1:]))
+        self.resident = self.nbytes <= resident_budget(device) if resident is None else resident
+        if self.resident:
+            self.data, _ = store.tensors(split, device, classes=self.classes)
+        else:
+            self.data = None
+            self.arrays = [store.arrays[split][c] for c in self.classes]
         self.counts = counts.to(device)
         self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
         self.total_classes = len(all_counts)
         self.max_count = int(all_counts.max())
-        self.device = torch.device(device)
         col = torch.arange(self.max_count, device=device)
         self._invalid = col[None, :] >= self.counts[:, None]
         self._labels = torch.tensor(list(self.classes), device=device)
@@ -194,8 +228,15 @@ class ClipPool:
         if n > k:
             pick = pick.repeat(1, (n + k - 1) // k)[:, :n]
         pick = pick % self.counts[:, None]
-        idx = (self.offsets[:, None] + pick).flatten()
-        return self.data[idx], self._labels.repeat_interleave(n)
+        labels = self._labels.repeat_interleave(n)
+        if self.resident:
+            return self.data[(self.offsets[:, None] + pick).flatten()], labels
+        rows = pick.cpu().numpy()  # the one host sync of the streamed mode
+        out = torch.empty((rows.size, *self.arrays[0].shape[1:]), dtype=torch.uint8,
+                          pin_memory=self.device.type == "cuda")
+        for c, arr in enumerate(self.arrays):  # only the drawn clips are read from disk
+            out[c * n:(c + 1) * n] = torch.from_numpy(np.ascontiguousarray(arr[rows[c]]))
+        return out.to(self.device, non_blocking=True), labels
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ class Method:
 
     name = "base"
     iterative = False
-    shardable = False  # True: setup splits classes across the processes of ``self.dist``
+    shardable = False  # True: setup splits its work across the processes of ``self.dist``
+    partial_loss = True  # on N processes, step returns this process's share of a sum (the loop adds
+    #                      them up); False: every process returns the whole loss
 
     def __init__(self, name: str | None = None, parametrization: str = "pixel"):
         self.name = name or self.name

@@ -27,6 +27,7 @@ trained on (see :mod:`vdfast.methods.experts`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -39,9 +40,43 @@ from vdfast.methods.experts import BufferError, ExpertBuffer, build_net, train_e
 from vdfast.ops import trajectory_loss
 
 
+def step_indices(n: int, syn_steps: int, batch_syn: int = 0, gen: torch.Generator | None = None,
+                 device=None) -> list[torch.Tensor | None]:
+    """The synthetic videos each unrolled step uses: ``None`` (all ``n``) when ``batch_syn`` is 0
+    or >= n, else consecutive chunks of a random permutation drawn from ``gen`` (redrawn when used
+    up). Both unroll modes draw exactly these, so they see the same batches."""
+    out: list[torch.Tensor | None] = []
+    chunks: list[torch.Tensor] = []
+    for _ in range(syn_steps):
+        if batch_syn and batch_syn < n:
+            if not chunks:
+                chunks = list(torch.randperm(n, generator=gen, device=device).split(batch_syn))
+            out.append(chunks.pop())
+        else:
+            out.append(None)
+    return out
+
+
+def _rows(idx: torch.Tensor | None, n: int, device) -> torch.Tensor:
+    return torch.arange(n, device=device) if idx is None else idx
+
+
+def _ce_grads(net, names, params, x, y, denom: int, create_graph: bool):
+    """Gradient of ``sum CE(net(x), y) / denom`` w.r.t. ``params`` (the mean CE of a batch of
+    ``denom`` videos when summed over its micro-batches)."""
+    out = functional_call(net, dict(zip(names, params)), (x,))
+    ce = F.cross_entropy(out, y, reduction="sum") / denom
+    return torch.autograd.grad(ce, params, create_graph=create_graph)
+
+
+def _micro(rows: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+    return list(rows.split(chunk)) if chunk and chunk < len(rows) else [rows]
+
+
 def unroll(net, names, params, syn, labels, syn_lr, syn_steps: int, batch_syn: int = 0,
-           gen: torch.Generator | None = None) -> list[torch.Tensor]:
-    """``syn_steps`` differentiable SGD steps of ``net`` from ``params`` on ``(syn, labels)``.
+           gen: torch.Generator | None = None, chunk: int = 0) -> list[torch.Tensor]:
+    """``syn_steps`` differentiable SGD steps of ``net`` from ``params`` on ``(syn, labels)``,
+    keeping the whole second-order graph (``mtt.unroll = "graph"``).
 
     Args:
         net: the student module (its own parameters are ignored; ``functional_call`` uses
@@ -50,28 +85,115 @@ def unroll(net, names, params, syn, labels, syn_lr, syn_steps: int, batch_syn: i
         params: per-layer starting tensors (requiring grad).
         syn: ``[N, C, T, H, W]`` synthetic videos; labels ``[N]``.
         syn_lr: 0-d step size tensor (may require grad).
-        batch_syn: videos per step (0 or >= N: all of them every step; otherwise consecutive
-            chunks of a random permutation drawn from ``gen`` on ``syn``'s device, redrawn when
-            used up).
+        batch_syn: videos per step (see :func:`step_indices`).
+        chunk: videos per forward inside a step (0: the step's batch at once); the step's gradient
+            is the sum over micro-batches, so the result does not depend on it.
     Returns:
         The per-layer parameters after the last step, differentiable w.r.t. ``syn``, ``syn_lr``
         and ``params`` (second order: ``create_graph=True`` at every step).
     """
-    n = syn.shape[0]
-    chunks: list[torch.Tensor] = []
-    for _ in range(syn_steps):
-        if batch_syn and batch_syn < n:
-            if not chunks:
-                chunks = list(torch.randperm(n, generator=gen, device=syn.device).split(batch_syn))
-            idx = chunks.pop()
-            x, y = syn[idx], labels[idx]
-        else:
+    for idx in step_indices(syn.shape[0], syn_steps, batch_syn, gen, syn.device):
+        if idx is None and not chunk:
             x, y = syn, labels
-        out = functional_call(net, dict(zip(names, params)), (x,))
-        ce = F.cross_entropy(out, y)
-        grads = torch.autograd.grad(ce, params, create_graph=True)
+            grads = _ce_grads(net, names, params, x, y, x.shape[0], create_graph=True)
+        else:
+            rows = _rows(idx, syn.shape[0], syn.device)
+            grads = None
+            for r in _micro(rows, chunk):
+                g = _ce_grads(net, names, params, syn[r], labels[r], len(rows), create_graph=True)
+                grads = g if grads is None else [a + b for a, b in zip(grads, g)]
         params = [p - syn_lr * g for p, g in zip(params, grads)]
     return params
+
+
+def _all_reduce_list(dist, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum a list of tensors across ranks in one flat all-reduce (no-op on one process)."""
+    if dist is None or not dist.active:
+        return tensors
+    flat = dist.all_reduce_(torch.cat([t.reshape(-1) for t in tensors]))
+    return [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def meta_gradient(net, names, start: torch.Tensor, target: torch.Tensor, layout, syn, labels,
+                  syn_lr, syn_steps: int, batch_syn: int = 0, gen: torch.Generator | None = None,
+                  chunk: int = 0, dist=None):
+    """MTT's loss and its exact gradients w.r.t. the videos and the step size, with memory bounded
+    by ONE step of ONE micro-batch (``mtt.unroll = "recompute"``).
+
+    Forward: the unroll without any graph, keeping only each step's parameters ``theta_k``
+    (``syn_steps x P`` floats). Backward, step k = N-1 .. 0, recomputing step k's inner gradient
+    ``G = sum_c G_c`` per micro-batch ``c`` with ``create_graph=True`` and pulling
+    ``gbar = dL/dtheta_{k+1}`` back through ``theta_{k+1} = theta_k - a G(theta_k, x)``::
+
+        dL/dtheta_k = gbar - a * d<gbar, G>/dtheta_k     dL/dx_c += -a * d<gbar, G_c>/dx_c
+        dL/da      += -<gbar, G>
+
+    This is reverse-mode differentiation of the same function as :func:`unroll` (exact, not an
+    approximation), trading one extra forward+backward per step for memory that depends on neither
+    ``syn_steps`` (beyond the saved parameters) nor the synset size (beyond ``chunk``).
+
+    With ``dist`` (N processes), rank r computes the micro-batches of its share of each step's
+    videos; the inner gradients and the pulled-back ``dL/dtheta`` are summed across ranks every
+    step (one all-reduce each), so every rank follows the same trajectory; the returned
+    ``dL/dsyn`` holds only this rank's rows (sum it across ranks after pulling it back into the
+    synset's parameters).
+
+    Args:
+        start, target: flat ``[P]`` expert parameters (constants); ``layout`` their split.
+        syn: ``[N, C, T, H, W]`` videos (only their values are read); labels ``[N]``.
+        syn_lr: 0-d step size (its value is used; its gradient is returned).
+    Returns:
+        ``(loss, dL/dsyn, dL/dsyn_lr)``, detached.
+    """
+    syn = syn.detach()
+    n, dev = syn.shape[0], syn.device
+    a = syn_lr.detach()
+    sizes = [math.prod(s) for _, s in layout]
+    shard = dist.shard if dist is not None and dist.active else (lambda m: range(m))
+    plan = []  # per step: (this rank's micro-batches, the step's batch size)
+    for idx in step_indices(n, syn_steps, batch_syn, gen, dev):
+        rows = _rows(idx, n, dev)
+        own = shard(len(rows))
+        plan.append((_micro(rows[own.start:own.stop], chunk), len(rows)))
+
+    theta = [t.detach() for t in start.to(syn.dtype).split(sizes)]
+    theta = [t.view(s) for t, (_, s) in zip(theta, layout)]
+    saved = []
+    for micro, denom in plan:
+        saved.append(theta)
+        th = [t.requires_grad_() for t in (p.detach() for p in theta)]
+        grads = [torch.zeros_like(t) for t in theta]
+        for r in micro:
+            for acc, g in zip(grads, _ce_grads(net, names, th, syn[r], labels[r], denom, False)):
+                acc += g
+        grads = _all_reduce_list(dist, grads)
+        theta = [p - a * g for p, g in zip(theta, grads)]
+
+    student = torch.cat([t.reshape(-1) for t in theta]).requires_grad_()
+    loss = trajectory_loss(student, start.to(syn.dtype), target.to(syn.dtype))
+    (gbar,) = torch.autograd.grad(loss, student)
+    gbar = [g.view(s) for g, (_, s) in zip(gbar.split(sizes), layout)]
+
+    gx = torch.zeros_like(syn)
+    glr = torch.zeros((), dtype=syn.dtype, device=dev)
+    for k in reversed(range(len(plan))):
+        micro, denom = plan[k]
+        th = [t.detach().requires_grad_() for t in saved[k]]
+        pulled = [torch.zeros_like(t) for t in th]
+        dot_sum = torch.zeros((), dtype=syn.dtype, device=dev)
+        for r in micro:
+            xc = syn[r].requires_grad_()
+            g = _ce_grads(net, names, th, xc, labels[r], denom, True)
+            dot = sum((gb * gi).sum() for gb, gi in zip(gbar, g))
+            *d_theta, d_x = torch.autograd.grad(dot, th + [xc])
+            for acc, d in zip(pulled, d_theta):
+                acc += d
+            gx.index_add_(0, r, -a * d_x)
+            dot_sum += dot.detach()
+        *pulled, dot_sum = _all_reduce_list(dist, pulled + [dot_sum])
+        glr -= dot_sum
+        gbar = [gb - a * p for gb, p in zip(gbar, pulled)]
+    return loss.detach(), gx, glr
 
 
 def default_buffer_dir(store, cfg) -> Path:
@@ -110,14 +232,27 @@ def prepare_buffer(store, cfg, device, progress: bool = True) -> ExpertBuffer:
 class MTT(Method):
     name = "mtt"
     iterative = True
+    shardable = True  # with mtt.unroll = "recompute": each step's videos split across processes
+    partial_loss = False  # every process computes the whole trajectory loss
 
     def setup(self, synset, store, cfg, device):
+        from vdfast.distributed import Dist
+
         device = torch.device(device)
+        dist = self.dist or Dist(0, 1, device)
         if cfg.net.norm == "batch":
             raise ValueError("MTT unrolls a functional student; batch norm's running statistics are "
                              "not part of the expert trajectories. Use --net-norm none or instance")
         m = cfg.mtt
-        buf = prepare_buffer(store, cfg, device)
+        if dist.active and m.unroll != "recompute":
+            raise ValueError(f"MTT on {dist.world} processes splits each unrolled step's videos "
+                             "across them, which needs the step-by-step reverse pass: add "
+                             "--mtt-unroll recompute")
+        if dist.main:  # one process trains missing experts; the others wait, then read them
+            buf = prepare_buffer(store, cfg, device)
+        dist.barrier()
+        if not dist.main:
+            buf = prepare_buffer(store, cfg, device, progress=False)
         net = build_net(buf.net).to(device).eval()
         net.requires_grad_(False)
         names = [n for n, _ in buf.layout]
@@ -130,7 +265,9 @@ class MTT(Method):
         return {"buffer": buf, "net": net, "names": names, "opt": opt, "opt_lr": opt_lr,
                 "syn_lr": syn_lr, "draw": draw, "device": device, "synset": synset,
                 "syn_steps": m.syn_steps, "expert_epochs": m.expert_epochs,
-                "max_start": m.max_start_epoch, "batch_syn": m.batch_syn, "last": None}
+                "max_start": m.max_start_epoch, "batch_syn": m.batch_syn, "last": None,
+                "unroll": m.unroll, "chunk": m.chunk, "dist": dist,
+                "params": [p for g in groups for p in g["params"]]}
 
     def draw(self, state) -> tuple[int, int]:
         """(expert, start epoch) for the next iteration, from the state's CPU generator."""
@@ -142,20 +279,31 @@ class MTT(Method):
     def step(self, synset, state, gen):
         e, s = self.draw(state)
         state["last"] = (e, s)
-        start, target = state["buffer"].pair(e, s, s + state["expert_epochs"])
+        buf = state["buffer"]
+        start, target = buf.pair(e, s, s + state["expert_epochs"])
         dev = state["device"]
         syn, labels = synset.videos()
         start = start.to(dev, syn.dtype, non_blocking=True)
         target = target.to(dev, syn.dtype, non_blocking=True)
-        params = [p.detach().requires_grad_() for p in unflatten(start, state["buffer"].layout)]
-        params = unroll(state["net"], state["names"], params, syn, labels, state["syn_lr"],
-                        state["syn_steps"], state["batch_syn"], gen)
-        student = torch.cat([p.reshape(-1) for p in params])
-        loss = trajectory_loss(student, start, target)
         state["opt"].zero_grad(set_to_none=True)
         if state["opt_lr"] is not None:
             state["opt_lr"].zero_grad(set_to_none=True)
-        loss.backward()
+        if state["unroll"] == "recompute":
+            loss, gx, glr = meta_gradient(state["net"], state["names"], start, target, buf.layout,
+                                          syn, labels, state["syn_lr"], state["syn_steps"],
+                                          state["batch_syn"], gen, state["chunk"], state["dist"])
+            if syn.requires_grad:
+                syn.backward(gx)
+            state["dist"].sum_grads_(state["params"])  # each process pulled back its own videos
+            if state["opt_lr"] is not None:
+                state["syn_lr"].grad = glr
+        else:
+            params = [p.detach().requires_grad_() for p in unflatten(start, buf.layout)]
+            params = unroll(state["net"], state["names"], params, syn, labels, state["syn_lr"],
+                            state["syn_steps"], state["batch_syn"], gen, state["chunk"])
+            student = torch.cat([p.reshape(-1) for p in params])
+            loss = trajectory_loss(student, start, target)
+            loss.backward()
         state["opt"].step()
         if state["opt_lr"] is not None:
             state["opt_lr"].step()
@@ -188,4 +336,4 @@ class MTT(Method):
             state["opt_lr"].load_state_dict(saved["opt_lr"])
 
 
-__all__ = ["MTT", "unroll", "prepare_buffer", "default_buffer_dir"]
+__all__ = ["MTT", "unroll", "meta_gradient", "step_indices", "prepare_buffer", "default_buffer_dir"]
