@@ -86,3 +86,17 @@ def test_mtt_refuses_processes_without_the_recompute_unroll(gen):
     syn = m.init(store, cfg, "cpu", gen)
     with pytest.raises(ValueError, match="--mtt-unroll recompute"):
         m.setup(syn, store, cfg, "cpu")
+
+
+def test_dc_two_ranks_match_classes_apart_and_give_the_one_rank_synset(tmp_path):
+    args = ["--method", "dc", "--ipc", "2", "--iterations", "2", "--net-width", "4",
+            "--dc-outer-loop", "2", "--dc-inner-loop", "1", "--dc-batch-real", "3",
+            "--no-evaluate", "--no-preview"]
+    _launch(tmp_path / "one", 1, args)
+    _launch(tmp_path / "two", 2, args)
+    one = vdfast.load(tmp_path / "one" / "synset")
+    two = vdfast.load(tmp_path / "two" / "synset")
+    torch.testing.assert_close(two.data, one.data, rtol=1e-4, atol=1e-5)
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)

@@ -91,13 +91,15 @@ def dc_class_loss(net: nn.Module, real_x: torch.Tensor, real_y: torch.Tensor, sy
 
 def dc_loss(net: nn.Module, real_x: torch.Tensor, syn_x: torch.Tensor, num_classes: int,
             params: list[torch.Tensor] | None = None, backend: str | None = None,
-            backward: bool = False, real_transform=None, batched: bool = False) -> torch.Tensor:
+            backward: bool = False, real_transform=None, batched: bool = False,
+            first_class: int = 0) -> torch.Tensor:
     """DC's loss summed over classes, for CLASS-MAJOR batches with equal counts per class.
 
     Args:
         real_x: ``[nc * n_r, ...]`` real inputs, class c in rows ``c*n_r : (c+1)*n_r``.
         syn_x: ``[nc * n_s, ...]`` synthetic inputs laid out the same way.
-        num_classes: nc.
+        num_classes: nc, the classes in the batches: labels ``first_class ... first_class+nc-1``
+            (a block of the network's classes, for class-sharded multi-process runs).
         backward: if True, each class's distance is backpropagated into ``syn_x`` (which must be
             a leaf) as soon as it is computed, so only one class's double-backward graph is alive
             at a time; the returned loss is then detached.
@@ -121,7 +123,7 @@ def dc_loss(net: nn.Module, real_x: torch.Tensor, syn_x: torch.Tensor, num_class
     if batched:
         if real_transform is not None:
             real_x = real_transform(real_x)
-        loss = _dc_loss_vmap(net, real_x, syn_x, num_classes, params, backend)
+        loss = _dc_loss_vmap(net, real_x, syn_x, num_classes, params, backend, first_class)
         if backward:
             loss.backward(inputs=[syn_x])
             loss = loss.detach()
@@ -132,10 +134,11 @@ def dc_loss(net: nn.Module, real_x: torch.Tensor, syn_x: torch.Tensor, num_class
         real_c = real_x[c * nr:(c + 1) * nr]
         if real_transform is not None:
             real_c = real_transform(real_c)
+        label = first_class + c
         loss = dc_class_loss(net, real_c,
-                             torch.full((nr,), c, dtype=torch.long, device=dev),
+                             torch.full((nr,), label, dtype=torch.long, device=dev),
                              syn_x[c * ns:(c + 1) * ns],
-                             torch.full((ns,), c, dtype=torch.long, device=dev), params, backend)
+                             torch.full((ns,), label, dtype=torch.long, device=dev), params, backend)
         if backward:
             loss.backward(inputs=[syn_x])
             loss = loss.detach()
@@ -143,7 +146,7 @@ def dc_loss(net: nn.Module, real_x: torch.Tensor, syn_x: torch.Tensor, num_class
     return total
 
 
-def _dc_loss_vmap(net, real_x, syn_x, nc, params, backend):
+def _dc_loss_vmap(net, real_x, syn_x, nc, params, backend, first_class=0):
     """All classes at once: per-class gradients from vmap over a leading class axis."""
     from torch.func import functional_call, grad, vmap
 
@@ -156,7 +159,7 @@ def _dc_loss_vmap(net, real_x, syn_x, nc, params, backend):
 
     def per_class(x):
         x = x.reshape(nc, x.shape[0] // nc, *x.shape[1:])
-        y = torch.arange(nc, device=x.device)[:, None].expand(nc, x.shape[1])
+        y = torch.arange(first_class, first_class + nc, device=x.device)[:, None].expand(nc, x.shape[1])
         return vmap(grad(ce), in_dims=(None, 0, 0))({n: frozen[n] for n in names}, x, y)
 
     g_real, g_syn = per_class(real_x), per_class(syn_x)
@@ -198,11 +201,19 @@ def build_net(store, cfg, device) -> nn.Module:
 
 
 class DC(Method):
+    """DC; on N processes each rank matches the gradients of its block of classes (the network
+    and its inner-loop training are replicated: same draws, same synset on every rank)."""
+
     name = "dc"
     iterative = True
+    shardable = True
 
     def setup(self, synset, store, cfg, device):
+        from vdfast.distributed import Dist
+
         _check_norm(cfg, "dc")
+        dist = self.dist or Dist(0, 1, torch.device(device))
+        classes = dist.shard(store.num_classes)
         outer, inner = dc_loops(cfg.ipc, cfg.dc.outer_loop, cfg.dc.inner_loop)
         _, labels = synset.videos()
         nc = store.num_classes
@@ -214,7 +225,10 @@ class DC(Method):
         net = build_net(store, cfg, device)
         groups = synset.param_groups(dataclasses.replace(cfg, lr_img=cfg.dc.lr_img))
         opt = torch.optim.SGD(groups, momentum=cfg.momentum)
-        return {"pool": ClipPool(store, "train", device), "net": net, "opt": opt,
+        ipc = int(counts[0])
+        return {"pool": ClipPool(store, "train", device, classes=classes), "net": net, "opt": opt,
+                "classes": classes, "own": slice(classes.start * ipc, classes.stop * ipc),
+                "dist": dist, "params": [p for g in groups for p in g["params"]],
                 "outer": outer, "inner": inner, "nc": nc, "batch_real": cfg.dc.batch_real,
                 "batch_train": cfg.dc.batch_train, "lr_net": cfg.dc.lr_net, "batched": cfg.dc.batched,
                 # class-major order of the synthetic videos (identity for pixel synsets)
@@ -231,11 +245,17 @@ class DC(Method):
             videos, labels = synset.videos()
             if state["order"] is not None:
                 videos, labels = videos[state["order"]], labels[state["order"]]
-            leaf = videos.detach().requires_grad_(True)
-            loss = dc_loss(net, real_u8, leaf, nc, params, backward=True, batched=state["batched"],
+            own, classes = state["own"], state["classes"]
+            leaf = videos[own].detach().requires_grad_(True)  # this process's classes
+            loss = dc_loss(net, real_u8, leaf, len(classes), params, backward=True,
+                           batched=state["batched"], first_class=classes.start,
                            real_transform=lambda u: normalize_clips(u, state["mean"], state["std"]))
+            grad = leaf.grad if leaf.shape[0] == videos.shape[0] else \
+                torch.zeros_like(videos).index_copy_(
+                    0, torch.arange(own.start, own.stop, device=videos.device), leaf.grad)
             opt.zero_grad(set_to_none=True)
-            videos.backward(leaf.grad)
+            videos.backward(grad)
+            state["dist"].sum_grads_(state["params"])
             opt.step()
             total = loss if total is None else total + loss
             if ol < state["outer"] - 1 and state["inner"] > 0:
