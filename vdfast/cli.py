@@ -152,6 +152,7 @@ def main(argv=None) -> int:
                        decoder=args.decoder)
         return 0
     if args.cmd == "experts":
+        from vdfast import distributed
         from vdfast.api import pick_device
         from vdfast.config import resolve
         from vdfast.methods.experts import train_experts
@@ -160,10 +161,14 @@ def main(argv=None) -> int:
         preset = args.preset if args.preset != "auto" else ("builtin" if store.name == "builtin" else "published")
         cfg = resolve(preset, **{k: v for k, v in _overrides(args).items() if k.startswith(("net.", "mtt."))})
         m = cfg.mtt
+        dist = distributed.setup(pick_device(args.device))  # N processes: experts split across them
         paths = train_experts(store, args.out, num_experts=m.num_experts, epochs=m.buffer_epochs,
                               lr=m.buffer_lr, batch=m.buffer_batch, momentum=m.buffer_momentum,
-                              net_cfg=cfg.net, seed=m.buffer_seed, device=pick_device(args.device))
-        print(f"{len(paths)} expert trajectories in {args.out}; use them with --mtt-buffer {args.out}")
+                              net_cfg=cfg.net, seed=m.buffer_seed, device=dist.device,
+                              progress=dist.main, shard=(dist.rank, dist.world))
+        dist.barrier()
+        if dist.main:
+            print(f"{len(paths)} expert trajectories in {args.out}; use them with --mtt-buffer {args.out}")
         return 0
     if args.cmd == "preview":
         from vdfast.preview import preview

@@ -162,13 +162,17 @@ def expert_paths(out_dir, i: int) -> tuple[Path, Path]:
 def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int = 50,
                   lr: float = 0.01, batch: int = 256, momentum: float = 0.0,
                   weight_decay: float = 0.0, net_cfg=None, seed: int = 0, device="cpu",
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, shard: tuple[int, int] = (0, 1)) -> list[Path]:
     """Train ``num_experts`` ConvNet3D on ``store``'s train split; save every epoch's parameters.
 
     Defaults are the published buffer settings (SGD lr 0.01, no momentum, 50 epochs, batch 256,
     30 experts). Inputs are ``normalize_clips(clips, store.mean, store.std)`` only; the net trains
     in train mode (dropout on). Expert ``i`` is initialised from seed ``(seed, i)``, so experts differ
     and each is reproducible on its own.
+
+    ``shard = (rank, world)``: this process trains only experts ``i`` with ``i % world == rank``
+    (experts are independent, so N processes train a buffer N times faster with no communication
+    and write the same files as one process).
 
     Resumable: complete experts are skipped; an interrupted one continues after its last saved
     epoch (restarts when ``momentum > 0``). A directory holding experts made with other settings
@@ -213,7 +217,8 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
                     f"directory (--mtt-buffer) or delete {out_dir} to retrain")
             if old.get("complete"):
                 continue
-        todo.append(i)
+        if i % shard[1] == shard[0]:
+            todo.append(i)
     if not todo:
         return paths
 

@@ -206,9 +206,10 @@ def default_buffer_dir(store, cfg) -> Path:
     return Path(os.environ.get("VDFAST_BUFFERS", "buffers")) / name
 
 
-def prepare_buffer(store, cfg, device, progress: bool = True) -> ExpertBuffer:
+def prepare_buffer(store, cfg, device, progress: bool = True, dist=None) -> ExpertBuffer:
     """The expert buffer of ``cfg.mtt.buffer`` (or the default directory), trained or completed
-    first when needed, and checked against ``store`` and ``cfg.net``.
+    first when needed, and checked against ``store`` and ``cfg.net``. With ``dist`` (N
+    processes), each process trains its share of the missing experts, then all wait for each other.
 
     A directory that already holds complete experts trained with other buffer settings than
     ``cfg.mtt.buffer_*`` is used as it is (a buffer made elsewhere); an empty or missing one, or one
@@ -216,14 +217,18 @@ def prepare_buffer(store, cfg, device, progress: bool = True) -> ExpertBuffer:
     """
     m = cfg.mtt
     path = Path(m.buffer) if m.buffer else default_buffer_dir(store, cfg)
+    shard = (dist.rank, dist.world) if dist is not None else (0, 1)
     try:
         train_experts(store, path, num_experts=m.num_experts, epochs=m.buffer_epochs,
                       lr=m.buffer_lr, batch=m.buffer_batch, momentum=m.buffer_momentum,
-                      net_cfg=cfg.net, seed=m.buffer_seed, device=device, progress=progress)
+                      net_cfg=cfg.net, seed=m.buffer_seed, device=device,
+                      progress=progress and (dist is None or dist.main), shard=shard)
     except BufferError:
         if not m.buffer:
             raise
         # a buffer trained elsewhere with other settings: use it as it is, if it fits (check below)
+    if dist is not None:
+        dist.barrier()
     buf = ExpertBuffer(path)
     buf.check(store, cfg.net, need_epochs=m.max_start_epoch + m.expert_epochs)
     return buf
@@ -248,11 +253,7 @@ class MTT(Method):
             raise ValueError(f"MTT on {dist.world} processes splits each unrolled step's videos "
                              "across them, which needs the step-by-step reverse pass: add "
                              "--mtt-unroll recompute")
-        if dist.main:  # one process trains missing experts; the others wait, then read them
-            buf = prepare_buffer(store, cfg, device)
-        dist.barrier()
-        if not dist.main:
-            buf = prepare_buffer(store, cfg, device, progress=False)
+        buf = prepare_buffer(store, cfg, device, dist=dist)  # missing experts: split across processes
         net = build_net(buf.net).to(device).eval()
         net.requires_grad_(False)
         names = [n for n, _ in buf.layout]
