@@ -21,14 +21,16 @@ from vdfast.models import ConvNet3D
 from vdfast.ops import dm_loss, normalize_clips
 
 
-def embed(net, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
-    """``net.embed`` of ``x``, ``chunk`` clips per forward (0: all at once). On a GPU one batch is
-    fastest; on a CPU, batches of hundreds of clips run out of cache and are ~30 % slower than chunks
-    of 16 (measured at 8x32² and 8x64²). ConvNet3D has no normalisation layer, so the result does
-    not depend on the chunking."""
+def embed(net, x: torch.Tensor, chunk: int = 0, transform=None) -> torch.Tensor:
+    """``net.embed`` of ``transform(x)``, ``chunk`` clips per forward (0: all at once). On a GPU one
+    batch is fastest; on a CPU, batches of hundreds of clips run out of cache and are ~30 % slower
+    than chunks of 16 (measured at 8x32² and 8x64²). ``transform`` (e.g. uint8 -> normalised float)
+    is applied per chunk, so only one chunk is ever held in float. ConvNet3D has no normalisation
+    layer, so the result does not depend on the chunking."""
+    f = transform or (lambda t: t)
     if not chunk or x.shape[0] <= chunk:
-        return net.embed(x)
-    return torch.cat([net.embed(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+        return net.embed(f(x))
+    return torch.cat([net.embed(f(x[i:i + chunk])) for i in range(0, x.shape[0], chunk)])
 
 
 class DM(Method):
@@ -59,9 +61,9 @@ class DM(Method):
         net, opt, pool = state["net"], state["opt"], state["pool"]
         reinit_(net, gen)
         real_u8, real_labels = pool.sample(state["batch_real"], gen)
-        real = normalize_clips(real_u8, state["mean"], state["std"])
-        with torch.no_grad():
-            real_feat = embed(net, real, state["chunk"])
+        with torch.no_grad():  # normalised per chunk: real clips are held in float one chunk at a time
+            real_feat = embed(net, real_u8, state["chunk"],
+                              lambda u: normalize_clips(u, state["mean"], state["std"]))
         syn, syn_labels = synset.videos()
         if state["own"] is not None:  # this process's classes only
             syn, syn_labels = syn[state["own"]], syn_labels[state["own"]]
