@@ -196,10 +196,10 @@ def main(argv=None) -> int:
             return 0
         h = res.history
         spi = h.get("seconds_per_it") or [0]
-        print(f"distilled {method} ipc {ipc} on {h['processes']} process(es): {h['iterations']} iterations, "
-              f"median {1e3 * sorted(spi)[len(spi) // 2]:.1f} ms/it, peak memory "
-              f"{h.get('peak_memory_mb', 0):.0f} MiB ({h.get('memory_before_loop_mb', 0):.0f} MiB "
-              f"before the loop) -> {out / 'synset'}")
+        loop = (f"{h['iterations']} iterations, median {1e3 * sorted(spi)[len(spi) // 2]:.1f} ms/it, "
+                f"peak memory {h.get('peak_memory_mb', 0):.0f} MiB ({h.get('memory_before_loop_mb', 0):.0f}"
+                f" MiB before the loop)") if h.get("iterations") else "not iterative"
+        print(f"distilled {method} ipc {ipc} on {h['processes']} process(es): {loop} -> {out / 'synset'}")
         _print_storage(res.synset)
         if args.preview:
             from vdfast.preview import preview

@@ -3,7 +3,10 @@
 The same command runs on 1 process or N (``accelerate launch --multi_gpu --num_processes N -m vdfast
 distill ...`` or ``torchrun --nproc_per_node N -m vdfast distill ...``; on CPUs the backend is gloo).
 
-Class-sharded methods (DM and the s2d variants, whose losses are sums over classes): rank r owns a
+Which methods split how: docs/scale.md (DM, DC and their s2d variants by classes, MTT by each
+step's videos, GVD's sampling by classes, expert training by experts).
+
+Class-sharded methods (DM, DC and their s2d variants, whose losses are sums over classes): rank r owns a
 contiguous block of classes, keeps only their real clips on its device, and embeds only their real
 and synthetic clips. Every rank keeps the whole synset; after each backward the synset's gradients
 are summed across ranks (other ranks' rows are zero on each rank, shared tensors such as the s2d

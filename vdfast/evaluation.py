@@ -8,6 +8,13 @@ accuracy of each student; no checkpoint or learning rate is chosen on the test s
 Every report can carry two baselines run under the same protocol: random real clips at the same
 ipc (the gain that distillation must show) and the full training set (the ceiling).
 
+A synset with soft labels is evaluated twice, with its soft labels (KL at temperature tau) and with
+its hard labels. tau is the synset's own when it records one (a GVD synset's
+``meta["gvd"]["temperature"]``: the temperature its soft labels were made with), else
+``cfg.soft_temperature``. For a GVD synset the baselines add random real clips labelled by the SAME
+teacher at the same tau (:func:`teacher_of`), so the gain of the labels is not taken for a gain of
+the data: hard labels, soft labels and random real with those soft labels side by side.
+
 Students are seeded with :func:`torch.random.fork_rng`, so dropout is reproducible and the caller's
 global RNG is left as it was.
 """
@@ -160,6 +167,37 @@ def run_students(x, y, store: ClipStore, test, cfg: EvalConfig, epochs: int, n: 
     return accs
 
 
+def soft_temperature(synset, cfg: EvalConfig) -> float:
+    """The KL temperature of ``synset``'s soft labels: the one it records (GVD:
+    ``meta["gvd"]["temperature"]``), else ``cfg.soft_temperature``."""
+    tau = (synset.meta.get("gvd") or {}).get("temperature")
+    return float(tau) if tau is not None else cfg.soft_temperature
+
+
+def teacher_of(synset, store: ClipStore, device, progress: bool = True):
+    """The soft-label teacher of a GVD synset, or None when the synset records none: loaded from the
+    run's stage cache (``meta["gvd"]["workdir"]``, folder ``teacher-<key>``) when it is still
+    there, else trained again on ``store``'s train split with the recorded settings
+    (``meta["gvd"]["teacher"]``: network, epochs, seed and optimiser; deterministic)."""
+    from pathlib import Path
+
+    from vdfast.config import NetConfig
+    from vdfast.methods.gvd import train_teacher
+
+    info = synset.meta.get("gvd") or {}
+    ident = info.get("teacher")
+    if not ident:
+        return None
+    cache = None
+    key = (info.get("stages") or {}).get("teacher")
+    if info.get("workdir") and key:
+        d = Path(info["workdir"]) / f"teacher-{key}"
+        cache = d if (d / "teacher.pt").exists() else None
+    ecfg = dataclasses.replace(EvalConfig(), **ident["eval"])
+    return train_teacher(store, NetConfig(**ident["net"]), ecfg, ident["epochs"], ident["seed"],
+                         device, cache, progress)
+
+
 def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int = 0,
              device="cpu", net_cfg=None, progress: bool = True, baselines: bool | None = None,
              full: bool | None = None) -> Report:
@@ -189,7 +227,9 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
     syn_cfg = cfg
     if cfg.learned_lr and synset.meta.get("syn_lr"):  # the protocol: MTT's learned step size
         syn_cfg = dataclasses.replace(cfg, lr=float(synset.meta["syn_lr"]))
-    accs = run_students(videos, targets, store, test, syn_cfg, cfg.epochs, cfg.students, seed, device,
+    tau = soft_temperature(synset, cfg)
+    soft_cfg = dataclasses.replace(syn_cfg, soft_temperature=tau)
+    accs = run_students(videos, targets, store, test, soft_cfg, cfg.epochs, cfg.students, seed, device,
                         soft=soft, name=method, net_cfg=net_cfg, progress=progress)
     rep.rows.append(Row(f"{method} (soft labels)" if soft else method, ipc, accs,
                         time.perf_counter() - t0))
@@ -208,6 +248,21 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
                                  seed + i, device, name=f"random real {i + 1}/{cfg.students}:",
                                  net_cfg=net_cfg, progress=progress)
         rep.rows.append(Row("random real", ipc, accs, time.perf_counter() - t0))
+        teacher = teacher_of(synset, store, device, progress) if soft else None
+        if teacher is not None:  # the same random draws, labelled by the synset's own teacher
+            from vdfast.methods.gvd import soft_labels
+
+            t0 = time.perf_counter()
+            accs = []
+            rcfg = dataclasses.replace(cfg, soft_temperature=tau)
+            for i in range(cfg.students):
+                clips, _ = store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
+                p = soft_labels(teacher, clips, store.mean, store.std, tau, 1, cfg.standardize)
+                accs += run_students(clips.to(device), p.to(device), store, test, rcfg, cfg.epochs, 1,
+                                     seed + i, device, soft=True, net_cfg=net_cfg, progress=progress,
+                                     name=f"random real + teacher {i + 1}/{cfg.students}:")
+            rep.rows.append(Row("random real (teacher soft labels)", ipc, accs,
+                                time.perf_counter() - t0))
     if full:
         t0 = time.perf_counter()
         x, y = store.tensors("train", device)

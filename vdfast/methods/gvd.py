@@ -19,6 +19,10 @@ Every label->index mapping the generator sees is the index in the SORTED label n
 instance's noise comes from a generator seeded by (seed, label name, slot): a store with the same
 classes in another order gives the same modes and the same videos per label.
 
+Several processes (``self.dist``): rank 0 runs stages 1-4 and 6 first (the others load them from
+the workdir after a barrier; without a workdir every rank runs them), then sampling is sharded by
+class (``Dist.shard``) and the ranks' rows are summed into the whole set on every rank.
+
 ``workdir``: ``gvd.workdir`` if set, else ``<run_dir>/gvd`` when the caller set ``GVD.run_dir``
 (the run's ``out``), else nothing is written and nothing resumes.
 """
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 
 from vdfast.data.store import ClipStore
 from vdfast.methods.base import Method
-from vdfast.methods.gvd_sample import ddpm_schedule, instance_generator, kmeans, sample
+from vdfast.methods.gvd_sample import instance_generator, kmeans, noise_schedule, sample
 from vdfast.progress import bar, say
 
 __all__ = ["GVD", "train_autoencoder", "encode_train", "train_generator", "discover_modes",
@@ -215,13 +219,41 @@ def build_generator(g, labels: list[str], frames: int, latent_shape):
     from vdfast.models.video_dit import VideoDiT
 
     c, s = latent_shape[0], latent_shape[-1]
-    return VideoDiT.from_preset(g.generator, len(labels), frames, s, channels=c, patch=g.patch)
+    return VideoDiT.from_preset(g.generator, len(labels), frames, s, channels=c, patch=g.patch,
+                                class_tokens=g.class_tokens)
+
+
+def generator_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor,
+                   prediction: str, min_snr: float) -> torch.Tensor:
+    """The diffusion loss of one batch: MSE of the network's ``pred`` against its target (the noise
+    for ``eps``, ``v = sqrt(ab) noise - sqrt(1 - ab) x0`` for ``v``), per instance weighted by
+    min-SNR-gamma (``min(snr, gamma) / snr`` for eps, ``/ (snr + 1)`` for v; ``min_snr`` 0: all 1).
+    ``ab``: alpha-bar of each instance's timestep, ``[B, 1, 1, 1, 1]``."""
+    target = noise if prediction == "eps" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    per = (pred.float() - target).pow(2).flatten(1).mean(1)
+    if min_snr > 0:
+        snr = (ab / (1 - ab)).flatten()
+        w = snr.clamp(max=min_snr) / (snr if prediction == "eps" else snr + 1)
+        per = per * w
+    return per.mean()
+
+
+def _lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then 1 (``constant``) or a cosine decay to 0 at
+    ``steps`` (``cosine``)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
+    return 1.0
 
 
 def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt: Path | None = None,
                     progress: bool = True):
-    """The class-conditional VideoDiT (EMA weights, eval mode) trained with the epsilon-MSE DDPM loss
-    on ``latents`` (train split); class index = index of the label in ``sorted(latents)``."""
+    """The class-conditional VideoDiT (EMA weights, eval mode) trained with the diffusion loss
+    (:func:`generator_loss`: eps or v target, optional min-SNR weights) on ``latents`` (train
+    split), the lr warmed up over 5 % of the steps (at most 500) and then constant or cosine-decayed
+    to 0 (``g.lr_schedule``); class index = index of the label in ``sorted(latents)``."""
     labels = sorted(latents)
     x_all = torch.cat([latents[k] for k in labels]).to(device)
     y_all = torch.cat([torch.full((latents[k].shape[0],), i, dtype=torch.long)
@@ -236,7 +268,7 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
         return net.eval()
     ema = copy.deepcopy(net)
     ema.requires_grad_(False)
-    ab = ddpm_schedule(g.train_timesteps).to(device=device, dtype=torch.float32)
+    ab = noise_schedule(g.schedule, g.train_timesteps).to(device=device, dtype=torch.float32)
     opt = torch.optim.AdamW(net.parameters(), lr=g.gen_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed * 7 + 2)
     state = ckpt / "gen.pt" if ckpt else None
@@ -257,9 +289,9 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
             with torch.autocast("cuda", torch.bfloat16, enabled=x_t.is_cuda):  # bf16 matmuls on GPU
                 pred = net(x_t, t, y)
-            loss = F.mse_loss(pred.float(), noise)
+            loss = generator_loss(pred, x0, noise, a, g.prediction, g.min_snr)
             for pg in opt.param_groups:
-                pg["lr"] = g.gen_lr * min(1.0, (step + 1) / warmup)
+                pg["lr"] = g.gen_lr * _lr_factor(step, g.gen_steps, warmup, g.lr_schedule)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -317,13 +349,15 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
              seed: int, device, cache: Path | None = None, progress: bool = True,
              backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``ipc`` instances of every class (class-major in ``classes`` order), generated in chunks of
-    ``g.chunk``; each chunk is decoded and, with ``cache``, saved as it finishes (resume).
+    ``g.chunk``; each chunk is decoded and, with ``cache``, saved as it finishes (resume), then
+    copied into the preallocated result: the working memory is one chunk's whatever ``ipc`` is,
+    plus the result itself (uint8 videos and fp16 latents, the synset's own size).
     Returns (uint8 videos ``[N, T, H, W, 3]``, labels ``[N]`` in ``classes`` order, latents fp16)."""
     sorted_labels = sorted(classes)
     jobs = [(c, lab, k) for c, lab in enumerate(classes) for k in range(ipc)]
-    ab = ddpm_schedule(g.train_timesteps)
+    ab = noise_schedule(g.schedule, g.train_timesteps)
     shape = (model.frames, model.channels, model.latent_size, model.latent_size)
-    vids, lats = [], []
+    vids = lats = None  # filled chunk by chunk (no list of chunks concatenated at the end: a 2nd copy)
     with bar(total=len(jobs), desc="gvd sampling", unit="video", enable=progress) as pb:
         for ci, s in enumerate(range(0, len(jobs), g.chunk)):
             part = jobs[s:s + g.chunk]
@@ -338,29 +372,35 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
                     guide = torch.stack([mvic_guides(modes[lab], k, g.segments)
                                          for _, lab, k in part]).to(device)
                 z = sample(model, y, gens, shape, ab, g.steps, g.sampler, g.cfg_scale, guide, g.lam,
-                           g.rho, g.t_stop, g.segments, backend=backend)
+                           g.rho, g.t_stop, g.segments, backend=backend, prediction=g.prediction)
                 frames = ae.decode(z.flatten(0, 1).to(next(ae.parameters()).dtype))
                 u8 = _to_u8(frames.float())                      # [B*T, H, W, 3]
                 d = {"videos": u8.view(len(part), shape[0], *u8.shape[1:]).cpu(),
                      "latents": z.half().cpu()}
                 if f is not None:
                     _atomic_save(d, f)
-            vids.append(d["videos"])
-            lats.append(d["latents"])
+            if vids is None:
+                vids = torch.empty((len(jobs),) + tuple(d["videos"].shape[1:]), dtype=torch.uint8)
+                lats = torch.empty((len(jobs),) + tuple(d["latents"].shape[1:]), dtype=torch.float16)
+            vids[s:s + len(part)] = d["videos"]
+            lats[s:s + len(part)] = d["latents"]
+            del d
             pb.update(len(part))
     labels = torch.tensor([c for c, _, _ in jobs], dtype=torch.long)
-    return torch.cat(vids), labels, torch.cat(lats)
+    return vids, labels, lats
 
 
 # ---------------------------------------------------------------------- stage 6: soft labels
 def train_teacher(store: ClipStore, net_cfg, eval_cfg, epochs: int, seed: int, device,
                   cache: Path | None = None, progress: bool = True):
-    """A ConvNet3D trained on the full real train split (the evaluation protocol's optimiser)."""
+    """A ConvNet3D trained on the full real train split (the evaluation protocol's optimiser);
+    initialisation and batches drawn from ``seed`` alone, so the same settings give the same
+    teacher (:func:`vdfast.evaluation.teacher_of` rebuilds it when the cache is gone)."""
     from vdfast.evaluation import _Source, train_student
     from vdfast.models import ConvNet3D
 
-    net = ConvNet3D(store.num_classes, store.frames, store.size, width=net_cfg.width,
-                    depth=net_cfg.depth, norm=net_cfg.norm).to(device)
+    net = _seeded(lambda: ConvNet3D(store.num_classes, store.frames, store.size, width=net_cfg.width,
+                                    depth=net_cfg.depth, norm=net_cfg.norm), seed * 31 + 4).to(device)
     f = cache / "teacher.pt" if cache else None
     if f is not None and f.exists():
         net.load_state_dict(torch.load(f, map_location=device))
@@ -410,6 +450,7 @@ class GVD(Method):
     places the stage cache at ``run_dir/gvd`` when ``gvd.workdir`` is empty."""
 
     iterative = False
+    shardable = True  # sampling split by class across processes (training stages: rank 0 first)
     run_dir: Path | None = None
 
     def workdir(self, cfg) -> Path | None:
@@ -427,7 +468,7 @@ class GVD(Method):
         ids["latents"] = {"ae": _key(ids["ae"])}
         ids["gen"] = {"latents": _key(ids["latents"]), "seed": seed, **{k: getattr(g, k) for k in (
             "generator", "patch", "gen_steps", "gen_batch", "gen_lr", "ema", "p_uncond",
-            "train_timesteps")}}
+            "train_timesteps", "schedule", "prediction", "min_snr", "class_tokens", "lr_schedule")}}
         ids["modes"] = ({"latents": _key(ids["latents"]), "k": cfg.ipc * g.segments,
                          "iters": g.kmeans_iters, "seed": seed} if g.lam > 0 else None)
         ids["samples"] = {"gen": _key(ids["gen"]), "modes": ids["modes"] and _key(ids["modes"]),
@@ -453,29 +494,56 @@ class GVD(Method):
         seeded by ``cfg.seed``, so cached and fresh stages agree."""
         from vdfast.synsets.generated import GeneratedSynset
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            raise RuntimeError("gvd runs as one process (its stages are not sharded yet)")
+        from vdfast.distributed import Dist
+
         g, seed = cfg.gvd, cfg.seed
         if store.frames % g.segments:
             raise ValueError(f"gvd segments={g.segments} must divide the clip's {store.frames} frames")
         device = torch.device(device)
+        dist = self.dist or Dist(0, 1, device)
         work = _Work(self.workdir(cfg))
         ids = self.stage_identities(store, cfg)
-        ae = train_autoencoder(store, g, seed, device, work.stage("ae", ids["ae"]), progress)
-        ae.requires_grad_(False)
-        latents = encode_train(ae, store, work.stage("latents", ids["latents"]))
-        model = train_generator(latents, g, seed, device, work.stage("gen", ids["gen"]), progress)
-        modes = None
-        if g.lam > 0:
-            modes = discover_modes(latents, cfg.ipc * g.segments, g.kmeans_iters, seed,
-                                   work.stage("modes", ids["modes"]))
-        del latents
-        videos, labels, z = generate(model, ae, modes, store.classes, cfg.ipc, g, seed, device,
-                                     work.stage("samples", ids["samples"]), progress)
+
+        def stages():
+            ae = train_autoencoder(store, g, seed, device, work.stage("ae", ids["ae"]), progress)
+            ae.requires_grad_(False)
+            latents = encode_train(ae, store, work.stage("latents", ids["latents"]))
+            model = train_generator(latents, g, seed, device, work.stage("gen", ids["gen"]), progress)
+            modes = None
+            if g.lam > 0:
+                modes = discover_modes(latents, cfg.ipc * g.segments, g.kmeans_iters, seed,
+                                       work.stage("modes", ids["modes"]))
+            teacher = self.teacher(store, cfg, device, progress) if g.soft_labels else None
+            return ae, model, modes, teacher
+
+        # several processes sharing a workdir: rank 0 trains and caches, then the others load
+        # (without a workdir every rank trains the same deterministic stages itself)
+        shared = dist.active and work.root is not None
+        if shared and not dist.main:
+            dist.barrier()
+        ae, model, modes, teacher = stages()
+        if shared and dist.main:
+            dist.barrier()
+        # sampling sharded by class: this rank's contiguous block of classes, its own chunk folder;
+        # each instance's noise is seeded by (seed, label, slot), so the videos equal a 1-rank run's
+        mine = dist.shard(store.num_classes)
+        cache = work.stage("samples", ids["samples"])
+        if dist.active and cache is not None:
+            cache = cache / f"rank{dist.rank}of{dist.world}"
+            cache.mkdir(exist_ok=True)
+        videos, _, z = generate(model, ae, modes, [store.classes[c] for c in mine], cfg.ipc, g,
+                                seed, device, cache, progress)
+        labels = torch.arange(store.num_classes).repeat_interleave(cfg.ipc)
+        if dist.active:  # every rank gets the whole set: zeros elsewhere, summed across ranks
+            rows = slice(mine.start * cfg.ipc, mine.stop * cfg.ipc)
+            full = torch.zeros((len(labels),) + tuple(videos.shape[1:]), dtype=torch.int32)
+            full[rows] = videos.to(torch.int32)
+            videos = dist.all_reduce_(full.to(dist.device)).cpu().to(torch.uint8)
+            zf = torch.zeros((len(labels),) + tuple(z.shape[1:]), dtype=torch.float32)
+            zf[rows] = z.float()
+            z = dist.all_reduce_(zf.to(dist.device)).cpu().half()
         soft = None
-        if g.soft_labels:
-            teacher = self.teacher(store, cfg, device, progress)
+        if teacher is not None:
             soft = soft_labels(teacher, videos, store.mean, store.std, g.temperature, g.segments,
                                cfg.eval.standardize)
         if g.store_as == "fp16":
@@ -486,6 +554,8 @@ class GVD(Method):
                 "gvd": {"workdir": str(work.root) if work.root else None,
                         "temperature": g.temperature, "segments": g.segments,
                         "stages": {k: v and _key(v) for k, v in ids.items()}}}
+        if soft is not None:  # how to rebuild the teacher (evaluation.teacher_of) without the cache
+            meta["gvd"]["teacher"] = {k: ids["teacher"][k] for k in ("net", "epochs", "seed", "eval")}
         if work.root is None:
             say("gvd: no workdir (--gvd-workdir): stages are neither cached nor resumable")
         return GeneratedSynset(videos.to(device), labels.to(device), store.classes, store.mean,

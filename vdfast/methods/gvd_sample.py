@@ -3,7 +3,9 @@
 Everything here is independent of where the model and the modes come from, so it is tested on its
 own (tests/test_gvd_sample.py):
 
-* :func:`ddpm_schedule` — linear betas, ``alphas_cumprod`` in float64.
+* :func:`ddpm_schedule` — linear betas, ``alphas_cumprod`` in float64; :func:`noise_schedule` picks
+  it or the cosine schedule (Nichol & Dhariwal) by name.
+* :func:`eps_from_output` — the network's output (epsilon, or the velocity v) as epsilon.
 * :func:`step_lams` — the per-frame guidance of one step: ``frame_decay`` (decay restarting at each
   MVIC segment) while ``t >= t_stop * T``, zeros afterwards.
 * :func:`sample` — from pure noise to a clean latent with classifier-free guidance and mode
@@ -26,6 +28,39 @@ def ddpm_schedule(timesteps: int = 1000, beta_start: float = 1e-4, beta_end: flo
     """``alphas_cumprod`` ``[timesteps]`` (float64) of the linear-beta DDPM schedule."""
     betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, 0)
+
+
+def cosine_schedule(timesteps: int = 1000, s: float = 0.008) -> torch.Tensor:
+    """``alphas_cumprod`` ``[timesteps]`` (float64) of the cosine schedule (betas clipped at 0.999)."""
+    t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((t + s) / (1 + s) * torch.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cumprod(1.0 - betas, 0)
+
+
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "v")
+
+
+def noise_schedule(name: str, timesteps: int) -> torch.Tensor:
+    """``alphas_cumprod`` of the schedule ``name`` (``linear``: betas 1e-4..0.02; ``cosine``)."""
+    if name == "linear":
+        return ddpm_schedule(timesteps)
+    if name == "cosine":
+        return cosine_schedule(timesteps)
+    raise ValueError(f"unknown noise schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+
+
+def eps_from_output(out: torch.Tensor, x_t: torch.Tensor, ab_t, prediction: str) -> torch.Tensor:
+    """The noise epsilon implied by the network output ``out`` at ``x_t`` (``ab_t``: alpha-bar of
+    each instance's timestep, a float or a tensor broadcasting against ``x_t``): ``out`` itself
+    for ``eps``; ``sqrt(ab) v + sqrt(1 - ab) x_t`` for ``v`` (v = sqrt(ab) eps - sqrt(1 - ab) x0)."""
+    if prediction == "eps":
+        return out
+    if prediction == "v":
+        ab = torch.as_tensor(ab_t, dtype=x_t.dtype, device=x_t.device)
+        return ab.sqrt() * out + (1 - ab).sqrt() * x_t
+    raise ValueError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
 
 
 def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
@@ -63,7 +98,8 @@ def _randn(gens, shape, device, dtype):
 def sample(model, y: torch.Tensor, gens: list[torch.Generator], shape: tuple[int, int, int, int],
            alphas_cumprod: torch.Tensor, steps: int, sampler: str = "ddpm", cfg_scale: float = 1.0,
            guide: torch.Tensor | None = None, lam: float = 0.0, rho: float = 0.0,
-           t_stop: float = 0.5, segments: int = 1, backend: str | None = None) -> torch.Tensor:
+           t_stop: float = 0.5, segments: int = 1, backend: str | None = None,
+           prediction: str = "eps") -> torch.Tensor:
     """Guided sampling of ``len(y)`` latents ``[B, F, C, h, w]`` from pure noise.
 
     Args:
@@ -71,11 +107,12 @@ def sample(model, y: torch.Tensor, gens: list[torch.Generator], shape: tuple[int
             ``model(x, t, y)`` when it has no ``forward_cfg``.
         y: ``[B]`` class indices of the model. gens: one generator per instance (its noise).
         shape: ``(F, C, h, w)`` of one latent clip.
-        alphas_cumprod: the training schedule (:func:`ddpm_schedule`).
+        alphas_cumprod: the training schedule (:func:`noise_schedule`).
         steps: sampling steps (evenly spaced). sampler: ``ddpm`` | ``ddim`` (eta = 0).
         guide: modes ``[B, F, C, h, w]`` (per frame: MVIC segments hold different modes) or
             ``[B, C, h, w]``; None or ``lam == 0`` samples without mode guidance.
         lam, rho, t_stop, segments: see :func:`step_lams`.
+        prediction: what the model outputs, ``eps`` or ``v`` (converted to epsilon after CFG).
     """
     if len(gens) != y.shape[0]:
         raise ValueError(f"{y.shape[0]} labels but {len(gens)} generators")
@@ -95,6 +132,7 @@ def sample(model, y: torch.Tensor, gens: list[torch.Generator], shape: tuple[int
         with torch.autocast("cuda", torch.bfloat16, enabled=x.is_cuda):  # the update stays fp32
             eps = cfg_fn(x, tt, y, cfg_scale) if cfg_fn is not None else model(x, tt, y)
         coefs = StepCoefs.from_schedule(alphas_cumprod, t, t_prev)
+        eps = eps_from_output(eps.to(dtype), x, coefs.alpha_bar_t, prediction)
         noise = _randn(gens, shape, device, dtype) if sampler == "ddpm" and t_prev is not None else None
         lams = step_lams(t, lam, rho, t_stop, T, F, segments, device=device, dtype=dtype)
         x = guided_step(x, eps.to(dtype), guide, lams, coefs, noise, sampler=sampler, backend=backend)

@@ -5,7 +5,10 @@ Input: per-frame latents, frame-major ``[B, F, C, h, w]`` (the layout of
 blocks alternate **spatial** attention (the tokens of one frame) and **temporal** attention (one
 patch position across frames). The timestep and the class enter every block through adaptive layer
 norm with zero-initialised gates (adaLN-zero, DiT). Class ``num_classes`` is the null class of
-classifier-free guidance. The output is the predicted noise epsilon, same shape as the input.
+classifier-free guidance; with ``class_tokens`` the class embedding is also added to every token
+(a direct class signal that a small network trained briefly picks up much sooner than through the
+adaLN modulation alone). The output has the input's shape: the predicted noise epsilon or the
+velocity v, as the network was trained (``vdfast.methods.gvd.train_generator``).
 
 Attention uses xformers' ``memory_efficient_attention`` on CUDA when it imports, and
 ``torch.nn.functional.scaled_dot_product_attention`` elsewhere (xformers has no CPU kernel).
@@ -144,17 +147,21 @@ class VideoDiT(nn.Module):
         frames, latent_size, channels: the latent clip ``[F, C, s, s]``.
         patch: patch side (``latent_size % patch == 0``).
         width, depth, heads: transformer size (or use :meth:`from_preset`).
+        class_tokens: also add the class embedding to every input token.
     """
 
     def __init__(self, num_classes: int, frames: int, latent_size: int, channels: int = 4,
-                 patch: int = 2, width: int = 64, depth: int = 4, heads: int = 4):
+                 patch: int = 2, width: int = 64, depth: int = 4, heads: int = 4,
+                 class_tokens: bool = False):
         super().__init__()
         if latent_size % patch:
             raise ValueError(f"latent size {latent_size} is not divisible by the patch {patch}")
         self.num_classes, self.frames, self.latent_size = num_classes, frames, latent_size
         self.channels, self.patch, self.width = channels, patch, width
+        self.class_tokens = class_tokens
         self.config = dict(num_classes=num_classes, frames=frames, latent_size=latent_size,
-                           channels=channels, patch=patch, width=width, depth=depth, heads=heads)
+                           channels=channels, patch=patch, width=width, depth=depth, heads=heads,
+                           class_tokens=class_tokens)
         self.embed = nn.Conv2d(channels, width, patch, stride=patch)
         n = latent_size // patch
         self.register_buffer("pos_space", sincos_2d(width, n), persistent=False)
@@ -170,11 +177,11 @@ class VideoDiT(nn.Module):
 
     @classmethod
     def from_preset(cls, size: str, num_classes: int, frames: int, latent_size: int,
-                    channels: int = 4, patch: int = 2) -> "VideoDiT":
+                    channels: int = 4, patch: int = 2, class_tokens: bool = False) -> "VideoDiT":
         if size not in PRESETS:
             raise ValueError(f"unknown generator size {size!r}; choose from {', '.join(PRESETS)}")
         w, d, h = PRESETS[size]
-        return cls(num_classes, frames, latent_size, channels, patch, w, d, h)
+        return cls(num_classes, frames, latent_size, channels, patch, w, d, h, class_tokens)
 
     @property
     def null_class(self) -> int:
@@ -194,13 +201,16 @@ class VideoDiT(nn.Module):
         nn.init.zeros_(self.out.weight)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x ``[B, F, C, s, s]``, t ``[B]`` timesteps, y ``[B]`` labels -> epsilon ``[B, F, C, s, s]``."""
+        """x ``[B, F, C, s, s]``, t ``[B]`` timesteps, y ``[B]`` labels -> epsilon (or v) ``[B, F, C, s, s]``."""
         B, Fr, C, S, _ = x.shape
         p, n = self.patch, S // self.patch
         tok = self.embed(x.reshape(B * Fr, C, S, S)).flatten(2).transpose(1, 2)  # [B*F, N, D]
         tok = tok.view(B, Fr, n * n, -1) + self.pos_space[None, None].to(tok.dtype)
         tok = tok + self.pos_time[None, :Fr, None].to(tok.dtype)
-        c = self.t_embed(t) + self.y_embed(y)
+        ye = self.y_embed(y)
+        if self.class_tokens:
+            tok = tok + ye[:, None, None].to(tok.dtype)
+        c = self.t_embed(t) + ye
         for blk in self.blocks:
             tok = blk(tok, c)
         shift, scale = self.ada_out(c).chunk(2, 1)
@@ -210,7 +220,8 @@ class VideoDiT(nn.Module):
 
     def forward_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                     scale: float) -> torch.Tensor:
-        """Classifier-free guidance: ``eps_u + scale (eps_c - eps_u)``; one forward when scale == 1."""
+        """Classifier-free guidance: ``out_u + scale (out_c - out_u)``; one forward when scale == 1
+        (for v-prediction this is the same guidance as on epsilon: the map v -> eps is affine)."""
         if scale == 1.0:
             return self(x, t, y)
         null = torch.full_like(y, self.null_class)
