@@ -27,8 +27,8 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
-# tiny benchmark runs (CI): every fused op against its reference, and one DM iteration against
-# the reference-style loop
+# tiny benchmark runs (CI): every fused op against its reference, one iteration of dm, s2d-dm, mtt,
+# s2d-mtt and GVD generation against their reference-style loops, and the decoders
 smoke: install
 	$(VENV)/bin/vdfast bench --smoke
 

@@ -35,23 +35,24 @@ class FlatStudent(torch.nn.Module):
 
 
 class ReferenceMTT:
-    def __init__(self, net, trajectories, syn, syn_labels, lr_img, lr_lr, lr_teacher, momentum,
-                 syn_steps, expert_epochs, max_start_epoch, batch_syn, device, seed=0):
+    def __init__(self, net, trajectories, syn, lr_lr, lr_teacher, momentum, syn_steps,
+                 expert_epochs, max_start_epoch, batch_syn, device, seed=0):
         """``trajectories``: list over experts of lists over epochs of lists of per-layer CPU
-        tensors (the reference's in-memory buffer)."""
+        tensors (the reference's in-memory buffer). ``syn``: a
+        :class:`reference_loops.ReferencePixels` or :class:`reference_loops.ReferenceS2D` (its
+        ``groups`` carry the learning rates)."""
         self.student = FlatStudent(net.to(device).eval())
         self.buffer = trajectories
-        self.syn = syn.detach().clone().to(device).requires_grad_(True)
-        self.labels = syn_labels.to(device)
+        self.syn = syn
         self.syn_lr = torch.tensor(lr_teacher, device=device).requires_grad_(True)
-        self.opt_img = torch.optim.SGD([self.syn], lr=lr_img, momentum=momentum)
+        self.opt_img = torch.optim.SGD(syn.groups, momentum=momentum)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=lr_lr, momentum=0.5)
         self.syn_steps, self.expert_epochs, self.max_start = syn_steps, expert_epochs, max_start_epoch
-        self.batch_syn = batch_syn or syn.shape[0]
+        self.batch_syn = batch_syn
         self.device = torch.device(device)
         self.rng = random.Random(seed)
 
-    def step(self) -> float:
+    def loss(self) -> torch.Tensor:
         dev = self.device
         traj = self.buffer[self.rng.randrange(len(self.buffer))]
         start_epoch = self.rng.randrange(self.max_start)
@@ -62,23 +63,26 @@ class ReferenceMTT:
                           .requires_grad_(True)]
         starting_params = torch.cat([p.data.to(dev).reshape(-1) for p in starting_params], 0)
         num_params = sum(p.numel() for p in traj[0])
+        syn, labels = self.syn.videos()
+        batch_syn = self.batch_syn or len(syn)
         indices_chunks = []
         for _ in range(self.syn_steps):
             if not indices_chunks:
-                indices_chunks = list(torch.randperm(len(self.syn)).split(self.batch_syn))
+                indices_chunks = list(torch.randperm(len(syn)).split(batch_syn))
             idx = indices_chunks.pop().to(dev)
-            x = self.student(self.syn[idx], flat_param=student_params[-1])
-            ce = F.cross_entropy(x, self.labels[idx])
+            x = self.student(syn[idx], flat_param=student_params[-1])
+            ce = F.cross_entropy(x, labels[idx])
             grad = torch.autograd.grad(ce, student_params[-1], create_graph=True)[0]
             student_params.append(student_params[-1] - self.syn_lr * grad)
         param_loss = F.mse_loss(student_params[-1], target_params, reduction="sum") / num_params
         param_dist = F.mse_loss(starting_params, target_params, reduction="sum") / num_params
-        loss = param_loss / param_dist
+        return param_loss / param_dist
+
+    def step(self) -> float:
+        loss = self.loss()
         self.opt_img.zero_grad()
         self.opt_lr.zero_grad()
         loss.backward()
         self.opt_img.step()
         self.opt_lr.step()
-        for _ in student_params:
-            del _
         return loss.item()

@@ -1,11 +1,17 @@
 """All bundled benchmarks in one command: ``vdfast bench`` / ``python benchmarks/run.py``.
 
-    python benchmarks/run.py --smoke                  # tiny CPU shapes (CI)
-    python benchmarks/run.py --json runs/bench.json   # full workloads (a GPU for the large ones)
+    python benchmarks/run.py --smoke                         # tiny CPU shapes (CI)
+    python benchmarks/run.py --json runs/bench.json          # named workloads (a GPU for the large ones)
+    python benchmarks/run.py --only dm,mtt --workloads builtin_ipc1 --compare runs/old.json
+    python benchmarks/run.py --only dm,s2d-dm,mtt,s2d-mtt,gvd --scaling --plot runs/scaling.png
 
-Runs every fused op against its reference (``harness.py`` over ``bench_*.py``), then one iteration
-of each method against its reference-style loop (``step_*.py``), and writes all rows to one JSON
-file (each row names its device, versions and git SHA).
+Runs every fused op against its reference (``harness.py`` over ``bench_*.py``), one iteration of
+each method against its reference-style loop (``step_dm.py``: dm, s2d-dm; ``step_mtt.py``: mtt,
+s2d-mtt; ``step_gvd.py``: gvd generation) on the named workloads of ``workloads.py``, and the
+decoders (``step_decode.py``), and writes all rows to one JSON file (each row names its device,
+versions and git SHA). Other options (``--workloads``, ``--repeats``, ``--memory``, ``--scaling``,
+``--ipcs``, ``--sizes``, ``--device``) are passed to the step benchmarks; see
+``python benchmarks/step_dm.py --help``.
 """
 from __future__ import annotations
 
@@ -17,30 +23,67 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+# --only name -> (module, methods)
+STEPS = {"dm": ("step_dm", "dm"), "s2d-dm": ("step_dm", "s2d-dm"), "mtt": ("step_mtt", "mtt"),
+         "s2d-mtt": ("step_mtt", "s2d-mtt"), "gvd": ("step_gvd", "gvd"),
+         "decode": ("step_decode", "decode")}
+ONLY = ("ops",) + tuple(STEPS)
+
+
+def dataset_free(args: list[str]) -> list[str]:
+    """``args`` without ``--workloads`` (and its value)."""
+    out, skip = [], False
+    for x in args:
+        if skip or x.startswith("--workloads="):
+            skip = False
+            continue
+        if x == "--workloads":
+            skip = True
+            continue
+        out.append(x)
+    return out
+
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny CPU shapes, few repeats (CI)")
-    p.add_argument("--only", default="ops,dm,mtt", help="comma list among ops, dm, mtt")
+    p.add_argument("--only", default=",".join(ONLY), help="comma list among " + ", ".join(ONLY))
     p.add_argument("--json", default=None, help="write every row here")
-    a = p.parse_args(argv)
+    p.add_argument("--compare", default=None, help="base JSON rows (an older --json): print speed-ups")
+    p.add_argument("--plot", default=None, help="with --scaling: PNG of time and memory against ipc")
+    a, rest = p.parse_known_args(argv)
     only = a.only.split(",")
+    unknown = [o for o in only if o not in ONLY]
+    if unknown:
+        p.error(f"unknown --only {','.join(unknown)}; choose from {', '.join(ONLY)}")
     smoke = ["--smoke"] if a.smoke else []
+    scaling = "--scaling" in rest
     rows: list[dict] = []
-    if "ops" in only:
-        import harness
+    import harness
 
+    if "ops" in only and not scaling:
         rows += harness.main(harness.discover(), smoke + ["--no-compile"] if a.smoke else [])
-    for name in ("dm", "mtt"):
-        if name in only:
-            mod = __import__(f"step_{name}")
-            print()
-            rows += mod.main(smoke)
+    modules: dict[str, list[str]] = {}
+    for name in only:
+        if name in STEPS and not (scaling and name == "decode"):
+            mod, method = STEPS[name]
+            modules.setdefault(mod, []).append(method)
+    for mod, methods in modules.items():
+        args = smoke + ["--methods", ",".join(methods)]
+        # the decoders have their own workloads: dataset options do not apply to them
+        args += dataset_free(rest) if mod == "step_decode" else rest
+        print()
+        rows += __import__(mod).main(args)
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
         print(f"\nwrote {len(rows)} rows to {a.json}")
+    if a.compare:
+        with open(a.compare) as f:
+            print("\n" + harness.compare(rows, json.load(f)))
+    if a.plot and scaling:
+        print(f"\nwrote {harness.plot_scaling(rows, a.plot)}")
     return rows
 
 

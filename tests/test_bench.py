@@ -1,0 +1,124 @@
+"""The bundled benchmarks: the reference-style loops compute what vdfast computes (same loss at the
+same inputs, tiny sizes), and the harness's step machinery (skipped providers, peak memory in a
+child process, scaling, plot, compare) works end to end on CPU."""
+import dataclasses
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+import harness  # noqa: E402
+import step_dm  # noqa: E402
+import step_gvd  # noqa: E402
+import step_mtt  # noqa: E402
+import workloads  # noqa: E402
+from reference_gvd import reference_sample  # noqa: E402
+
+from vdfast.config import MTTConfig  # noqa: E402
+from vdfast.methods.base import reinit_  # noqa: E402
+from vdfast.methods.gvd_sample import sample  # noqa: E402
+
+CPU = torch.device("cpu")
+TINY = dict(workloads.smoke(workloads.WORKLOADS["miniucf-ipc1"]), ipc=2, width=8)
+UNROLLS = [None]
+if "unroll" in {f.name for f in dataclasses.fields(MTTConfig)}:
+    UNROLLS = ["graph", "recompute"]
+
+
+@pytest.mark.parametrize("method", ["dm", "s2d-dm"])
+def test_reference_dm_loss_matches_vdfast(method):
+    # every real clip is used (batch_real == clips per class), the same random network; the 1:1
+    # pairing makes the s2d videos deterministic
+    w = dict(TINY, batch_real=4)
+    _, _, m, syn, state, _, ref = step_dm.setup(method, w, CPU, s2d={"pairing": "1:1"})
+    assert ref.store.clips("train", 0).shape[0] == w["batch_real"]
+    vd = m.step(syn, state, torch.Generator().manual_seed(7))
+    net = reinit_(ref.net(), torch.Generator().manual_seed(7))
+    want = ref.loss(net)
+    assert float(vd) > 0
+    torch.testing.assert_close(vd, want.detach(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("unroll", UNROLLS)
+@pytest.mark.parametrize("method", ["mtt", "s2d-mtt"])
+def test_reference_mtt_loss_matches_vdfast(method, unroll, tmp_path):
+    # one expert and start epoch 0: both loops match the same trajectory segment
+    _, m, syn, state, gen, ref = step_mtt.setup(method, TINY, CPU, str(tmp_path), unroll,
+                                                experts=1, max_start=1, s2d={"pairing": "1:1"})
+    vd = m.step(syn, state, gen)
+    want = ref.loss()
+    assert float(vd) > 0
+    torch.testing.assert_close(vd, want.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_reference_gvd_sampler_matches_vdfast():
+    w = dict(workloads.SMOKE["smoke-miniucf-ipc1"], ipc=2)
+    model, g, shape, chunks = step_gvd.setup(w, CPU)
+    from vdfast.methods.gvd_sample import ddpm_schedule, instance_generator
+
+    ab = ddpm_schedule(g.train_timesteps)
+    y, part, guide = chunks[0]
+
+    def gens():
+        return [instance_generator(0, f"c{c}", k) for c, k in part]
+    want = reference_sample(model, y, gens(), shape, ab, g.steps, g.cfg_scale, guide, g.lam, g.rho,
+                            g.t_stop, g.segments)
+    got = sample(model, y, gens(), shape, ab, g.steps, "ddpm", g.cfg_scale, guide, g.lam, g.rho,
+                 g.t_stop, g.segments)
+    assert g.lam > 0 and guide.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_skipped_provider_row_and_speedup():
+    rows = harness.compare_steps("w", "m", [("reference-style loop", lambda: sum(range(1000))),
+                                            ("gpu thing", harness.Skipped("no CUDA device")),
+                                            ("vdfast", lambda: None)], CPU, 2, 0, {})
+    assert [r["provider"] for r in rows] == ["reference-style loop", "gpu thing", "vdfast"]
+    assert rows[1]["skipped"] == "no CUDA device" and rows[1]["median_ms"] is None
+    assert rows[0]["speedup_vs_reference"] == 1.0 and rows[2]["speedup_vs_reference"] > 0
+    assert "skipped: no CUDA device" in harness.step_table(rows)
+
+
+def test_peak_memory_in_a_child_process_sees_the_allocation():
+    # a step allocating ~64 MiB on the CPU, measured in a fresh process (the parent holds more)
+    hold = torch.ones(64 * 2**20 // 4)  # noqa: F841  (the parent's RSS must not leak into the child's)
+    step = harness.Step("dm", ("dm",), step_dm.build, "DM", step_dm.__file__)
+    big = harness.child_peak(step, "dm", dict(TINY, size=32, frames=8, batch_real=64), "vdfast", CPU)
+    small = harness.child_peak(step, "dm", TINY, "vdfast", CPU)
+    assert "peak_error" not in big and "peak_error" not in small, (big, small)
+    assert big["peak_mb"] > small["peak_mb"] >= 0
+    assert big["held_mb"] > 0 and hold.numel() > 0
+
+
+def test_step_main_scaling_json_plot_and_compare(tmp_path, capsys):
+    out, png = tmp_path / "rows.json", tmp_path / "scaling.png"
+    rows = step_dm.main(["--smoke", "--methods", "dm", "--workloads", "miniucf-ipc1", "--scaling",
+                         "--ipcs", "1,2", "--sizes", "16", "--repeats", "1", "--warmup", "0",
+                         "--memory", "on", "--json", str(out), "--plot", str(png)])
+    assert [r["shape"]["ipc"] for r in rows] == [1, 2, 1]
+    assert all(r["provider"] == "vdfast" and r["peak_mb"] is not None for r in rows)
+    for key in ("workload", "method", "provider", "median_ms", "p20_ms", "p80_ms", "peak_mb",
+                "device", "torch", "git_sha"):
+        assert key in rows[0]
+    assert png.stat().st_size > 1000
+    base = json.loads(out.read_text())
+    text = harness.compare(rows, base)
+    assert "1.00x" in text or "x |" in text
+    assert "smoke-miniucf-ipc1@ipc2-16px" in capsys.readouterr().out
+
+
+def test_smoke_workloads_keep_the_named_shapes():
+    assert set(workloads.WORKLOADS) == {"miniucf-ipc1", "miniucf-ipc5", "hmdb51-ipc1", "k400-ipc1",
+                                        "ssv2-ipc1"}
+    w = workloads.WORKLOADS["miniucf-ipc1"]
+    assert (w["nc"], w["frames"], w["size"], w["width"], w["depth"]) == (50, 16, 112, 64, 3)
+    assert workloads.WORKLOADS["k400-ipc1"]["nc"] == 400
+    assert workloads.WORKLOADS["ssv2-ipc1"]["size"] == 64
+    smoke5 = workloads.SMOKE["smoke-miniucf-ipc5"]
+    assert workloads.select("miniucf-ipc5", True) == {"smoke-miniucf-ipc5": smoke5}
+    assert workloads.SMOKE["smoke-miniucf-ipc5"]["ipc"] == 5
