@@ -36,18 +36,23 @@ def _launch(out, nproc, args=ARGS):
     return r.stdout
 
 
+def _assert_same_run(a, b, rtol=1e-4):
+    """Two run folders hold the same synset (to float summation order) and the same losses."""
+    one, two = vdfast.load(a / "synset"), vdfast.load(b / "synset")
+    torch.testing.assert_close(two.data, one.data, rtol=rtol, atol=1e-5)
+    m1 = json.loads((a / "metrics.json").read_text())["history"]
+    m2 = json.loads((b / "metrics.json").read_text())["history"]
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=rtol)
+    return one, two
+
+
 def test_two_ranks_give_the_one_rank_synset(tmp_path):
     out1 = _launch(tmp_path / "one", 1)
     out2 = _launch(tmp_path / "two", 2)
     assert "on 1 process(es)" in out1 and "on 2 process(es)" in out2
     assert out2.count("distilled dm") == 1  # rank 0 reports, rank 1 stays quiet
-    one = vdfast.load(tmp_path / "one" / "synset")
-    two = vdfast.load(tmp_path / "two" / "synset")
     # the same synset up to float summation order (each rank embeds only its classes)
-    torch.testing.assert_close(two.data, one.data, rtol=1e-4, atol=1e-5)
-    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
-    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
-    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)
+    _, two = _assert_same_run(tmp_path / "one", tmp_path / "two")
     # the checkpoint of a 2-rank run resumes (here: nothing left to do) with 2 ranks
     _launch(tmp_path / "two", 2)
     torch.testing.assert_close(vdfast.load(tmp_path / "two" / "synset").data, two.data)
@@ -75,13 +80,8 @@ def test_mtt_two_ranks_split_each_step_and_give_the_one_rank_synset(tmp_path):
     assert len(list((tmp_path / "experts1").glob("*.safetensors"))) == 2
     resumed = _launch(tmp_path / "two", 2, args)  # 2 ranks resume the 2-rank checkpoint
     assert "resuming mtt from iteration 2" in resumed
-    one = vdfast.load(tmp_path / "one" / "synset")
-    two = vdfast.load(tmp_path / "two" / "synset")
-    torch.testing.assert_close(two.data, one.data, rtol=1e-4, atol=1e-5)
+    one, two = _assert_same_run(tmp_path / "one", tmp_path / "two")
     assert two.meta["syn_lr"] == pytest.approx(one.meta["syn_lr"], rel=1e-5)
-    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
-    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
-    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)
 
 
 def test_mtt_refuses_processes_without_the_recompute_unroll(gen):
@@ -104,9 +104,4 @@ def test_dc_two_ranks_match_classes_apart_and_give_the_one_rank_synset(tmp_path)
             "--no-evaluate", "--no-preview"]
     _launch(tmp_path / "one", 1, args)
     _launch(tmp_path / "two", 2, args)
-    one = vdfast.load(tmp_path / "one" / "synset")
-    two = vdfast.load(tmp_path / "two" / "synset")
-    torch.testing.assert_close(two.data, one.data, rtol=1e-4, atol=1e-5)
-    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
-    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
-    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
