@@ -105,3 +105,26 @@ def test_dc_two_ranks_match_classes_apart_and_give_the_one_rank_synset(tmp_path)
     _launch(tmp_path / "one", 1, args)
     _launch(tmp_path / "two", 2, args)
     _assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_evaluation_students_split_across_ranks_give_the_one_rank_report(tmp_path):
+    """Every process of a distill run evaluates: student k trains on rank k mod N, and rank 0
+    reports the same accuracies as one process (the students' seeds do not depend on the rank)."""
+    args = ["--method", "random", "--ipc", "1", "--net-width", "4", "--eval-students", "3",
+            "--eval-epochs", "3", "--eval-full-students", "1", "--eval-full-epochs", "1",
+            "--no-preview"]
+    out1 = _launch(tmp_path / "one", 1, args)
+    out2 = _launch(tmp_path / "two", 2, args)
+    assert out2.count("Final test accuracy") == 1  # rank 0 prints the report once
+    r1 = json.loads((tmp_path / "one" / "metrics.json").read_text())["eval"]
+    r2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["eval"]
+    assert json.dumps(r1) != "{}" and "Final test accuracy" in out1
+
+    def accs(r):
+        return {row["name"]: row["accs"] for row in r["rows"]}
+
+    a1, a2 = accs(r1), accs(r2)
+    assert a1.keys() == a2.keys() and len(a1) >= 2
+    for name in a1:
+        assert a2[name] == pytest.approx(a1[name], abs=1e-9), name
+        assert all(0.0 < a <= 1.0 or 0.0 < a <= 100.0 for a in a1[name])  # every student ran

@@ -260,7 +260,8 @@ def evaluate(synset, data=None, students: int | None = None, out=None, seed: int
     ``synset``: a Synset or a path to a saved one. ``eval_options``: EvalConfig fields
     (``epochs``, ``student``, ``lr`` ...); ``net``: NetConfig fields of the student
     (``{"width": 32}``). Returns a :class:`vdfast.evaluation.Report`; its
-    ``table()`` is the markdown table the CLI prints.
+    ``table()`` is the markdown table the CLI prints. Launched on N processes (torchrun /
+    accelerate), every process calls it and the students are split across them.
     """
     from vdfast.evaluation import evaluate as run_eval
 
@@ -271,10 +272,13 @@ def evaluate(synset, data=None, students: int | None = None, out=None, seed: int
         preset = "builtin" if store.name == BUILTIN else "published"
     cfg = resolve(preset, eval={"students": students, **eval_options}, net=net or {}, seed=seed,
                   device=device)
-    dev = pick_device(cfg.device)
+    from vdfast import distributed
+
+    dist = distributed.setup(pick_device(cfg.device))  # N processes: students split across them
+    dev = dist.device
     rep = run_eval(synset.to(dev), store, cfg.eval, seed=cfg.seed, device=dev, net_cfg=cfg.net,
-                   progress=progress, baselines=baselines, full=full)
-    if out is not None:
+                   progress=progress and dist.main, baselines=baselines, full=full, dist=dist)
+    if out is not None and dist.main:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics(out, {"eval": rep.to_dict(), "eval_config": cfg.eval.__dict__,

@@ -120,6 +120,17 @@ def _print_storage(synset):
           f"{s['video_bytes_uint8'] / 2**20:.2f} MiB as uint8 videos)")
 
 
+def _evaluate_run(res, store, out, args):
+    """The evaluation of a distillation run, with the run's own settings."""
+    import vdfast
+
+    ev = res.config.eval
+    return vdfast.evaluate(res.synset, store, out=out, seed=res.config.seed,
+                           device=res.config.device, preset=args.preset,
+                           net=dataclasses.asdict(res.config.net),
+                           **{f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)})
+
+
 def _bench(rest) -> int:
     import runpy
 
@@ -195,6 +206,8 @@ def main(argv=None) -> int:
         res = vdfast.distill(store, method=method, ipc=ipc, out=out, resume=args.resume,
                              preset=args.preset, **o)
         if res.rank != 0:  # other processes of a multi-process run: rank 0 reports
+            if args.evaluate:  # ... but they train their share of the evaluation students
+                _evaluate_run(res, store, out, args)
             return 0
         h = res.history
         spi = h.get("seconds_per_it") or [0]
@@ -209,11 +222,7 @@ def main(argv=None) -> int:
             paths = preview(res.synset, out)
             print(f"preview: {paths['gif']}, {paths['png']}")
         if args.evaluate:
-            ev = res.config.eval
-            rep = vdfast.evaluate(res.synset, store, out=out, seed=res.config.seed,
-                                  device=res.config.device, preset=args.preset,
-                                  net=dataclasses.asdict(res.config.net),
-                                  **{f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)})
+            rep = _evaluate_run(res, store, out, args)
             print()
             print(rep.table())
             (out / "report.md").write_text(rep.table() + "\n")

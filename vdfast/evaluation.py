@@ -147,11 +147,38 @@ def test_accuracy(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, st
     return correct / max(1, test_x.shape[0])
 
 
+class Share:
+    """Which students this process trains in an N-process evaluation: the k-th student of the
+    whole evaluation goes to rank ``k mod N``; the others' accuracies are left at 0 and
+    :meth:`gather` sums every row across processes at the end (one all-reduce)."""
+
+    def __init__(self, dist=None):
+        self.dist, self.k = dist, 0
+
+    def mine(self) -> bool:
+        k, self.k = self.k, self.k + 1
+        return self.dist is None or not self.dist.active or k % self.dist.world == self.dist.rank
+
+    def gather(self, rows: list["Row"]) -> None:
+        if self.dist is None or not self.dist.active:
+            return
+        flat = self.dist.all_reduce_(torch.tensor([a for r in rows for a in r.accs], dtype=torch.float64))
+        o = 0
+        for r in rows:
+            r.accs = flat[o:o + len(r.accs)].tolist()
+            o += len(r.accs)
+
+
 def run_students(x, y, store: ClipStore, test, cfg: EvalConfig, epochs: int, n: int, seed: int,
-                 device, soft: bool = False, name: str = "", net_cfg=None, progress=True) -> list[float]:
-    """Train ``n`` fresh students on (x, y) and return their final test accuracies."""
+                 device, soft: bool = False, name: str = "", net_cfg=None, progress=True,
+                 share: Share | None = None) -> list[float]:
+    """Train ``n`` fresh students on (x, y) and return their final test accuracies (0.0 for the
+    students ``share`` gives to other processes)."""
     accs = []
     for i in range(n):
+        if share is not None and not share.mine():
+            accs.append(0.0)
+            continue
         s = seed * 1009 + i
         with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
             torch.manual_seed(s)
@@ -200,8 +227,10 @@ def teacher_of(synset, store: ClipStore, device, progress: bool = True):
 
 def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int = 0,
              device="cpu", net_cfg=None, progress: bool = True, baselines: bool | None = None,
-             full: bool | None = None) -> Report:
-    """Evaluate ``synset`` on ``store``'s test split; see the module docstring."""
+             full: bool | None = None, dist=None) -> Report:
+    """Evaluate ``synset`` on ``store``'s test split; see the module docstring. With ``dist`` (N
+    processes, every one calling this), the students are split across the processes and every
+    process returns the whole report."""
     from vdfast.synsets import check_matches
 
     cfg = cfg or EvalConfig()
@@ -214,6 +243,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
 
         raise StoreError(f"store {store.name} has no test clips to evaluate on")
     rep = Report(store.name, cfg.student)
+    share = Share(dist)
     ipc = synset.ipc
     method = synset.meta.get("method", synset.kind)
 
@@ -230,13 +260,13 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
     tau = soft_temperature(synset, cfg)
     soft_cfg = dataclasses.replace(syn_cfg, soft_temperature=tau)
     accs = run_students(videos, targets, store, test, soft_cfg, cfg.epochs, cfg.students, seed, device,
-                        soft=soft, name=method, net_cfg=net_cfg, progress=progress)
+                        soft=soft, name=method, net_cfg=net_cfg, progress=progress, share=share)
     rep.rows.append(Row(f"{method} (soft labels)" if soft else method, ipc, accs,
                         time.perf_counter() - t0))
     if soft:  # the same videos with hard labels: the gain of the labels, shown apart from the data's
         t0 = time.perf_counter()
         accs = run_students(videos, labels.to(device), store, test, syn_cfg, cfg.epochs, cfg.students,
-                            seed, device, name=f"{method} hard", net_cfg=net_cfg, progress=progress)
+                            seed, device, name=f"{method} hard", net_cfg=net_cfg, progress=progress, share=share)
         rep.rows.append(Row(f"{method} (hard labels)", ipc, accs, time.perf_counter() - t0))
 
     if baselines and method != "random":
@@ -246,7 +276,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
             clips, lab = store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
             accs += run_students(clips.to(device), lab.to(device), store, test, cfg, cfg.epochs, 1,
                                  seed + i, device, name=f"random real {i + 1}/{cfg.students}:",
-                                 net_cfg=net_cfg, progress=progress)
+                                 net_cfg=net_cfg, progress=progress, share=share)
         rep.rows.append(Row("random real", ipc, accs, time.perf_counter() - t0))
         teacher = teacher_of(synset, store, device, progress) if soft else None
         if teacher is not None:  # the same random draws, labelled by the synset's own teacher
@@ -259,7 +289,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
                 clips, _ = store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
                 p = soft_labels(teacher, clips, store.mean, store.std, tau, 1, cfg.standardize)
                 accs += run_students(clips.to(device), p.to(device), store, test, rcfg, cfg.epochs, 1,
-                                     seed + i, device, soft=True, net_cfg=net_cfg, progress=progress,
+                                     seed + i, device, soft=True, net_cfg=net_cfg, progress=progress, share=share,
                                      name=f"random real + teacher {i + 1}/{cfg.students}:")
             rep.rows.append(Row("random real (teacher soft labels)", ipc, accs,
                                 time.perf_counter() - t0))
@@ -267,6 +297,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         t0 = time.perf_counter()
         x, y = store.tensors("train", device)
         accs = run_students(x, y, store, test, cfg, cfg.full_epochs, cfg.full_students, seed, device,
-                            name="full train set", net_cfg=net_cfg, progress=progress)
+                            name="full train set", net_cfg=net_cfg, progress=progress, share=share)
         rep.rows.append(Row("full train set", None, accs, time.perf_counter() - t0))
+    share.gather(rep.rows)
     return rep
