@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -79,6 +80,9 @@ def setup(device: torch.device) -> Dist:
         from accelerate import PartialState
     except ImportError as e:  # pragma: no cover - accelerate is a dependency
         raise RuntimeError("multi-process runs need `accelerate` (pip install accelerate)") from e
-    state = PartialState(cpu=device.type == "cpu")
+    # stages trained by one rank (GVD's generator) or unevenly split (experts) keep the others
+    # waiting at a barrier far longer than torch's 10/30-minute default: a long run must not die there
+    minutes = float(os.environ.get("VDFAST_DIST_TIMEOUT_MIN", "720"))
+    state = PartialState(cpu=device.type == "cpu", timeout=timedelta(minutes=minutes))
     dev = state.device if device.type == "cuda" else torch.device("cpu")
     return Dist(state.process_index, state.num_processes, dev)
