@@ -360,14 +360,22 @@ def main(benches: Sequence[Bench], argv=None) -> list[dict]:
                              copy_gbps, env)
         print(f"\n### {bench.op} ({str(dtype).replace('torch.', '')})\n")
         print(markdown([r for r in rows if r["op"] == bench.op]))
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
+    return finish(rows, a.json, a.compare)
+
+
+def finish(rows: list[dict], json_path=None, compare_path=None, plot_path=None) -> list[dict]:
+    """The end of every benchmark command: write the JSON rows, print the speed-ups against an
+    older run, draw the scaling plot (each only when asked for)."""
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as f:
             json.dump(rows, f, indent=1)
-        print(f"\nwrote {len(rows)} rows to {a.json}")
-    if a.compare:
-        with open(a.compare) as f:
+        print(f"\nwrote {len(rows)} rows to {json_path}")
+    if compare_path:
+        with open(compare_path) as f:
             print("\n" + compare(rows, json.load(f)))
+    if plot_path:
+        print(f"\nwrote {plot_scaling(rows, plot_path)}")
     return rows
 
 
@@ -713,17 +721,7 @@ def step_main(step: Step, argv=None) -> list[dict]:
                 del case
     print(f"{step.title} on {device_name(device)}; git {versions()['git_sha']}\n")
     print(step_table(rows, step.extra_cols))
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-        print(f"\nwrote {len(rows)} rows to {a.json}")
-    if a.compare:
-        with open(a.compare) as f:
-            print("\n" + compare(rows, json.load(f)))
-    if a.plot and a.scaling:
-        print(f"\nwrote {plot_scaling(rows, a.plot)}")
-    return rows
+    return finish(rows, a.json, a.compare, a.plot if a.scaling else None)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ versions and git SHA). Other options (``--workloads``, ``--repeats``, ``--memory
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -74,17 +73,7 @@ def main(argv=None) -> list[dict]:
         args += dataset_free(rest) if mod == "step_decode" else rest
         print()
         rows += __import__(mod).main(args)
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-        print(f"\nwrote {len(rows)} rows to {a.json}")
-    if a.compare:
-        with open(a.compare) as f:
-            print("\n" + harness.compare(rows, json.load(f)))
-    if a.plot and scaling:
-        print(f"\nwrote {harness.plot_scaling(rows, a.plot)}")
-    return rows
+    return harness.finish(rows, a.json, a.compare, a.plot if scaling else None)
 
 
 if __name__ == "__main__":
