@@ -229,14 +229,14 @@ class DC(Method):
         return {"pool": ClipPool(store, "train", device, classes=classes), "net": net, "opt": opt,
                 "classes": classes, "own": slice(classes.start * ipc, classes.stop * ipc),
                 "dist": dist, "params": [p for g in groups for p in g["params"]],
-                "outer": outer, "inner": inner, "nc": nc, "batch_real": cfg.dc.batch_real,
+                "outer": outer, "inner": inner, "batch_real": cfg.dc.batch_real,
                 "batch_train": cfg.dc.batch_train, "lr_net": cfg.dc.lr_net, "batched": cfg.dc.batched,
                 # class-major order of the synthetic videos (identity for pixel synsets)
                 "order": None if torch.equal(order, torch.arange(len(order))) else order.to(device),
                 "mean": store.mean, "std": store.std}
 
     def step(self, synset, state, gen):
-        net, opt, pool, nc = state["net"], state["opt"], state["pool"], state["nc"]
+        net, opt, pool = state["net"], state["opt"], state["pool"]
         reinit_(net, gen)
         params = [p for p in net.parameters() if p.requires_grad]
         total = None
@@ -250,9 +250,10 @@ class DC(Method):
             loss = dc_loss(net, real_u8, leaf, len(classes), params, backward=True,
                            batched=state["batched"], first_class=classes.start,
                            real_transform=lambda u: normalize_clips(u, state["mean"], state["std"]))
-            grad = leaf.grad if leaf.shape[0] == videos.shape[0] else \
-                torch.zeros_like(videos).index_copy_(
-                    0, torch.arange(own.start, own.stop, device=videos.device), leaf.grad)
+            grad = leaf.grad
+            if leaf.shape[0] != videos.shape[0]:  # other processes' classes: their share
+                grad = torch.zeros_like(videos)
+                grad[own] = leaf.grad
             opt.zero_grad(set_to_none=True)
             videos.backward(grad)
             state["dist"].sum_grads_(state["params"])

@@ -108,7 +108,7 @@ def unroll(net, names, params, syn, labels, syn_lr, syn_steps: int, batch_syn: i
 
 def _all_reduce_list(dist, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Sum a list of tensors across ranks in one flat all-reduce (no-op on one process)."""
-    if dist is None or not dist.active:
+    if not dist.active:
         return tensors
     flat = dist.all_reduce_(torch.cat([t.reshape(-1) for t in tensors]))
     return [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
@@ -145,15 +145,17 @@ def meta_gradient(net, names, start: torch.Tensor, target: torch.Tensor, layout,
     Returns:
         ``(loss, dL/dsyn, dL/dsyn_lr)``, detached.
     """
+    from vdfast.distributed import Dist
+
+    dist = dist or Dist()  # one process: every row is this process's, all-reduces are no-ops
     syn = syn.detach()
     n, dev = syn.shape[0], syn.device
     a = syn_lr.detach()
     sizes = [math.prod(s) for _, s in layout]
-    shard = dist.shard if dist is not None and dist.active else (lambda m: range(m))
     plan = []  # per step: (this rank's micro-batches, the step's batch size)
     for idx in step_indices(n, syn_steps, batch_syn, gen, dev):
         rows = _rows(idx, n, dev)
-        own = shard(len(rows))
+        own = dist.shard(len(rows))
         plan.append((_micro(rows[own.start:own.stop], chunk), len(rows)))
 
     theta = [t.detach() for t in start.to(syn.dtype).split(sizes)]
