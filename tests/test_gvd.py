@@ -12,7 +12,7 @@ from vdfast.data.store import ClipStore
 from vdfast.methods import get
 from vdfast.methods.base import reinit_
 from vdfast.methods.gvd import (discover_modes, encode_train, soft_labels, train_autoencoder,
-                                train_generator)
+                                train_generator, train_stats)
 from vdfast.models.autoencoder import FrameAutoencoder
 from vdfast.synsets import GeneratedSynset
 
@@ -99,6 +99,19 @@ def test_gvd_end_to_end_caches_every_stage(store, tmp_path):
     syn_off = get("gvd").init(store, off, "cpu", torch.Generator())
     assert len(list((tmp_path / "w").glob("gen-*"))) == 1
     assert not torch.equal(syn_off.pixels, syn.pixels)
+    # select 3 with hard labels: the teacher still trained (cached: the same one), a new samples
+    # stage, each instance the candidate the teacher gives the highest probability of its class
+    sel = dataclasses.replace(cfg, gvd=dataclasses.replace(cfg.gvd, select=3, soft_labels=False))
+    syn_sel = get("gvd").init(store, sel, "cpu", torch.Generator())
+    assert syn_sel.soft_labels is None and syn_sel.meta["gvd"]["select"] == 3
+    assert len(list((tmp_path / "w").glob("teacher-*"))) == 1
+    assert len(list((tmp_path / "w").glob("samples-*"))) == 3
+    teacher = get("gvd").teacher(store, cfg, "cpu", progress=False)
+    stats = train_stats(store)
+    own = lambda px: soft_labels(teacher, px, store.mean, store.std, 1.0, 2, stats=stats)[  # noqa: E731
+        torch.arange(24), y]
+    assert (own(syn_sel.pixels) >= own(syn.pixels) - 1e-6).all()  # candidate 0 = the select-1 video
+    assert (own(syn_sel.pixels) > own(syn.pixels) + 1e-6).any()
 
 
 def test_soft_labels_average_the_segments(gen):

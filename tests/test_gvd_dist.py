@@ -1,6 +1,7 @@
-"""GVD on 2 CPU ranks (gloo, torchrun): sampling sharded by class gives the 1-rank synset (up to
-float rounding), with a shared workdir (rank 0 trains, rank 1 loads) and without one (both train
-the same stages)."""
+"""GVD on 2 CPU ranks (gloo, torchrun): the autoencoder and the generator trained data-parallel
+equal the 1-rank ones (up to float rounding), and sampling sharded by class gives the 1-rank
+synset, with a shared workdir (rank 0 computes latents, modes and teacher, rank 1 loads them) and
+without one (both compute them)."""
 import pytest
 import torch
 
@@ -27,9 +28,62 @@ def test_two_ranks_give_the_one_rank_generated_synset(tmp_path):
     diff = (two.pixels.int() - one.pixels.int()).abs()
     assert diff.max() <= 1 and diff.float().mean() < 0.01
     torch.testing.assert_close(two.soft_labels, one.soft_labels, rtol=0, atol=2e-3)
+    # data-parallel training (each rank its half of every batch): the same stage keys, weights
+    # equal but for float summation order, which Adam turns into steps of up to lr on
+    # parameters whose gradient is ~0 (the exact gradient is tested below)
+    for stage, f, lr in (("ae", "ae_final.pt", 1e-3), ("gen", "gen_final.pt", 1e-3)):
+        (a,), (b,) = (list(w.glob(f"{stage}-*/{f}")) for w in (tmp_path / "w1", tmp_path / "w2"))
+        assert a.parent.name == b.parent.name
+        wa, wb = torch.load(a), torch.load(b)
+        diff = torch.cat([(wa[k].float() - wb[k].float()).abs().flatten() for k in wa])
+        assert diff.max() <= 2 * lr * 4 and (diff > 1e-5).float().mean() < 0.05, (stage, diff.max())
     # each rank sampled its own block of classes into its own chunk folder
     (samples,) = (tmp_path / "w2").glob("samples-*")
     assert sorted(p.name for p in samples.iterdir() if p.is_dir()) == ["rank0of2", "rank1of2"]
     # no workdir: every rank trains the same stages itself
     _launch(tmp_path / "nowork", 2, ARGS)
     assert torch.equal(vdfast.load(tmp_path / "nowork" / "synset").pixels, two.pixels)
+
+
+GRAD = """
+import sys, torch
+from vdfast.config import GVDConfig
+from vdfast.distributed import setup
+from vdfast.methods.gvd import _dp_backward, _share, build_generator, generator_batch_loss
+from vdfast.methods.gvd_sample import noise_schedule
+dist = setup(torch.device("cpu"))
+g = GVDConfig(generator="tiny", gen_batch=6, train_timesteps=50, min_snr=5.0, prediction="v")
+torch.manual_seed(0)
+x = torch.randn(10, 4, 4, 8, 8)
+y = torch.arange(10) % 3
+net = build_generator(g, ["a", "b", "c"], 4, (4, 8, 8))
+with torch.no_grad():  # leave adaLN-zero's start so every parameter gets a gradient
+    for p in net.parameters():
+        p.add_(0.05 * torch.randn(p.shape))
+params = list(net.parameters())
+loss = generator_batch_loss(net, x, y, noise_schedule("linear", 50).float(), g,
+                            torch.Generator().manual_seed(1), _share(dist, g.gen_batch, "gen_batch"))
+_dp_backward(loss, params, dist)
+if dist.main:
+    torch.save(torch.cat([p.grad.flatten() for p in params]).double(), sys.argv[1])
+"""
+
+
+def test_data_parallel_gradient_equals_the_one_process_gradient(tmp_path):
+    """The generator's batch split over 2 gloo ranks (3 rows each): the summed gradient is the
+    1-process gradient of the whole batch."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "grad.py"
+    script.write_text(GRAD)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+               "--master_port", str(29700 + os.getpid() % 200 + n), str(script), str(tmp_path / f"g{n}.pt")]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    g1, g2 = torch.load(tmp_path / "g1.pt"), torch.load(tmp_path / "g2.pt")
+    assert g1.abs().max() > 0 and (g1 != 0).float().mean() > 0.9
+    torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)

@@ -98,3 +98,34 @@ def test_saved_synset_keeps_what_the_evaluation_needs(run, tmp_path):
     back = vdfast.load(tmp_path / "syn")
     assert back.meta["gvd"]["temperature"] == 2.5
     assert back.meta["gvd"]["teacher"] == res.synset.meta["gvd"]["teacher"]
+
+
+def test_selected_synset_gets_real_clips_selected_by_the_same_teacher(store, run, monkeypatch):
+    """gvd.select R > 1: the report adds random real clips chosen by the same teacher, best of R
+    per slot (select_real), so the selection's gain is not taken for the generator's."""
+    from vdfast.methods.gvd import class_probability, select_real, train_stats
+
+    res, _ = run
+    syn = res.synset
+    sel = type(syn)(syn.pixels, syn.labels, syn.classes, syn.mean, syn.std,
+                    meta={**syn.meta, "gvd": {**syn.meta["gvd"], "select": 3}})
+    calls = _spy(monkeypatch)
+    cfg = EvalConfig(students=2, epochs=1, batch=16, full=False)
+    rep = evaluation.evaluate(sel, store, cfg, seed=3, net_cfg=res.config.net, progress=False)
+    assert [r.name for r in rep.rows] == ["gvd", "random real",
+                                          "random real (teacher-selected, best of 3)"]
+    teacher, stats = evaluation.teacher_of(sel, store, "cpu", progress=False), train_stats(store)
+    for i, (_, _, y, x) in enumerate(calls[-2:]):
+        want, lab = select_real(teacher, store, 1, 3, torch.Generator().manual_seed(3 * 7919 + i + 1),
+                                stats)
+        assert torch.equal(x, want) and torch.equal(y, lab)
+    # each chosen clip is the most probable of its class's 3 drawn clips (4 train clips a class)
+    gen = torch.Generator().manual_seed(11)
+    chosen, lab = select_real(teacher, store, 1, 3, gen, stats)
+    gen = torch.Generator().manual_seed(11)
+    for c in range(12):
+        drawn = torch.randperm(4, generator=gen)[:3]
+        x = torch.from_numpy(store.clips("train", c)[drawn.sort().values.numpy()])
+        p = class_probability(teacher, x, [c] * 3, store, 1, stats)
+        best = x[p.argmax()]
+        assert torch.equal(chosen[c], best) and lab[c] == c

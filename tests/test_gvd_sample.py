@@ -122,6 +122,39 @@ def test_chunked_generation_equals_unchunked(sampler):
     torch.testing.assert_close(z2[:2].float(), outs[0][2][2:4].float(), rtol=0, atol=1e-3)
 
 
+def test_select_keeps_the_best_scoring_candidate():
+    """select R: per instance, R draws (candidate 0 = the select-1 draw) and the highest score
+    kept; chunking does not change which one; no score -> a clear error."""
+    dit, ae = _tiny_models()
+    classes = ["b", "a"]
+    modes = {c: torch.randn(6, 4, 4, 4, 4, generator=torch.Generator().manual_seed(i))
+             for i, c in enumerate("ab")}
+    bright = lambda u8, labs: u8.float().mean((1, 2, 3, 4))  # noqa: E731  any per-video score
+    kw = dict(generator="tiny", steps=3, train_timesteps=40, segments=2, lam=0.3, cfg_scale=2.0)
+    cands = [generate(dit, ae, modes, classes, 3, GVDConfig(chunk=6, **kw), seed=1, device="cpu",
+                      progress=False, score=bright)[0]]  # select 1: candidate 0 only
+    # candidates 1, 2 drawn by hand: the same sampler with the candidate's own noise
+    ab = ddpm_schedule(40)
+    y = torch.tensor([1, 1, 1, 0, 0, 0])  # generator classes: index in the sorted names
+    guide = torch.stack([mvic_guides(modes[c], k, 2) for c in classes for k in range(3)])
+    for r in (1, 2):
+        gens = [instance_generator(1, c, k, candidate=r) for c in classes for k in range(3)]
+        z = sample(dit, y, gens, (4, 4, 4, 4), ab, 3, "ddpm", 2.0, guide, 0.3, 0.0, 0.5, 2)
+        fr = ae.decode(z.flatten(0, 1))
+        cands.append(((fr.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+                     .view(6, 4, 16, 16, 3))
+    scores = torch.stack([bright(c, None) for c in cands])      # [R, N]
+    assert len(set(scores.argmax(0).tolist())) > 1              # the choice differs by instance
+    want = torch.stack([cands[r][i] for i, r in enumerate(scores.argmax(0).tolist())])
+    for chunk in (6, 4, 1):
+        v, _, _ = generate(dit, ae, modes, classes, 3, GVDConfig(chunk=chunk, select=3, **kw),
+                           seed=1, device="cpu", progress=False, score=bright)
+        assert (v.int() - want.int()).abs().max() <= 1          # uint8 rounding of equal floats
+    with pytest.raises(ValueError, match="score"):
+        generate(dit, ae, modes, classes, 3, GVDConfig(select=2, **kw), seed=1, device="cpu",
+                 progress=False)
+
+
 def test_kmeans_finds_separated_clusters():
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])

@@ -260,6 +260,9 @@ class GVDConfig:
     rho: float = 0.0                # last frame's share of lam (1: no frame-wise decay)
     t_stop: float = 0.5             # guide while t >= t_stop * train_timesteps (the noisier part)
     segments: int = 2               # MVIC segments per instance (1: off)
+    select: int = 1                 # candidates per instance (own noise, same guide); >1 keeps the
+                                    # one the teacher gives the highest probability of its class
+                                    # (vdfast's addition, not in the paper; 1: off)
     kmeans_iters: int = 50
     chunk: int = 32                 # instances generated at once (peak memory independent of ipc)
     soft_labels: bool = True
@@ -279,7 +282,7 @@ class GVDConfig:
         _choice("gvd store_as", self.store_as, ("uint8", "fp16"))
         _choice("gvd ae_down", self.ae_down, (2, 4, 8, 16))
         for n in ("ae_width", "ae_steps", "ae_batch", "ae_lr", "patch", "gen_steps", "gen_batch",
-                  "gen_lr", "train_timesteps", "steps", "segments", "kmeans_iters", "chunk",
+                  "gen_lr", "train_timesteps", "steps", "segments", "select", "kmeans_iters", "chunk",
                   "teacher_epochs", "temperature"):
             _positive(f"gvd {n}", getattr(self, n))
         _positive("gvd checkpoint_every", self.checkpoint_every, allow_zero=True)

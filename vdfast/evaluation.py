@@ -13,7 +13,10 @@ its hard labels. tau is the synset's own when it records one (a GVD synset's
 ``meta["gvd"]["temperature"]``: the temperature its soft labels were made with), else
 ``cfg.soft_temperature``. For a GVD synset the baselines add random real clips labelled by the SAME
 teacher at the same tau (:func:`teacher_of`), so the gain of the labels is not taken for a gain of
-the data: hard labels, soft labels and random real with those soft labels side by side.
+the data: hard labels, soft labels and random real with those soft labels side by side. A GVD
+synset whose instances were chosen among R candidates by that teacher (``gvd.select`` R > 1) also
+gets random real clips chosen the same way (best of R per slot, :func:`vdfast.methods.gvd.select_real`),
+so the gain of the selection is not taken for a gain of the generator.
 
 Students are seeded with :func:`torch.random.fork_rng`, so dropout is reproducible and the caller's
 global RNG is left as it was.
@@ -278,8 +281,9 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
                                  seed + i, device, name=f"random real {i + 1}/{cfg.students}:",
                                  net_cfg=net_cfg, progress=progress, share=share)
         rep.rows.append(Row("random real", ipc, accs, time.perf_counter() - t0))
-        teacher = teacher_of(synset, store, device, progress) if soft else None
-        if teacher is not None:  # the same random draws, labelled by the synset's own teacher
+        select = int((synset.meta.get("gvd") or {}).get("select", 1))
+        teacher = teacher_of(synset, store, device, progress) if soft or select > 1 else None
+        if teacher is not None and soft:  # the same random draws, labelled by the synset's own teacher
             from vdfast.methods.gvd import soft_labels
 
             t0 = time.perf_counter()
@@ -292,6 +296,20 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
                                      seed + i, device, soft=True, net_cfg=net_cfg, progress=progress, share=share,
                                      name=f"random real + teacher {i + 1}/{cfg.students}:")
             rep.rows.append(Row("random real (teacher soft labels)", ipc, accs,
+                                time.perf_counter() - t0))
+        if teacher is not None and select > 1:  # real clips chosen by the same teacher, best of R
+            from vdfast.methods.gvd import select_real, train_stats
+
+            t0 = time.perf_counter()
+            accs = []
+            stats = train_stats(store) if cfg.standardize else None
+            for i in range(cfg.students):
+                clips, lab = select_real(teacher, store, ipc, select,
+                                         torch.Generator().manual_seed(seed * 7919 + i + 1), stats)
+                accs += run_students(clips.to(device), lab.to(device), store, test, cfg, cfg.epochs, 1,
+                                     seed + i, device, net_cfg=net_cfg, progress=progress, share=share,
+                                     name=f"random real, teacher-selected {i + 1}/{cfg.students}:")
+            rep.rows.append(Row(f"random real (teacher-selected, best of {select})", ipc, accs,
                                 time.perf_counter() - t0))
     if full:
         t0 = time.perf_counter()

@@ -19,8 +19,10 @@ Every label->index mapping the generator sees is the index in the SORTED label n
 instance's noise comes from a generator seeded by (seed, label name, slot): a store with the same
 classes in another order gives the same modes and the same videos per label.
 
-Several processes (``self.dist``): rank 0 runs stages 1-4 and 6 first (the others load them from
-the workdir after a barrier; without a workdir every rank runs them), then sampling is sharded by
+Several processes (``self.dist``): the autoencoder and the generator train data-parallel (each
+rank computes its rows of every batch, the gradients are summed: the same training as one
+process); rank 0 computes the latents, modes and teacher first and the others load them from the
+workdir after a barrier (without a workdir every rank computes them); then sampling is sharded by
 class (``Dist.shard``) and the ranks' rows are summed into the whole set on every rank.
 
 ``workdir``: ``gvd.workdir`` if set, else ``<run_dir>/gvd`` when the caller set ``GVD.run_dir``
@@ -40,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from vdfast.data.store import ClipStore
+from vdfast.distributed import Dist
 from vdfast.methods.base import Method
 from vdfast.methods.gvd_sample import instance_generator, kmeans, noise_schedule, sample
 from vdfast.progress import bar, say
@@ -133,10 +136,34 @@ def build_autoencoder(g, channels: int = 3):
     return FrameAutoencoder(channels, 4, down=g.ae_down, width=g.ae_width)
 
 
+def _share(dist, batch: int, what: str) -> slice:
+    """This process's rows of a ``batch`` every process draws alike (data-parallel training: each
+    computes its rows' share of the batch loss, :meth:`Dist.sum_grads_` adds the shares)."""
+    rows = dist.shard(batch)
+    if not len(rows):
+        raise ValueError(f"gvd {what} ({batch}) is smaller than the {dist.world} processes; "
+                         f"raise it to at least {dist.world}")
+    return slice(rows.start, rows.stop)
+
+
+def _dp_backward(loss: torch.Tensor, params, dist) -> None:
+    """Backward of this process's share, then the gradients summed across processes (missing
+    gradients count as zeros, so every process sends the same buffer)."""
+    loss.backward()
+    if dist.active:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        dist.sum_grads_(params)
+
+
 def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None = None,
-                      progress: bool = True):
+                      progress: bool = True, dist=None):
     """The frame autoencoder of config ``g`` (GVDConfig) trained on random TRAIN frames (MSE),
-    then its latent ``scale`` set to 1 / std of the training latents. Resumes from ``ckpt/ae.pt``."""
+    then its latent ``scale`` set to 1 / std of the training latents. Resumes from ``ckpt/ae.pt``.
+    With ``dist`` (N processes, all calling this) each process computes its share of every batch
+    and the gradients are summed: the same training as one process; the main one writes ``ckpt``."""
+    dist = dist or Dist()
     ae = _seeded(lambda: build_autoencoder(g), seed * 7 + 3).to(device)
     if g.autoencoder:
         return ae.eval()
@@ -160,25 +187,27 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
         u8 = np.stack([arrays[c][i - offsets[c], f] for c, i, f in zip(cls, ci, fi)])
         return _to_unit(torch.from_numpy(u8)).to(device)
 
+    mine = _share(dist, g.ae_batch, "ae_batch")
+    params = list(ae.parameters())
     ae.train()
     with bar(total=g.ae_steps, initial=step, desc="gvd autoencoder", unit="step", enable=progress) as pb:
         while step < g.ae_steps:
-            x = frames_batch(g.ae_batch)
-            loss = F.mse_loss(ae.decoder(ae.encoder(x)), x)
+            x = frames_batch(g.ae_batch)[mine]
+            loss = F.mse_loss(ae.decoder(ae.encoder(x)), x) * (x.shape[0] / g.ae_batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            _dp_backward(loss, params, dist)
             opt.step()
             step += 1
             pb.update(1)
             if step % 50 == 0:
                 pb.set_postfix(mse=f"{float(loss.detach()):.4f}", refresh=False)
-            if state is not None and g.checkpoint_every and step % g.checkpoint_every == 0:
+            if state is not None and dist.main and g.checkpoint_every and step % g.checkpoint_every == 0:
                 _save_train_state(state, {"model": ae}, opt, gen, step)
     ae.eval()
     with torch.no_grad():
         z = torch.cat([ae.encode_raw(frames_batch(g.ae_batch)) for _ in range(max(1, 1024 // g.ae_batch))])
         ae.scale.fill_(1.0 / float(z.std().clamp_min(1e-6)))
-    if final is not None:
+    if final is not None and dist.main:
         _atomic_save(ae.state_dict(), final)
     return ae
 
@@ -248,12 +277,35 @@ def _lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
     return 1.0
 
 
+def generator_batch_loss(net, x_all: torch.Tensor, y_all: torch.Tensor, ab: torch.Tensor, g,
+                         gen: torch.Generator, mine: slice = slice(None)) -> torch.Tensor:
+    """This process's share of one training batch's loss: the whole batch (clips, timesteps,
+    class dropout, noise) is drawn from ``gen`` alike in every process, ``mine`` selects this
+    process's rows, and their loss is weighted by rows / batch, so the shares sum to the loss of
+    the whole batch."""
+    n = x_all.shape[0]
+    idx = torch.randint(n, (g.gen_batch,), generator=gen)
+    t = torch.randint(g.train_timesteps, (g.gen_batch,), generator=gen)
+    drop = torch.rand(g.gen_batch, generator=gen) < g.p_uncond
+    noise = torch.randn((g.gen_batch,) + tuple(x_all.shape[1:]), generator=gen)
+    idx, t, drop, noise = (v[mine].to(x_all.device) for v in (idx, t, drop, noise))
+    x0 = x_all[idx].float()
+    y = torch.where(drop, torch.full_like(y_all[idx], net.null_class), y_all[idx])
+    a = ab[t].view(-1, 1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    with torch.autocast("cuda", torch.bfloat16, enabled=x_t.is_cuda):  # bf16 matmuls on GPU
+        pred = net(x_t, t, y)
+    return generator_loss(pred, x0, noise, a, g.prediction, g.min_snr) * (x0.shape[0] / g.gen_batch)
+
+
 def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt: Path | None = None,
-                    progress: bool = True):
+                    progress: bool = True, dist=None):
     """The class-conditional VideoDiT (EMA weights, eval mode) trained with the diffusion loss
     (:func:`generator_loss`: eps or v target, optional min-SNR weights) on ``latents`` (train
     split), the lr warmed up over 5 % of the steps (at most 500) and then constant or cosine-decayed
-    to 0 (``g.lr_schedule``); class index = index of the label in ``sorted(latents)``."""
+    to 0 (``g.lr_schedule``); class index = index of the label in ``sorted(latents)``. With
+    ``dist`` the training is data-parallel, as in :func:`train_autoencoder`."""
+    dist = dist or Dist()
     labels = sorted(latents)
     x_all = torch.cat([latents[k] for k in labels]).to(device)
     y_all = torch.cat([torch.full((latents[k].shape[0],), i, dtype=torch.long)
@@ -274,26 +326,16 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
     state = ckpt / "gen.pt" if ckpt else None
     step = _load_train_state(state, {"model": net, "ema": ema}, opt, gen)
     warmup = max(1, min(500, g.gen_steps // 20))
-    n = x_all.shape[0]
+    mine = _share(dist, g.gen_batch, "gen_batch")
+    params = list(net.parameters())
     net.train()
     with bar(total=g.gen_steps, initial=step, desc="gvd generator", unit="step", enable=progress) as pb:
         while step < g.gen_steps:
-            idx = torch.randint(n, (g.gen_batch,), generator=gen)
-            t = torch.randint(g.train_timesteps, (g.gen_batch,), generator=gen)
-            drop = torch.rand(g.gen_batch, generator=gen) < g.p_uncond
-            noise = torch.randn((g.gen_batch,) + tuple(x_all.shape[1:]), generator=gen).to(device)
-            idx, t, drop = idx.to(device), t.to(device), drop.to(device)
-            x0 = x_all[idx].float()
-            y = torch.where(drop, torch.full_like(y_all[idx], net.null_class), y_all[idx])
-            a = ab[t].view(-1, 1, 1, 1, 1)
-            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            with torch.autocast("cuda", torch.bfloat16, enabled=x_t.is_cuda):  # bf16 matmuls on GPU
-                pred = net(x_t, t, y)
-            loss = generator_loss(pred, x0, noise, a, g.prediction, g.min_snr)
+            loss = generator_batch_loss(net, x_all, y_all, ab, g, gen, mine)
             for pg in opt.param_groups:
                 pg["lr"] = g.gen_lr * _lr_factor(step, g.gen_steps, warmup, g.lr_schedule)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            _dp_backward(loss, params, dist)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             with torch.no_grad():
@@ -303,9 +345,9 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
             pb.update(1)
             if step % 50 == 0:
                 pb.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
-            if state is not None and g.checkpoint_every and step % g.checkpoint_every == 0:
+            if state is not None and dist.main and g.checkpoint_every and step % g.checkpoint_every == 0:
                 _save_train_state(state, {"model": net, "ema": ema}, opt, gen, step)
-    if final is not None:
+    if final is not None and dist.main:
         _atomic_save(ema.state_dict(), final)
     return ema.eval()
 
@@ -347,36 +389,58 @@ def mvic_guides(modes: torch.Tensor, slot: int, segments: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str], ipc: int, g,
              seed: int, device, cache: Path | None = None, progress: bool = True,
-             backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             backend: str | None = None, score=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``ipc`` instances of every class (class-major in ``classes`` order), generated in chunks of
     ``g.chunk``; each chunk is decoded and, with ``cache``, saved as it finishes (resume), then
     copied into the preallocated result: the working memory is one chunk's whatever ``ipc`` is,
     plus the result itself (uint8 videos and fp16 latents, the synset's own size).
+
+    With ``g.select`` = R > 1, each instance is drawn R times (candidate r's noise from
+    ``instance_generator(seed, label, slot, candidate=r)``, the same guide) and the candidate with
+    the highest ``score(uint8 videos [B, T, H, W, 3], labels [B] names) -> [B]`` is kept (first
+    on ties); the chunk's candidates are drawn one after another, so memory does not grow with R.
     Returns (uint8 videos ``[N, T, H, W, 3]``, labels ``[N]`` in ``classes`` order, latents fp16)."""
+    if g.select > 1 and score is None:
+        raise ValueError(f"gvd select={g.select} needs a score function (the teacher's probability "
+                         f"of the class); pass score= or set select=1")
     sorted_labels = sorted(classes)
     jobs = [(c, lab, k) for c, lab in enumerate(classes) for k in range(ipc)]
     ab = noise_schedule(g.schedule, g.train_timesteps)
     shape = (model.frames, model.channels, model.latent_size, model.latent_size)
     vids = lats = None  # filled chunk by chunk (no list of chunks concatenated at the end: a 2nd copy)
-    with bar(total=len(jobs), desc="gvd sampling", unit="video", enable=progress) as pb:
+    with bar(total=len(jobs) * g.select, desc="gvd sampling", unit="video", enable=progress) as pb:
         for ci, s in enumerate(range(0, len(jobs), g.chunk)):
             part = jobs[s:s + g.chunk]
             f = cache / f"chunk{ci:05d}.pt" if cache else None
             if f is not None and f.exists():
                 d = torch.load(f, map_location="cpu")
+                pb.update(len(part) * g.select)
             else:
                 y = torch.tensor([sorted_labels.index(lab) for _, lab, _ in part], device=device)
-                gens = [instance_generator(seed, lab, k, device) for _, lab, k in part]
                 guide = None
                 if modes is not None and g.lam > 0:
                     guide = torch.stack([mvic_guides(modes[lab], k, g.segments)
                                          for _, lab, k in part]).to(device)
-                z = sample(model, y, gens, shape, ab, g.steps, g.sampler, g.cfg_scale, guide, g.lam,
-                           g.rho, g.t_stop, g.segments, backend=backend, prediction=g.prediction)
-                frames = ae.decode(z.flatten(0, 1).to(next(ae.parameters()).dtype))
-                u8 = _to_u8(frames.float())                      # [B*T, H, W, 3]
-                d = {"videos": u8.view(len(part), shape[0], *u8.shape[1:]).cpu(),
-                     "latents": z.half().cpu()}
+                d = best = None
+                for r in range(g.select):
+                    gens = [instance_generator(seed, lab, k, device, candidate=r) for _, lab, k in part]
+                    z = sample(model, y, gens, shape, ab, g.steps, g.sampler, g.cfg_scale, guide,
+                               g.lam, g.rho, g.t_stop, g.segments, backend=backend,
+                               prediction=g.prediction)
+                    frames = ae.decode(z.flatten(0, 1).to(next(ae.parameters()).dtype))
+                    u8 = _to_u8(frames.float()).view(len(part), shape[0], *frames.shape[-2:], 3).cpu()
+                    z = z.half().cpu()
+                    if g.select == 1:
+                        d = {"videos": u8, "latents": z}
+                    else:
+                        sc = score(u8, [lab for _, lab, _ in part]).float().cpu()
+                        if d is None:
+                            d, best = {"videos": u8, "latents": z}, sc
+                        else:
+                            better = sc > best
+                            d["videos"][better], d["latents"][better] = u8[better], z[better]
+                            best = torch.where(better, sc, best)
+                    pb.update(len(part))
                 if f is not None:
                     _atomic_save(d, f)
             if vids is None:
@@ -385,7 +449,6 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
             vids[s:s + len(part)] = d["videos"]
             lats[s:s + len(part)] = d["latents"]
             del d
-            pb.update(len(part))
     labels = torch.tensor([c for c, _, _ in jobs], dtype=torch.long)
     return vids, labels, lats
 
@@ -419,12 +482,31 @@ def train_teacher(store: ClipStore, net_cfg, eval_cfg, epochs: int, seed: int, d
 
 
 @torch.no_grad()
+def train_stats(store: ClipStore, per_class: int = 32) -> tuple[float, float]:
+    """Scalar mean and std of the normalised train clips (the first ``per_class`` of each class):
+    what the evaluation's per-batch standardisation sees on average over real batches."""
+    from vdfast.ops import normalize_clips
+
+    n = s1 = s2 = 0.0
+    for c in range(store.num_classes):
+        k = min(per_class, store.counts("train")[c])
+        x = normalize_clips(torch.from_numpy(np.ascontiguousarray(store.clips("train", c)[:k])),
+                            store.mean, store.std).double()
+        n, s1, s2 = n + x.numel(), s1 + float(x.sum()), s2 + float(x.pow(2).sum())
+    m = s1 / max(n, 1)
+    return m, max((s2 / max(n, 1) - m * m) ** 0.5, 1e-6)
+
+
+@torch.no_grad()
 def soft_labels(teacher, u8: torch.Tensor, mean, std, temperature: float, segments: int = 1,
-                standardize: bool = True, batch: int = 64) -> torch.Tensor:
+                standardize: bool = True, batch: int = 64,
+                stats: tuple[float, float] | None = None) -> torch.Tensor:
     """softmax(teacher(x) / temperature) ``[N, nc]`` of uint8 videos ``[N, T, H, W, 3]``; with
     ``segments`` > 1 each segment (stretched to T frames by repeating frames) is labelled and the
     instance gets the mean of its segments' distributions. Batches are standardised like the
-    evaluation's (scalar mean/std of each batch) when ``standardize``."""
+    evaluation's (scalar mean/std of each batch) when ``standardize``; ``stats`` = (mean, std)
+    standardises every video by these fixed scalars instead (e.g. :func:`train_stats`), so a
+    video's label does not depend on the other videos in its batch."""
     from vdfast.ops import normalize_clips
 
     dev = next(teacher.parameters()).device
@@ -437,11 +519,41 @@ def soft_labels(teacher, u8: torch.Tensor, mean, std, temperature: float, segmen
         probs = 0
         for m in range(segments):
             xs = x[:, :, m * seg:(m + 1) * seg].repeat_interleave(segments, dim=2) if segments > 1 else x
-            if standardize:
+            if stats is not None:
+                xs = (xs - stats[0]) / stats[1]
+            elif standardize:
                 xs = (xs - xs.mean()) / xs.std().clamp_min(1e-6)
             probs = probs + torch.softmax(teacher(xs).float() / temperature, 1)
         out.append(probs / segments)
     return torch.cat(out).cpu()
+
+
+def class_probability(teacher, u8: torch.Tensor, labels, store: ClipStore, segments: int = 1,
+                      stats: tuple[float, float] | None = None) -> torch.Tensor:
+    """``[N]`` the teacher's probability (tau 1, MVIC segments averaged) of each video's class
+    ``labels[i]`` (store class index): the score of ``gvd.select``. Videos standardised by the
+    fixed ``stats`` (:func:`train_stats`; None: not standardised), not by their batch."""
+    p = soft_labels(teacher, u8, store.mean, store.std, 1.0, segments, False, stats=stats)
+    return p[torch.arange(len(labels)), torch.as_tensor(labels, dtype=torch.long)]
+
+
+def select_real(teacher, store: ClipStore, ipc: int, candidates: int, gen: torch.Generator,
+                stats: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real-data control of ``gvd.select``: per class, ``ipc`` groups of ``candidates`` random
+    train clips (fewer when the class has fewer than ``ipc * candidates``; a clip in one group
+    only), of each group the clip with the highest :func:`class_probability`. Class-major uint8
+    clips and labels, like :meth:`ClipStore.random_clips`."""
+    clips, labels = [], []
+    for c, n in enumerate(store.counts("train")):
+        r = max(1, min(candidates, n // ipc))
+        idx = torch.randperm(n, generator=gen)[:min(n, ipc) * r]
+        order = idx.sort()  # read the memory-mapped class in file order, then back to draw order
+        x = torch.from_numpy(np.ascontiguousarray(store.clips("train", c)[order.values.numpy()]))
+        x = x[order.indices.argsort()].view(-1, r, *x.shape[1:])       # [groups, r, T, H, W, 3]
+        p = class_probability(teacher, x.flatten(0, 1), [c] * (x.shape[0] * r), store, 1, stats)
+        clips.append(x[torch.arange(x.shape[0]), p.view(-1, r).argmax(1)])
+        labels.append(torch.full((x.shape[0],), c, dtype=torch.long))
+    return torch.cat(clips), torch.cat(labels)
 
 
 # ------------------------------------------------------------------------------------ method
@@ -475,10 +587,14 @@ class GVD(Method):
                           "ipc": cfg.ipc, "classes": store.classes, "seed": seed,
                           **{k: getattr(g, k) for k in ("sampler", "steps", "cfg_scale", "lam",
                                                          "rho", "t_stop", "segments", "chunk")}}
+        if g.select > 1:  # candidates ranked by the teacher (select 1 keeps the earlier keys)
+            ids["samples"]["select"] = g.select
         ids["teacher"] = {"data": data, "classes": store.classes, "seed": seed,
                           "net": dataclasses.asdict(cfg.net), "epochs": g.teacher_epochs,
                           "eval": {k: getattr(cfg.eval, k) for k in (
                               "lr", "momentum", "weight_decay", "batch", "standardize")}}
+        if g.select > 1:
+            ids["samples"]["teacher"] = _key(ids["teacher"])
         return ids
 
     def teacher(self, store, cfg, device, progress: bool = True):
@@ -494,8 +610,6 @@ class GVD(Method):
         seeded by ``cfg.seed``, so cached and fresh stages agree."""
         from vdfast.synsets.generated import GeneratedSynset
 
-        from vdfast.distributed import Dist
-
         g, seed = cfg.gvd, cfg.seed
         if store.frames % g.segments:
             raise ValueError(f"gvd segments={g.segments} must divide the clip's {store.frames} frames")
@@ -504,26 +618,32 @@ class GVD(Method):
         work = _Work(self.workdir(cfg))
         ids = self.stage_identities(store, cfg)
 
-        def stages():
-            ae = train_autoencoder(store, g, seed, device, work.stage("ae", ids["ae"]), progress)
-            ae.requires_grad_(False)
-            latents = encode_train(ae, store, work.stage("latents", ids["latents"]))
-            model = train_generator(latents, g, seed, device, work.stage("gen", ids["gen"]), progress)
-            modes = None
-            if g.lam > 0:
-                modes = discover_modes(latents, cfg.ipc * g.segments, g.kmeans_iters, seed,
-                                       work.stage("modes", ids["modes"]))
-            teacher = self.teacher(store, cfg, device, progress) if g.soft_labels else None
-            return ae, model, modes, teacher
-
-        # several processes sharing a workdir: rank 0 trains and caches, then the others load
-        # (without a workdir every rank trains the same deterministic stages itself)
+        # several processes: the autoencoder and the generator train data-parallel (every rank its
+        # share of each batch); the cheap stages (latents, modes, teacher) are computed by rank 0
+        # and cached before the others load them when they share a workdir, else by every rank
+        # (deterministic: the same result)
         shared = dist.active and work.root is not None
-        if shared and not dist.main:
-            dist.barrier()
-        ae, model, modes, teacher = stages()
-        if shared and dist.main:
-            dist.barrier()
+
+        def main_first(run):
+            if shared and not dist.main:
+                dist.barrier()
+            out = run()
+            if shared and dist.main:
+                dist.barrier()
+            return out
+
+        ae = train_autoencoder(store, g, seed, device, work.stage("ae", ids["ae"]), progress, dist)
+        ae.requires_grad_(False)
+        latents = main_first(lambda: encode_train(ae, store, work.stage("latents", ids["latents"])))
+        model = train_generator(latents, g, seed, device, work.stage("gen", ids["gen"]), progress,
+                                dist)
+        modes = None
+        if g.lam > 0:
+            modes = main_first(lambda: discover_modes(latents, cfg.ipc * g.segments, g.kmeans_iters,
+                                                      seed, work.stage("modes", ids["modes"])))
+        teacher = None
+        if g.soft_labels or g.select > 1:
+            teacher = main_first(lambda: self.teacher(store, cfg, device, progress))
         # sampling sharded by class: this rank's contiguous block of classes, its own chunk folder;
         # each instance's noise is seeded by (seed, label, slot), so the videos equal a 1-rank run's
         mine = dist.shard(store.num_classes)
@@ -531,8 +651,15 @@ class GVD(Method):
         if dist.active and cache is not None:
             cache = cache / f"rank{dist.rank}of{dist.world}"
             cache.mkdir(exist_ok=True)
+        score = None
+        if g.select > 1:
+            stats = train_stats(store) if cfg.eval.standardize else None
+
+            def score(u8, labs):
+                return class_probability(teacher, u8, [store.classes.index(lab) for lab in labs],
+                                         store, g.segments, stats)
         videos, _, z = generate(model, ae, modes, [store.classes[c] for c in mine], cfg.ipc, g,
-                                seed, device, cache, progress)
+                                seed, device, cache, progress, score=score)
         labels = torch.arange(store.num_classes).repeat_interleave(cfg.ipc)
         if dist.active:  # every rank gets the whole set: zeros elsewhere, summed across ranks
             rows = slice(mine.start * cfg.ipc, mine.stop * cfg.ipc)
@@ -543,7 +670,7 @@ class GVD(Method):
             zf[rows] = z.float()
             z = dist.all_reduce_(zf.to(dist.device)).cpu().half()
         soft = None
-        if teacher is not None:
+        if teacher is not None and g.soft_labels:
             soft = soft_labels(teacher, videos, store.mean, store.std, g.temperature, g.segments,
                                cfg.eval.standardize)
         if g.store_as == "fp16":
@@ -552,9 +679,9 @@ class GVD(Method):
             videos = normalize_clips(videos, store.mean, store.std)
         meta = {"method": self.name, "ipc": cfg.ipc, "dataset": store.name,
                 "gvd": {"workdir": str(work.root) if work.root else None,
-                        "temperature": g.temperature, "segments": g.segments,
+                        "temperature": g.temperature, "segments": g.segments, "select": g.select,
                         "stages": {k: v and _key(v) for k, v in ids.items()}}}
-        if soft is not None:  # how to rebuild the teacher (evaluation.teacher_of) without the cache
+        if teacher is not None:  # how to rebuild the teacher (evaluation.teacher_of) without the cache
             meta["gvd"]["teacher"] = {k: ids["teacher"][k] for k in ("net", "epochs", "seed", "eval")}
         if work.root is None:
             say("gvd: no workdir (--gvd-workdir): stages are neither cached nor resumable")

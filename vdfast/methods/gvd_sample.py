@@ -81,13 +81,17 @@ def step_lams(t: int, lam: float, rho: float, t_stop: float, timesteps: int, fra
     return frame_decay(lam, rho, frames, segments, dtype=dtype, device=device)
 
 
-def instance_seed(seed: int, label: str, slot: int) -> int:
-    """A 63-bit seed for instance ``slot`` of class ``label`` (by name, not by class index)."""
-    return (int(seed) * 1_000_003 + zlib.crc32(f"{label}\x00{slot}".encode())) % (2**63 - 1)
+def instance_seed(seed: int, label: str, slot: int, candidate: int = 0) -> int:
+    """A 63-bit seed for instance ``slot`` of class ``label`` (by name, not by class index);
+    ``candidate`` r > 0 numbers the extra candidates of ``gvd.select`` (candidate 0 is the
+    instance's own noise, so ``select = 1`` draws exactly what it drew before)."""
+    key = f"{label}\x00{slot}" + (f"\x00{candidate}" if candidate else "")
+    return (int(seed) * 1_000_003 + zlib.crc32(key.encode())) % (2**63 - 1)
 
 
-def instance_generator(seed: int, label: str, slot: int, device="cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(instance_seed(seed, label, slot))
+def instance_generator(seed: int, label: str, slot: int, device="cpu",
+                       candidate: int = 0) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(instance_seed(seed, label, slot, candidate))
 
 
 def _randn(gens, shape, device, dtype):
