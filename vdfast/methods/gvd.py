@@ -615,6 +615,7 @@ class GVD(Method):
             raise ValueError(f"gvd segments={g.segments} must divide the clip's {store.frames} frames")
         device = torch.device(device)
         dist = self.dist or Dist(0, 1, device)
+        progress = progress and dist.main  # one set of progress bars, the main process's
         work = _Work(self.workdir(cfg))
         ids = self.stage_identities(store, cfg)
 

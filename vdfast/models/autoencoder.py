@@ -88,6 +88,13 @@ class DiffusersAE(nn.Module):
         except ImportError as e:
             raise ImportError(f"gvd.autoencoder={path!r} needs diffusers (pip install diffusers); "
                               f"leave it empty to train vdfast's small autoencoder") from e
+        from pathlib import Path
+
+        if not (Path(path) / "config.json").is_file():  # diffusers would talk of the Hub here
+            raise FileNotFoundError(
+                f"gvd.autoencoder={path!r} is not a local diffusers AutoencoderKL folder (config.json "
+                f"+ diffusion_pytorch_model.safetensors, as written by save_pretrained); vdfast never "
+                f"downloads weights: pass such a folder, or leave it empty to train vdfast's autoencoder")
         self.vae = AutoencoderKL.from_pretrained(path, local_files_only=True).eval()
         self.vae.requires_grad_(False)
         cfg = self.vae.config
