@@ -115,6 +115,21 @@ def _to_u8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
 
 
+def _fingerprint(path: str) -> str:
+    """sha256 of the file at ``path``, or of a folder's files in name order."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    if not files or not all(f.exists() for f in files):
+        raise FileNotFoundError(f"gvd.generator_init={path!r} does not exist or is an empty folder")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
 def _seeded(build, seed: int):
     """``build()`` with its parameter initialisation drawn from ``seed`` (the caller's global RNG
     is left as it was)."""
@@ -298,6 +313,29 @@ def generator_batch_loss(net, x_all: torch.Tensor, y_all: torch.Tensor, ab: torc
     return generator_loss(pred, x0, noise, a, g.prediction, g.min_snr) * (x0.shape[0] / g.gen_batch)
 
 
+def start_from(net, path: str, ckpt: Path | None = None, progress: bool = True) -> dict:
+    """``net`` initialised from the local weights at ``path`` where names and shapes match
+    (:func:`vdfast.models.video_dit.load_matching`); the report goes to ``ckpt/init_report.json``.
+    No weight matrix matching is an error (the wrong file, or a generator of another size)."""
+    from vdfast.models.video_dit import load_matching
+
+    rep = load_matching(net, path)
+    shapes = net.state_dict()
+    if not any(shapes[k].dim() > 1 for k in rep["loaded"]):  # a bias or two is no start
+        some = "; ".join(f"{k}: {v}" for k, v in list(rep["skipped"].items())[:4])
+        raise ValueError(f"gvd.generator_init={path!r}: no weight matrix matches this generator's names and "
+                         f"shapes ({rep['format']} weights; {some}); check --gvd-generator and "
+                         f"--gvd-patch against the weights")
+    if ckpt is not None:
+        (ckpt / "init_report.json").write_text(json.dumps(rep, indent=1))
+    if progress:
+        say(f"gvd generator: {len(rep['loaded'])} tensors from {path} ({rep['format']}), "
+            f"{len(rep['skipped'])} of the source skipped, {len(rep['not_in_source'])} of the "
+            f"generator's {len(net.state_dict())} left at their initialisation"
+            + (f" (report: {ckpt / 'init_report.json'})" if ckpt else ""))
+    return rep
+
+
 def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt: Path | None = None,
                     progress: bool = True, dist=None):
     """The class-conditional VideoDiT (EMA weights, eval mode) trained with the diffusion loss
@@ -318,6 +356,8 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
     if final is not None and final.exists():
         net.load_state_dict(torch.load(final, map_location=device))
         return net.eval()
+    if g.generator_init:
+        start_from(net, g.generator_init, ckpt if dist.main else None, progress)
     ema = copy.deepcopy(net)
     ema.requires_grad_(False)
     ab = noise_schedule(g.schedule, g.train_timesteps).to(device=device, dtype=torch.float32)
@@ -581,6 +621,9 @@ class GVD(Method):
         ids["gen"] = {"latents": _key(ids["latents"]), "seed": seed, **{k: getattr(g, k) for k in (
             "generator", "patch", "gen_steps", "gen_batch", "gen_lr", "ema", "p_uncond",
             "train_timesteps", "schedule", "prediction", "min_snr", "class_tokens", "lr_schedule")}}
+        if g.generator_init:  # the weights' content, not just their path (empty: keys as before)
+            ids["gen"]["generator_init"] = {"path": g.generator_init,
+                                            "sha256": _fingerprint(g.generator_init)}
         ids["modes"] = ({"latents": _key(ids["latents"]), "k": cfg.ipc * g.segments,
                          "iters": g.kmeans_iters, "seed": seed} if g.lam > 0 else None)
         ids["samples"] = {"gen": _key(ids["gen"]), "modes": ids["modes"] and _key(ids["modes"]),

@@ -228,3 +228,105 @@ class VideoDiT(nn.Module):
         eps = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
         e_c, e_u = eps.chunk(2)
         return e_u + scale * (e_c - e_u)
+
+
+# ------------------------------------------------------------------ starting from local weights
+def _latte_names(sd: dict[str, torch.Tensor], channels: int, patch: int) -> dict[str, torch.Tensor]:
+    """A diffusers ``LatteTransformer3DModel`` state dict in VideoDiT's names, for the parts the two
+    share: the patch embedding, every block's attention (q, k, v fused into ``qkv``; Latte has no
+    q/k/v biases, so those are zeros), the timestep embedder and the output projection (its noise
+    half when Latte learns sigma). Latte's GEGLU feed-forwards, affine norms, text cross-attention,
+    caption projection and single adaLN table have no counterpart here and stay behind (reported by
+    :func:`load_matching`). Latte's spatial block i is VideoDiT block 2i, its temporal block i 2i+1."""
+    out: dict[str, torch.Tensor] = {}
+    pairs = {"pos_embed.proj.weight": "embed.weight", "pos_embed.proj.bias": "embed.bias",
+             "adaln_single.emb.timestep_embedder.linear_1.weight": "t_embed.mlp.0.weight",
+             "adaln_single.emb.timestep_embedder.linear_1.bias": "t_embed.mlp.0.bias",
+             "adaln_single.emb.timestep_embedder.linear_2.weight": "t_embed.mlp.2.weight",
+             "adaln_single.emb.timestep_embedder.linear_2.bias": "t_embed.mlp.2.bias"}
+    out.update({ours: sd[theirs] for theirs, ours in pairs.items() if theirs in sd})
+    for prefix, offset in (("transformer_blocks", 0), ("temporal_transformer_blocks", 1)):
+        i = 0
+        while f"{prefix}.{i}.attn1.to_q.weight" in sd:
+            a, b = f"{prefix}.{i}.attn1", f"blocks.{2 * i + offset}.attn"
+            q, k, v = (sd[f"{a}.to_{n}.weight"] for n in "qkv")
+            out[f"{b}.qkv.weight"] = torch.cat([q, k, v])
+            out[f"{b}.qkv.bias"] = torch.cat([sd.get(f"{a}.to_{n}.bias", torch.zeros(len(q)))
+                                              for n in "qkv"])
+            out[f"{b}.proj.weight"], out[f"{b}.proj.bias"] = sd[f"{a}.to_out.0.weight"], sd[f"{a}.to_out.0.bias"]
+            i += 1
+    if "proj_out.weight" in sd:  # rows ordered (p, q, c) as VideoDiT's; learned sigma: keep the noise half
+        w, bias = sd["proj_out.weight"], sd["proj_out.bias"]
+        c_out = w.shape[0] // (patch * patch)
+        if c_out in (channels, 2 * channels):
+            out["out.weight"] = w.view(patch * patch, c_out, -1)[:, :channels].reshape(-1, w.shape[1])
+            out["out.bias"] = bias.view(patch * patch, c_out)[:, :channels].reshape(-1)
+    return out
+
+
+def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict at ``path`` and its format: a diffusers ``LatteTransformer3DModel`` folder
+    (``config.json`` + ``diffusion_pytorch_model.safetensors``; ``latte``), a ``.safetensors`` file
+    or a ``.pt`` file (a vdfast ``gen_final.pt``, or a dict with ``model``/``ema`` in it; ``vdfast``).
+    Local files only."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        cfg_file, weights = p / "config.json", sorted(p.glob("*.safetensors"))
+        if not cfg_file.is_file() or not weights:
+            raise FileNotFoundError(f"gvd.generator_init={path!r}: a folder needs config.json and "
+                                    f"*.safetensors (a diffusers model written by save_pretrained)")
+        import json
+
+        from safetensors.torch import load_file
+
+        kind = json.loads(cfg_file.read_text()).get("_class_name", "")
+        if kind != "LatteTransformer3DModel":
+            raise ValueError(f"gvd.generator_init={path!r} holds a diffusers {kind or 'unknown'} "
+                             f"model; vdfast maps LatteTransformer3DModel weights only")
+        sd = {}
+        for f in weights:
+            sd.update(load_file(str(f)))
+        return sd, "latte"
+    if not p.is_file():
+        raise FileNotFoundError(f"gvd.generator_init={path!r} does not exist; pass a vdfast "
+                                f"generator file (gen_final.pt) or a local diffusers Latte folder")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(p))
+    else:
+        sd = torch.load(p, map_location="cpu")
+        sd = sd.get("ema", sd.get("model", sd)) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict):
+        raise ValueError(f"gvd.generator_init={path!r} is not a state dict")
+    return sd, ("latte" if any(k.startswith("transformer_blocks.") for k in sd) else "vdfast")
+
+
+@torch.no_grad()
+def load_matching(net: VideoDiT, path: str) -> dict:
+    """Copy into ``net`` every tensor of the weights at ``path`` (:func:`read_weights`) whose
+    VideoDiT name and shape match; the rest of ``net`` keeps its initialisation. Returns the report
+    ``{"format", "loaded": [names], "skipped": {name: reason}, "not_in_source": [names]}`` (names
+    in VideoDiT's terms; for Latte also Latte's tensors that have no counterpart)."""
+    sd, fmt = read_weights(path)
+    src = _latte_names(sd, net.channels, net.patch) if fmt == "latte" else sd
+    own = net.state_dict()
+    loaded, skipped = [], {}
+    for name, value in src.items():
+        if name not in own:
+            skipped[name] = "no such tensor in this generator"
+        elif tuple(value.shape) != tuple(own[name].shape):
+            skipped[name] = f"shape {tuple(value.shape)} here {tuple(own[name].shape)}"
+        else:
+            own[name].copy_(value.to(own[name].dtype))
+            loaded.append(name)
+    if fmt == "latte":
+        used = {"pos_embed.", "adaln_single.emb.timestep_embedder.", "proj_out."}
+        for name in sd:
+            attn = ".attn1.to_" in name and name.startswith(("transformer_blocks.", "temporal_transformer_blocks."))
+            if not attn and not any(name.startswith(u) for u in used):
+                skipped[name] = "Latte part with no VideoDiT counterpart"
+    return {"format": fmt, "loaded": sorted(loaded), "skipped": skipped,
+            "not_in_source": sorted(set(own) - set(loaded))}
