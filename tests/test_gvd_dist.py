@@ -66,6 +66,9 @@ loss = generator_batch_loss(net, x, y, noise_schedule("linear", 50).float(), g,
 _dp_backward(loss, params, dist)
 if dist.main:
     torch.save(torch.cat([p.grad.flatten() for p in params]).double(), sys.argv[1])
+if dist.active:  # leave together: a rank exiting under a live gloo group can abort
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 """
 
 
@@ -73,6 +76,7 @@ def test_data_parallel_gradient_equals_the_one_process_gradient(tmp_path):
     """The generator's batch split over 2 gloo ranks (3 rows each): the summed gradient is the
     1-process gradient of the whole batch."""
     import os
+    import socket
     import subprocess
     import sys
 
@@ -80,8 +84,11 @@ def test_data_parallel_gradient_equals_the_one_process_gradient(tmp_path):
     script.write_text(GRAD)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for n in (1, 2):
+        with socket.socket() as sock:  # a port nobody holds now (a fixed one may be in TIME_WAIT)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-               "--master_port", str(29700 + os.getpid() % 200 + n), str(script), str(tmp_path / f"g{n}.pt")]
+               "--master_port", str(port), str(script), str(tmp_path / f"g{n}.pt")]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     g1, g2 = torch.load(tmp_path / "g1.pt"), torch.load(tmp_path / "g2.pt")

@@ -122,17 +122,38 @@ def test_chunked_generation_equals_unchunked(sampler):
     torch.testing.assert_close(z2[:2].float(), outs[0][2][2:4].float(), rtol=0, atol=1e-3)
 
 
+def test_a_part_of_the_classes_gives_those_rows_of_the_whole():
+    """What a class-sharded process generates (some of the classes, ``labels`` = all of them)
+    equals those classes' rows of generating every class: the generator's class index is the
+    label's place among ALL its labels, not among the part's (each part's own sorted order would
+    condition most classes on another class's embedding)."""
+    dit, ae = _tiny_models()
+    classes = ["b", "a", "c"]
+    modes = {c: torch.randn(4, 4, 4, 4, 4, generator=torch.Generator().manual_seed(i))
+             for i, c in enumerate("abc")}
+    g = GVDConfig(generator="tiny", steps=4, train_timesteps=50, chunk=4, segments=2, lam=0.2,
+                  cfg_scale=2.0)
+    _, _, whole = generate(dit, ae, modes, classes, 2, g, seed=5, device="cpu", progress=False)
+    for part, rows in ((["a", "c"], slice(2, 6)), (["c"], slice(4, 6)), (["b"], slice(0, 2))):
+        _, _, z = generate(dit, ae, modes, part, 2, g, seed=5, device="cpu", progress=False,
+                           labels=classes)
+        torch.testing.assert_close(z.float(), whole[rows].float(), rtol=0, atol=1e-3)
+    # without labels the part is taken for all the classes: another number of classes is an error
+    with pytest.raises(ValueError, match="knows 3 classes"):
+        generate(dit, ae, modes, ["a", "c"], 2, g, seed=5, device="cpu", progress=False)
+
+
 def test_select_keeps_the_best_scoring_candidate():
     """select R: per instance, R draws (candidate 0 = the select-1 draw) and the highest score
     kept; chunking does not change which one; no score -> a clear error."""
     dit, ae = _tiny_models()
-    classes = ["b", "a"]
+    classes, ALL = ["b", "a"], ["a", "b", "c"]  # two of the generator's three classes
     modes = {c: torch.randn(6, 4, 4, 4, 4, generator=torch.Generator().manual_seed(i))
              for i, c in enumerate("ab")}
     bright = lambda u8, labs: u8.float().mean((1, 2, 3, 4))  # noqa: E731  any per-video score
     kw = dict(generator="tiny", steps=3, train_timesteps=40, segments=2, lam=0.3, cfg_scale=2.0)
     cands = [generate(dit, ae, modes, classes, 3, GVDConfig(chunk=6, **kw), seed=1, device="cpu",
-                      progress=False, score=bright)[0]]  # select 1: candidate 0 only
+                      progress=False, score=bright, labels=ALL)[0]]  # select 1: candidate 0 only
     # candidates 1, 2 drawn by hand: the same sampler with the candidate's own noise
     ab = ddpm_schedule(40)
     y = torch.tensor([1, 1, 1, 0, 0, 0])  # generator classes: index in the sorted names
@@ -148,11 +169,11 @@ def test_select_keeps_the_best_scoring_candidate():
     want = torch.stack([cands[r][i] for i, r in enumerate(scores.argmax(0).tolist())])
     for chunk in (6, 4, 1):
         v, _, _ = generate(dit, ae, modes, classes, 3, GVDConfig(chunk=chunk, select=3, **kw),
-                           seed=1, device="cpu", progress=False, score=bright)
+                           seed=1, device="cpu", progress=False, score=bright, labels=ALL)
         assert (v.int() - want.int()).abs().max() <= 1          # uint8 rounding of equal floats
     with pytest.raises(ValueError, match="score"):
         generate(dit, ae, modes, classes, 3, GVDConfig(select=2, **kw), seed=1, device="cpu",
-                 progress=False)
+                 progress=False, labels=ALL)
 
 
 def test_kmeans_finds_separated_clusters():

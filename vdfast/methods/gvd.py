@@ -429,7 +429,8 @@ def mvic_guides(modes: torch.Tensor, slot: int, segments: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str], ipc: int, g,
              seed: int, device, cache: Path | None = None, progress: bool = True,
-             backend: str | None = None, score=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             backend: str | None = None, score=None,
+             labels: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``ipc`` instances of every class (class-major in ``classes`` order), generated in chunks of
     ``g.chunk``; each chunk is decoded and, with ``cache``, saved as it finishes (resume), then
     copied into the preallocated result: the working memory is one chunk's whatever ``ipc`` is,
@@ -439,11 +440,18 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
     ``instance_generator(seed, label, slot, candidate=r)``, the same guide) and the candidate with
     the highest ``score(uint8 videos [B, T, H, W, 3], labels [B] names) -> [B]`` is kept (first
     on ties); the chunk's candidates are drawn one after another, so memory does not grow with R.
+    ``labels``: every label name the generator was trained on (its class index of a label is the
+    label's position in ``sorted(labels)``, :func:`train_generator`); default ``classes``. Pass it
+    whenever ``classes`` is a part of them (a process's shard), or the part's own order would pick
+    other classes' embeddings.
     Returns (uint8 videos ``[N, T, H, W, 3]``, labels ``[N]`` in ``classes`` order, latents fp16)."""
     if g.select > 1 and score is None:
         raise ValueError(f"gvd select={g.select} needs a score function (the teacher's probability "
                          f"of the class); pass score= or set select=1")
-    sorted_labels = sorted(classes)
+    sorted_labels = sorted(labels if labels is not None else classes)
+    if model.num_classes != len(sorted_labels) or not set(classes) <= set(sorted_labels):
+        raise ValueError(f"gvd: the generator knows {model.num_classes} classes; labels gives "
+                         f"{len(sorted_labels)} and must hold every class asked for")
     jobs = [(c, lab, k) for c, lab in enumerate(classes) for k in range(ipc)]
     ab = noise_schedule(g.schedule, g.train_timesteps)
     shape = (model.frames, model.channels, model.latent_size, model.latent_size)
@@ -703,7 +711,7 @@ class GVD(Method):
                 return class_probability(teacher, u8, [store.classes.index(lab) for lab in labs],
                                          store, g.segments, stats)
         videos, _, z = generate(model, ae, modes, [store.classes[c] for c in mine], cfg.ipc, g,
-                                seed, device, cache, progress, score=score)
+                                seed, device, cache, progress, score=score, labels=store.classes)
         labels = torch.arange(store.num_classes).repeat_interleave(cfg.ipc)
         if dist.active:  # every rank gets the whole set: zeros elsewhere, summed across ranks
             rows = slice(mine.start * cfg.ipc, mine.stop * cfg.ipc)
