@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -116,13 +117,19 @@ def _to_u8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _fingerprint(path: str) -> str:
-    """sha256 of the file at ``path``, or of a folder's files in name order."""
+    """sha256 of the file at ``path``, or of a folder's files in name order (hashed once per
+    process while the files' sizes and times stay the same: stage keys are asked for repeatedly)."""
     p = Path(path)
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     if not files or not all(f.exists() for f in files):
         raise FileNotFoundError(f"gvd.generator_init={path!r} does not exist or is an empty folder")
+    return _sha256(p, tuple((f, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(p: Path, files: tuple) -> str:
     h = hashlib.sha256()
-    for f in files:
+    for f, _, _ in files:
         h.update(f.relative_to(p).as_posix().encode() if p.is_dir() else b"")
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
