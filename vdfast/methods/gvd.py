@@ -485,16 +485,13 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
                     frames = ae.decode(z.flatten(0, 1).to(next(ae.parameters()).dtype))
                     u8 = _to_u8(frames.float()).view(len(part), shape[0], *frames.shape[-2:], 3).cpu()
                     z = z.half().cpu()
-                    if g.select == 1:
-                        d = {"videos": u8, "latents": z}
-                    else:
-                        sc = score(u8, [lab for _, lab, _ in part]).float().cpu()
-                        if d is None:
-                            d, best = {"videos": u8, "latents": z}, sc
-                        else:
-                            better = sc > best
-                            d["videos"][better], d["latents"][better] = u8[better], z[better]
-                            best = torch.where(better, sc, best)
+                    sc = score(u8, [lab for _, lab, _ in part]).float().cpu() if g.select > 1 else None
+                    if d is None:
+                        d, best = {"videos": u8, "latents": z}, sc
+                    else:  # a later candidate replaces the kept one where it scores higher
+                        better = sc > best
+                        d["videos"][better], d["latents"][better] = u8[better], z[better]
+                        best = torch.where(better, sc, best)
                     pb.update(len(part))
                 if f is not None:
                     _atomic_save(d, f)
@@ -645,13 +642,12 @@ class GVD(Method):
                           "ipc": cfg.ipc, "classes": store.classes, "seed": seed,
                           **{k: getattr(g, k) for k in ("sampler", "steps", "cfg_scale", "lam",
                                                          "rho", "t_stop", "segments", "chunk")}}
-        if g.select > 1:  # candidates ranked by the teacher (select 1 keeps the earlier keys)
-            ids["samples"]["select"] = g.select
         ids["teacher"] = {"data": data, "classes": store.classes, "seed": seed,
                           "net": dataclasses.asdict(cfg.net), "epochs": g.teacher_epochs,
                           "eval": {k: getattr(cfg.eval, k) for k in (
                               "lr", "momentum", "weight_decay", "batch", "standardize")}}
-        if g.select > 1:
+        if g.select > 1:  # candidates ranked by the teacher (select 1 keeps the earlier keys)
+            ids["samples"]["select"] = g.select
             ids["samples"]["teacher"] = _key(ids["teacher"])
         return ids
 
