@@ -15,9 +15,12 @@ import triton.language as tl
 
 @triton.jit
 def _scalar(hi, lo, ACC: tl.constexpr):
+    # one return of one type: the GPU compiler refuses returns of two types, even in branches a
+    # constexpr decides (the interpreter accepts them)
+    v = tl.cast(hi, ACC)
     if ACC == tl.float64:
-        return tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
-    return tl.cast(hi, tl.float32)
+        v += tl.cast(lo, tl.float64)
+    return v
 
 
 @triton.jit

@@ -139,14 +139,14 @@ def _per_video_bwd(bwd_planes, bwd_dyn, grad, dyn, wd, sidx, didx, Ns, K, need_p
     return gp, gd, gw, gb
 
 
-def _triton_meta(HW, dtype):
+def _triton_meta(HW, t):
     import triton
     import triton.language as tl
 
-    from vdfast.ops.dispatch import triton_interpret
+    from vdfast.ops.dispatch import interpreter_sizes
     # the interpreter pays per program instance: few, large blocks; on a GPU 256 pixels x C_out
-    block = min(2048, triton.next_power_of_2(HW)) if triton_interpret() else 256
-    acc = tl.float64 if dtype == torch.float64 else tl.float32
+    block = min(2048, triton.next_power_of_2(HW)) if interpreter_sizes(t) else 256
+    acc = tl.float64 if t.dtype == torch.float64 else tl.float32
     return block, acc
 
 
@@ -156,7 +156,7 @@ def _triton_fwd(planes, dyn, wd, bias, sidx, didx):
     from vdfast._kernels.blend_static_dynamic import _blend_static_dynamic_fwd_kernel
     N, Co, (Nd, T, H, W) = sidx.numel(), wd.shape[0], dyn.shape
     out = _new((N, Co, T, H, W), dyn)
-    block, acc = _triton_meta(H * W, dyn.dtype)
+    block, acc = _triton_meta(H * W, dyn)
     grid = (N * T, triton.cdiv(H * W, block))
     _blend_static_dynamic_fwd_kernel[grid](planes, dyn, wd, bias, sidx, didx, out, planes.shape[1],
                                            T, H, W, C_OUT=Co, CO_BLOCK=triton.next_power_of_2(Co),
@@ -169,7 +169,7 @@ def _triton_bwd_planes(grad, gp_n):
 
     from vdfast._kernels.blend_static_dynamic import _blend_static_dynamic_bwd_planes_kernel
     N, Co, T, H, W = grad.shape
-    block, acc = _triton_meta(H * W, grad.dtype)
+    block, acc = _triton_meta(H * W, grad)
     _blend_static_dynamic_bwd_planes_kernel[(N * Co, triton.cdiv(H * W, block))](
         grad, gp_n, gp_n.shape[1], T, H * W, C_OUT=Co, BLOCK=block, ACC=acc)
 
@@ -179,7 +179,7 @@ def _triton_bwd_dyn(grad, wd, gd_n):
 
     from vdfast._kernels.blend_static_dynamic import _blend_static_dynamic_bwd_kernel
     N, Co, T, H, W = grad.shape
-    block, acc = _triton_meta(H * W, grad.dtype)
+    block, acc = _triton_meta(H * W, grad)
     _blend_static_dynamic_bwd_kernel[(N * T, triton.cdiv(H * W, block))](
         grad, wd, gd_n, T, H, W, C_OUT=Co, CO_BLOCK=triton.next_power_of_2(Co), BLOCK=block,
         ACC=acc)

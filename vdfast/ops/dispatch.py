@@ -73,6 +73,14 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def interpreter_sizes(t: torch.Tensor) -> bool:
+    """Whether Triton launches on ``t`` size their blocks for the CPU interpreter (few, small
+    program instances) rather than for a GPU: true for CPU tensors, unless
+    ``VDFAST_TRITON_GPU_SIZES=1`` (the tests set it to run the GPU's block sizes in the interpreter
+    and compile exactly those launches for a GPU target: ``tests/test_triton_gpu_compile.py``)."""
+    return t.device.type == "cpu" and os.environ.get("VDFAST_TRITON_GPU_SIZES") != "1"
+
+
 def _triton_reason() -> str | None:
     why = _triton_import_reason()
     if why:

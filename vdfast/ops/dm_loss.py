@@ -64,12 +64,10 @@ def _bwd_cuda(n, dtype, labels, diff, scale):
     return grad
 
 
-def _tile(n, d):
+def _tile(x):
     # Small tiles keep the CPU interpreter's program instances cheap; larger ones on a GPU.
-    from vdfast.ops.dispatch import triton_interpret
-    if triton_interpret() and not torch.cuda.is_available():
-        return 16, 32
-    return 32, 128
+    from vdfast.ops.dispatch import interpreter_sizes
+    return (16, 32) if interpreter_sizes(x) else (32, 128)
 
 
 def _fwd_triton(real, rl, syn, sl, nc):
@@ -82,11 +80,11 @@ def _fwd_triton(real, rl, syn, sl, nc):
     for k, (x, lab) in enumerate(((real, rl), (syn, sl))):
         if x.shape[0] == 0 or D == 0:
             continue
-        bn, bd = _tile(x.shape[0], D)
+        bn, bd = _tile(x)
         grid = (triton.cdiv(x.shape[0], bn), triton.cdiv(D, bd))
         _dm_loss_fwd_kernel[grid](x, lab, sums[k], cnt[k], x.shape[0], D, nc, x.stride(0),
                                   BLOCK_N=bn, BLOCK_D=bd)
-    bd = min(triton.next_power_of_2(max(D, 1)), _tile(1, D)[1] * 2)
+    bd = min(triton.next_power_of_2(max(D, 1)), _tile(real)[1] * 2)
     diff = _out((nc, D), acc, dev)
     partial = _out((nc, triton.cdiv(D, bd)), acc, dev)
     if D > 0:
@@ -102,7 +100,7 @@ def _bwd_triton(n, dtype, labels, diff, scale):
     D = diff.shape[1]
     grad = _out((n, D), dtype, diff.device)
     if n and D:
-        bn, bd = _tile(n, D)
+        bn, bd = _tile(diff)
         _dm_loss_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(D, bd))](
             grad, labels, diff, scale, n, D, diff.shape[0], BLOCK_N=bn, BLOCK_D=bd)
     return grad

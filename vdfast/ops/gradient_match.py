@@ -49,9 +49,9 @@ def _bwd_cuda(real, syn, coef, grad_real, grad_syn):
     torch.ops.vdfast.gradient_match_bwd_cuda(real, syn, coef, grad_real, grad_syn)
 
 
-def _block():
-    from vdfast.ops.dispatch import triton_interpret
-    return 128 if triton_interpret() and not torch.cuda.is_available() else 1024
+def _block(t):
+    from vdfast.ops.dispatch import interpreter_sizes
+    return 128 if interpreter_sizes(t) else 1024
 
 
 def _fwd_triton(real, syn, stats):
@@ -61,7 +61,7 @@ def _fwd_triton(real, syn, stats):
     for r, s in zip(real, syn):
         rows, K = r.shape
         if rows:
-            _gradient_match_fwd_kernel[(rows,)](r, s, stats[first:], K, BLOCK=_block())
+            _gradient_match_fwd_kernel[(rows,)](r, s, stats[first:], K, BLOCK=_block(stats))
         first += rows
 
 
@@ -69,7 +69,7 @@ def _bwd_triton(real, syn, coef, grad_real, grad_syn):
     import triton
     from vdfast._kernels.gradient_match import _gradient_match_bwd_kernel
 
-    first, blk = 0, _block()
+    first, blk = 0, _block(coef)
     for i, (r, s) in enumerate(zip(real, syn)):
         rows, K = r.shape
         if rows and K:

@@ -129,14 +129,14 @@ def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
     import triton.language as tl
 
     from vdfast._kernels.guided_step import _guided_step_fwd_kernel
-    from vdfast.ops.dispatch import triton_interpret
+    from vdfast.ops.dispatch import interpreter_sizes
     B, F = x.shape[:2]
     CHW = x[0, 0].numel()
     out = _new_out(x) if out is None else out
     if x.numel() == 0:
         return out
     scal = [h for v in _scalars(coefs, sampler) for h in _split(v)]
-    block = min(triton.next_power_of_2(CHW), 4096 if triton_interpret() else 1024)
+    block = min(triton.next_power_of_2(CHW), 4096 if interpreter_sizes(x) else 1024)
     grid = (B * F, triton.cdiv(CHW, block))
     _guided_step_fwd_kernel[grid](
         x, eps, guide, lam, noise if noise is not None else x, out, F, CHW, *scal,

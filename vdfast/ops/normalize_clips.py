@@ -75,9 +75,9 @@ def _apply_cuda(clips, scale, shift, out):
     torch.ops.vdfast.normalize_clips_apply_cuda(clips, scale, shift, out)
 
 
-def _block():
-    from vdfast.ops.dispatch import triton_interpret
-    return 256 if triton_interpret() and not torch.cuda.is_available() else 1024
+def _block(t):
+    from vdfast.ops.dispatch import interpreter_sizes
+    return 256 if interpreter_sizes(t) else 1024
 
 
 def _geom(clips):
@@ -90,7 +90,7 @@ def _stats_triton(clips):
     from vdfast._kernels.normalize_clips import _normalize_clips_stats_kernel
 
     N, T, H, W, C, (sN, sT, sH, sW, sC) = _geom(clips)
-    blk = _block()
+    blk = _block(clips)
     nprog = triton.cdiv(T * H * W, blk)
     part = _out((N, nprog, C, 2), torch.int64, clips.device)
     if part.numel() == 0:
@@ -107,7 +107,7 @@ def _apply_triton(clips, scale, shift, out):
     if out.numel() == 0:
         return
     acc = torch.float64 if out.dtype == torch.float64 else torch.float32
-    blk = _block()
+    blk = _block(clips)
     _normalize_clips_fwd_kernel[(N, triton.cdiv(T * H * W, blk))](
         clips, out, scale.to(acc), shift.to(acc), T, H, W, sN, sT, sH, sW, sC, C=C, BLOCK=blk)
 

@@ -61,16 +61,16 @@ def _bwd_cuda(s, a, t, coef, need):
     return gs, ga, gt
 
 
-def _block():
-    from vdfast.ops.dispatch import triton_interpret
-    return 1024 if triton_interpret() and not torch.cuda.is_available() else 4096
+def _block(t):
+    from vdfast.ops.dispatch import interpreter_sizes
+    return 1024 if interpreter_sizes(t) else 4096
 
 
 def _fwd_triton(s, a, t):
     import triton
     from vdfast._kernels.trajectory_loss import _trajectory_loss_fwd_kernel
 
-    blk = _block()
+    blk = _block(s)
     part = _out((triton.cdiv(s.numel(), blk), 2), _acc(s.dtype), s.device)
     if s.numel():
         _trajectory_loss_fwd_kernel[(part.shape[0],)](s, a, t, part, s.numel(), s.stride(0),
@@ -83,7 +83,7 @@ def _bwd_triton(s, a, t, coef, need):
     from vdfast._kernels.trajectory_loss import _trajectory_loss_bwd_kernel
 
     gs, ga, gt = _grads(s, need)
-    blk = _block()
+    blk = _block(s)
     if s.numel():
         _trajectory_loss_bwd_kernel[(triton.cdiv(s.numel(), blk),)](
             s, a, t, coef.to(_acc(s.dtype)), gs, ga, gt, s.numel(), s.stride(0), a.stride(0),
