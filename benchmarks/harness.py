@@ -328,6 +328,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (torch and the extension's OpenMP); default: torch's")
     p.add_argument("--json", default=None, help="write JSON rows to this path")
+    p.add_argument("--markdown", default=None,
+                   help="write the tables (device, copy bandwidth, versions, one table per op) here")
     p.add_argument("--compare", default=None, help="base JSON rows: print speed-ups")
     return p.parse_args(argv)
 
@@ -343,8 +345,11 @@ def main(benches: Sequence[Bench], argv=None) -> list[dict]:
     modes = a.modes.split(",")
     env = versions()
     copy_gbps = copy_bandwidth(device, (32 if a.smoke else 256) * 2**20)
-    print(f"device: {device_name(device)}; copy bandwidth {copy_gbps:.1f} GB/s; "
-          f"torch {env['torch']}, triton {env['triton']}, vdfast {env['vdfast']}, git {env['git_sha']}")
+    head = (f"device: {device_name(device)}; copy bandwidth {copy_gbps:.1f} GB/s; "
+            f"torch {env['torch']}, triton {env['triton']}, vdfast {env['vdfast']}, "
+            f"git {env['git_sha']}")
+    print(head)
+    tables = [head + f"; median of {repeats} calls after {warmup} warm-up calls"]
     rows = []
     for bench in benches:
         dtype = getattr(torch, a.dtype) if a.dtype else bench.dtype
@@ -358,8 +363,14 @@ def main(benches: Sequence[Bench], argv=None) -> list[dict]:
         for name, shape in workloads.items():
             rows += run_case(bench, name, shape, device, dtype, provs, modes, repeats, warmup,
                              copy_gbps, env)
-        print(f"\n### {bench.op} ({str(dtype).replace('torch.', '')})\n")
-        print(markdown([r for r in rows if r["op"] == bench.op]))
+        tables.append(f"### {bench.op} ({str(dtype).replace('torch.', '')})\n\n"
+                      + markdown([r for r in rows if r["op"] == bench.op]))
+        print("\n" + tables[-1])
+    if a.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(a.markdown)), exist_ok=True)
+        with open(a.markdown, "w") as f:
+            f.write("\n\n".join(tables) + "\n")
+        print(f"\nwrote {a.markdown}")
     return finish(rows, a.json, a.compare)
 
 

@@ -147,13 +147,27 @@ def test_fused_gradcheck(backend, gen):
     assert torch.autograd.gradcheck(f, (real.requires_grad_(True), syn.requires_grad_(True)))
 
 
-def test_fused_backward_is_once_differentiable(gen):
+def test_fused_backward_refuses_create_graph(gen):
     _needs("cpp")
     real, rl, syn, sl = _inputs(gen, 7, 4, 3, 3)
     s = syn.requires_grad_(True)
-    (g,) = torch.autograd.grad(dm_loss(real, rl, s, sl, 3, backend="cpp"), [s], create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
-        g.sum().backward()
+    with pytest.raises(RuntimeError, match="has no double backward"):
+        torch.autograd.grad(dm_loss(real, rl, s, sl, 3, backend="cpp"), [s], create_graph=True)
+
+
+def test_second_derivative_is_never_silently_partial(gen):
+    """With another term in the loss, torch's once_differentiable let a create_graph gradient
+    through: its second derivative lacked dm_loss's part (2 instead of 4 per element here)."""
+    _needs("cpp")
+    real, rl, syn, sl = _inputs(gen, 7, 4, 3, 3)
+    s = syn.requires_grad_(True)
+    loss = dm_loss(real, rl, s, sl, 3, backend="reference") + s.square().sum()
+    (g,) = torch.autograd.grad(loss, [s], create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), [s])
+    assert torch.allclose(h[1], torch.full_like(h[1], 4.0))  # syn row 1: alone in its class
+    with pytest.raises(RuntimeError, match="has no double backward"):
+        torch.autograd.grad(dm_loss(real, rl, s, sl, 3, backend="cpp") + s.square().sum(), [s],
+                            create_graph=True)
 
 
 def test_explicit_unavailable_backend_raises_with_reasons():

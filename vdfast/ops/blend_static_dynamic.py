@@ -20,8 +20,8 @@ the bias (these are reductions cuDNN already does well, and the tensor involved 
 smaller than the video).
 
 Double backward: the ``reference`` backend of this op is the decomposed pure-PyTorch form (conv2d of
-the statics + a 1-channel conv3d of the dynamic memory), which supports it. The fused backends mark
-their backward ``once_differentiable``: a second derivative through them raises. The blend produces
+the statics + a 1-channel conv3d of the dynamic memory), which supports it. The fused backends' backward
+is first order (``dispatch.fused_backward``): a second derivative through them raises. The blend produces
 the synthetic videos *before* MTT's unrolled student, so its meta-gradient needs only the first
 derivative of the blend.
 """
@@ -32,9 +32,8 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from vdfast.ops.dispatch import FLOATS, op
+from vdfast.ops.dispatch import FLOATS, fused_backward, op
 
 __all__ = ["blend_static_dynamic", "static_planes", "blend_decomposed"]
 
@@ -202,7 +201,7 @@ class _BlendFused(torch.autograd.Function):
         return launchers[0](planes, dyn, wd, bias, sidx, didx)
 
     @staticmethod
-    @once_differentiable
+    @fused_backward("blend_static_dynamic")
     def backward(ctx, grad):
         dyn, wd, sidx, didx = ctx.saved_tensors
         need = ctx.needs_input_grad

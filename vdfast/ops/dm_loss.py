@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from vdfast.ops.dispatch import op
+from vdfast.ops.dispatch import fused_backward, op
 from vdfast.reference import dm_loss as _ref
 
 _OP = op("dm_loss")
@@ -108,7 +107,8 @@ def _bwd_triton(n, dtype, labels, diff, scale):
 
 class _DMLoss(torch.autograd.Function):
     """Fused forward; the backward is a gather of the saved class-mean differences, itself not
-    differentiable (``once_differentiable``): double backward needs ``backend="reference"``."""
+    differentiable (``dispatch.fused_backward`` raises under create_graph): double backward
+    needs ``backend="reference"``."""
 
     @staticmethod
     def forward(ctx, real, real_labels, syn, syn_labels, num_classes, fwd, bwd):
@@ -119,7 +119,7 @@ class _DMLoss(torch.autograd.Function):
         return loss.to(real.dtype)
 
     @staticmethod
-    @once_differentiable
+    @fused_backward("dm_loss")
     def backward(ctx, g):
         rl, sl, diff, cnt = ctx.saved_tensors
         nr, dtr, ns, dts = ctx.meta
@@ -179,7 +179,7 @@ def dm_loss(real_feat: torch.Tensor, real_labels: torch.Tensor, syn_feat: torch.
         A 0-d tensor of the features' dtype (fused backends accumulate in float32, or float64
         for float64 inputs). Gradients flow to ``real_feat`` and ``syn_feat``.
 
-    Double backward: only ``backend="reference"``; the fused backward is ``once_differentiable``
+    Double backward: only ``backend="reference"``; the fused backward raises under ``create_graph``
     (DM needs first-order gradients only). Labels outside ``[0, num_classes)``: the reference and
     cpp raise; the GPU backends ignore those rows (a check would synchronise with the host).
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from vdfast.ops.dispatch import op
+from vdfast.ops.dispatch import fused_backward, op
 from vdfast.reference import gradient_match as _ref
 
 _OP = op("gradient_match")
@@ -82,7 +81,7 @@ def _bwd_triton(real, syn, coef, grad_real, grad_syn):
 
 
 class _GradientMatch(torch.autograd.Function):
-    """Fused forward and backward. The backward is ``once_differentiable``: DC needs only d loss /
+    """Fused forward and backward. The backward is first order (``dispatch.fused_backward``): DC needs only d loss /
     d syn_grads, after which autograd continues through syn_grads' own (create_graph) graph."""
 
     @staticmethod
@@ -100,7 +99,7 @@ class _GradientMatch(torch.autograd.Function):
         return (1 - dot / den).sum().to(syn[0].dtype)
 
     @staticmethod
-    @once_differentiable
+    @fused_backward("gradient_match")
     def backward(ctx, g):
         n = ctx.n
         saved = ctx.saved_tensors
@@ -154,7 +153,7 @@ def gradient_match(real_grads, syn_grads, backend: str | None = None, *, eps: fl
 
     Gradients: to ``syn_grads`` (and ``real_grads`` if they require grad). This first-order
     backward is all DC needs: autograd then continues through ``syn_grads``' own graph. The
-    fused backward is ``once_differentiable``; differentiating the backward itself (double
+    fused backward is first order and raises under ``create_graph``; differentiating the backward itself (double
     backward of this op) needs ``backend="reference"``.
 
     Example::

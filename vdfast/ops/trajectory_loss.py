@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from vdfast.ops.dispatch import op
+from vdfast.ops.dispatch import fused_backward, op
 from vdfast.reference import trajectory_loss as _ref
 
 _OP = op("trajectory_loss")
@@ -93,7 +92,7 @@ def _bwd_triton(s, a, t, coef, need):
 
 class _TrajectoryLoss(torch.autograd.Function):
     """Fused forward and backward; the backward is not itself differentiable
-    (``once_differentiable``): double backward needs ``backend="reference"``."""
+    (``dispatch.fused_backward`` raises under create_graph): double backward needs ``backend="reference"``."""
 
     @staticmethod
     def forward(ctx, s, a, t, fwd, bwd):
@@ -103,7 +102,7 @@ class _TrajectoryLoss(torch.autograd.Function):
         return (sums[0] / sums[1]).to(s.dtype)
 
     @staticmethod
-    @once_differentiable
+    @fused_backward("trajectory_loss")
     def backward(ctx, g):
         s, a, t, sums = ctx.saved_tensors
         num, den = sums[0], sums[1]
@@ -138,7 +137,7 @@ def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Te
 
     Gradients: exact first-order gradients to every input that requires grad (``student``,
     and ``start`` / ``target`` if they do). The loss is MTT's outer loss, so the fused backward is
-    ``once_differentiable``; gradients still flow on through ``student``'s own graph (the
+    first order (it raises under ``create_graph``); gradients still flow on through ``student``'s own graph (the
     unrolled steps). Double backward of this op itself needs ``backend="reference"``.
 
     Example::
