@@ -149,6 +149,14 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to benchmarks/run.py
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
+    rc = _run(args)
+    from vdfast import distributed
+
+    distributed.shutdown()  # N processes: leave the group together (a gloo rank exiting alone aborts)
+    return rc
+
+
+def _run(args) -> int:
     import vdfast
 
     if args.cmd == "info":

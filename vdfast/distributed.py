@@ -72,6 +72,16 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def shutdown() -> None:
+    """End this run's process group, if there is one, once every process has reached this point.
+    The command line calls it after a command succeeds; a program that calls ``vdfast.distill`` under
+    ``accelerate launch`` owns its group and ends it itself (a process that leaves a live gloo group
+    alone can abort at exit while the others still talk to it)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def setup(device: torch.device) -> Dist:
     """The process group of this run (a single-process Dist when not launched with N > 1)."""
     if launched_world() <= 1:
