@@ -131,8 +131,12 @@ void blend_static_dynamic_fwd_cuda(const at::Tensor& planes, const at::Tensor& d
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dyn.scalar_type(),
                                   "blend_static_dynamic_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const size_t smem = Co * 28 * sizeof(acc_t);  // the weights, in the 48 KiB a launch may take
+    TORCH_CHECK(smem <= 48 * 1024, "blend_static_dynamic (cuda): ", Co, " output channels in ",
+                dyn.scalar_type(), " exceed its 48 KiB of weights in shared memory; use "
+                "backend='triton' or 'reference'");
     dim3 grid(N * T, cdiv(H * W, kThreads));
-    blend_fwd_kernel<scalar_t, acc_t><<<grid, kThreads, Co * 28 * sizeof(acc_t), stream>>>(
+    blend_fwd_kernel<scalar_t, acc_t><<<grid, kThreads, smem, stream>>>(
         planes.data_ptr<scalar_t>(), dyn.data_ptr<scalar_t>(), wd.data_ptr<scalar_t>(),
         bias.data_ptr<scalar_t>(), sidx.data_ptr<int64_t>(), didx.data_ptr<int64_t>(),
         out.data_ptr<scalar_t>(), K, Co, T, H, W);
@@ -154,8 +158,12 @@ void blend_static_dynamic_bwd_dyn_cuda(const at::Tensor& grad, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "blend_static_dynamic_bwd_dyn_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const size_t smem = Co * 27 * sizeof(acc_t);
+    TORCH_CHECK(smem <= 48 * 1024, "blend_static_dynamic (cuda): ", Co, " output channels in ",
+                grad.scalar_type(), " exceed its 48 KiB of weights in shared memory; use "
+                "backend='triton' or 'reference'");
     dim3 grid(N * T, cdiv(H * W, kThreads));
-    blend_bwd_dyn_kernel<scalar_t, acc_t><<<grid, kThreads, Co * 27 * sizeof(acc_t), stream>>>(
+    blend_bwd_dyn_kernel<scalar_t, acc_t><<<grid, kThreads, smem, stream>>>(
         grad.data_ptr<scalar_t>(), wd.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), Co, T, H, W);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

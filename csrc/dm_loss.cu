@@ -26,10 +26,11 @@ template <typename scalar_t, typename acc_t>
 __global__ void dm_loss_fwd_kernel(const scalar_t* __restrict__ x, int64_t stride,
                                    const int64_t* __restrict__ lab, int64_t N, int64_t D,
                                    int64_t nc, acc_t* __restrict__ sums, acc_t* __restrict__ cnt) {
-  const int64_t col = blockIdx.x * static_cast<int64_t>(kCols) + threadIdx.x;
-  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kRows);
+  // row blocks on x (up to 2^31 - 1 of them), column blocks on y (at most 65535: D < 2^24)
+  const int64_t col = blockIdx.y * static_cast<int64_t>(kCols) + threadIdx.x;
+  const int64_t r0 = blockIdx.x * static_cast<int64_t>(kRows);
   const int64_t r1 = min(r0 + kRows, N);
-  const bool counter = blockIdx.x == 0 && threadIdx.x == 0;
+  const bool counter = blockIdx.y == 0 && threadIdx.x == 0;
   acc_t run = 0, nrun = 0;
   int64_t cur = -1;
   for (int64_t r = r0; r < r1; ++r) {
@@ -79,9 +80,9 @@ template <typename scalar_t, typename acc_t>
 __global__ void dm_loss_bwd_kernel(scalar_t* __restrict__ grad, const int64_t* __restrict__ lab,
                                    const acc_t* __restrict__ diff, const acc_t* __restrict__ scale,
                                    int64_t N, int64_t D, int64_t nc) {
-  const int64_t col = blockIdx.x * static_cast<int64_t>(kCols) + threadIdx.x;
+  const int64_t col = blockIdx.y * static_cast<int64_t>(kCols) + threadIdx.x;
   if (col >= D) return;
-  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kRows);
+  const int64_t r0 = blockIdx.x * static_cast<int64_t>(kRows);
   const int64_t r1 = min(r0 + kRows, N);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t l = lab[r];
@@ -103,6 +104,7 @@ void dm_loss_fwd_cuda(at::Tensor real, at::Tensor real_labels, at::Tensor syn, a
   const int64_t nc = diff.size(0), D = real.size(1);
   TORCH_CHECK(partial.size(1) == cdiv(D, kCols), "dm_loss_fwd_cuda: partial must be [nc, cdiv(D, 256)]");
   if (D == 0) return;
+  TORCH_CHECK(cdiv(D, kCols) <= 65535, "dm_loss: at most 65535 * 256 feature columns");
   const c10::cuda::OptionalCUDAGuard guard(real.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "dm_loss_fwd_cuda", [&] {
@@ -116,7 +118,7 @@ void dm_loss_fwd_cuda(at::Tensor real, at::Tensor real_labels, at::Tensor syn, a
     for (int k = 0; k < 2; ++k) {
       const int64_t N = xs[k]->size(0);
       if (N == 0) continue;
-      dim3 grid(cdiv(D, kCols), cdiv(N, kRows));
+      dim3 grid(cdiv(N, kRows), cdiv(D, kCols));
       dm_loss_fwd_kernel<scalar_t, acc_t><<<grid, kCols, 0, stream>>>(
           xs[k]->data_ptr<scalar_t>(), xs[k]->stride(0), ls[k]->data_ptr<int64_t>(), N, D, nc,
           sp + k * nc * D, cp + k * nc);
@@ -142,7 +144,7 @@ void dm_loss_bwd_cuda(at::Tensor grad, at::Tensor labels, at::Tensor diff, at::T
     using acc_t = at::opmath_type<scalar_t>;
     TORCH_CHECK(diff.scalar_type() == c10::CppTypeToScalarType<acc_t>::value &&
                 scale.scalar_type() == diff.scalar_type(), "dm_loss_bwd_cuda: accumulator dtype");
-    dim3 grid(cdiv(D, kCols), cdiv(N, kRows));
+    dim3 grid(cdiv(N, kRows), cdiv(D, kCols));
     dm_loss_bwd_kernel<scalar_t, acc_t><<<grid, kCols, 0, stream>>>(
         grad.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), diff.data_ptr<acc_t>(),
         scale.data_ptr<acc_t>(), N, D, nc);

@@ -48,8 +48,9 @@ template <typename scalar_t, typename acc_t>
 __global__ void gradient_match_bwd_kernel(const scalar_t* __restrict__ r, const scalar_t* __restrict__ s,
                                           int64_t K, const acc_t* __restrict__ coef, scalar_t* gr,
                                           scalar_t* gs) {
-  const int64_t row = blockIdx.y;
-  const int64_t k = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+  // rows on x (any number), blocks of K on y (at most 65535: K < 2^24)
+  const int64_t row = blockIdx.x;
+  const int64_t k = blockIdx.y * static_cast<int64_t>(kThreads) + threadIdx.x;
   if (k >= K) return;
   const acc_t a = static_cast<acc_t>(r[row * K + k]), b = static_cast<acc_t>(s[row * K + k]);
   const acc_t* c = coef + 4 * row;
@@ -110,7 +111,9 @@ void gradient_match_bwd_cuda(std::vector<at::Tensor> real, std::vector<at::Tenso
     for (size_t l = 0; l < real.size(); ++l) {
       const int64_t rows = real[l].size(0), K = real[l].size(1);
       if (rows > 0 && K > 0) {
-        dim3 grid(cdiv(K, kThreads), rows);
+        TORCH_CHECK(cdiv(K, kThreads) <= 65535, "gradient_match: layer ", l,
+                    " has more than 65535 * 256 weights per output channel");
+        dim3 grid(rows, cdiv(K, kThreads));
         gradient_match_bwd_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
             real[l].data_ptr<scalar_t>(), syn[l].data_ptr<scalar_t>(), K,
             coef.data_ptr<acc_t>() + 4 * first,

@@ -32,11 +32,11 @@ __device__ __forceinline__ int64_t in_offset(const Geom& g, int64_t n, int64_t p
 __global__ void normalize_clips_stats_kernel(const uint8_t* __restrict__ x, Geom g,
                                              long long* __restrict__ partial) {
   __shared__ long long red[2][kThreads];
-  const int64_t n = blockIdx.y, P = g.T * g.H * g.W;
+  const int64_t n = blockIdx.x, P = g.T * g.H * g.W;  // clips on x, pixel blocks on y
   for (int64_t c = 0; c < g.C; ++c) {
     long long s1 = 0, s2 = 0;
     for (int k = 0; k < kPerThread; ++k) {
-      const int64_t p = blockIdx.x * static_cast<int64_t>(kBlock) + k * kThreads + threadIdx.x;
+      const int64_t p = blockIdx.y * static_cast<int64_t>(kBlock) + k * kThreads + threadIdx.x;
       if (p < P) {
         const long long v = x[in_offset(g, n, p) + c * g.sC];
         s1 += v;
@@ -54,7 +54,7 @@ __global__ void normalize_clips_stats_kernel(const uint8_t* __restrict__ x, Geom
       __syncthreads();
     }
     if (threadIdx.x == 0) {
-      long long* dst = partial + ((n * gridDim.x + blockIdx.x) * g.C + c) * 2;
+      long long* dst = partial + ((n * gridDim.y + blockIdx.y) * g.C + c) * 2;
       dst[0] = red[0][0];
       dst[1] = red[1][0];
     }
@@ -73,9 +73,9 @@ __global__ void normalize_clips_apply_kernel(const uint8_t* __restrict__ x, Geom
     lut[i] = static_cast<acc_t>(scale[c] * static_cast<double>(v) + shift[c]);
   }
   __syncthreads();
-  const int64_t n = blockIdx.y, P = g.T * g.H * g.W;
+  const int64_t n = blockIdx.x, P = g.T * g.H * g.W;  // clips on x, pixel blocks on y
   for (int k = 0; k < kPerThread; ++k) {
-    const int64_t p = blockIdx.x * static_cast<int64_t>(kBlock) + k * kThreads + threadIdx.x;
+    const int64_t p = blockIdx.y * static_cast<int64_t>(kBlock) + k * kThreads + threadIdx.x;
     if (p >= P) continue;
     const uint8_t* px = x + in_offset(g, n, p);
     out_t* o = out + n * g.C * P + p;
@@ -92,6 +92,12 @@ Geom geom(const at::Tensor& x) {
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Grids: clips on x (any number), blocks of 1024 positions on y (at most 65535: T*H*W < 2^26).
+int64_t pixel_blocks(int64_t P) {
+  TORCH_CHECK(cdiv(P, kBlock) <= 65535, "normalize_clips: at most 65535 * 1024 positions (T*H*W) per clip");
+  return cdiv(P, kBlock);
+}
+
 // partial [N, cdiv(T*H*W, 1024), C, 2] int64: per-block sums of x and x^2 per channel.
 void normalize_clips_stats_cuda(at::Tensor clips, at::Tensor partial) {
   const Geom g = geom(clips);
@@ -101,7 +107,7 @@ void normalize_clips_stats_cuda(at::Tensor clips, at::Tensor partial) {
               "normalize_clips_stats_cuda: partial must be int64 [N, cdiv(T*H*W, 1024), C, 2]");
   if (partial.numel() == 0) return;
   const c10::cuda::OptionalCUDAGuard guard(clips.device());
-  dim3 grid(cdiv(P, kBlock), N);
+  dim3 grid(N, pixel_blocks(P));
   normalize_clips_stats_kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       clips.data_ptr<uint8_t>(), g, reinterpret_cast<long long*>(partial.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -118,10 +124,12 @@ void normalize_clips_apply_cuda(at::Tensor clips, at::Tensor scale, at::Tensor s
               "normalize_clips_apply_cuda: out must be contiguous [N, C, T, H, W]");
   if (out.numel() == 0) return;
   const c10::cuda::OptionalCUDAGuard guard(clips.device());
-  dim3 grid(cdiv(P, kBlock), N);
+  dim3 grid(N, pixel_blocks(P));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "normalize_clips_apply_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t smem = sizeof(acc_t) * 256 * g.C;
+    const size_t smem = sizeof(acc_t) * 256 * g.C;  // the lookup table of every channel
+    TORCH_CHECK(smem <= 48 * 1024, "normalize_clips (cuda): ", g.C, " channels exceed its 48 KiB "
+                "lookup table in shared memory; use backend='triton' or 'reference'");
     normalize_clips_apply_kernel<scalar_t, acc_t><<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         clips.data_ptr<uint8_t>(), g, scale.data_ptr<double>(), shift.data_ptr<double>(),
         out.data_ptr<scalar_t>());

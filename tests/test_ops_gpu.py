@@ -4,8 +4,8 @@ and the same assertions for the C++ CPU kernels here, which keeps this file's ow
 the CPU machine.
 
 One case per op comes from its benchmark (``benchmarks/bench_<op>.py``: inputs, the reference, the
-vdfast call), at odd shapes (batch 1, T = 1 and 7, 37 x 37 frames, sizes just past a block), in
-every dtype the backend registers, contiguous and not. Forward and the gradient to every
+vdfast call), at odd shapes (batch 1, T = 1 and 7, 37 x 37 frames, sizes just past a block; on the
+GPU also grids past 65535 blocks on an axis), in every dtype the backend registers, contiguous and not. Forward and the gradient to every
 floating-point input are compared with the reference run in float64 on the same (rounded) inputs,
 within the dtype's tolerance (``tolerances.TOL``) relative to each tensor's largest value. A fused
 backend without double backward must refuse it loudly.
@@ -42,6 +42,12 @@ SHAPES = {
                         dict(N=2, T=7, H=37, W=37, standardize=True)],
     "trajectory_loss": [dict(P=1), dict(P=37), dict(P=70001)],
 }
+# GPU only, float32: a grid axis past 65535 blocks (CUDA caps gridDim.y and .z there)
+LARGE = {
+    "dm_loss": [dict(nc=1, real_per_class=64 * 65535 + 1, ipc=1, D=1)],  # > 65535 row blocks
+    "gradient_match": [dict(nc=70001, width=(8,), feat=3)],               # a head of 70001 rows
+    "normalize_clips": [dict(N=70001, T=1, H=1, W=1, standardize=True)],  # 70001 clips
+}
 # (backend, device): the GPU kernels, and the C++ kernels as this file's check on the CPU machine
 TARGETS = [pytest.param("cuda", "cuda", marks=pytest.mark.gpu, id="cuda"),
            pytest.param("triton", "cuda", marks=pytest.mark.gpu, id="triton-gpu"),
@@ -63,6 +69,11 @@ def _params():
                             name, backend, device, dtype, shape, strided, marks=target.marks,
                             id=f"{name}-{target.id}-{str(dtype)[6:]}-s{i}"
                                f"{'-strided' if strided else ''}"))
+            if device == "cuda":
+                for i, shape in enumerate(LARGE.get(name, [])):
+                    out.append(pytest.param(name, backend, device, torch.float32, shape, False,
+                                            marks=target.marks,
+                                            id=f"{name}-{target.id}-float32-large{i}"))
     return out
 
 
