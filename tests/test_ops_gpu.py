@@ -5,8 +5,8 @@ the CPU machine.
 
 One case per op comes from its benchmark (``benchmarks/bench_<op>.py``: inputs, the reference, the
 vdfast call), at odd shapes (batch 1, T = 1 and 7, 37 x 37 frames, sizes just past a block; on the
-GPU also grids past 65535 blocks on an axis), in every dtype the backend registers, contiguous and not. Forward and the gradient to every
-floating-point input are compared with the reference run in float64 on the same (rounded) inputs,
+GPU also grids past 65535 blocks on an axis), in every dtype the backend registers, contiguous and
+not. Forward and the gradient to every floating-point input are compared with the reference run in float64 on the same (rounded) inputs,
 within the dtype's tolerance (``tolerances.TOL``) relative to each tensor's largest value. A fused
 backend without double backward must refuse it loudly.
 """

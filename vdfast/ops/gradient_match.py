@@ -81,8 +81,9 @@ def _bwd_triton(real, syn, coef, grad_real, grad_syn):
 
 
 class _GradientMatch(torch.autograd.Function):
-    """Fused forward and backward. The backward is first order (``dispatch.fused_backward``): DC needs only d loss /
-    d syn_grads, after which autograd continues through syn_grads' own (create_graph) graph."""
+    """Fused forward and backward. The backward is first order (``dispatch.fused_backward``): DC
+    needs only d loss / d syn_grads, after which autograd continues through syn_grads' own
+    (create_graph) graph."""
 
     @staticmethod
     def forward(ctx, n, eps, kernels, *tensors):
@@ -153,8 +154,8 @@ def gradient_match(real_grads, syn_grads, backend: str | None = None, *, eps: fl
 
     Gradients: to ``syn_grads`` (and ``real_grads`` if they require grad). This first-order
     backward is all DC needs: autograd then continues through ``syn_grads``' own graph. The
-    fused backward is first order and raises under ``create_graph``; differentiating the backward itself (double
-    backward of this op) needs ``backend="reference"``.
+    fused backward is first order and raises under ``create_graph``; differentiating the
+    backward itself (double backward of this op) needs ``backend="reference"``.
 
     Example::
 

@@ -92,7 +92,8 @@ def _bwd_triton(s, a, t, coef, need):
 
 class _TrajectoryLoss(torch.autograd.Function):
     """Fused forward and backward; the backward is not itself differentiable
-    (``dispatch.fused_backward`` raises under create_graph): double backward needs ``backend="reference"``."""
+    (``dispatch.fused_backward`` raises under create_graph): double backward needs
+    ``backend="reference"``."""
 
     @staticmethod
     def forward(ctx, s, a, t, fwd, bwd):
@@ -137,8 +138,8 @@ def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Te
 
     Gradients: exact first-order gradients to every input that requires grad (``student``,
     and ``start`` / ``target`` if they do). The loss is MTT's outer loss, so the fused backward is
-    first order (it raises under ``create_graph``); gradients still flow on through ``student``'s own graph (the
-    unrolled steps). Double backward of this op itself needs ``backend="reference"``.
+    first order (it raises under ``create_graph``); gradients still flow on through
+    ``student``'s own graph (the unrolled steps). Double backward of this op itself needs ``backend="reference"``.
 
     Example::
 
