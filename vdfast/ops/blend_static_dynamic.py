@@ -20,10 +20,10 @@ the bias (these are reductions cuDNN already does well, and the tensor involved 
 smaller than the video).
 
 Double backward: the ``reference`` backend of this op is the decomposed pure-PyTorch form (conv2d of
-the statics + a 1-channel conv3d of the dynamic memory), which supports it. The fused backends' backward
-is first order (``dispatch.fused_backward``): a second derivative through them raises. The blend produces
-the synthetic videos *before* MTT's unrolled student, so its meta-gradient needs only the first
-derivative of the blend.
+the statics + a 1-channel conv3d of the dynamic memory), which supports it. The fused backends'
+backward is first order (``dispatch.fused_backward``): a second derivative through them raises. The
+blend produces the synthetic videos *before* MTT's unrolled student, so its meta-gradient needs
+only the first derivative of the blend.
 """
 from __future__ import annotations
 

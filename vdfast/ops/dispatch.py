@@ -113,10 +113,10 @@ def backend_reasons() -> dict[str, str | None]:
 def fused_backward(op_name: str):
     """Decorator for the ``backward`` of a fused op's ``autograd.Function``: it runs without a graph,
     and refuses to run where a graph is being built through it (``create_graph=True``), since its
-    result would be a constant there and any second derivative through the op silently wrong. ``torch``'s ``once_differentiable`` only
-    raises when the incoming gradient requires grad: ``grad(loss + other, x, create_graph=True)``
-    with a scalar loss got a second derivative without the op's part (measured: half the true one
-    for ``dm_loss`` plus a square)."""
+    result would be a constant there and any second derivative through the op silently wrong.
+    ``torch``'s ``once_differentiable`` only raises when the incoming gradient requires grad:
+    ``grad(loss + other, x, create_graph=True)`` with a scalar loss got a second derivative without
+    the op's part (measured: half the true one for ``dm_loss`` plus a square)."""
     def deco(backward):
         @functools.wraps(backward)
         def wrapper(ctx, *grads):
