@@ -5,6 +5,7 @@ any kernel module is imported: Triton kernels run on CPU tensors at tiny shapes 
 Collection never touches a GPU; GPU tests carry the ``gpu`` marker and skip without a device.
 """
 import os
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("VDFAST_PROGRESS", "0")
@@ -13,6 +14,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# the bundled benchmarks (a folder of scripts, no package): tests import the harness, the
+# bench_<op>.py cases and the reference-style loops from it
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
 
 
 @pytest.fixture

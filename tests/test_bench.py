@@ -3,21 +3,15 @@ same inputs, tiny sizes), and the harness's step machinery (skipped providers, p
 child process, scaling, plot, compare) works end to end on CPU."""
 import dataclasses
 import json
-import os
-import sys
 
+import harness  # benchmarks/ is on sys.path (conftest.py)
 import pytest
+import step_dm
+import step_gvd
+import step_mtt
 import torch
-
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-sys.path.insert(0, BENCH)
-
-import harness  # noqa: E402
-import step_dm  # noqa: E402
-import step_gvd  # noqa: E402
-import step_mtt  # noqa: E402
-import workloads  # noqa: E402
-from reference_gvd import reference_sample  # noqa: E402
+import workloads
+from reference_gvd import reference_sample
 
 from vdfast.config import MTTConfig  # noqa: E402
 from vdfast.methods.base import reinit_  # noqa: E402

@@ -6,24 +6,19 @@ the CPU machine.
 One case per op comes from its benchmark (``benchmarks/bench_<op>.py``: inputs, the reference, the
 vdfast call), at odd shapes (batch 1, T = 1 and 7, 37 x 37 frames, sizes just past a block; on the
 GPU also grids past 65535 blocks on an axis), in every dtype the backend registers, contiguous and
-not. Forward and the gradient to every floating-point input are compared with the reference run in float64 on the same (rounded) inputs,
-within the dtype's tolerance (``tolerances.TOL``) relative to each tensor's largest value. A fused
+not. Forward and the gradient to every floating-point input are compared with the reference run
+in float64 on the same (rounded) inputs, within the dtype's tolerance (``tolerances.TOL``) relative to each tensor's largest value. A fused
 backend without double backward must refuse it loudly.
 """
 import os
-import sys
 
 import pytest
 import torch
-
+from harness import discover  # benchmarks/ is on sys.path (conftest.py)
 from tolerances import TOL
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
-from harness import discover  # noqa: E402
-
-import vdfast.ops  # noqa: E402,F401  (registers the ops)
-from vdfast.ops.dispatch import compiled_extension, op  # noqa: E402
+import vdfast.ops  # noqa: F401  (registers the ops)
+from vdfast.ops.dispatch import compiled_extension, op
 
 BENCHES = {b.op: b for b in discover()}
 SHAPES = {

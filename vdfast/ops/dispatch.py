@@ -111,9 +111,10 @@ def backend_reasons() -> dict[str, str | None]:
 # the backward of a fused op: first order only, and loud about it
 # ---------------------------------------------------------------------------------------------
 def fused_backward(op_name: str):
-    """Decorator for the ``backward`` of a fused op's ``autograd.Function``: it runs without a graph,
-    and refuses to run where a graph is being built through it (``create_graph=True``), since its
-    result would be a constant there and any second derivative through the op silently wrong.
+    """Decorator for the ``backward`` of a fused op's ``autograd.Function``: it runs where autograd
+    builds no graph (``create_graph=False``: grad mode is off), and refuses to run where a graph is
+    being built through it (``create_graph=True``), since its result would be a constant there and
+    any second derivative through the op silently wrong.
     ``torch``'s ``once_differentiable`` only raises when the incoming gradient requires grad:
     ``grad(loss + other, x, create_graph=True)`` with a scalar loss got a second derivative without
     the op's part (measured: half the true one for ``dm_loss`` plus a square)."""
@@ -126,8 +127,7 @@ def fused_backward(op_name: str):
                     f"{op_name}: the fused backward has no double backward (a create_graph=True "
                     f"gradient through it). Call {op_name}(..., backend='reference') where second "
                     f"derivatives are needed; it is twice differentiable.")
-            with torch.no_grad():
-                return backward(ctx, *grads)
+            return backward(ctx, *grads)  # grad mode is off here: no graph is built
         return wrapper
     return deco
 
