@@ -49,6 +49,8 @@ BENCH = Bench(
         "miniucf_ipc5_t16_112": dict(N=250, Ns=500, Nd=500, T=16, H=112, W=112),
         # Kinetics-400 / SSv2 format, 1:1 pairing
         "kinetics400_ipc1_t8_64": dict(N=400, Ns=400, Nd=400, T=8, H=64, W=64),
+        # the embedded dataset's preset, multi pairing: 12 videos from 24 statics / 24 dynamics
+        "builtin_ipc1_t8_32": dict(N=12, Ns=24, Nd=24, T=8, H=32, W=32),
     },
     smoke={"smoke_n4_t7_37": dict(N=4, Ns=3, Nd=3, T=7, H=37, W=37)},
 )

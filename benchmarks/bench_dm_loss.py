@@ -37,6 +37,8 @@ BENCH = Bench(
         "miniucf_ipc5_embed2048": dict(nc=50, real_per_class=64, ipc=5, D=2048),
         # Kinetics-400 at 8x64^2: 256-d embed
         "kinetics400_ipc1_embed256": dict(nc=400, real_per_class=64, ipc=1, D=256),
+        # the embedded dataset's preset (make run): 12 classes x 16 real clips, ConvNet3D w32 d2
+        "builtin_ipc1_embed1024": dict(nc=12, real_per_class=16, ipc=1, D=1024),
     },
     smoke={"smoke_nc10_embed256": dict(nc=10, real_per_class=16, ipc=1, D=256)},
 )

@@ -38,7 +38,9 @@ def setup(device, dtype, gen, nc, width, feat):
 BENCH = Bench(
     op="gradient_match",
     setup=setup,
-    workloads={"convnet3d_nc50": dict(nc=50, width=(64, 128, 128), feat=2048)},
+    workloads={"convnet3d_nc50": dict(nc=50, width=(64, 128, 128), feat=2048),
+               # the embedded dataset's preset: ConvNet3D w32 d2, 12 classes
+               "convnet3d_builtin": dict(nc=12, width=(32, 32), feat=1024)},
     smoke={"smoke_convnet3d_w8": dict(nc=10, width=(8, 16, 16), feat=256)},
 )
 

@@ -42,6 +42,8 @@ BENCH = Bench(
         "latte_s_ipc10": dict(B=500, F=16, C=4, h=32, w=32),
         # MVIC with 2 segments: per-frame guides
         "latte_s_ipc10_mvic2": dict(B=500, F=16, C=4, h=32, w=32, segments=2),
+        # the embedded dataset's GVD preset: 12 classes, 8 frames of 4 x 8^2 latents (4x autoencoder)
+        "builtin_ipc1": dict(B=12, F=8, C=4, h=8, w=8),
     },
     smoke={"smoke_b2_f7": dict(B=2, F=7, C=4, h=8, w=8)},
 )

@@ -35,6 +35,8 @@ BENCH = Bench(
         # evaluation protocol: batch 256, standardised by the batch statistics
         "eval_batch256_t16_112_std": dict(N=256, T=16, H=112, W=112, standardize=True),
         "kinetics_batch256_t8_64": dict(N=256, T=8, H=64, W=64, standardize=False),
+        # the embedded dataset's preset: one DM real batch of 16 clips at 8x32^2
+        "builtin_batch16_t8_32": dict(N=16, T=8, H=32, W=32, standardize=False),
     },
     smoke={
         "smoke_b4_t8_64": dict(N=4, T=8, H=64, W=64, standardize=False),

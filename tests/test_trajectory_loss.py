@@ -144,9 +144,25 @@ def test_explicit_unavailable_backend_raises_with_reasons():
         trajectory_loss(x, x, x, backend="cuda")
 
 
-def test_automatic_choice_on_cpu_is_cpp():
+def test_automatic_choice_on_cpu_is_cpp_from_the_measured_crossover():
     _needs("cpp")
-    assert op("trajectory_loss").select([torch.zeros(3)]).name == "cpp"
+    o = op("trajectory_loss")
+    n = o.impls["cpp"].auto_min_numel
+    assert n > 0
+    assert o.select([torch.zeros(n)]).name == "cpp"
+    assert o.select([torch.zeros(2, n // 2)]).name == "cpp"  # numel, not the first dimension
+    small = torch.zeros(n - 1)
+    assert o.select([small]).name == "reference"
+    reasons = o.why_not("cpp", [small])
+    assert len(reasons) == 1 and f"below {n} elements" in reasons[0]
+    # an explicit request still runs the fused kernel, and it agrees with the reference
+    assert o.select([small], backend="cpp").name == "cpp"
+    s, a, t = (torch.randn(n - 1, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(trajectory_loss(s, a, t, backend="cpp"),
+                               trajectory_loss(s, a, t, backend="reference"))
+    # vdfast info reports the backend as usable (the crossover is a preference, not a limit)
+    from vdfast.ops.dispatch import status_table
+    assert ("trajectory_loss", "cpp", "cpu", "usable") in status_table()
 
 
 def test_mismatched_inputs_raise():

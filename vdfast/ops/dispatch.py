@@ -2,7 +2,9 @@
 
 A backend is a small record (name, devices, dtypes, an availability probe). Each op registers the
 implementations it has; ``select`` picks, in the order CUDA extension -> Triton -> C++ CPU
-extension -> reference, the first whose ``why_not`` is empty.
+extension -> reference, the first whose ``why_not`` is empty. A backend measured slower than the
+reference below some size registers that size (``auto_min_numel``): the automatic choice skips it
+on smaller inputs.
 
 * Automatic choice falls back quietly and logs the reasons once per (op, device, dtype).
 * An explicit request (``backend="triton"`` argument or the ``VDFAST_BACKEND`` environment variable)
@@ -146,6 +148,9 @@ class Impl:
     dtypes: tuple[torch.dtype, ...] = FLOATS
     double_backward: bool = False
     extra_check: Callable[..., list[str]] | None = None  # op-specific limits (shape, stride ...)
+    # the automatic choice skips this backend when the first input has fewer elements (measured
+    # slower than the reference there); an explicit request still runs it
+    auto_min_numel: int = 0
 
 
 @dataclass
@@ -157,10 +162,11 @@ class Op:
     _logged: set = field(default_factory=set)
 
     def register(self, name: str, fn: Callable, devices: Sequence[str], dtypes=FLOATS,
-                 double_backward: bool = False, extra_check=None) -> None:
+                 double_backward: bool = False, extra_check=None, auto_min_numel: int = 0) -> None:
         if name not in ORDER:
             raise ValueError(f"unknown backend {name!r}; choose from {ORDER}")
-        self.impls[name] = Impl(name, fn, tuple(devices), tuple(dtypes), double_backward, extra_check)
+        self.impls[name] = Impl(name, fn, tuple(devices), tuple(dtypes), double_backward, extra_check,
+                                auto_min_numel)
 
     def why_not(self, name: str, tensors: Sequence[torch.Tensor], explicit: bool = False,
                 needs_double_backward: bool = False, probe_only: bool = False, **kw) -> list[str]:
@@ -189,6 +195,9 @@ class Op:
             reasons.append("no double backward (create_graph=True needs the reference)")
         if impl.extra_check is not None and not reasons and not probe_only:
             reasons.extend(impl.extra_check(*tensors, **kw))
+        if not explicit and not probe_only and t0.numel() < impl.auto_min_numel:
+            reasons.append(f"slower than the reference below {impl.auto_min_numel} elements "
+                           f"(BENCHMARKS.md); used there only when asked for")
         return reasons
 
     def select(self, tensors: Sequence[torch.Tensor], backend: str | None = None,

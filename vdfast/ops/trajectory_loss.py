@@ -161,7 +161,9 @@ def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Te
 
 
 _OP.register("reference", _ref.trajectory_loss, devices=("cpu", "cuda"), double_backward=True)
-_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",))
+# below ~64k parameters the reference is faster on a CPU: the fused call's fixed ~35 us (autograd
+# Function, allocations) outweighs one pass over the vectors (BENCHMARKS.md, "crossover")
+_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",), auto_min_numel=65536)
 _OP.register("triton", _fused(_fwd_triton, _bwd_triton), devices=("cuda",))
 _OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",))
 
