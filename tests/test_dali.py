@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from videos import make_plain_folder, write_index_video, write_video
 
-from vdfast.data.decode import ClipSpec, DecodeError, decode_clip
+from vdfast.data.decode import ClipSpec, DecodeError, decode_clip, decode_clips
 
 pytest.importorskip("nvidia.dali")
-from vdfast.data.dali import decode_clip_dali, resolve_decoder  # noqa: E402
+from vdfast.data.dali import decode_clip_dali, decode_clips_dali, resolve_decoder  # noqa: E402
 
 
 def _moving_frames(n=24, h=48, w=64, seed=0):
@@ -32,6 +32,16 @@ def test_dali_cpu_matches_pyav_on_vp9(tmp_path, spec):
     assert diff.mean() < 5.0 and np.percentile(diff, 99) <= 28, (diff.mean(), np.percentile(diff, 99))
 
 
+def test_dali_windows_are_pyavs(tmp_path):
+    path = write_index_video(tmp_path / "i.webm", n=40, codec="libvpx-vp9")
+    spec = ClipSpec(frames=4, gap=3, size=16)
+    a, ia = decode_clips(path, spec, clips=3, key="i.webm")
+    b, ib = decode_clips_dali(path, spec, device="cpu", clips=3, key="i.webm")
+    assert ia["windows"] == ib["windows"] and a.shape == b.shape == (3, 4, 16, 16, 3)
+    from videos import decoded_index
+    assert [[decoded_index(f) for f in clip] for clip in b] == ib["windows"]
+
+
 def test_dali_frame_order_and_errors(tmp_path):
     path = write_index_video(tmp_path / "i.webm", n=20, codec="libvpx-vp9")
     clip, info = decode_clip_dali(path, ClipSpec(frames=4, gap=3, size=16), device="cpu")
@@ -49,12 +59,13 @@ def test_dali_frame_order_and_errors(tmp_path):
 def test_prepare_with_dali_decoder(tmp_path):
     import vdfast
 
-    made = make_plain_folder(tmp_path / "ds", codec="libvpx-vp9") if "codec" in \
-        make_plain_folder.__code__.co_varnames else pytest.skip("plain-folder maker has no codec option")
+    made = make_plain_folder(tmp_path / "ds", codec="libvpx-vp9")
     s1 = vdfast.prepare(made.root, tmp_path / "a", frames=4, gap=1, size=16, decoder="dali")
     s2 = vdfast.prepare(made.root, tmp_path / "b", frames=4, gap=1, size=16, decoder="pyav")
-    assert s1.counts("train") == s2.counts("train")
-    for c in range(s1.num_classes):
-        d = np.abs(s1.clips("train", c).astype(int) - s2.clips("train", c).astype(int))
-        assert d.mean() < 5.0
+    assert s1.test_clips == s2.test_clips == 3
+    for split in ("train", "test"):
+        assert s1.counts(split) == s2.counts(split)
+        for c in range(s1.num_classes):
+            d = np.abs(s1.clips(split, c).astype(int) - s2.clips(split, c).astype(int))
+            assert d.mean() < 5.0
     assert s1.meta["decoder"].startswith("dali") and resolve_decoder("auto")[0] == "pyav"

@@ -6,8 +6,8 @@ import av
 import numpy as np
 import pytest
 
-from vdfast.data.decode import ClipSpec, DecodeError, count_frames, decode_clip, list_frame_files, resize_crop, \
-    sample_indices
+from vdfast.data.decode import ClipSpec, DecodeError, count_frames, decode_clip, decode_clips, list_frame_files, \
+    resize_crop, sample_indices, sample_windows
 from vdfast.data.layouts import VideoItem
 from videos import (CODEC_EXT, class_color, color_frames, decoded_index, index_frames, write_corrupt, write_empty,
                     write_frame_folder, write_index_video, write_video)
@@ -58,6 +58,58 @@ def test_sample_indices_does_not_touch_global_rng():
     sample_indices(100, 16, 4)
     assert random.getstate() == state
     assert (np.random.get_state()[1] == np_state).all()
+
+
+# --------------------------------------------------------------------------- sample_windows
+
+def test_sample_windows_one_clip_is_the_centred_one():
+    assert sample_windows(100, 16, 4, 1, "a") == ([sample_indices(100, 16, 4)[0]], False)
+
+
+@pytest.mark.parametrize("n,frames,gap", [(100, 16, 4), (60, 16, 4), (200, 8, 4), (9, 8, 1)])
+def test_sample_windows_random_starts_seeded_by_key(n, frames, gap):
+    state, np_state = random.getstate(), np.random.get_state()[1].copy()
+    windows, short = sample_windows(n, frames, gap, 5, "UCF-101/Biking/v_Biking_g01_c01.avi")
+    assert random.getstate() == state and (np.random.get_state()[1] == np_state).all()
+    assert not short and len(windows) == 5
+    g = sample_indices(n, frames, gap)[0]
+    g = g[1] - g[0] if frames > 1 else gap
+    for w in windows:
+        assert len(w) == frames and 0 <= w[0] and w[-1] < n
+        assert all(b - a == g for a, b in zip(w, w[1:]))   # the gap of the centred clip
+    # the same key gives the same windows; another key, other windows
+    assert sample_windows(n, frames, gap, 5, "UCF-101/Biking/v_Biking_g01_c01.avi")[0] == windows
+    others = [sample_windows(n, frames, gap, 5, f"other{i}")[0] for i in range(3)]
+    assert any(o != windows for o in others)
+
+
+def test_sample_windows_cover_the_valid_starts():
+    # 100 frames, span 61: starts 0..39, drawn uniformly; over many keys every start shows up
+    starts = {w[0] for i in range(400) for w in sample_windows(100, 16, 4, 3, str(i))[0]}
+    assert starts == set(range(40))
+
+
+def test_sample_windows_short_video_and_bad_count():
+    windows, short = sample_windows(6, 16, 4, 3, "k")
+    assert short and windows == [sample_indices(6, 16, 4)[0]] * 3
+    with pytest.raises(ValueError, match="clips"):
+        sample_windows(100, 16, 4, 0, "k")
+
+
+def test_decode_clips_one_pass_gives_each_window(tmp_path):
+    p = write_index_video(tmp_path / "v.avi", n=40)
+    spec = ClipSpec(frames=8, gap=2, size=32)
+    clips, info = decode_clips(p, spec, clips=3, key="v.avi")
+    assert clips.shape == (3, 8, 32, 32, 3) and clips.dtype == np.uint8
+    assert info["windows"] == sample_windows(40, 8, 2, 3, "v.avi")[0]
+    assert len({w[0] for w in info["windows"]}) > 1   # random starts (25 possible), not one clip
+    for clip, w in zip(clips, info["windows"]):
+        assert [decoded_index(f) for f in clip] == w
+    # the key, not the path, seeds the windows: the same file elsewhere gives the same clips
+    q = tmp_path / "elsewhere.avi"
+    q.write_bytes(open(p, "rb").read())
+    again, _ = decode_clips(q, spec, clips=3, key="v.avi")
+    assert np.array_equal(again, clips)
 
 
 def test_clipspec_default_short_side():
@@ -232,7 +284,8 @@ def test_frame_folder_natural_order(tmp_path):
     names = [os.path.basename(f) for f in list_frame_files(d)]
     assert names == [f"{i}.jpg" for i in range(1, 13)]
     clip, info = decode_clip(d, ClipSpec(frames=12, gap=1, size=32), kind="frames")
-    assert info == {"num_frames": 12, "short": False, "gap": 1, "indices": list(range(12))}
+    assert info == {"num_frames": 12, "short": False, "gap": 1, "indices": list(range(12)),
+                    "windows": [list(range(12))]}
     assert [decoded_index(f) for f in clip] == list(range(12))
 
 

@@ -1,9 +1,10 @@
 """prepare: real encoded videos in real layouts -> ClipStore, with skips reported and resume."""
 import json
+import os
 
 import numpy as np
 import pytest
-from videos import make_hmdb51, make_kinetics, make_ucf101, nearest_class
+from videos import decoded_index, make_hmdb51, make_kinetics, make_ucf101, nearest_class
 
 import vdfast
 import vdfast.data.store as store_mod
@@ -62,12 +63,12 @@ def test_prepare_resumes_after_interruption(tmp_path, monkeypatch):
         ClipStore.open(tmp_path / "store")
     done = list((tmp_path / "store").rglob("*.npy"))
     assert done and not any(".tmp" in p.name for p in done)  # only finished classes are on disk
-    clips_done = sum(np.load(p, mmap_mode="r").shape[0] for p in done)
+    videos_done = sum(len(json.loads(p.with_suffix(".json").read_text())["used"]) for p in done)
 
     calls.update(n=0, die=False)
     store = vdfast.prepare(made.root, tmp_path / "store", frames=4, size=16)
     total = len(made.train) + len(made.test)
-    assert calls["n"] == total - clips_done  # finished classes are not decoded again
+    assert calls["n"] == total - videos_done  # finished classes are not decoded again
     _check_store(store, made, 16)
     # the same directory with other settings is refused rather than mixed
     with pytest.raises(StoreError, match="other settings"):
@@ -85,3 +86,75 @@ def test_cli_prepare_then_distill(tmp_path, capsys):
     assert vdfast.load(tmp_path / "r" / "synset").classes == made.classes
     with pytest.raises(StoreError, match="not a prepared store"):
         vdfast.distill(made.root)
+
+
+def test_prepare_stores_random_test_clips_per_video(tmp_path):
+    """Each test video gives ``test_clips`` clips at seeded random positions (the evaluation
+    protocol's 3 random clips per test video), train videos their centred clip; the same store on
+    every preparation, with any number of workers, wherever the dataset lives."""
+    import shutil
+
+    from vdfast.data.decode import sample_indices, sample_windows
+
+    made = make_ucf101(tmp_path / "ucf", frames=40, content="index")
+    store = vdfast.prepare(made.root, tmp_path / "s", frames=4, gap=3, size=16)
+    assert store.test_clips == 3 and store.meta["test_clips"] == 3
+    n_test = 0
+    for c in range(store.num_classes):
+        used = json.loads((tmp_path / "s" / "test" / f"{c:04d}.json").read_text())["used"]
+        clips = store.clips("test", c)
+        assert clips.shape[0] == 3 * len(used) and used
+        n_test += len(used)
+        for v, path in enumerate(used):
+            key = os.path.relpath(path, made.root).replace(os.sep, "/")
+            windows = sample_windows(40, 4, 3, 3, key)[0]
+            got = [[decoded_index(f) for f in clip] for clip in clips[3 * v:3 * v + 3]]
+            assert got == windows
+        train = store.clips("train", c)
+        assert all([decoded_index(f) for f in clip] == sample_indices(40, 4, 3)[0] for clip in train)
+    assert store.describe_test() == f"{n_test} videos x 3 clips"
+    starts = {w[0] for c in range(store.num_classes) for clip in store.clips("test", c)
+              for w in [[decoded_index(f) for f in clip]]}
+    assert len(starts) > 1   # random positions, not the centre every time
+
+    # the same dataset moved elsewhere and prepared with 2 workers: the same arrays
+    moved = tmp_path / "moved"
+    shutil.copytree(made.root, moved)
+    again = vdfast.prepare(moved, tmp_path / "s2", frames=4, gap=3, size=16, workers=2)
+    for split in ("train", "test"):
+        for c in range(store.num_classes):
+            assert np.array_equal(store.clips(split, c), again.clips(split, c))
+
+    # one clip per test video: the centred clip
+    one = vdfast.prepare(made.root, tmp_path / "s1", frames=4, gap=3, size=16, test_clips=1)
+    assert one.test_clips == 1 and sum(one.counts("test")) == n_test
+    assert one.describe_test() == f"{n_test} clips (1 per video)"
+    with pytest.raises(StoreError, match="other settings"):   # resuming with another count
+        vdfast.prepare(made.root, tmp_path / "s1", frames=4, gap=3, size=16, test_clips=3)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="test_clips"):
+            vdfast.prepare(made.root, tmp_path / "bad", frames=4, size=16, test_clips=bad)
+
+
+def test_store_with_uneven_test_clips_is_refused(tmp_path):
+    made = make_ucf101(tmp_path / "ucf")
+    vdfast.prepare(made.root, tmp_path / "s", frames=4, size=16, test_clips=2)
+    arr = np.load(tmp_path / "s" / "test" / "0000.npy")
+    np.save(tmp_path / "s" / "test" / "0000.npy", arr[:-1])   # one clip of a video lost
+    with pytest.raises(StoreError, match="multiple"):
+        ClipStore.open(tmp_path / "s")
+
+
+def test_evaluation_table_names_the_test_clips(tmp_path, capsys):
+    made = make_ucf101(tmp_path / "ucf")
+    assert main(["prepare", made.root, "--out", str(tmp_path / "s"), "--frames", "4", "--size", "16",
+                 "--test-clips", "2"]) == 0
+    store = ClipStore.open(tmp_path / "s")
+    assert store.test_clips == 2
+    assert main(["distill", "--data", str(tmp_path / "s"), "--method", "random", "--out",
+                 str(tmp_path / "r"), "--net-width", "4", "--net-depth", "1", "--eval-epochs", "1",
+                 "--eval-students", "1", "--no-eval-baselines", "--no-eval-full"]) == 0
+    out = capsys.readouterr().out
+    n = sum(store.counts("test")) // 2
+    assert f"Test split: {n} videos x 2 clips" in out
+    assert f"Test split: {n} videos x 2 clips" in (tmp_path / "r" / "report.md").read_text()

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (plain folders)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--decoder", default="auto", help="auto | pyav | dali (auto: DALI/NVDEC on a GPU)")
+    pr.add_argument("--test-clips", type=int, default=3,
+                    help="clips per test video, at random positions seeded by the file's path (the "
+                         "evaluation protocol averages over 3); 1: the centred clip only")
 
     d = sub.add_parser("distill", help="distill a store (default: the embedded dataset) and evaluate")
     d.add_argument("--data", default="builtin", help="store directory, or `builtin`")
@@ -170,7 +173,7 @@ def _run(args) -> int:
         vdfast.prepare(args.source, args.out, layout=args.layout, frames=args.frames, gap=args.gap,
                        size=args.size, split=args.split, classes=classes, workers=args.workers,
                        annotations=args.annotations, test_fraction=args.test_fraction, seed=args.seed,
-                       decoder=args.decoder)
+                       decoder=args.decoder, test_clips=args.test_clips)
         return 0
     if args.cmd == "experts":
         from vdfast import distributed

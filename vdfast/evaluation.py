@@ -3,7 +3,10 @@
 The published protocol (spec/methods.md): SGD (momentum 0.9, weight decay 5e-4, lr 0.01), ``epochs``
 epochs with the learning rate divided by 10 at half, batch 256, each batch standardised by its own
 scalar mean and std (train and test alike), mean +- std over N students. vdfast reports the FINAL
-accuracy of each student; no checkpoint or learning rate is chosen on the test set.
+accuracy of each student; no checkpoint or learning rate is chosen on the test set. The accuracy is
+over every test clip: a store prepared with K clips per test video (``vdfast prepare --test-clips``,
+default 3, at seeded random positions) gives the protocol's average over each video's clips; the
+embedded dataset has 1 clip per test video.
 
 Every report can carry two baselines run under the same protocol: random real clips at the same
 ipc (the gain that distillation must show) and the full training set (the ceiling).
@@ -67,6 +70,7 @@ class Report:
     dataset: str
     student: str
     rows: list[Row] = field(default_factory=list)
+    test: str = ""   # the test split in words (ClipStore.describe_test)
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -76,15 +80,17 @@ class Report:
 
     def table(self) -> str:
         """Markdown table of final accuracies (%), mean +- std over students."""
-        lines = [f"Final test accuracy on {self.dataset} ({self.student} students, mean ± std)", "",
-                 "| set | ipc | accuracy (%) | students |", "|---|---|---|---|"]
+        lines = [f"Final test accuracy on {self.dataset} ({self.student} students, mean ± std)", ""]
+        if self.test:
+            lines += [f"Test split: {self.test}; the accuracy is over every clip.", ""]
+        lines += ["| set | ipc | accuracy (%) | students |", "|---|---|---|---|"]
         for r in self.rows:
             lines.append(f"| {r.name} | {r.ipc if r.ipc is not None else 'all'} | "
                          f"{100 * r.mean:.1f} ± {100 * r.std:.1f} | {len(r.accs)} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "student": self.student,
+        return {"dataset": self.dataset, "student": self.student, "test": self.test,
                 "rows": [r.to_dict() for r in self.rows]}
 
 
@@ -245,7 +251,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         from vdfast.data.store import StoreError
 
         raise StoreError(f"store {store.name} has no test clips to evaluate on")
-    rep = Report(store.name, cfg.student)
+    rep = Report(store.name, cfg.student, test=store.describe_test())
     share = Share(dist)
     ipc = synset.ipc
     method = synset.meta.get("method", synset.kind)

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from vdfast.data.decode import ClipSpec, DecodeError, _assemble, sample_indices, _gap
+from vdfast.data.decode import ClipSpec, DecodeError, _window_info, assemble_windows, sample_windows
 
 DECODERS = ("auto", "pyav", "dali")
 
@@ -60,7 +60,16 @@ def _pipeline(device: str):
 
 def decode_clip_dali(path: str, spec: ClipSpec, device: str = "cpu") -> tuple[np.ndarray, dict]:
     """Like :func:`vdfast.data.decode.decode_clip` for a video file, decoded by DALI."""
+    clips, info = decode_clips_dali(path, spec, device)
+    return clips[0], info
+
+
+def decode_clips_dali(path: str, spec: ClipSpec, device: str = "cpu", clips: int = 1,
+                      key: str | None = None) -> tuple[np.ndarray, dict]:
+    """Like :func:`vdfast.data.decode.decode_clips` (same windows for the same ``key``), decoded
+    by DALI."""
     path = os.fspath(path)
+    key = path if key is None else key
     if not os.path.exists(path):
         raise DecodeError(f"{path}: file not found")
     if os.path.getsize(path) == 0:
@@ -79,7 +88,6 @@ def decode_clip_dali(path: str, spec: ClipSpec, device: str = "cpu") -> tuple[np
         raise DecodeError(f"{path}: DALI decoded no frames (its CPU decoder reads VP8/VP9/MJPEG only; "
                           f"use --decoder pyav for H.264/MPEG-4)")
     n = frames.shape[0]
-    idx, short = sample_indices(n, spec.frames, spec.gap)
-    got = {i: frames[i] for i in set(idx)}
-    return _assemble(got, idx, spec), {"num_frames": n, "short": short,
-                                      "gap": _gap(n, spec.frames, spec.gap), "indices": idx}
+    windows, short = sample_windows(n, spec.frames, spec.gap, clips, key)
+    return (assemble_windows({}, windows, spec, load=lambda i: frames[i]),
+            _window_info(n, spec, windows, short))

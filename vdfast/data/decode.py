@@ -7,6 +7,11 @@ Clip convention (the one behind the published video-distillation numbers, see sp
   **centred**: it starts at ``(num_frames - span) // 2`` where ``span = (frames - 1) * gap + 1``.
   A video with fewer frames than ``frames`` is **looped** (indices ``0, 1, .., n-1, 0, 1, ..``) and
   flagged ``short=True``.  Deterministic: no random offset, no RNG.
+* **Several clips of one video** (:func:`sample_windows`, :func:`decode_clips`; ``vdfast prepare``
+  stores ``--test-clips`` of them per test video, 3 by default, the evaluation protocol's "3 random
+  clips per test video"): the window starts are drawn uniformly among all valid starts by a
+  generator seeded from the video's ``key`` (its path relative to the dataset root), so a video gets
+  the same clips on every run, in every worker, from either decoder.  One clip is the centred one.
 * **Resize**: the short side goes to ``ClipSpec.short_side`` (default ``round(size * 120 / 112)``, so
   320x240 -> 160x120 for ``size=112``), aspect kept, with PIL's bilinear filter, which widens its
   support when shrinking (antialiased, area-like).  Frame folders use the same function, so video and
@@ -25,6 +30,7 @@ stream, no decodable frame, unreadable images): a clip is never zero-filled.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -32,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DecodeError", "ClipSpec", "decode_clip", "sample_indices", "count_frames", "list_frame_files",
-           "resize_crop", "IMAGE_EXTS"]
+__all__ = ["DecodeError", "ClipSpec", "decode_clip", "decode_clips", "sample_indices", "sample_windows",
+           "count_frames", "list_frame_files", "resize_crop", "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -79,6 +85,33 @@ def sample_indices(num_frames: int, frames: int, gap: int) -> tuple[list[int], b
     span = (frames - 1) * g + 1
     start = (num_frames - span) // 2
     return [start + i * g for i in range(frames)], False
+
+
+def sample_windows(num_frames: int, frames: int, gap: int, clips: int = 1, key: str = ""
+                   ) -> tuple[list[list[int]], bool]:
+    """``clips`` windows of ``frames`` indices each from a ``num_frames``-long video, and whether it
+    was short.
+
+    ``clips == 1``: the centred window of :func:`sample_indices`.  ``clips > 1``: the gap of
+    :func:`sample_indices`, and each window's start drawn uniformly from ``0 .. num_frames - span``
+    by a generator seeded from ``key`` alone (never the global RNG), so the same ``key`` and length
+    always give the same windows.  A short video gives ``clips`` copies of its looped window.
+    """
+    if clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    idx, short = sample_indices(num_frames, frames, gap)
+    if clips == 1 or short:
+        return [idx] * clips, short
+    g = _gap(num_frames, frames, gap)
+    span = (frames - 1) * g + 1
+    seed = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "little")
+    starts = np.random.default_rng(seed).integers(0, num_frames - span + 1, size=clips)
+    return [[int(a) + i * g for i in range(frames)] for a in starts], False
+
+
+def _window_info(n: int, spec: "ClipSpec", windows: list[list[int]], short: bool) -> dict[str, Any]:
+    return {"num_frames": n, "short": short, "gap": _gap(n, spec.frames, spec.gap),
+            "indices": windows[0], "windows": windows}
 
 
 def _gap(num_frames: int, frames: int, gap: int) -> int:
@@ -192,30 +225,35 @@ def _check_file(path: str) -> None:
         raise DecodeError(f"{path}: zero-length file")
 
 
-def _decode_video(path: str, spec: ClipSpec) -> tuple[np.ndarray, dict[str, Any]]:
+def _decode_video(path: str, spec: ClipSpec, clips: int, key: str) -> tuple[np.ndarray, dict[str, Any]]:
     _check_file(path)
     n = _container_count(path)
     if n < 1:   # nothing demuxed: count by decoding (raises if nothing decodes)
         n = count_frames(path)
     for _attempt in range(3):
-        idx, short = sample_indices(n, spec.frames, spec.gap)
-        got, m, error = _decode_frames(path, set(idx))
-        if all(i in got for i in idx):
-            info = {"num_frames": n, "short": short, "gap": _gap(n, spec.frames, spec.gap), "indices": idx}
-            return _assemble(got, idx, spec), info
+        windows, short = sample_windows(n, spec.frames, spec.gap, clips, key)
+        wanted = {i for w in windows for i in w}
+        got, m, error = _decode_frames(path, wanted)
+        if wanted <= got.keys():
+            return assemble_windows(got, windows, spec), _window_info(n, spec, windows, short)
         if m == 0:
             raise DecodeError(f"{path}: no decodable frame" + (f" ({error})" if error else ""))
         n = m   # the container's count was too high (or the file is truncated): use what decoded
     raise DecodeError(f"{path}: frame count unstable between decode passes")  # pragma: no cover
 
 
-def _assemble(got: dict[int, np.ndarray], idx: list[int], spec: ClipSpec) -> np.ndarray:
-    out = np.empty((len(idx), spec.size, spec.size, 3), np.uint8)
+def assemble_windows(got: dict[int, np.ndarray], windows: list[list[int]], spec: ClipSpec,
+                     load=None) -> np.ndarray:
+    """uint8 ``[len(windows), frames, size, size, 3]`` from decoded frames ``got`` (index -> RGB),
+    or from ``load(index)`` when given; each frame is resized and cropped once however many
+    windows share it."""
+    out = np.empty((len(windows), spec.frames, spec.size, spec.size, 3), np.uint8)
     done: dict[int, np.ndarray] = {}
-    for k, i in enumerate(idx):
-        if i not in done:
-            done[i] = resize_crop(got[i], spec)
-        out[k] = done[i]
+    for c, idx in enumerate(windows):
+        for k, i in enumerate(idx):
+            if i not in done:
+                done[i] = resize_crop(got[i] if load is None else load(i), spec)
+            out[c, k] = done[i]
     return out
 
 
@@ -238,45 +276,53 @@ def list_frame_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def _decode_frames_folder(folder: str, spec: ClipSpec) -> tuple[np.ndarray, dict[str, Any]]:
+def _decode_frames_folder(folder: str, spec: ClipSpec, clips: int, key: str
+                          ) -> tuple[np.ndarray, dict[str, Any]]:
     from PIL import Image
 
     files = list_frame_files(folder)
     if not files:
         raise DecodeError(f"{folder}: no image files ({', '.join(IMAGE_EXTS)}) in the frame folder")
     n = len(files)
-    idx, short = sample_indices(n, spec.frames, spec.gap)
-    out = np.empty((len(idx), spec.size, spec.size, 3), np.uint8)
-    done: dict[int, np.ndarray] = {}
-    for k, i in enumerate(idx):
-        if i not in done:
-            try:
-                with Image.open(files[i]) as img:
-                    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-            except Exception as e:
-                raise DecodeError(f"{files[i]}: unreadable image ({type(e).__name__}: {e})") from e
-            done[i] = resize_crop(arr, spec)
-        out[k] = done[i]
-    return out, {"num_frames": n, "short": short, "gap": _gap(n, spec.frames, spec.gap), "indices": idx}
+    windows, short = sample_windows(n, spec.frames, spec.gap, clips, key)
+
+    def load(i):
+        try:
+            with Image.open(files[i]) as img:
+                return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except Exception as e:
+            raise DecodeError(f"{files[i]}: unreadable image ({type(e).__name__}: {e})") from e
+    return assemble_windows({}, windows, spec, load=load), _window_info(n, spec, windows, short)
 
 
 # --------------------------------------------------------------------------- entry point
 
 def decode_clip(item_or_path, spec: ClipSpec, kind: str = "video") -> tuple[np.ndarray, dict]:
-    """Decode one clip: uint8 ``[spec.frames, spec.size, spec.size, 3]`` RGB, and
-    ``{"num_frames", "short", "gap", "indices"}``.
+    """Decode one clip (the centred window): uint8 ``[spec.frames, spec.size, spec.size, 3]`` RGB,
+    and ``{"num_frames", "short", "gap", "indices", "windows"}``.
 
     ``item_or_path``: a path (str / PathLike), or an object with ``.path`` and ``.kind`` (a
     :class:`vdfast.data.layouts.VideoItem`, whose kind wins over ``kind``).  ``kind``: "video" or
     "frames" (a folder of images).  Raises :class:`DecodeError` for anything that yields no clip.
     """
+    clips, info = decode_clips(item_or_path, spec, kind)
+    return clips[0], info
+
+
+def decode_clips(item_or_path, spec: ClipSpec, kind: str = "video", clips: int = 1,
+                 key: str | None = None) -> tuple[np.ndarray, dict]:
+    """Decode ``clips`` clips of one video in one decoding pass: uint8 ``[clips, spec.frames,
+    spec.size, spec.size, 3]``, and the info of :func:`decode_clip` (``"windows"``: the indices of
+    each clip).  The windows are :func:`sample_windows`'s for ``key`` (default: the path as given;
+    ``vdfast prepare`` passes the path relative to the dataset root)."""
     if hasattr(item_or_path, "path"):
         path = os.fspath(item_or_path.path)
         kind = getattr(item_or_path, "kind", kind) or kind
     else:
         path = os.fspath(item_or_path)
+    key = path if key is None else key
     if kind == "frames":
-        return _decode_frames_folder(path, spec)
+        return _decode_frames_folder(path, spec, clips, key)
     if kind != "video":
         raise ValueError(f"kind must be 'video' or 'frames', got {kind!r}")
-    return _decode_video(path, spec)
+    return _decode_video(path, spec, clips, key)

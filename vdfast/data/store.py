@@ -5,7 +5,9 @@ Layout on disk (``vdfast prepare`` writes it; decoding happens nowhere else)::
     <store>/store.json              classes, clip spec, counts, normalisation, what was skipped and why
     <store>/train/0000.npy          uint8 [n, T, H, W, 3] for class 0 (memory-mapped on read)
     <store>/train/0000.json         that class's report: files used, skipped (with reasons), short
-    <store>/test/...
+    <store>/test/...                the same; ``store.json["test_clips"]`` clips per test video (K,
+                                    default 3: the evaluation protocol's 3 random clips), each
+                                    video's K clips in consecutive rows
 
 A class file is written to a temporary name and renamed when the whole class is decoded, so an
 interrupted ``prepare`` resumes at the first unfinished class. The embedded default dataset is a
@@ -58,7 +60,11 @@ class ClipStore:
         self.mean, self.std = tuple(mean), tuple(std)
         self.path = path
         self.meta = meta or {}
+        k = int(self.meta.get("test_clips", 1))
         for split, per_class in arrays.items():
+            if split == "test" and any(a.shape[0] % k for a in per_class):
+                raise StoreError(f"test split: a class holds a number of clips that is not a multiple "
+                                 f"of its {k} clips per video; prepare the store again")
             if len(per_class) != len(self.classes):
                 raise StoreError(f"{split}: {len(per_class)} class arrays for {len(self.classes)} classes")
             for c, a in enumerate(per_class):
@@ -102,8 +108,20 @@ class ClipStore:
         return len(self.classes)
 
     def counts(self, split: str = "train") -> list[int]:
+        """Clips (array rows) per class; on the test split that is ``test_clips`` per video."""
         self._check_split(split)
         return [int(a.shape[0]) for a in self.arrays[split]]
+
+    @property
+    def test_clips(self) -> int:
+        """Clips per test video (consecutive rows); an accuracy over every test clip is the
+        average over each video's clips, as the evaluation protocol asks."""
+        return int(self.meta.get("test_clips", 1))
+
+    def describe_test(self) -> str:
+        """The test split in words, e.g. ``1861 videos x 3 clips``."""
+        n, k = sum(self.counts("test")), self.test_clips
+        return f"{n} clips (1 per video)" if k == 1 else f"{n // k} videos x {k} clips"
 
     def clips(self, split: str, c: int) -> np.ndarray:
         self._check_split(split)
@@ -243,16 +261,16 @@ class ClipPool:
 # prepare: listing -> decode -> per-class arrays on disk, resumable, every skip reported
 # --------------------------------------------------------------------------------------------
 def _decode_one(args):
-    from vdfast.data.decode import DecodeError, decode_clip
+    from vdfast.data.decode import DecodeError, decode_clips
 
-    item, spec, decoder = args
+    item, spec, decoder, clips, key = args
     try:
         if decoder[0] == "dali" and item.kind == "video":
-            from vdfast.data.dali import decode_clip_dali
+            from vdfast.data.dali import decode_clips_dali
 
-            clip, info = decode_clip_dali(item.path, spec, device=decoder[1])
+            clip, info = decode_clips_dali(item.path, spec, device=decoder[1], clips=clips, key=key)
         else:
-            clip, info = decode_clip(item.path, spec, kind=item.kind)
+            clip, info = decode_clips(item.path, spec, kind=item.kind, clips=clips, key=key)
         return clip, info, None
     except DecodeError as e:
         return None, None, str(e)
@@ -260,12 +278,28 @@ def _decode_one(args):
         return None, None, f"{type(e).__name__}: {e}"
 
 
+def _window_key(path: str, root: str) -> str:
+    """What seeds a video's random test windows: its path relative to the dataset root, with
+    ``/`` separators (the same store wherever the dataset lives)."""
+    try:
+        rel = os.path.relpath(path, root)
+    except ValueError:  # another drive (Windows)
+        rel = path
+    return rel.replace(os.sep, "/")
+
+
 def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "auto",
             frames: int = 16, gap: int = 4, size: int = 112, split: int = 1,
             classes: Sequence[str] | None = None, workers: int = 0, annotations: str | None = None,
             test_fraction: float = 0.2, seed: int = 0, progress: bool = True,
-            decoder: str = "auto") -> ClipStore:
+            decoder: str = "auto", test_clips: int = 3) -> ClipStore:
     """Decode a dataset folder into a ClipStore at ``out`` (resumable; see module docstring).
+
+    ``test_clips``: clips stored per test video (each train video gives its centred clip). The
+    evaluation protocol averages the test accuracy over 3 random clips per test video: the K
+    windows are drawn at random, seeded by the video's path relative to ``source``
+    (:func:`vdfast.data.decode.sample_windows`), so a store is the same every time it is prepared.
+    ``test_clips=1`` keeps the centred clip only.
 
     ``decoder``: ``pyav`` (CPU), ``dali`` (NVDEC on a GPU; DALI's CPU decoder reads VP8/VP9/MJPEG
     only) or ``auto`` (DALI on a GPU, PyAV otherwise); see :mod:`vdfast.data.dali`.
@@ -281,6 +315,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
     if frames < 1 or size < 8 or gap < 1:
         raise ValueError(f"impossible clip spec: frames={frames}, gap={gap}, size={size} "
                          f"(need frames >= 1, gap >= 1, size >= 8)")
+    if isinstance(test_clips, bool) or not isinstance(test_clips, int) or test_clips < 1:
+        raise ValueError(f"test_clips must be an integer >= 1 (clips per test video), got {test_clips!r}")
     listing = list_videos(str(source), layout=layout, split=split, classes=classes,
                           test_fraction=test_fraction, seed=seed, annotations=annotations)
     spec = ClipSpec(frames=frames, gap=gap, size=size)
@@ -288,16 +324,17 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     want = {"source": str(Path(source).resolve()), "layout": listing.layout, "split": split,
-            "classes": listing.classes, "spec": asdict(spec)}
+            "classes": listing.classes, "spec": asdict(spec), "test_clips": test_clips}
     meta_file = out / "store.json"
     if meta_file.exists():
         old = json.loads(meta_file.read_text())
-        if {k: old.get("request", {}).get(k) for k in want} != want:
+        asked = {"test_clips": 1, **old.get("request", {})}  # stores before test_clips held 1
+        if {k: asked.get(k) for k in want} != want:
             raise StoreError(f"{out} already holds a store prepared with other settings "
                              f"({old.get('request')}); choose another --out or delete it")
     meta = {"format": STORE_FORMAT, "vdfast": __version__, "name": out.name, "request": want,
             "classes": listing.classes, "frames": frames, "size": size, "gap": gap,
-            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "layout": listing.layout,
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "layout": listing.layout, "test_clips": test_clips,
             "listing_problems": [list(p) for p in listing.problems], "complete": False}
     meta_file.write_text(json.dumps(meta, indent=1))
 
@@ -316,7 +353,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
             for s, c in todo:
                 items = by_key.get((s, c), [])
                 (out / s).mkdir(exist_ok=True)
-                jobs = [(it, spec, dec) for it in items]
+                k = test_clips if s == "test" else 1
+                jobs = [(it, spec, dec, k, _window_key(it.path, os.path.abspath(source))) for it in items]
                 results = pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs)
                 clips, used, skipped, short = [], [], [], []
                 for it, (clip, info, err) in zip(items, results):
@@ -329,7 +367,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
                     n_frames += info.get("num_frames", frames)
                     if info.get("short"):
                         short.append([it.path, f"{info['num_frames']} frames < {frames}: looped"])
-                arr = (np.stack(clips) if clips else np.zeros((0, frames, size, size, 3), np.uint8))
+                arr = (np.concatenate(clips) if clips else np.zeros((0, frames, size, size, 3), np.uint8))
                 tmp = out / s / f"{c:04d}.tmp.npy"
                 np.save(tmp, arr)
                 (out / s / f"{c:04d}.json").write_text(json.dumps(
@@ -360,8 +398,10 @@ def _print_report(meta: dict, problems):
     from vdfast.progress import say
 
     c = meta["counts"]
+    k = meta.get("test_clips", 1)
     say(f"store {meta['name']}: {len(meta['classes'])} classes, {sum(c['train'])} train / "
-        f"{sum(c['test'])} test clips of {meta['frames']}x{meta['size']}x{meta['size']} "
+        f"{sum(c['test'])} test videos" + (f" x {k} clips" if k > 1 else "") +
+        f" of {meta['frames']}x{meta['size']}x{meta['size']} "
         f"(decoder {meta['decoder']}, {meta['decode_frames_per_s'] or 0:.0f} frames/s)")
     for title, rows in (("listing problems", problems), ("skipped (not decodable)", meta["skipped"]),
                         ("short (looped)", meta["short"])):
