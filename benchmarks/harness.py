@@ -15,8 +15,8 @@ Modes
     ``fwd+bwd``  forward, then ``torch.autograd.grad`` of the output wrt the case's grad inputs
 
 Timing: median of ``--repeats`` calls with p20/p80 (CUDA events on a GPU, ``perf_counter`` after a
-synchronize otherwise). Peak memory: ``torch.cuda.max_memory_allocated`` during the timed calls
-(null on a CPU). Throughput: GB/s from the case's explicit byte count (memory-bound ops; also as a
+synchronize otherwise), the providers' calls interleaved so that they share the machine's load.
+Peak memory: ``torch.cuda.max_memory_allocated`` over one call after the warm-up (null on a CPU). Throughput: GB/s from the case's explicit byte count (memory-bound ops; also as a
 percentage of the device's measured copy bandwidth) or TFLOP/s from its flop count.
 
 Usage::
@@ -222,44 +222,67 @@ def providers(bench: Bench, device: torch.device, dtype: torch.dtype,
 def run_case(bench: Bench, workload: str, shape: dict, device: torch.device, dtype: torch.dtype,
              provs: Sequence[str], modes: Sequence[str], repeats: int, warmup: int,
              copy_gbps: float | None, env: dict) -> list[dict]:
+    """One row per (provider, mode). Per mode, the providers' repeats are interleaved (ref, cpp,
+    ref, cpp, ...), so on a shared machine every provider sees the same load and the ratios hold
+    even when the absolute times drift."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     case = bench.setup(device=device, dtype=dtype, gen=gen, **shape)
-    rows = []
+    fns = {}
     for prov in provs:
         if prov == "reference":
-            fn = case.reference
+            fns[prov] = case.reference
         elif prov == "reference+compile":
-            fn = torch.compile(case.reference, dynamic=False)
+            fns[prov] = torch.compile(case.reference, dynamic=False)
         else:
-            fn = (lambda b: (lambda *a: case.vdfast(*a, backend=b)))(prov)
-        for mode in modes:
-            if mode not in case.modes:
-                continue
+            fns[prov] = (lambda b: (lambda *a: case.vdfast(*a, backend=b)))(prov)
+    rows = []
+    for mode in modes:
+        if mode not in case.modes:
+            continue
+        live, times = {}, {}
+        mode_rows = {}
+        for prov in provs:
             row = dict(workload=workload, op=bench.op, provider=prov, mode=mode,
                        dtype=str(dtype).replace("torch.", ""), shape=shape,
                        median_ms=None, p20_ms=None, p80_ms=None, gbps=None, pct_copy_bw=None,
                        tflops=None, peak_mb=None, device=device_name(device), error=None, **env)
-            try:
-                call = make_call(fn, case, mode)
+            mode_rows[prov] = row
+            try:  # build, warm up (compiles), and on CUDA measure one call's peak memory
+                call = make_call(fns[prov], case, mode)
+                time_fn(call, device, 0, max(1, warmup))
                 if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                     call()
                     torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                times = time_fn(call, device, repeats, warmup)
-                if device.type == "cuda":
                     row["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                med = statistics.median(times)
-                row.update(median_ms=med, p20_ms=_quantile(times, 0.2), p80_ms=_quantile(times, 0.8))
+                live[prov], times[prov] = call, []
+            except Exception as e:  # a provider that fails (compile, unsupported) marks its row
+                row["error"] = _error_text(e)
+        for _ in range(repeats):
+            for prov, call in list(live.items()):
+                try:
+                    times[prov] += time_fn(call, device, 1, 0)
+                except Exception as e:
+                    mode_rows[prov]["error"] = _error_text(e)
+                    del live[prov]
+        for prov in provs:
+            row = mode_rows[prov]
+            if prov in live and times[prov]:
+                t = times[prov]
+                med = statistics.median(t)
+                row.update(median_ms=med, p20_ms=_quantile(t, 0.2), p80_ms=_quantile(t, 0.8))
                 if mode in case.bytes:
                     row["gbps"] = case.bytes[mode] / (med * 1e-3) / 1e9
                     if copy_gbps:
                         row["pct_copy_bw"] = 100.0 * row["gbps"] / copy_gbps
                 if mode in case.flops:
                     row["tflops"] = case.flops[mode] / (med * 1e-3) / 1e12
-            except Exception as e:  # a provider that fails (compile, unsupported) marks its row
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             rows.append(row)
     return rows
+
+
+def _error_text(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,39 @@ def test_skipped_provider_row_and_speedup():
     assert "skipped: no CUDA device" in harness.step_table(rows)
 
 
+def test_op_case_interleaves_providers_and_marks_a_failing_one():
+    order = []
+
+    def setup(device, dtype, gen, n):
+        x = torch.randn(n, generator=gen)
+
+        def reference(a):
+            order.append("reference")
+            return (a * a).sum()
+
+        def vdfast(a, backend):
+            order.append(backend)
+            if backend == "triton":
+                raise RuntimeError("no such kernel\nsecond line")
+            return (a * a).sum()
+        return harness.Case(args=(x,), reference=reference, vdfast=vdfast, grad_args=(0,),
+                            bytes={"fwd": 4 * n, "fwd+bwd": 8 * n})
+
+    bench = harness.Bench(op="square_sum", setup=setup, workloads={}, smoke={})
+    rows = harness.run_case(bench, "w", {"n": 64}, CPU, torch.float32,
+                            ["reference", "cpp", "triton"], ["fwd", "fwd+bwd"], 3, 1, 10.0, {})
+    assert [(r["provider"], r["mode"]) for r in rows] == [
+        (p, m) for m in ("fwd", "fwd+bwd") for p in ("reference", "cpp", "triton")]
+    bad = [r for r in rows if r["provider"] == "triton"]
+    assert all(r["error"] == "RuntimeError: no such kernel" and r["median_ms"] is None for r in bad)
+    good = [r for r in rows if r["provider"] != "triton"]
+    assert all(r["error"] is None and r["median_ms"] > 0 and r["pct_copy_bw"] > 0 for r in good)
+    # fwd: one warm-up call each (triton fails there and is dropped), then the 3 timed rounds
+    # alternate: reference, cpp, reference, cpp ...
+    assert order[:9] == ["reference", "cpp", "triton"] + ["reference", "cpp"] * 3, order
+    assert "error: RuntimeError: no such kernel" in harness.markdown(rows)
+
+
 def test_peak_memory_in_a_child_process_sees_the_allocation():
     # a step allocating ~64 MiB on the CPU, measured in a fresh process (the parent holds more)
     hold = torch.ones(64 * 2**20 // 4)  # noqa: F841  (the parent's RSS must not leak into the child's)
