@@ -158,3 +158,31 @@ def test_evaluation_table_names_the_test_clips(tmp_path, capsys):
     n = sum(store.counts("test")) // 2
     assert f"Test split: {n} videos x 2 clips" in out
     assert f"Test split: {n} videos x 2 clips" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_train_fingerprint_follows_the_train_clips(tmp_path):
+    """What keys the caches derived from a store (static memories, GVD stages, expert buffers)."""
+    import shutil
+
+    from vdfast.methods.static import cache_dir
+
+    made = make_ucf101(tmp_path / "ucf")
+    a = vdfast.prepare(made.root, tmp_path / "a", frames=4, gap=2, size=16)
+    moved = tmp_path / "moved"
+    shutil.copytree(made.root, moved)
+    same = [vdfast.prepare(made.root, tmp_path / "b", frames=4, gap=2, size=16, test_clips=1),
+            vdfast.prepare(moved, tmp_path / "c", frames=4, gap=2, size=16)]
+    assert all(s.train_fingerprint() == a.train_fingerprint() for s in same)
+    gap = vdfast.prepare(made.root, tmp_path / "a2" / "a", frames=4, gap=1, size=16)
+    assert gap.describe() == a.describe()           # what the caches were keyed by before
+    assert gap.train_fingerprint() != a.train_fingerprint()
+    settings = {"spc": 1, "method": "dm"}
+    assert cache_dir("cache", gap, settings) != cache_dir("cache", a, settings)
+    assert cache_dir("cache", same[1], settings) == cache_dir("cache", a, settings)
+    # in memory: the clips themselves; not the order the classes are listed in
+    b0, b1 = ClipStore.builtin(), ClipStore.builtin(seed=1)
+    assert b0.train_fingerprint() != b1.train_fingerprint()
+    order = list(range(b0.num_classes))[::-1]
+    flipped = ClipStore([b0.classes[i] for i in order], {s: [b0.arrays[s][i] for i in order]
+                                                         for s in b0.arrays}, b0.frames, b0.size)
+    assert flipped.train_fingerprint() == b0.train_fingerprint()

@@ -20,6 +20,7 @@ memory-mapped class files, per class, at each draw.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -60,6 +61,7 @@ class ClipStore:
         self.mean, self.std = tuple(mean), tuple(std)
         self.path = path
         self.meta = meta or {}
+        self._fingerprint: str | None = None
         k = int(self.meta.get("test_clips", 1))
         for split, per_class in arrays.items():
             if split == "test" and any(a.shape[0] % k for a in per_class):
@@ -117,6 +119,34 @@ class ClipStore:
         """Clips per test video (consecutive rows); an accuracy over every test clip is the
         average over each video's clips, as the evaluation protocol asks."""
         return int(self.meta.get("test_clips", 1))
+
+    def train_fingerprint(self) -> str:
+        """A short hash of what the train split holds, for the caches of work derived from it
+        (static memories, GVD stages, expert buffers): for a prepared store its layout, split, clip
+        spec (frames, gap, size, resize) and, per class, the files used in row order (paths
+        relative to the dataset root, so moving the dataset keeps it); for a store held in memory
+        (the embedded dataset) the bytes of its train clips. Keyed by class name, so it does not
+        depend on the order of ``classes``. Re-preparing with another ``--gap`` changes it;
+        ``--test-clips`` does not."""
+        if self._fingerprint is None:
+            per_class = {}
+            if self.path is None:   # held in memory (the embedded dataset): hash the clips
+                for name, a in zip(self.classes, self.arrays["train"]):
+                    h = hashlib.sha1(str(a.shape).encode())
+                    h.update(np.ascontiguousarray(a).data)
+                    per_class[name] = h.hexdigest()
+                ident = {}
+            else:
+                req = self.meta.get("request", {})
+                for c, name in enumerate(self.classes):
+                    rep = json.loads((Path(self.path) / "train" / f"{c:04d}.json").read_text())
+                    per_class[name] = [_window_key(u, req.get("source", "")) for u in rep["used"]]
+                ident = {"format": self.meta.get("format"), "layout": req.get("layout"),
+                         "split": req.get("split"), "spec": req.get("spec")}
+            ident.update(train=per_class, mean=list(self.mean), std=list(self.std))
+            blob = json.dumps(ident, sort_keys=True, default=str).encode()
+            self._fingerprint = hashlib.sha1(blob).hexdigest()[:16]
+        return self._fingerprint
 
     def describe_test(self) -> str:
         """The test split in words, e.g. ``1861 videos x 3 clips``."""

@@ -92,7 +92,8 @@ def net_header(store: ClipStore, net_cfg) -> dict:
 
 def store_header(store: ClipStore) -> dict:
     d = store.describe()
-    return {"name": d["name"], "frames": d["frames"], "size": d["size"], "train": d["train"]}
+    return {"name": d["name"], "frames": d["frames"], "size": d["size"], "train": d["train"],
+            "fingerprint": store.train_fingerprint()}
 
 
 def normalization_header(store: ClipStore) -> dict:
@@ -350,9 +351,12 @@ class ExpertBuffer:
             problems.append(f"classes: the buffer has {len(self.classes)} "
                             f"({', '.join(self.classes[:3])} ...), the data {store.num_classes} "
                             f"({', '.join(list(store.classes)[:3])} ...)")
-        d = _differences(self.headers[0]["store"], store_header(store))
+        have, want = self.headers[0]["store"], store_header(store)
+        if "fingerprint" not in have:  # buffers written before 2026-12-02 have no fingerprint
+            want.pop("fingerprint")
+        d = _differences(have, want)
         if d:
-            problems.append(f"data: {d}")
+            problems.append(f"data: {d} (re-prepared with other settings, or another store?)")
         d = _differences(self.normalization, normalization_header(store))
         if d:
             problems.append(f"input normalisation: {d}")

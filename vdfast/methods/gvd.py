@@ -62,7 +62,7 @@ def data_identity(store: ClipStore) -> dict:
     counts = dict(zip(store.classes, store.counts("train")))
     return {"name": store.name, "path": store.path, "frames": store.frames, "size": store.size,
             "train": {c: counts[c] for c in sorted(counts)}, "seed": store.meta.get("seed"),
-            "source": store.meta.get("source")}
+            "source": store.meta.get("source"), "fingerprint": store.train_fingerprint()}
 
 
 class _Work:

@@ -235,8 +235,8 @@ def _static_settings(cfg, spc: int) -> dict:
 
 def cache_dir(cache: str | os.PathLike, store: ClipStore, settings: dict) -> Path:
     """``<cache>/static-<hash>``: one directory per (data, static settings)."""
-    key = json.dumps({"data": store.describe(), "store": store.meta.get("seed"),
-                      "classes": store.classes, **settings}, sort_keys=True, default=str)
+    key = json.dumps({"data": store.train_fingerprint(), "classes": store.classes, **settings},
+                     sort_keys=True, default=str)
     return Path(cache) / f"static-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
