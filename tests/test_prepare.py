@@ -170,9 +170,14 @@ def test_train_fingerprint_follows_the_train_clips(tmp_path):
     a = vdfast.prepare(made.root, tmp_path / "a", frames=4, gap=2, size=16)
     moved = tmp_path / "moved"
     shutil.copytree(made.root, moved)
+    link = tmp_path / "link"
+    link.symlink_to(made.root)
     same = [vdfast.prepare(made.root, tmp_path / "b", frames=4, gap=2, size=16, test_clips=1),
-            vdfast.prepare(moved, tmp_path / "c", frames=4, gap=2, size=16)]
+            vdfast.prepare(moved, tmp_path / "c", frames=4, gap=2, size=16),
+            vdfast.prepare(link, tmp_path / "e", frames=4, gap=2, size=16)]
     assert all(s.train_fingerprint() == a.train_fingerprint() for s in same)
+    for c in range(a.num_classes):   # the same random test windows through the link
+        assert np.array_equal(same[2].clips("test", c), a.clips("test", c))
     gap = vdfast.prepare(made.root, tmp_path / "a2" / "a", frames=4, gap=1, size=16)
     assert gap.describe() == a.describe()           # what the caches were keyed by before
     assert gap.train_fingerprint() != a.train_fingerprint()

@@ -140,7 +140,8 @@ class ClipStore:
                 req = self.meta.get("request", {})
                 for c, name in enumerate(self.classes):
                     rep = json.loads((Path(self.path) / "train" / f"{c:04d}.json").read_text())
-                    per_class[name] = [_window_key(u, req.get("source", "")) for u in rep["used"]]
+                    per_class[name] = [_window_key(u, self.meta.get("root", req.get("source", "")))
+                                       for u in rep["used"]]
                 ident = {"format": self.meta.get("format"), "layout": req.get("layout"),
                          "split": req.get("split"), "spec": req.get("spec")}
             ident.update(train=per_class, mean=list(self.mean), std=list(self.std))
@@ -365,6 +366,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
     meta = {"format": STORE_FORMAT, "vdfast": __version__, "name": out.name, "request": want,
             "classes": listing.classes, "frames": frames, "size": size, "gap": gap,
             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "layout": listing.layout, "test_clips": test_clips,
+            "root": os.path.abspath(source),  # what the window keys and the fingerprint are relative to
             "listing_problems": [list(p) for p in listing.problems], "complete": False}
     meta_file.write_text(json.dumps(meta, indent=1))
 
@@ -384,7 +386,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
                 items = by_key.get((s, c), [])
                 (out / s).mkdir(exist_ok=True)
                 k = test_clips if s == "test" else 1
-                jobs = [(it, spec, dec, k, _window_key(it.path, os.path.abspath(source))) for it in items]
+                jobs = [(it, spec, dec, k, _window_key(it.path, meta["root"])) for it in items]
                 results = pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs)
                 clips, used, skipped, short = [], [], [], []
                 for it, (clip, info, err) in zip(items, results):
