@@ -9,7 +9,7 @@ import vdfast
 
 pytest.importorskip("accelerate")
 
-from test_distributed import _launch  # noqa: E402  (the torchrun launcher of the DM tests)
+from test_distributed import _launch, launch_script  # noqa: E402  (the torchrun launchers)
 
 ARGS = ["--method", "gvd", "--ipc", "2", "--net-width", "4", "--no-evaluate", "--no-preview",
         "--gvd-ae-width", "4", "--gvd-ae-steps", "4", "--gvd-ae-batch", "4", "--gvd-gen-steps", "3",
@@ -75,22 +75,10 @@ if dist.active:  # leave together: a rank exiting under a live gloo group can ab
 def test_data_parallel_gradient_equals_the_one_process_gradient(tmp_path):
     """The generator's batch split over 2 gloo ranks (3 rows each): the summed gradient is the
     1-process gradient of the whole batch."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     script = tmp_path / "grad.py"
     script.write_text(GRAD)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     for n in (1, 2):
-        with socket.socket() as sock:  # a port nobody holds now (a fixed one may be in TIME_WAIT)
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-               "--master_port", str(port), str(script), str(tmp_path / f"g{n}.pt")]
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        launch_script(script, n, tmp_path / f"g{n}.pt")
     g1, g2 = torch.load(tmp_path / "g1.pt"), torch.load(tmp_path / "g2.pt")
     assert g1.abs().max() > 0 and (g1 != 0).float().mean() > 0.9
     torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)

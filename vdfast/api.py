@@ -97,7 +97,8 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
 
     Args:
         data: ``None`` or ``"builtin"`` (embedded dataset), a store directory, or a ClipStore.
-        method: ``dm`` | ``random`` | ``herding`` | ``kcenter``.
+        method: a name of :func:`vdfast.methods.names` (``dm``, ``mtt``, ``dc``, ``frepo``, ``gvd``,
+            ``s2d-dm`` ..., ``static``, and the coresets ``random``, ``herding``, ``kcenter``).
         ipc: videos per class.
         iterations: optimisation steps (default from the preset).
         out: directory for ``synset/``, ``checkpoint/``, ``config.json``, ``metrics.json``; with

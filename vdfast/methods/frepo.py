@@ -113,6 +113,12 @@ def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class FRePo(Method):
     name = "frepo"
     iterative = True
+    # on N processes the real batch is split by classes: rank r embeds only its classes' real clips
+    # and regresses them on the whole (replicated) synthetic set; its share of the loss is scaled
+    # by its share of the real rows, the label-margin term is rank 0's, and the synset's and
+    # labels' gradients are summed, so every rank takes the one-process step. The pool networks
+    # train on the synthetic set, identically on every rank (same draws).
+    shardable = True
 
     def init(self, store, cfg, device, gen):
         synset = super().init(store, cfg, device, gen)
@@ -121,9 +127,12 @@ class FRePo(Method):
         return synset
 
     def setup(self, synset, store, cfg, device):
+        from vdfast.distributed import Dist
+
         fc = cfg.frepo
         _check_norm(cfg, "frepo")
         nc = store.num_classes
+        dist = self.dist or Dist(0, 1, torch.device(device))
         if fc.learn_labels and synset.label_targets is None:
             attach_labels(synset, fc.label_confidence)
         groups = synset.param_groups(dataclasses.replace(cfg, lr_img=fc.lr_img))
@@ -138,10 +147,13 @@ class FRePo(Method):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
         nets = [build_net(store, cfg, device) for _ in range(fc.pool_size)]
         net_opts = [torch.optim.Adam(n.parameters(), lr=fc.lr_net) for n in nets]
-        return {"pool": ClipPool(store, "train", device), "nets": nets, "net_opts": net_opts,
+        per_class = max(1, fc.batch_real // nc)
+        return {"pool": ClipPool(store, "train", device, classes=dist.shard(nc)), "nets": nets,
+                "net_opts": net_opts, "dist": dist, "rows": per_class * nc,
+                "params": [p for g in groups for p in g["params"]],
                 "age": [i * fc.reset_every // fc.pool_size for i in range(fc.pool_size)],
                 "fresh": [True] * fc.pool_size, "next": 0, "opt": opt, "sched": sched,
-                "nc": nc, "per_class": max(1, fc.batch_real // nc), "cfg": fc,
+                "nc": nc, "per_class": per_class, "cfg": fc,
                 "tau": label_temperature(nc, fc.label_confidence),
                 "mean": store.mean, "std": store.std}
 
@@ -169,11 +181,16 @@ class FRePo(Method):
         videos, labels = synset.videos()
         targets = self._targets(synset, labels, state)
         pred = krr_predict(feat_t, net.embed(videos), targets, fc.reg)
-        loss = frepo_loss(pred, real_labels, targets, labels, fc.label_margin,
-                          fc.margin_weight if fc.learn_labels else 0.0)
+        dist = state["dist"]
+        # this process's real rows' share of the batch mean; the margin term once (rank 0)
+        loss = pred.shape[0] / state["rows"] * frepo_loss(pred, real_labels, targets, labels,
+                                                          margin_weight=0.0)
+        if fc.learn_labels and fc.margin_weight > 0 and dist.main:
+            loss = loss + fc.margin_weight * label_margin_loss(targets, labels, fc.label_margin)
         opt = state["opt"]
         opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=[p for g in opt.param_groups for p in g["params"]])
+        loss.backward(inputs=state["params"])
+        dist.sum_grads_(state["params"])
         opt.step()
         state["sched"].step()
 
