@@ -94,6 +94,27 @@ def test_static_memory_file_round_trip_and_checks(tmp_path):
     assert torch.equal(load_static(tmp_path / "mem")[0], 2 * s)
 
 
+def test_static_memory_written_by_two_processes_at_once(tmp_path):
+    """The processes of an N-process s2d run each learn the same static memory and write it to
+    the same cache: concurrent writers must neither fail nor leave a partial or stray folder."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from vdfast.methods.static import save_static, load_static\n"
+            "s = torch.arange(6 * 3 * 8 * 8, dtype=torch.float32).reshape(6, 3, 8, 8)\n"
+            "for _ in range(300):\n"
+            "    save_static(sys.argv[1], s, ['a', 'b', 'c'], (0.5,) * 3, (0.2,) * 3)\n"
+            "    assert torch.equal(load_static(sys.argv[1])[0], s)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "mem")],
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mem"]
+    assert sorted(p.name for p in (tmp_path / "mem").iterdir()) == ["static.json", "static.safetensors"]
+
+
 def test_bring_your_own_static_memory_and_reuse_a_synset(tmp_path):
     store = small_store()
     mine = torch.randn(6, 3, 32, 32)

@@ -159,7 +159,10 @@ def save_static(path: str | os.PathLike, static: torch.Tensor, classes, mean, st
                                 f"{tuple(static.shape)}")
     spc = static.shape[0] // nc
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # every process of an N-process s2d run learns the same static memory and may write it to the
+    # same cache at the same time: each writes its own folder and moves it (or its files) into
+    # place atomically, so no writer trips over another's and a reader never sees a partial file
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     labels = torch.arange(nc).repeat_interleave(spc)
     save_file({"static": static.detach().float().cpu().contiguous(), "labels": labels},
@@ -169,12 +172,14 @@ def save_static(path: str | os.PathLike, static: torch.Tensor, classes, mean, st
               "size": static.shape[-1], "normalization": {"mean": list(mean), "std": list(std)},
               **(meta or {})}
     (tmp / "static.json").write_text(json.dumps(header, indent=1, default=str))
-    if path.exists():  # an existing directory: replace the two files (tensors first, json last)
-        for f in ("static.safetensors", "static.json"):
+    try:
+        tmp.rename(path)   # atomic; fails when the directory exists (another writer was first)
+    except OSError:
+        if not path.is_dir():
+            raise
+        for f in ("static.safetensors", "static.json"):  # tensors first, json last
             os.replace(tmp / f, path / f)
         tmp.rmdir()
-    else:
-        tmp.rename(path)
     return path
 
 
