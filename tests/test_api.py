@@ -44,6 +44,16 @@ def test_killed_run_resumes_to_the_same_result(small, tmp_path):
     # other settings in the same directory: a clear error instead of mixing runs
     with pytest.raises(RuntimeError, match="other settings"):
         vdfast.distill(small, iterations=10, out=tmp_path / "b", lr_img=0.5, **opts)
+    # other clips of the same shapes and counts (what a store re-prepared with another --gap is)
+    other = ClipStore.builtin(seed=1, train_per_class=6, test_per_class=3)
+    assert other.describe() == small.describe()
+    with pytest.raises(RuntimeError, match="other data.*train"):
+        vdfast.distill(other, iterations=10, out=tmp_path / "b", **opts)
+    # a checkpoint written before the data fingerprint existed still resumes on the same data
+    state = torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=False)
+    del state["identity"]["train"]
+    torch.save(state, tmp_path / "b" / "checkpoint" / "state.pt")
+    vdfast.distill(small, iterations=10, out=tmp_path / "b", **opts)
 
 
 def test_evaluate_report_has_baselines(small):

@@ -87,7 +87,7 @@ def _identity(cfg: DistillConfig, store: ClipStore) -> dict:
     d.pop("checkpoint_every")
     d.pop("eval")
     d.pop("device")
-    return {"config": d, "data": store.describe()}
+    return {"config": d, "data": store.describe(), "train": store.train_fingerprint()}
 
 
 def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None = None,
@@ -146,10 +146,13 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
             shutil.rmtree(ckpt)
         else:
             saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-            if saved["identity"] != ident:
+            want = ident
+            if "train" not in saved["identity"]:  # checkpoints written before 2026-12-02
+                want = {k: v for k, v in ident.items() if k != "train"}
+            if saved["identity"] != want:
                 raise RuntimeError(
-                    f"{out} holds a run with other settings; pass another --out, or --no-resume to "
-                    f"start over (differences: {_diff(saved['identity'], ident)})")
+                    f"{out} holds a run with other settings or other data; pass another --out, or "
+                    f"--no-resume to start over (differences: {_diff(saved['identity'], want)})")
             synset = load(ckpt / "synset", device=device)
             start = saved["iteration"]
             history = saved["history"]
