@@ -16,8 +16,9 @@ Modes
 
 Timing: median of ``--repeats`` calls with p20/p80 (CUDA events on a GPU, ``perf_counter`` after a
 synchronize otherwise), the providers' calls interleaved so that they share the machine's load.
-Peak memory: ``torch.cuda.max_memory_allocated`` over one call after the warm-up (null on a CPU). Throughput: GB/s from the case's explicit byte count (memory-bound ops; also as a
-percentage of the device's measured copy bandwidth) or TFLOP/s from its flop count.
+Peak memory: ``torch.cuda.max_memory_allocated`` over one call after the warm-up (null on a CPU).
+Throughput: GB/s from the case's explicit byte count (memory-bound ops; also as a percentage of the
+device's measured copy bandwidth) or TFLOP/s from its flop count.
 
 Usage::
 
