@@ -162,7 +162,8 @@ def test_automatic_choice_on_cpu_is_cpp_from_the_measured_crossover():
                                trajectory_loss(s, a, t, backend="reference"))
     # vdfast info reports the backend as usable (the crossover is a preference, not a limit)
     from vdfast.ops.dispatch import status_table
-    assert ("trajectory_loss", "cpp", "cpu", "usable") in status_table()
+    assert ("trajectory_loss", "cpp", "cpu", f"usable (chosen automatically from {n} elements)") \
+        in status_table()
 
 
 def test_mismatched_inputs_raise():

@@ -253,5 +253,7 @@ def status_table() -> list[tuple[str, str, str, str]]:
             for d in devs:
                 t = torch.empty(1, device=d)
                 r = o.why_not(b, [t], explicit=True, probe_only=True)
-                rows.append((name, b, d, "usable" if not r else "; ".join(r)))
+                n = o.impls[b].auto_min_numel if b in o.impls else 0
+                ok = "usable" + (f" (chosen automatically from {n} elements)" if n else "")
+                rows.append((name, b, d, ok if not r else "; ".join(r)))
     return rows
