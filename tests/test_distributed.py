@@ -122,6 +122,31 @@ def test_dc_two_ranks_match_classes_apart_and_give_the_one_rank_synset(tmp_path)
     _assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
+GATHER = """
+import sys, torch
+from vdfast.distributed import setup
+dist = setup(torch.device("cpu"))
+n = 5                                   # blocks of 3 and 2 rows on 2 ranks
+own = dist.shard(n)
+part = torch.arange(own.start, own.stop, dtype=torch.float64)[:, None].repeat(1, 2).requires_grad_()
+full = dist.gather_rows(part, n)
+assert torch.equal(full.detach(), torch.arange(n, dtype=torch.float64)[:, None].repeat(1, 2)), full
+(full * (dist.rank + 1)).sum().backward()   # every rank's loss uses every row, weighted rank + 1
+want = sum(r + 1 for r in range(dist.world))
+assert part.grad.shape == part.shape and torch.all(part.grad == want), part.grad
+if dist.active:
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+"""
+
+
+def test_gather_rows_gives_every_rank_every_row_and_sums_the_gradient(tmp_path):
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER)
+    for n in (1, 2):
+        launch_script(script, n)
+
+
 FREPO_ARGS = ["--method", "frepo", "--ipc", "2", "--iterations", "3", "--net-width", "4",
               "--frepo-batch-real", "24", "--frepo-pool-size", "2", "--frepo-reset-every", "2",
               # margin 2 > the initial label gap 1: the label-margin term acts from the start
@@ -166,6 +191,7 @@ total = loss.clone()
 dist.all_reduce_(total)
 if dist.main:
     torch.save({"grad": torch.cat([p.grad.flatten() for p in state["params"]]).double(),
+                "net_grad": torch.cat([p.grad.flatten() for p in state["nets"][0].parameters()]).double(),
                 "loss": total.double()}, sys.argv[1])
 if dist.active:
     torch.distributed.barrier()
@@ -174,8 +200,10 @@ if dist.active:
 
 
 def test_frepo_two_rank_gradient_equals_the_one_process_gradient(tmp_path):
-    """The pixels' and the labels' gradient, and the loss, summed over 2 ranks' class shares of
-    the real batch (with the label-margin term once) are the 1-process ones."""
+    """The pixels' and the labels' gradient and the loss, summed over 2 ranks (each its classes'
+    share of the real batch and its block of synthetic videos, the label-margin term once), and the
+    pool network's gradient (data-parallel over the synthetic videos) are the 1-process ones. ipc 2
+    x 12 classes = 24 videos in blocks of 12; the test of gather_rows covers uneven blocks."""
     script = tmp_path / "grad.py"
     script.write_text(FREPO_GRAD)
     for n in (1, 2):
@@ -186,6 +214,10 @@ def test_frepo_two_rank_gradient_equals_the_one_process_gradient(tmp_path):
     # by 1.9e-9)
     torch.testing.assert_close(g2["grad"], g1["grad"], rtol=1e-4, atol=1e-6 * g1["grad"].abs().max())
     torch.testing.assert_close(g2["loss"], g1["loss"], rtol=1e-6, atol=0)
+    # the pool network's own training step, data-parallel over the synthetic videos
+    n1, n2 = g1["net_grad"], g2["net_grad"]
+    assert n1.abs().max() > 0
+    torch.testing.assert_close(n2, n1, rtol=1e-4, atol=1e-6 * n1.abs().max())
 
 
 def test_evaluation_students_split_across_ranks_give_the_one_rank_report(tmp_path):

@@ -41,9 +41,7 @@ class Dist:
 
     def shard(self, n: int) -> range:
         """The contiguous block of ``range(n)`` this rank owns (sizes differ by at most one)."""
-        base, extra = divmod(n, self.world)
-        start = self.rank * base + min(self.rank, extra)
-        return range(start, start + base + (1 if self.rank < extra else 0))
+        return _block(self.rank, self.world, n)
 
     def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
         if self.active:
@@ -64,9 +62,42 @@ class Dist:
             g.copy_(flat[o:o + g.numel()].view_as(g))
             o += g.numel()
 
+    def gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """The ``[n, ...]`` tensor whose rows :meth:`shard` ``(n)`` are ``part`` on each rank, on
+        every rank, differentiable: the backward sums the incoming gradient over the ranks (each
+        rank's loss used every row) and hands each rank its own rows' share. One process: ``part``."""
+        if not self.active:
+            return part
+        return _GatherRows.apply(part, self, n)
+
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
+
+
+def _block(rank: int, world: int, n: int) -> range:
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, part, dist, n):
+        blocks = [_block(r, dist.world, n) for r in range(dist.world)]
+        width = max(len(b) for b in blocks)  # all_gather wants equal shapes: pad to the largest
+        padded = part.new_zeros((width, *part.shape[1:]))
+        padded[:part.shape[0]] = part
+        parts = [torch.empty_like(padded) for _ in blocks]
+        torch.distributed.all_gather(parts, padded)
+        ctx.dist, ctx.mine = dist, blocks[dist.rank]
+        return torch.cat([p[:len(b)] for p, b in zip(parts, blocks)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.mine.start:ctx.mine.stop], None, None
 
 
 def launched_world() -> int:

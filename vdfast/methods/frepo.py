@@ -113,11 +113,13 @@ def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class FRePo(Method):
     name = "frepo"
     iterative = True
-    # on N processes the real batch is split by classes: rank r embeds only its classes' real clips
-    # and regresses them on the whole (replicated) synthetic set; its share of the loss is scaled
-    # by its share of the real rows, the label-margin term is rank 0's, and the synset's and
-    # labels' gradients are summed, so every rank takes the one-process step. The pool networks
-    # train on the synthetic set, identically on every rank (same draws).
+    # on N processes the real batch is split by classes and the synthetic videos by rows: rank r
+    # embeds its classes' real clips and its block of synthetic videos, the synthetic features are
+    # gathered (Dist.gather_rows: the backward sums every rank's gradient for each row), and r
+    # regresses its real rows on the whole synthetic set; its loss is scaled by its share of the
+    # real rows, the label-margin term is rank 0's, and the synset's and labels' gradients are
+    # summed, so every rank takes the one-process step. The pool networks train data-parallel on
+    # the synthetic videos (each its block, gradients summed), identically on every rank.
     shardable = True
 
     def init(self, store, cfg, device, gen):
@@ -180,8 +182,11 @@ class FRePo(Method):
             feat_t = net.embed(normalize_clips(real_u8, state["mean"], state["std"]))
         videos, labels = synset.videos()
         targets = self._targets(synset, labels, state)
-        pred = krr_predict(feat_t, net.embed(videos), targets, fc.reg)
         dist = state["dist"]
+        n = videos.shape[0]
+        own = dist.shard(n)  # this process embeds its block of synthetic videos; all see all features
+        feat_s = dist.gather_rows(net.embed(videos[own.start:own.stop]), n)
+        pred = krr_predict(feat_t, feat_s, targets, fc.reg)
         # this process's real rows' share of the batch mean; the margin term once (rank 0)
         loss = pred.shape[0] / state["rows"] * frepo_loss(pred, real_labels, targets, labels,
                                                           margin_weight=0.0)
@@ -203,9 +208,11 @@ class FRePo(Method):
         for j in (range(len(nets)) if fc.train_all else [i]):
             self._ready(state, j, gen)
             nopt = state["net_opts"][j]
-            nloss = _mse(nets[j](x), y_t)
+            # data-parallel over the synthetic videos: this block's share of the mean, summed
+            nloss = len(own) / n * _mse(nets[j](x[own.start:own.stop]), y_t[own.start:own.stop])
             nopt.zero_grad(set_to_none=True)
             nloss.backward()
+            dist.sum_grads_(list(nets[j].parameters()))
             nopt.step()
             state["age"][j] += 1
             if state["age"][j] >= fc.reset_every:
