@@ -62,7 +62,7 @@ class ClipStore:
         self.path = path
         self.meta = meta or {}
         self._fingerprint: str | None = None
-        k = int(self.meta.get("test_clips", 1))
+        k = self.test_clips
         for split, per_class in arrays.items():
             if split == "test" and any(a.shape[0] % k for a in per_class):
                 raise StoreError(f"test split: a class holds a number of clips that is not a multiple "
