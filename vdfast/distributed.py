@@ -4,7 +4,7 @@ The same command runs on 1 process or N (``accelerate launch --multi_gpu --num_p
 distill ...`` or ``torchrun --nproc_per_node N -m vdfast distill ...``; on CPUs the backend is gloo).
 
 Which methods split how: docs/scale.md (DM, DC and their s2d variants by classes, FRePo by the
-classes of its real batch, MTT by each step's videos, GVD's sampling by classes, expert training by
+classes of its real batch and the rows of its synthetic set, MTT by each step's videos, GVD's sampling by classes, expert training by
 experts).
 
 Class-sharded methods (DM, DC and their s2d variants, whose losses are sums over classes): rank r owns a
@@ -90,7 +90,7 @@ class _GatherRows(torch.autograd.Function):
         padded[:part.shape[0]] = part
         parts = [torch.empty_like(padded) for _ in blocks]
         torch.distributed.all_gather(parts, padded)
-        ctx.dist, ctx.mine = dist, blocks[dist.rank]
+        ctx.mine = blocks[dist.rank]
         return torch.cat([p[:len(b)] for p, b in zip(parts, blocks)])
 
     @staticmethod

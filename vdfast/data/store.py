@@ -138,10 +138,10 @@ class ClipStore:
                 ident = {}
             else:
                 req = self.meta.get("request", {})
+                root = self.meta.get("root", req.get("source", ""))
                 for c, name in enumerate(self.classes):
                     rep = json.loads((Path(self.path) / "train" / f"{c:04d}.json").read_text())
-                    per_class[name] = [_window_key(u, self.meta.get("root", req.get("source", "")))
-                                       for u in rep["used"]]
+                    per_class[name] = [_window_key(u, root) for u in rep["used"]]
                 ident = {"format": self.meta.get("format"), "layout": req.get("layout"),
                          "split": req.get("split"), "spec": req.get("spec")}
             ident.update(train=per_class, mean=list(self.mean), std=list(self.std))
