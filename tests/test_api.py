@@ -56,6 +56,25 @@ def test_killed_run_resumes_to_the_same_result(small, tmp_path):
     vdfast.distill(small, iterations=10, out=tmp_path / "b", **opts)
 
 
+def test_checkpoint_every_0_keeps_the_end_state_and_continues_like_a_straight_run(small, tmp_path):
+    """``--checkpoint-every 0`` checkpoints only at the end, and that checkpoint continues: a run
+    to 4 then to 8 is the straight run to 8 (it used to keep no optimizer state and crash)."""
+    opts = dict(method="dm", ipc=1, progress=False, checkpoint_every=0, **FAST)
+    straight = vdfast.distill(small, iterations=8, out=tmp_path / "a", **opts)
+    vdfast.distill(small, iterations=4, out=tmp_path / "b", **opts)
+    more = vdfast.distill(small, iterations=8, out=tmp_path / "b", **opts)
+    torch.testing.assert_close(more.synset.data, straight.synset.data)
+    assert more.history["loss"] == pytest.approx(straight.history["loss"])
+    # the continued run's end is checkpointed too: a third call has nothing left to do
+    state = torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=False)
+    assert state["iteration"] == 8 and state["method"]
+    # an end checkpoint without the optimizer state (older vdfast) is refused with what to do
+    state["iteration"], state["method"] = 4, {}
+    torch.save(state, tmp_path / "b" / "checkpoint" / "state.pt")
+    with pytest.raises(RuntimeError, match="not the optimizer state.*--no-resume"):
+        vdfast.distill(small, iterations=8, out=tmp_path / "b", **opts)
+
+
 def test_evaluate_report_has_baselines(small):
     res = vdfast.distill(small, method="random", ipc=1, progress=False, **FAST)
     rep = vdfast.evaluate(res.synset, small, students=2, epochs=3, full_epochs=1, progress=False,

@@ -63,9 +63,16 @@ def _assert_same_run(a, b, rtol=1e-4):
 
 def test_two_ranks_give_the_one_rank_synset(tmp_path):
     out1 = _launch(tmp_path / "one", 1)
-    out2 = _launch(tmp_path / "two", 2)
+    out2 = _launch(tmp_path / "two", 2, ARGS + ["--profile", "2"])  # profiled: the same result
     assert "on 1 process(es)" in out1 and "on 2 process(es)" in out2
     assert out2.count("distilled dm") == 1  # rank 0 reports, rank 1 stays quiet
+    # each rank's trace, one summary (rank 0's)
+    assert out2.count("profile: 2 iterations") == 1
+    for r in (0, 1):
+        names = {e.get("name") for e in json.loads(
+            (tmp_path / "two" / "profile" / f"trace.rank{r}.json").read_text())["traceEvents"]}
+        assert {"vdfast.iteration", "vdfast.all_reduce_grads"} <= names
+    assert json.loads((tmp_path / "two" / "profile" / "summary.json").read_text())["processes"] == 2
     # the same synset up to float summation order (each rank embeds only its classes)
     _, two = _assert_same_run(tmp_path / "one", tmp_path / "two")
     # the checkpoint of a 2-rank run resumes (here: nothing left to do) with 2 ranks

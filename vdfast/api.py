@@ -7,6 +7,7 @@ with the synset and the history (loss, seconds per iteration, peak memory).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from vdfast import profiling
 from vdfast.config import DistillConfig, EvalConfig, from_dict, resolve
 from vdfast.data.store import ClipStore, StoreError
 from vdfast.progress import bar, say
@@ -87,6 +89,7 @@ def _identity(cfg: DistillConfig, store: ClipStore) -> dict:
     d.pop("checkpoint_every")
     d.pop("eval")
     d.pop("device")
+    d.pop("profile")
     return {"config": d, "data": store.describe(), "train": store.train_fingerprint()}
 
 
@@ -158,6 +161,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
             history = saved["history"]
             gen.set_state(saved["gen"])
             say(f"resuming {cfg.method} from iteration {start} ({ckpt})")
+    profiling.check_request(cfg.profile, cfg.iterations - start, cfg.method, m.iterative, out)
     if synset is None:
         m.run_dir = out  # methods with cached stages (GVD) keep them under the run directory
         synset = m.init(store, cfg, device, gen)
@@ -166,15 +170,23 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
     if m.iterative and start < cfg.iterations:
         state = m.setup(synset, store, cfg, device)
         if start > 0:
+            if not saved["method"]:  # an end checkpoint of --checkpoint-every 0 before 2026-12-02
+                raise RuntimeError(
+                    f"{ckpt} holds the synset at iteration {start} but not the optimizer state "
+                    f"needed to continue (written by an older vdfast with --checkpoint-every 0); "
+                    f"pass --no-resume to start over, or another --out")
             m.load_state_dict(state, saved["method"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         history["memory_before_loop_mb"] = memory_now_mb(device)  # the loop's own share: peak - this
         window, t_win, losses = 10, time.perf_counter(), []
+        prof = profiling.LoopProfiler(cfg.profile, start, out, device, dist.rank, dist.world,
+                                      title=f"{cfg.method} ipc {cfg.ipc} on {store.name}")
         with bar(total=cfg.iterations, initial=start, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it",
-                 enable=progress and dist.main) as pb:
+                 enable=progress and dist.main) as pb, contextlib.closing(prof):
             for it in range(start, cfg.iterations):
-                losses.append(m.step(synset, state, gen))
+                with prof.iteration(it):
+                    losses.append(m.step(synset, state, gen))
                 done = it + 1
                 if done % window == 0 or done == cfg.iterations:
                     # the one sync per window (summed over processes' shares of the loss)
@@ -192,14 +204,18 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                             f"{cfg.method} loss became NaN at iteration {done}; lower the learning "
                             f"rate of the synthetic data (--lr-img, or the method's own "
                             f"--{m.name}-lr-img); the last checkpoint is in {ckpt}")
-                if ckpt is not None and cfg.checkpoint_every and (
-                        done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+                if ckpt is not None and (done == cfg.iterations or (
+                        cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
                     if dist.main:  # every process holds the same synset
                         _checkpoint(ckpt, synset, m, state, gen, done, history, ident)
                     dist.barrier()
         if hasattr(m, "finalize"):  # e.g. MTT records its learned student step size
             m.finalize(synset, state)
         history["peak_memory_mb"] = peak_memory_mb(device)
+        if prof.summary is not None:
+            history["profile"] = prof.summary
+            if dist.main:
+                say(profiling.headline(prof.summary))
     history["iterations"] = cfg.iterations if m.iterative else 0
     history["processes"] = dist.world
     result = Result(synset, cfg, history, out, store)
@@ -245,7 +261,8 @@ def _summary(history: dict) -> dict:
     return {"iterations": history.get("iterations"), "final_loss": loss[-1] if loss else None,
             "median_seconds_per_it": sorted(spi)[len(spi) // 2] if spi else None,
             "peak_memory_mb": history.get("peak_memory_mb"),
-            "memory_before_loop_mb": history.get("memory_before_loop_mb"), "loss": loss}
+            "memory_before_loop_mb": history.get("memory_before_loop_mb"), "loss": loss,
+            **({"profile": history["profile"]} if "profile" in history else {})}
 
 
 def _write_metrics(out: Path, update: dict):

@@ -315,6 +315,7 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 200      # iterations between checkpoints (0: only at the end)
+    profile: int = 0                 # record this many loop iterations into OUT/profile/ (torch.profiler)
     net: NetConfig = field(default_factory=NetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mtt: MTTConfig = field(default_factory=MTTConfig)
@@ -338,6 +339,7 @@ class DistillConfig:
         _positive("embed_chunk", self.embed_chunk, allow_zero=True)
         _positive("lr_img", self.lr_img)
         _positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        _positive("profile", self.profile, allow_zero=True)
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
 

@@ -24,6 +24,8 @@ from datetime import timedelta
 
 import torch
 
+from vdfast.profiling import traced
+
 
 @dataclass
 class Dist:
@@ -48,6 +50,7 @@ class Dist:
             torch.distributed.all_reduce(t)
         return t
 
+    @traced("vdfast.all_reduce_grads")
     def sum_grads_(self, params) -> None:
         """Sum the gradients of ``params`` across ranks in place (one flat buffer, one call)."""
         if not self.active:

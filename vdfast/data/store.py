@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vdfast.profiling import traced
 from vdfast.version import __version__
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -268,6 +269,7 @@ class ClipPool:
         """All classes of the store (labels are global ids)."""
         return self.total_classes
 
+    @traced("vdfast.sample_real")
     def sample(self, n: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 ``[len(classes) * n, T, H, W, 3]`` class-major, global labels)."""
         keys = torch.rand(self.total_classes, self.max_count, device=self.device, generator=gen)

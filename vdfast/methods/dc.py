@@ -40,6 +40,7 @@ from vdfast.data.store import ClipPool
 from vdfast.methods.base import Method, reinit_
 from vdfast.models import ConvNet3D
 from vdfast.ops import gradient_match, normalize_clips
+from vdfast.profiling import span
 
 # ipc -> (outer_loop, inner_loop), from the DC paper's settings
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -262,8 +263,9 @@ class DC(Method):
             if ol < state["outer"] - 1 and state["inner"] > 0:
                 with torch.no_grad():
                     x, y = synset.videos()
-                train_epochs(net, x.detach(), y, state["inner"], state["batch_train"],
-                             state["lr_net"], gen)
+                with span("vdfast.dc.inner_train"):
+                    train_epochs(net, x.detach(), y, state["inner"], state["batch_train"],
+                                 state["lr_net"], gen)
         return total / state["outer"]
 
     def state_dict(self, state):

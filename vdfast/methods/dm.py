@@ -19,6 +19,7 @@ from vdfast.data.store import ClipPool
 from vdfast.methods.base import Method, reinit_
 from vdfast.models import ConvNet3D
 from vdfast.ops import dm_loss, normalize_clips
+from vdfast.profiling import span
 
 
 def embed(net, x: torch.Tensor, chunk: int = 0, transform=None) -> torch.Tensor:
@@ -61,13 +62,15 @@ class DM(Method):
         net, opt, pool = state["net"], state["opt"], state["pool"]
         reinit_(net, gen)
         real_u8, real_labels = pool.sample(state["batch_real"], gen)
-        with torch.no_grad():  # normalised per chunk: real clips are held in float one chunk at a time
+        with torch.no_grad(), span("vdfast.dm.embed_real"):  # normalised one chunk at a time
             real_feat = embed(net, real_u8, state["chunk"],
                               lambda u: normalize_clips(u, state["mean"], state["std"]))
         syn, syn_labels = synset.videos()
         if state["own"] is not None:  # this process's classes only
             syn, syn_labels = syn[state["own"]], syn_labels[state["own"]]
-        loss = dm_loss(real_feat, real_labels, embed(net, syn), syn_labels, pool.num_classes)
+        with span("vdfast.dm.embed_syn"):
+            syn_feat = embed(net, syn)
+        loss = dm_loss(real_feat, real_labels, syn_feat, syn_labels, pool.num_classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         state["dist"].sum_grads_(state["params"])

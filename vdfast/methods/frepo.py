@@ -44,8 +44,10 @@ from vdfast.data.store import ClipPool
 from vdfast.methods.base import Method, reinit_
 from vdfast.methods.dc import _check_norm, build_net
 from vdfast.ops import normalize_clips
+from vdfast.profiling import span, traced
 
 
+@traced("vdfast.frepo.krr")
 def krr_predict(feat_t: torch.Tensor, feat_s: torch.Tensor, y_s: torch.Tensor,
                 reg: float = 1e-6) -> torch.Tensor:
     """Kernel ridge regression with a linear kernel on features.
@@ -205,18 +207,19 @@ class FRePo(Method):
             y_t = self._targets(synset, y, state).detach()
             if fc.learn_labels:
                 synset.soft_labels = torch.softmax(y_t / state["tau"], dim=1)
-        for j in (range(len(nets)) if fc.train_all else [i]):
-            self._ready(state, j, gen)
-            nopt = state["net_opts"][j]
-            # data-parallel over the synthetic videos: this block's share of the mean, summed
-            nloss = len(own) / n * _mse(nets[j](x[own.start:own.stop]), y_t[own.start:own.stop])
-            nopt.zero_grad(set_to_none=True)
-            nloss.backward()
-            dist.sum_grads_(list(nets[j].parameters()))
-            nopt.step()
-            state["age"][j] += 1
-            if state["age"][j] >= fc.reset_every:
-                state["age"][j], state["fresh"][j] = 0, True
+        with span("vdfast.frepo.pool_train"):
+            for j in (range(len(nets)) if fc.train_all else [i]):
+                self._ready(state, j, gen)
+                nopt = state["net_opts"][j]
+                # data-parallel over the synthetic videos: this block's share of the mean, summed
+                nloss = len(own) / n * _mse(nets[j](x[own.start:own.stop]), y_t[own.start:own.stop])
+                nopt.zero_grad(set_to_none=True)
+                nloss.backward()
+                dist.sum_grads_(list(nets[j].parameters()))
+                nopt.step()
+                state["age"][j] += 1
+                if state["age"][j] >= fc.reset_every:
+                    state["age"][j], state["fresh"][j] = 0, True
         return loss.detach()
 
     def state_dict(self, state):

@@ -38,6 +38,7 @@ from torch.func import functional_call
 from vdfast.methods.base import Method
 from vdfast.methods.experts import BufferError, ExpertBuffer, build_net, train_experts, unflatten
 from vdfast.ops import trajectory_loss
+from vdfast.profiling import span
 
 
 def step_indices(n: int, syn_steps: int, batch_syn: int = 0, gen: torch.Generator | None = None,
@@ -283,7 +284,8 @@ class MTT(Method):
         e, s = self.draw(state)
         state["last"] = (e, s)
         buf = state["buffer"]
-        start, target = buf.pair(e, s, s + state["expert_epochs"])
+        with span("vdfast.mtt.expert_pair"):
+            start, target = buf.pair(e, s, s + state["expert_epochs"])
         dev = state["device"]
         syn, labels = synset.videos()
         start = start.to(dev, syn.dtype, non_blocking=True)
@@ -292,9 +294,11 @@ class MTT(Method):
         if state["opt_lr"] is not None:
             state["opt_lr"].zero_grad(set_to_none=True)
         if state["unroll"] == "recompute":
-            loss, gx, glr = meta_gradient(state["net"], state["names"], start, target, buf.layout,
-                                          syn, labels, state["syn_lr"], state["syn_steps"],
-                                          state["batch_syn"], gen, state["chunk"], state["dist"])
+            with span("vdfast.mtt.meta_gradient"):  # the unroll and its pull-back, step by step
+                loss, gx, glr = meta_gradient(state["net"], state["names"], start, target,
+                                              buf.layout, syn, labels, state["syn_lr"],
+                                              state["syn_steps"], state["batch_syn"], gen,
+                                              state["chunk"], state["dist"])
             if syn.requires_grad:
                 syn.backward(gx)
             state["dist"].sum_grads_(state["params"])  # each process pulled back its own videos
@@ -302,8 +306,10 @@ class MTT(Method):
                 state["syn_lr"].grad = glr
         else:
             params = [p.detach().requires_grad_() for p in unflatten(start, buf.layout)]
-            params = unroll(state["net"], state["names"], params, syn, labels, state["syn_lr"],
-                            state["syn_steps"], state["batch_syn"], gen, state["chunk"])
+            with span("vdfast.mtt.unroll"):
+                params = unroll(state["net"], state["names"], params, syn, labels,
+                                state["syn_lr"], state["syn_steps"], state["batch_syn"], gen,
+                                state["chunk"])
             student = torch.cat([p.reshape(-1) for p in params])
             loss = trajectory_loss(student, start, target)
             loss.backward()

@@ -20,10 +20,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
+
+from vdfast.profiling import recording
 
 log = logging.getLogger("vdfast.ops")
 
@@ -129,7 +131,10 @@ def fused_backward(op_name: str):
                     f"{op_name}: the fused backward has no double backward (a create_graph=True "
                     f"gradient through it). Call {op_name}(..., backend='reference') where second "
                     f"derivatives are needed; it is twice differentiable.")
-            return backward(ctx, *grads)  # grad mode is off here: no graph is built
+            if not recording():
+                return backward(ctx, *grads)  # grad mode is off here: no graph is built
+            with torch.profiler.record_function(f"vdfast.{op_name}.backward"):
+                return backward(ctx, *grads)
         return wrapper
     return deco
 
@@ -202,6 +207,20 @@ class Op:
 
     def select(self, tensors: Sequence[torch.Tensor], backend: str | None = None,
                needs_double_backward: bool = False, **kw) -> Impl:
+        """The backend to run ``tensors`` on: the first usable in :data:`ORDER`, or ``backend``
+        (else ``VDFAST_BACKEND``) with the reasons when it cannot. While a profiler records, the
+        returned ``fn`` runs as the range ``vdfast.<op>[<backend>]`` (:mod:`vdfast.profiling`)."""
+        impl = self._select(tensors, backend, needs_double_backward, **kw)
+        if not recording():
+            return impl
+        label = f"vdfast.{self.name}[{impl.name}]"
+
+        def fn(*args, **kwargs):
+            with torch.profiler.record_function(label):
+                return impl.fn(*args, **kwargs)
+        return replace(impl, fn=fn)
+
+    def _select(self, tensors, backend, needs_double_backward, **kw) -> Impl:
         backend = backend or os.environ.get("VDFAST_BACKEND") or None
         if backend is not None:
             if backend not in ORDER:

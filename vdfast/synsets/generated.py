@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from vdfast.profiling import traced
 from vdfast.synsets.base import Synset, register
 
 STORE_AS = ("uint8", "fp16")
@@ -56,6 +57,7 @@ class GeneratedSynset(Synset):
             self.register_buffer("data", videos.half().clone())
         self.register_buffer("latents", None if latents is None else latents.half().clone())
 
+    @traced("vdfast.synset.videos")
     def videos(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.store_as == "uint8":
             from vdfast.ops import normalize_clips

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from vdfast.profiling import traced
 from vdfast.synsets.base import Synset, register, register_init
 
 
@@ -18,6 +19,7 @@ class PixelSynset(Synset):
         super().__init__(classes, data.shape[2], data.shape[3], mean, std, labels, soft_labels, meta)
         self.data = nn.Parameter(data.float().clone())
 
+    @traced("vdfast.synset.videos")
     def videos(self):
         return self.data, self.labels
 

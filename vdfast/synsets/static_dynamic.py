@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn as nn
 
+from vdfast.profiling import traced
 from vdfast.synsets.base import Synset, SynsetError, register, register_init
 
 PAIRINGS = ("multi", "1:1")
@@ -116,6 +117,7 @@ class StaticDynamicSynset(Synset):
         r = torch.randint(0, 2, (2, n), generator=self._generator(dev), device=dev)
         return base + r[0], base + r[1]
 
+    @traced("vdfast.synset.videos")
     def videos(self, deterministic: bool | None = None, backend: str | None = None):
         """(float videos ``[nc * ipc, C, T, H, W]`` in normalised space, labels ``[nc * ipc]``),
         differentiable w.r.t. ``dynamic``, ``weight`` and ``bias`` (not the frozen ``static``).
