@@ -259,3 +259,20 @@ def test_unknown_unroll_mode_is_a_config_error():
 
     with pytest.raises(ConfigError, match="unroll"):
         resolve("builtin", method="mtt", mtt={"unroll": "checkpoint"})
+
+
+@pytest.mark.parametrize("mode, phase", [("graph", "vdfast.mtt.unroll"),
+                                         ("recompute", "vdfast.mtt.meta_gradient")])
+def test_profiled_mtt_names_its_phases(store, buffer_dir, tmp_path, mode, phase):
+    import json
+
+    import vdfast
+
+    vdfast.distill(store, method="mtt", ipc=1, iterations=3, profile=1, out=tmp_path,
+                   progress=False, checkpoint_every=0, preset="builtin", **{"net.width": WIDTH},
+                   mtt={**MTT, "syn_steps": 1, "buffer": str(buffer_dir), "unroll": mode})
+    names = {e.get("name") for e in
+             json.loads((tmp_path / "profile" / "trace.json").read_text())["traceEvents"]}
+    assert {phase, "vdfast.mtt.expert_pair", "vdfast.synset.videos"} <= names
+    if mode == "graph":  # the recompute mode computes the loss inside its own pass
+        assert any(n and n.startswith("vdfast.trajectory_loss[") for n in names)

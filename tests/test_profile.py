@@ -83,7 +83,8 @@ def test_fused_ops_name_their_backend_in_a_trace_and_cost_nothing_outside_one():
 
 
 @pytest.mark.parametrize("method, want", [
-    ("frepo", {"vdfast.frepo.krr", "vdfast.frepo.pool_train", "vdfast.sample_real"}),
+    ("frepo", {"vdfast.frepo.krr", "vdfast.frepo.pool_train", "vdfast.frepo.embed_real",
+               "vdfast.frepo.embed_syn", "vdfast.sample_real"}),
     ("dc", {"vdfast.gradient_match[", "vdfast.gradient_match.backward", "vdfast.sample_real"}),
     ("s2d-dm", {"vdfast.blend_static_dynamic[", "vdfast.blend_static_dynamic.backward"}),
 ])

@@ -180,14 +180,15 @@ class FRePo(Method):
         net = nets[i]
 
         real_u8, real_labels = state["pool"].sample(state["per_class"], gen)
-        with torch.no_grad():
+        with torch.no_grad(), span("vdfast.frepo.embed_real"):
             feat_t = net.embed(normalize_clips(real_u8, state["mean"], state["std"]))
         videos, labels = synset.videos()
         targets = self._targets(synset, labels, state)
         dist = state["dist"]
         n = videos.shape[0]
         own = dist.shard(n)  # this process embeds its block of synthetic videos; all see all features
-        feat_s = dist.gather_rows(net.embed(videos[own.start:own.stop]), n)
+        with span("vdfast.frepo.embed_syn"):
+            feat_s = dist.gather_rows(net.embed(videos[own.start:own.stop]), n)
         pred = krr_predict(feat_t, feat_s, targets, fc.reg)
         # this process's real rows' share of the batch mean; the margin term once (rank 0)
         loss = pred.shape[0] / state["rows"] * frepo_loss(pred, real_labels, targets, labels,
