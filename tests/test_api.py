@@ -75,6 +75,22 @@ def test_checkpoint_every_0_keeps_the_end_state_and_continues_like_a_straight_ru
         vdfast.distill(small, iterations=8, out=tmp_path / "b", **opts)
 
 
+def test_callback_sees_every_window_of_the_loop(small, tmp_path, caplog):
+    seen = []
+    opts = dict(method="dm", ipc=1, progress=False, checkpoint_every=5, **FAST)
+    with caplog.at_level("DEBUG", logger="vdfast.distill"):
+        res = vdfast.distill(small, iterations=25, out=tmp_path, callback=seen.append, **opts)
+    assert [r["iteration"] for r in seen] == [10, 20, 25]
+    assert all(r["iterations"] == 25 and r["seconds_per_it"] > 0 for r in seen)
+    assert [v for r in seen for v in r["loss"]] == res.history["loss"]
+    assert seen[-1]["synset"] is res.synset
+    assert sum("dm iteration" in m for m in caplog.messages) == 3
+    # a resumed run reports from where it resumes
+    seen.clear()
+    vdfast.distill(small, iterations=30, out=tmp_path, callback=seen.append, **opts)
+    assert [r["iteration"] for r in seen] == [30] and len(seen[0]["loss"]) == 5
+
+
 def test_evaluate_report_has_baselines(small):
     res = vdfast.distill(small, method="random", ipc=1, progress=False, **FAST)
     rep = vdfast.evaluate(res.synset, small, students=2, epochs=3, full_epochs=1, progress=False,

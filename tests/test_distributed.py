@@ -147,6 +147,26 @@ if dist.active:
 """
 
 
+@pytest.mark.parametrize("static_method", ["dm", "dc"])
+def test_static_learning_splits_classes_and_gives_the_one_rank_memory(tmp_path, static_method):
+    """Static learning on 2 ranks: each embeds its classes' real frames and still images, the
+    pixel gradients are summed; the still images equal the 1-process ones (it fails if the sum is
+    skipped, or if a rank draws other frames than its slice of the 1-process draws)."""
+    def args(iterations):
+        return ["--method", "static", "--ipc", "2", "--s2d-static-method", static_method,
+                "--s2d-static-iterations", str(iterations), "--s2d-static-width", "8",
+                "--s2d-static-depth", "2", "--s2d-static-batch-real", "3", "--no-evaluate",
+                "--no-preview"]
+
+    _launch(tmp_path / "one", 1, args(3))
+    _launch(tmp_path / "two", 2, args(3))
+    one, two = vdfast.load(tmp_path / "one" / "synset"), vdfast.load(tmp_path / "two" / "synset")
+    torch.testing.assert_close(two.data, one.data, rtol=1e-4, atol=1e-5)
+    _launch(tmp_path / "zero", 1, args(0))  # the starting frames: the 3 iterations moved them
+    start = vdfast.load(tmp_path / "zero" / "synset").data
+    assert (one.data - start).abs().max() > 100 * (two.data - one.data).abs().max()
+
+
 def test_gather_rows_gives_every_rank_every_row_and_sums_the_gradient(tmp_path):
     script = tmp_path / "gather.py"
     script.write_text(GATHER)

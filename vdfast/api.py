@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import resource
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,6 +28,7 @@ from vdfast.synsets import Synset, load
 from vdfast.version import __version__
 
 BUILTIN = "builtin"
+log = logging.getLogger("vdfast.distill")
 
 
 def open_data(data=None) -> ClipStore:
@@ -95,7 +98,8 @@ def _identity(cfg: DistillConfig, store: ClipStore) -> dict:
 
 def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None = None,
             out: str | os.PathLike | None = None, resume: bool = True, preset: str = "auto",
-            progress: bool = True, **options) -> Result:
+            progress: bool = True, callback: Callable[[dict], None] | None = None,
+            **options) -> Result:
     """Distill ``data`` into ``ipc`` synthetic videos per class.
 
     Args:
@@ -108,6 +112,11 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
             ``resume`` a run continues from ``out/checkpoint``.
         preset: ``auto`` (``builtin`` for the embedded data, else ``published``) or a name in
             :data:`vdfast.config.PRESETS`.
+        callback: called on the main process after every 10 iterations (the loop's one host
+            sync) and after the last, with a dict: ``iteration`` (done so far), ``iterations``,
+            ``loss`` (the window's losses), ``seconds_per_it`` (the window's mean) and ``synset``.
+            For logging to a tracker; the same record goes to the ``vdfast.distill`` logger at
+            DEBUG level.
         **options: any DistillConfig field (``lr_img=...``, ``seed=...``, ``device=...``), dotted
             nested fields (``**{"net.width": 32}``) or ``net=``/``eval=`` dicts.
 
@@ -198,6 +207,11 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                     history["at_iteration"].append(done)
                     pb.set_postfix(loss=f"{vals[-1]:.4g}", refresh=False)
                     pb.update(len(vals))
+                    log.debug("%s iteration %d/%d: loss %.6g, %.1f ms/it", cfg.method, done,
+                              cfg.iterations, vals[-1], 1e3 * dt)
+                    if callback is not None and dist.main:
+                        callback({"iteration": done, "iterations": cfg.iterations, "loss": vals,
+                                  "seconds_per_it": dt, "synset": synset})
                     losses, t_win = [], time.perf_counter()
                     if not all(v == v for v in vals):
                         raise FloatingPointError(

@@ -4,8 +4,8 @@ The same command runs on 1 process or N (``accelerate launch --multi_gpu --num_p
 distill ...`` or ``torchrun --nproc_per_node N -m vdfast distill ...``; on CPUs the backend is gloo).
 
 Which methods split how: docs/scale.md (DM, DC and their s2d variants by classes, FRePo by the
-classes of its real batch and the rows of its synthetic set, MTT by each step's videos, GVD's sampling by classes, expert training by
-experts).
+classes of its real batch and the rows of its synthetic set, MTT by each step's videos, static
+learning by classes, GVD's sampling by classes, expert training by experts).
 
 Class-sharded methods (DM, DC and their s2d variants, whose losses are sums over classes): rank r owns a
 contiguous block of classes, keeps only their real clips on its device, and embeds only their real

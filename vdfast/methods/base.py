@@ -38,7 +38,7 @@ class Method:
     def init(self, store: ClipStore, cfg, device, gen: torch.Generator):
         from vdfast.synsets import make
 
-        return make(self.parametrization, store, cfg, device, method=self.full_name)
+        return make(self.parametrization, store, cfg, device, method=self.full_name, dist=self.dist)
 
     def setup(self, synset, store: ClipStore, cfg, device) -> dict:
         return {}

@@ -50,11 +50,16 @@ class StaticMemoryError(ValueError):
     """A static memory file that does not fit the data or the request; the message says why."""
 
 
-def random_frames(u8: torch.Tensor, mean, std, gen: torch.Generator | None = None) -> torch.Tensor:
+def random_frames(u8: torch.Tensor, mean, std, gen: torch.Generator | None = None,
+                  rows: range | None = None, total: int = 0) -> torch.Tensor:
     """One random frame of each clip: uint8 ``[N, T, H, W, 3]`` -> normalised float ``[N, 3, H, W]``.
-    Random numbers from ``gen`` on the clips' device (no host sync)."""
+    Random numbers from ``gen`` on the clips' device (no host sync). With ``rows`` (and ``total``),
+    ``u8`` holds rows ``rows`` of a batch of ``total`` clips: the picks are drawn for the whole
+    batch and sliced, so a process holding some classes draws what one process holding all does."""
     n, t = u8.shape[:2]
-    pick = torch.randint(0, t, (n,), generator=gen, device=u8.device)
+    pick = torch.randint(0, t, (total or n,), generator=gen, device=u8.device)
+    if rows is not None:
+        pick = pick[rows.start:rows.stop]
     frames = u8[torch.arange(n, device=u8.device), pick]           # [N, H, W, 3]
     return normalize_clips(frames.unsqueeze(1), mean, std).squeeze(2)
 
@@ -78,7 +83,7 @@ def _net2d(nc: int, size: int, width: int, depth: int, norm: str, device) -> Con
 def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int = 1000,
                  lr: float = 0.0, batch_real: int = 256, width: int = 128, depth: int = 4,
                  norm: str = "instance", seed: int = 0, device="cpu", momentum: float = 0.5,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, dist=None) -> torch.Tensor:
     """Distill still images from one random frame per real clip.
 
     Args:
@@ -89,6 +94,9 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
         batch_real: real frames per class per iteration.
         width, depth, norm: the :class:`~vdfast.models.ConvNet2D` (paper: 128, 4, instance).
         seed: everything is drawn from local generators seeded with it (never the global RNG).
+        dist: a :class:`vdfast.distributed.Dist` of N processes splits the work by classes (each
+            embeds its classes' real frames and still images, the pixel gradients are summed);
+            every process returns the same images, the 1-process ones up to float summation order.
 
     Returns:
         float32 ``[nc * spc, 3, H, W]`` still images in the store's normalised space, class-major,
@@ -113,10 +121,14 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     if method == "dc" and dc is None:
         raise RuntimeError("static learning with DC needs vdfast.methods.dc (dc_loss), which this "
                            "install lacks; use --s2d-static-method dm")
+    from vdfast.distributed import Dist
+
+    dist = dist if dist is not None and dist.world <= nc else Dist(0, 1, device)  # else: each whole
+    classes = dist.shard(nc)  # this process's block of classes
     gen = torch.Generator(device=device).manual_seed(seed)
     net = _net2d(nc, store.size, width, depth, norm, device)
     net.requires_grad_(method == "dc")
-    pool = ClipPool(store, "train", device)
+    pool = ClipPool(store, "train", device, classes=classes)
     x = static.clone().requires_grad_(True)
     opt = torch.optim.SGD([x], lr=lr or STATIC_LR[method], momentum=momentum)
     # DC: the paper's (outer, inner) loops by images per class; the network trains on the still
@@ -124,25 +136,37 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     outer, inner = dc.dc_loops(spc) if dc is not None else (1, 0)
     from vdfast.progress import bar
 
-    with bar(total=iterations, desc=f"static memory ({method})", unit="it", enable=progress) as pb:
+    with bar(total=iterations, desc=f"static memory ({method})", unit="it",
+             enable=progress and dist.main) as pb:
         for _ in range(iterations):
             reinit_(net, gen)
             for ol in range(outer):
-                real_u8, real_labels = pool.sample(batch_real, gen)
-                real = random_frames(real_u8, store.mean, store.std, gen)
-                if dc is None:
-                    with torch.no_grad():
-                        real_feat = net.embed(real)
-                    loss = dm_loss(real_feat, real_labels, net.embed(x), labels, nc)
-                else:  # class-major real frames and still images, as dc_loss wants
-                    loss = dc.dc_loss(net, real, x, nc)
                 opt.zero_grad(set_to_none=True)
-                loss.backward(inputs=[x])
+                _static_step(net, pool, store, x, labels, classes, spc, batch_real, gen, dc)
+                dist.sum_grads_([x])
                 opt.step()
                 if ol < outer - 1:
                     dc.train_epochs(net, x.detach(), labels, inner, 256, 0.01, gen)
             pb.update(1)
     return x.detach().contiguous()
+
+
+def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, gen, dc):
+    """One outer step's gradient of static learning into ``x.grad``, from the block ``classes``
+    (this process's): its real frames and its ``spc`` still images per class."""
+    nc = store.num_classes
+    real_u8, real_labels = pool.sample(batch_real, gen)
+    real = random_frames(real_u8, store.mean, store.std, gen, total=nc * batch_real,
+                         rows=range(classes.start * batch_real, classes.stop * batch_real))
+    mine = x[classes.start * spc:classes.stop * spc]
+    if dc is None:
+        with torch.no_grad():
+            real_feat = net.embed(real)
+        loss = dm_loss(real_feat, real_labels, net.embed(mine),
+                       labels[classes.start * spc:classes.stop * spc], nc)
+    else:  # class-major real frames and still images, as dc_loss wants
+        loss = dc.dc_loss(net, real, mine, len(classes), first_class=classes.start)
+    loss.backward(inputs=[x])
 
 
 # ------------------------------------------------------------------------ static memory files
@@ -245,10 +269,12 @@ def cache_dir(cache: str | os.PathLike, store: ClipStore, settings: dict) -> Pat
     return Path(cache) / f"static-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
-def get_static(store: ClipStore, cfg, spc: int, device="cpu", progress: bool = False) -> torch.Tensor:
+def get_static(store: ClipStore, cfg, spc: int, device="cpu", progress: bool = False,
+               dist=None) -> torch.Tensor:
     """The static memory of an s2d run: ``cfg.s2d.static_path`` when given, else a cached one from
-    ``cfg.s2d.static_cache`` with the same settings, else learned with :func:`learn_static` (and
-    written to the cache when one is set). ``[nc * spc, C, H, W]`` on ``device``."""
+    ``cfg.s2d.static_cache`` with the same settings, else learned with :func:`learn_static` (split
+    by classes across the processes of ``dist``, and written to the cache when one is set).
+    ``[nc * spc, C, H, W]`` on ``device``."""
     s = cfg.s2d
     if s.static_path:
         return load_static(s.static_path, store, spc, device)[0]
@@ -259,7 +285,7 @@ def get_static(store: ClipStore, cfg, spc: int, device="cpu", progress: bool = F
     static = learn_static(store, spc, method=s.static_method, iterations=s.static_iterations,
                           lr=settings["lr"], batch_real=s.static_batch_real, width=s.static_width,
                           depth=s.static_depth, norm=s.static_norm, seed=cfg.seed, device=device,
-                          progress=progress)
+                          progress=progress, dist=dist)
     if where is not None:
         save_static(where, static, store.classes, store.mean, store.std,
                     meta={"dataset": store.name, "learned": settings})
@@ -277,7 +303,7 @@ class StaticOnly(Method):
     def init(self, store, cfg, device, gen):
         from vdfast.synsets import PixelSynset
 
-        static = get_static(store, cfg, cfg.ipc, device)
+        static = get_static(store, cfg, cfg.ipc, device, dist=self.dist)
         videos = static.unsqueeze(2).expand(-1, -1, store.frames, -1, -1)
         labels = torch.arange(store.num_classes, device=device).repeat_interleave(cfg.ipc)
         return PixelSynset(videos, labels, store.classes, store.mean, store.std,

@@ -44,10 +44,12 @@ def register_init(parametrization: str):
     return deco
 
 
-def make(parametrization: str, store, cfg, device, method: str) -> "Synset":
+def make(parametrization: str, store, cfg, device, method: str, dist=None) -> "Synset":
+    """A method's starting synset of ``parametrization``; ``dist`` (a
+    :class:`vdfast.distributed.Dist`) lets an init that learns something split it across processes."""
     if parametrization not in INITS:
         raise ValueError(f"unknown parametrisation {parametrization!r}; known: {', '.join(INITS)}")
-    return INITS[parametrization](store, cfg, device, method)
+    return INITS[parametrization](store, cfg, device, method, dist=dist)
 
 
 class Synset(nn.Module):

@@ -37,7 +37,7 @@ class PixelSynset(Synset):
 
 
 @register_init("pixel")
-def init_pixel(store, cfg, device, method: str) -> PixelSynset:
+def init_pixel(store, cfg, device, method: str, dist=None) -> PixelSynset:
     """``ipc`` random real clips per class (seeded by ``cfg.seed``), or N(0, 1) noise."""
     from vdfast.ops import normalize_clips
 

@@ -170,16 +170,16 @@ class StaticDynamicSynset(Synset):
 
 
 @register_init("s2d")
-def init_s2d(store, cfg, device, method: str) -> StaticDynamicSynset:
+def init_s2d(store, cfg, device, method: str, dist=None) -> StaticDynamicSynset:
     """The static memory from :func:`vdfast.methods.static.get_static` (``s2d.static_path``, the
-    ``s2d.static_cache``, or static learning), N(0, 1) dynamic memory and the integrator, all drawn
+    ``s2d.static_cache``, or static learning, split across the processes of ``dist``), N(0, 1) dynamic memory and the integrator, all drawn
     from generators seeded by ``cfg.seed`` (the global RNG is untouched)."""
     from vdfast.methods.static import get_static
 
     s2d = cfg.s2d
     k = per_slot(s2d.pairing)
     nc, ipc = store.num_classes, cfg.ipc
-    static = get_static(store, cfg, k * ipc, device)
+    static = get_static(store, cfg, k * ipc, device, dist=dist)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     dynamic = torch.randn(nc * k * ipc, store.frames, 1, store.size, store.size, generator=gen)
     weight, bias = init_integrator(static.shape[1], gen, s2d.integrator_init)
