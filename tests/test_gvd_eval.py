@@ -38,9 +38,10 @@ def _spy(monkeypatch):
     calls = []
     real = evaluation.train_student
 
-    def spy(net, source, cfg, epochs, gen, soft=False, desc="", progress=True):
+    def spy(net, source, cfg, epochs, gen, soft=False, desc="", progress=True, dist=None):
         calls.append((soft, cfg.soft_temperature, source.y.clone(), source.x.clone()))
-        return real(net, source, cfg, epochs, gen, soft=soft, desc=desc, progress=progress)
+        return real(net, source, cfg, epochs, gen, soft=soft, desc=desc, progress=progress,
+                    dist=dist)
 
     monkeypatch.setattr(evaluation, "train_student", spy)
     return calls

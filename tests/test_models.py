@@ -41,3 +41,27 @@ def test_convnet2d():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 5)
     with pytest.raises(ValueError):
         build_student("vit", 5, 8, 32)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
+def test_row_dropout_blocks_draw_the_whole_batch_mask(fmt):
+    """RowDropout with ``split`` gives each block of rows exactly what nn.Dropout gives those rows
+    of the whole batch from the same RNG state (data-parallel training draws what one process
+    does), in either memory layout; without ``split`` it is nn.Dropout."""
+    from vdfast.models import RowDropout
+
+    x = torch.randn(7, 6, 2, 3, 3).contiguous(memory_format=fmt)
+    torch.manual_seed(0)
+    whole = torch.nn.functional.dropout(x, 0.5, True)
+    d = RowDropout(0.5).train()
+    torch.manual_seed(0)
+    assert torch.equal(d(x), whole)
+    blocks = []
+    for a, b in ((0, 3), (3, 7), (7, 7)):
+        torch.manual_seed(0)
+        d.split = (a, b, 7)
+        blocks.append(d(x[a:b]))
+    assert torch.equal(torch.cat(blocks), whole)
+    assert (whole == 0).any() and torch.equal(d.eval()(x), x)
+    with pytest.raises(ValueError, match="split"):
+        d.train()(x[:2])

@@ -41,8 +41,16 @@ from vdfast.models import build_student
 from vdfast.ops import normalize_clips
 
 
-def _standardize(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean()) / x.std().clamp_min(1e-6)
+def _standardize(x: torch.Tensor, dist=None) -> torch.Tensor:
+    """``x`` by its scalar mean and std; with ``dist`` (N processes each holding some rows of one
+    batch) by the whole batch's, from summed float64 moments."""
+    if dist is None:
+        return (x - x.mean()) / x.std().clamp_min(1e-6)
+    xd = x.double()
+    m = dist.all_reduce_(torch.stack([xd.new_tensor(float(x.numel())), xd.sum(), xd.pow(2).sum()]))
+    mean = m[1] / m[0]
+    std = ((m[2] - m[0] * mean * mean) / (m[0] - 1)).clamp_min(0).sqrt()
+    return (x - mean.to(x.dtype)) / std.to(x.dtype).clamp_min(1e-6)
 
 
 @dataclass
@@ -111,10 +119,19 @@ class _Source:
 
 
 def train_student(net, source: _Source, cfg: EvalConfig, epochs: int, gen: torch.Generator,
-                  soft: bool = False, desc: str = "", progress: bool = True):
-    """Train ``net`` in place on ``source``; returns the final training loss."""
+                  soft: bool = False, desc: str = "", progress: bool = True, dist=None):
+    """Train ``net`` in place on ``source``; returns the final training loss.
+
+    With ``dist`` of N processes (all calling this with the same ``net`` and ``gen``) the training
+    is data-parallel: each process takes its block of rows of every batch, the batch's
+    standardisation statistics and the gradients are summed, dropout masks are drawn for the whole
+    batch (:class:`~vdfast.models.RowDropout`); the same training as one process up to float
+    summation order, every process ending with the same ``net``. Not with batch normalisation
+    (per-process batch statistics): refused."""
     from vdfast.progress import bar
 
+    if dist is not None and dist.active:
+        return _train_student_dp(net, source, cfg, epochs, gen, soft, desc, progress, dist)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], 0.1)
@@ -141,6 +158,57 @@ def train_student(net, source: _Source, cfg: EvalConfig, epochs: int, gen: torch
             sched.step()
             pb.update(1)
     return float(loss.detach())
+
+
+def _train_student_dp(net, source, cfg, epochs, gen, soft, desc, progress, dist):
+    """:func:`train_student` on N processes: the same loop, each process its rows of each batch."""
+    from vdfast.models import RowDropout
+    from vdfast.progress import bar
+
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        raise ValueError("data-parallel student training cannot use batch normalisation (each "
+                         "process would normalise by its own rows); use --net-norm none or instance")
+    params = list(net.parameters())
+    drops = [m for m in net.modules() if isinstance(m, RowDropout)]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], 0.1)
+    n = len(source)
+    steps = math.ceil(n / cfg.batch)
+    net.train()
+    total_loss = torch.zeros((), dtype=torch.float64)
+    tau = cfg.soft_temperature
+    try:
+        with bar(total=epochs, desc=desc, unit="ep", enable=progress and dist.main) as pb:
+            for _ in range(epochs):
+                perm = torch.randperm(n, generator=gen).to(source.x.device)
+                for s in range(steps):
+                    idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
+                    rows = dist.shard(idx.numel())  # may be empty: zeros, and the same RNG draws
+                    for m in drops:
+                        m.split = (rows.start, rows.stop, idx.numel())
+                    x, y = source.batch(idx[rows.start:rows.stop])
+                    if cfg.standardize:
+                        x = _standardize(x, dist)
+                    out = net(x)
+                    if soft:  # batchmean over the whole batch: the sum over this block / its size
+                        loss = F.kl_div(F.log_softmax(out / tau, 1), y, reduction="sum") * tau * tau
+                    else:
+                        loss = F.cross_entropy(out, y, reduction="sum")
+                    loss = loss / idx.numel()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    for p in params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                    dist.sum_grads_(params)
+                    opt.step()
+                    total_loss = loss.detach().double()
+                sched.step()
+                pb.update(1)
+    finally:
+        for m in drops:
+            m.split = None
+    return float(dist.all_reduce_(total_loss))
 
 
 @torch.no_grad()
@@ -180,12 +248,15 @@ class Share:
 
 def run_students(x, y, store: ClipStore, test, cfg: EvalConfig, epochs: int, n: int, seed: int,
                  device, soft: bool = False, name: str = "", net_cfg=None, progress=True,
-                 share: Share | None = None) -> list[float]:
+                 share: Share | None = None, dp=None) -> list[float]:
     """Train ``n`` fresh students on (x, y) and return their final test accuracies (0.0 for the
-    students ``share`` gives to other processes)."""
+    students ``share`` gives to other processes). With ``dp`` (a Dist of N processes, all calling
+    this) every student is trained data-parallel by all of them instead (:func:`train_student`);
+    the main process keeps the accuracies, the others 0.0 (:meth:`Share.gather` adds them up)."""
+    dp = dp if dp is not None and dp.active else None
     accs = []
     for i in range(n):
-        if share is not None and not share.mine():
+        if dp is None and share is not None and not share.mine():
             accs.append(0.0)
             continue
         s = seed * 1009 + i
@@ -198,8 +269,9 @@ def run_students(x, y, store: ClipStore, test, cfg: EvalConfig, epochs: int, n: 
             gen = torch.Generator().manual_seed(s)
             train_student(net, _Source(x, y, store.mean, store.std), cfg, epochs, gen, soft=soft,
                           desc=f"{name} student" + (f" {i + 1}/{n}" if n > 1 else ""),
-                          progress=progress)
-            accs.append(test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize))
+                          progress=progress and (dp is None or dp.main), dist=dp)
+            acc = test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize)
+            accs.append(acc if dp is None or dp.main else 0.0)
     return accs
 
 
@@ -210,7 +282,7 @@ def soft_temperature(synset, cfg: EvalConfig) -> float:
     return float(tau) if tau is not None else cfg.soft_temperature
 
 
-def teacher_of(synset, store: ClipStore, device, progress: bool = True):
+def teacher_of(synset, store: ClipStore, device, progress: bool = True, dist=None):
     """The soft-label teacher of a GVD synset, or None when the synset records none: loaded from the
     run's stage cache (``meta["gvd"]["workdir"]``, folder ``teacher-<key>``) when it is still
     there, else trained again on ``store``'s train split with the recorded settings
@@ -231,7 +303,7 @@ def teacher_of(synset, store: ClipStore, device, progress: bool = True):
         cache = d if (d / "teacher.pt").exists() else None
     ecfg = dataclasses.replace(EvalConfig(), **ident["eval"])
     return train_teacher(store, NetConfig(**ident["net"]), ecfg, ident["epochs"], ident["seed"],
-                         device, cache, progress)
+                         device, cache, progress, dist)
 
 
 def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int = 0,
@@ -288,7 +360,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
                                  net_cfg=net_cfg, progress=progress, share=share)
         rep.rows.append(Row("random real", ipc, accs, time.perf_counter() - t0))
         select = int((synset.meta.get("gvd") or {}).get("select", 1))
-        teacher = teacher_of(synset, store, device, progress) if soft or select > 1 else None
+        teacher = teacher_of(synset, store, device, progress, dist) if soft or select > 1 else None
         if teacher is not None and soft:  # the same random draws, labelled by the synset's own teacher
             from vdfast.methods.gvd import soft_labels
 
@@ -317,11 +389,13 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
                                      name=f"random real, teacher-selected {i + 1}/{cfg.students}:")
             rep.rows.append(Row(f"random real (teacher-selected, best of {select})", ipc, accs,
                                 time.perf_counter() - t0))
-    if full:
+    if full:  # the whole train split: each student data-parallel over all processes
         t0 = time.perf_counter()
         x, y = store.tensors("train", device)
+        dp = dist if dist is not None and (net_cfg is None or net_cfg.norm != "batch") else None
         accs = run_students(x, y, store, test, cfg, cfg.full_epochs, cfg.full_students, seed, device,
-                            name="full train set", net_cfg=net_cfg, progress=progress, share=share)
+                            name="full train set", net_cfg=net_cfg, progress=progress, share=share,
+                            dp=dp)
         rep.rows.append(Row("full train set", None, accs, time.perf_counter() - t0))
     share.gather(rep.rows)
     return rep

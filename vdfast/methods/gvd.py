@@ -19,10 +19,10 @@ Every label->index mapping the generator sees is the index in the SORTED label n
 instance's noise comes from a generator seeded by (seed, label name, slot): a store with the same
 classes in another order gives the same modes and the same videos per label.
 
-Several processes (``self.dist``): the autoencoder and the generator train data-parallel (each
-rank computes its rows of every batch, the gradients are summed: the same training as one
-process); rank 0 computes the latents, modes and teacher first and the others load them from the
-workdir after a barrier (without a workdir every rank computes them); then sampling is sharded by
+Several processes (``self.dist``): the autoencoder, the generator and the teacher train
+data-parallel (each rank computes its rows of every batch, the gradients are summed: the same
+training as one process; the teacher's dropout masks are drawn for the whole batch); rank 0
+computes the latents and modes first and the others load them from the workdir after a barrier (without a workdir every rank computes them); then sampling is sharded by
 class (``Dist.shard``) and the ranks' rows are summed into the whole set on every rank.
 
 ``workdir``: ``gvd.workdir`` if set, else ``<run_dir>/gvd`` when the caller set ``GVD.run_dir``
@@ -507,17 +507,23 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
 
 # ---------------------------------------------------------------------- stage 6: soft labels
 def train_teacher(store: ClipStore, net_cfg, eval_cfg, epochs: int, seed: int, device,
-                  cache: Path | None = None, progress: bool = True):
+                  cache: Path | None = None, progress: bool = True, dist=None):
     """A ConvNet3D trained on the full real train split (the evaluation protocol's optimiser);
     initialisation and batches drawn from ``seed`` alone, so the same settings give the same
-    teacher (:func:`vdfast.evaluation.teacher_of` rebuilds it when the cache is gone)."""
+    teacher (:func:`vdfast.evaluation.teacher_of` rebuilds it when the cache is gone). With
+    ``dist`` (N processes, all calling this) it trains data-parallel (each process its rows of
+    every batch, :func:`vdfast.evaluation.train_student`) and the main process writes ``cache``."""
     from vdfast.evaluation import _Source, train_student
     from vdfast.models import ConvNet3D
 
     net = _seeded(lambda: ConvNet3D(store.num_classes, store.frames, store.size, width=net_cfg.width,
                                     depth=net_cfg.depth, norm=net_cfg.norm), seed * 31 + 4).to(device)
     f = cache / "teacher.pt" if cache else None
-    if f is not None and f.exists():
+    dp = dist if dist is not None and dist.active and net_cfg.norm != "batch" else None
+    have = f is not None and f.exists()
+    if dp is not None:  # load only where every process can (workdirs on other machines: train)
+        have = int(dp.all_reduce_(torch.tensor(float(have), device=dp.device))) == dp.world
+    if have:
         net.load_state_dict(torch.load(f, map_location=device))
         return net.eval()
     x, y = store.tensors("train", device)
@@ -527,8 +533,8 @@ def train_teacher(store: ClipStore, net_cfg, eval_cfg, epochs: int, seed: int, d
         torch.manual_seed(seed * 31 + 5)
         train_student(net, _Source(x, y, store.mean, store.std), ecfg, epochs,
                       torch.Generator().manual_seed(seed * 31 + 6), desc="gvd teacher",
-                      progress=progress)
-    if f is not None:
+                      progress=progress and (dp is None or dp.main), dist=dp)
+    if f is not None and (dp is None or dp.main):
         _atomic_save(net.state_dict(), f)
     return net.eval()
 
@@ -651,13 +657,13 @@ class GVD(Method):
             ids["samples"]["teacher"] = _key(ids["teacher"])
         return ids
 
-    def teacher(self, store, cfg, device, progress: bool = True):
+    def teacher(self, store, cfg, device, progress: bool = True, dist=None):
         """The soft-label teacher of this run (trained, or loaded from the workdir's cache), e.g. to
         give random real clips the same soft labels: ``soft_labels(teacher, clips_u8, ...)``."""
         work = _Work(self.workdir(cfg))
         return train_teacher(store, cfg.net, cfg.eval, cfg.gvd.teacher_epochs, cfg.seed, device,
                              work.stage("teacher", self.stage_identities(store, cfg)["teacher"]),
-                             progress)
+                             progress, dist)
 
     def init(self, store, cfg, device, gen, progress: bool = True):
         """Runs (or loads) every stage; ``gen`` is unused: each stage draws from its own generator
@@ -673,10 +679,10 @@ class GVD(Method):
         work = _Work(self.workdir(cfg))
         ids = self.stage_identities(store, cfg)
 
-        # several processes: the autoencoder and the generator train data-parallel (every rank its
-        # share of each batch); the cheap stages (latents, modes, teacher) are computed by rank 0
-        # and cached before the others load them when they share a workdir, else by every rank
-        # (deterministic: the same result)
+        # several processes: the autoencoder, the generator and the teacher train data-parallel
+        # (every rank its share of each batch); the cheap stages (latents, modes) are computed by
+        # rank 0 and cached before the others load them when they share a workdir, else by every
+        # rank (deterministic: the same result)
         shared = dist.active and work.root is not None
 
         def main_first(run):
@@ -697,8 +703,8 @@ class GVD(Method):
             modes = main_first(lambda: discover_modes(latents, cfg.ipc * g.segments, g.kmeans_iters,
                                                       seed, work.stage("modes", ids["modes"])))
         teacher = None
-        if g.soft_labels or g.select > 1:
-            teacher = main_first(lambda: self.teacher(store, cfg, device, progress))
+        if g.soft_labels or g.select > 1:  # trained data-parallel by every process
+            teacher = self.teacher(store, cfg, device, progress, dist)
         # sampling sharded by class: this rank's contiguous block of classes, its own chunk folder;
         # each instance's noise is seeded by (seed, label, slot), so the videos equal a 1-rank run's
         mine = dist.shard(store.num_classes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 NORMS = ("none", "instance", "batch")
 
@@ -68,6 +69,27 @@ def feature_shape(frames: int, size: int, depth: int) -> tuple[int, int]:
     return t, s
 
 
+class RowDropout(nn.Dropout):
+    """``nn.Dropout`` that can draw its mask for a whole batch while this process holds only some
+    of its rows. Data-parallel training sets ``split = (start, stop, total)``: the mask of all
+    ``total`` rows is drawn (same global-RNG draws as one process running the whole batch, in the
+    input's memory order) and rows ``start:stop`` are applied, so N processes train what one does.
+    With ``split`` None it is ``nn.Dropout`` exactly."""
+
+    split: tuple[int, int, int] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.split is None or not self.training or self.p == 0:
+            return super().forward(x)
+        start, stop, total = self.split
+        if x.shape[0] != stop - start:
+            raise ValueError(f"RowDropout split {self.split} for a batch of {x.shape[0]} rows")
+        fmt = (torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous()
+               and x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
+        full = torch.ones((total, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        return x * F.dropout(full.contiguous(memory_format=fmt), self.p, True)[start:stop]
+
+
 class ConvNet3D(nn.Module):
     def __init__(self, num_classes: int, frames: int = 16, size: int = 112, channels: int = 3,
                  width: int = 64, depth: int = 3, norm: str = "none", dropout: float = 0.5):
@@ -89,7 +111,7 @@ class ConvNet3D(nn.Module):
         self.feat_shape = (cin, t, s, s)
         kt = min(2, t)
         self.pool = nn.AvgPool3d((kt, 2, 2) if size > 64 and s >= 2 else (kt, 1, 1), stride=1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = RowDropout(dropout)
         self.classifier = nn.Conv3d(cin, num_classes, 1)
         self.num_classes = num_classes
 
