@@ -128,87 +128,64 @@ def train_student(net, source: _Source, cfg: EvalConfig, epochs: int, gen: torch
     batch (:class:`~vdfast.models.RowDropout`); the same training as one process up to float
     summation order, every process ending with the same ``net``. Not with batch normalisation
     (per-process batch statistics): refused."""
-    from vdfast.progress import bar
-
-    if dist is not None and dist.active:
-        return _train_student_dp(net, source, cfg, epochs, gen, soft, desc, progress, dist)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], 0.1)
-    n = len(source)
-    steps = math.ceil(n / cfg.batch)
-    net.train()
-    loss = torch.zeros(())
-    tau = cfg.soft_temperature
-    with bar(total=epochs, desc=desc, unit="ep", enable=progress) as pb:
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=gen).to(source.x.device)
-            for s in range(steps):
-                x, y = source.batch(perm[s * cfg.batch:(s + 1) * cfg.batch])
-                if cfg.standardize:
-                    x = _standardize(x)
-                out = net(x)
-                if soft:
-                    loss = F.kl_div(F.log_softmax(out / tau, 1), y, reduction="batchmean") * tau * tau
-                else:
-                    loss = F.cross_entropy(out, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sched.step()
-            pb.update(1)
-    return float(loss.detach())
-
-
-def _train_student_dp(net, source, cfg, epochs, gen, soft, desc, progress, dist):
-    """:func:`train_student` on N processes: the same loop, each process its rows of each batch."""
     from vdfast.models import RowDropout
     from vdfast.progress import bar
 
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+    dp = dist if dist is not None and dist.active else None
+    if dp is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                              for m in net.modules()):
         raise ValueError("data-parallel student training cannot use batch normalisation (each "
                          "process would normalise by its own rows); use --net-norm none or instance")
     params = list(net.parameters())
-    drops = [m for m in net.modules() if isinstance(m, RowDropout)]
+    drops = [m for m in net.modules() if isinstance(m, RowDropout)] if dp is not None else []
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], 0.1)
     n = len(source)
     steps = math.ceil(n / cfg.batch)
     net.train()
-    total_loss = torch.zeros((), dtype=torch.float64)
-    tau = cfg.soft_temperature
+    loss = torch.zeros(())
     try:
-        with bar(total=epochs, desc=desc, unit="ep", enable=progress and dist.main) as pb:
+        with bar(total=epochs, desc=desc, unit="ep", enable=progress and (dp is None or dp.main)) as pb:
             for _ in range(epochs):
                 perm = torch.randperm(n, generator=gen).to(source.x.device)
                 for s in range(steps):
                     idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
-                    rows = dist.shard(idx.numel())  # may be empty: zeros, and the same RNG draws
-                    for m in drops:
-                        m.split = (rows.start, rows.stop, idx.numel())
-                    x, y = source.batch(idx[rows.start:rows.stop])
+                    total = 0
+                    if dp is not None:  # this process's rows (maybe none: zeros, same RNG draws)
+                        rows, total = dp.shard(idx.numel()), idx.numel()
+                        for m in drops:
+                            m.split = (rows.start, rows.stop, total)
+                        idx = idx[rows.start:rows.stop]
+                    x, y = source.batch(idx)
                     if cfg.standardize:
-                        x = _standardize(x, dist)
-                    out = net(x)
-                    if soft:  # batchmean over the whole batch: the sum over this block / its size
-                        loss = F.kl_div(F.log_softmax(out / tau, 1), y, reduction="sum") * tau * tau
-                    else:
-                        loss = F.cross_entropy(out, y, reduction="sum")
-                    loss = loss / idx.numel()
+                        x = _standardize(x, dp)
+                    loss = _student_loss(net(x), y, soft, cfg.soft_temperature, total)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    for p in params:
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                    dist.sum_grads_(params)
+                    if dp is not None:
+                        for p in params:
+                            if p.grad is None:
+                                p.grad = torch.zeros_like(p)
+                        dp.sum_grads_(params)
                     opt.step()
-                    total_loss = loss.detach().double()
                 sched.step()
                 pb.update(1)
     finally:
         for m in drops:
             m.split = None
-    return float(dist.all_reduce_(total_loss))
+    loss = loss.detach()
+    return float(dp.all_reduce_(loss.double()) if dp is not None else loss)
+
+
+def _student_loss(out, y, soft: bool, tau: float, total: int = 0) -> torch.Tensor:
+    """A batch's loss (KL at ``tau`` for soft targets, else cross-entropy); with ``total``, this
+    block's share of the loss of a batch of ``total`` rows (its sum / ``total``)."""
+    if soft:
+        logp = F.log_softmax(out / tau, 1)
+        if total:
+            return F.kl_div(logp, y, reduction="sum") * tau * tau / total
+        return F.kl_div(logp, y, reduction="batchmean") * tau * tau
+    return F.cross_entropy(out, y, reduction="sum") / total if total else F.cross_entropy(out, y)
 
 
 @torch.no_grad()
