@@ -144,3 +144,20 @@ def test_soft_label_synset_reports_soft_and_hard_rows(small):
     rep = vdfast.evaluate(syn, small, students=1, epochs=2, progress=False, full=False,
                           baselines=False, net={"width": 8})
     assert [r.name for r in rep.rows] == ["random (soft labels)", "random (hard labels)"]
+
+
+def test_more_processes_than_classes_are_refused_before_any_work(small, tmp_path, monkeypatch):
+    """Class-sharded methods need a class per process; 13 processes for 12 classes used to fail in
+    setup with "torch.cat(): expected a non-empty list of Tensors"."""
+    from vdfast import distributed
+
+    monkeypatch.setattr(distributed, "setup", lambda device: distributed.Dist(0, 13, device))
+    for method in ("dm", "dc", "frepo", "s2d-dm"):
+        with pytest.raises(ConfigError, match="13 processes for 12 classes.*at most 12"):
+            vdfast.distill(small, method=method, iterations=2, out=tmp_path / method,
+                           progress=False, **FAST)
+        assert not (tmp_path / method).exists()
+    monkeypatch.setattr(distributed, "setup", lambda device: distributed.Dist(0, 12, device))
+    with pytest.raises(Exception) as e:  # 12 is allowed: it gets past the check (to the group)
+        vdfast.distill(small, method="dm", iterations=2, progress=False, **FAST)
+    assert "classes would leave" not in str(e.value)

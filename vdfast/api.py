@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from vdfast import profiling
-from vdfast.config import DistillConfig, EvalConfig, from_dict, resolve
+from vdfast.config import ConfigError, DistillConfig, EvalConfig, from_dict, resolve
 from vdfast.data.store import ClipStore, StoreError
 from vdfast.progress import bar, say
 from vdfast.synsets import Synset, load
@@ -145,6 +145,11 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
     if dist.active and m.iterative and not m.shardable:
         raise RuntimeError(f"method {cfg.method} does not run on {dist.world} processes yet; "
                            f"launch it as a single process")
+    if dist.active and m.iterative and m.class_sharded and dist.world > store.num_classes:
+        raise ConfigError(f"{cfg.method} splits the classes across processes: {dist.world} "
+                          f"processes for {store.num_classes} classes would leave "
+                          f"{dist.world - store.num_classes} without work; launch at most "
+                          f"{store.num_classes} (--nproc_per_node / --num_processes)")
     out = Path(out) if out is not None else None
     ident = _identity(cfg, store)
 

@@ -22,6 +22,7 @@ class Method:
     name = "base"
     iterative = False
     shardable = False  # True: setup splits its work across the processes of ``self.dist``
+    class_sharded = False  # True: by blocks of classes (so at most one process per class)
     partial_loss = True  # on N processes, step returns this process's share of a sum (the loop adds
     #                      them up); False: every process returns the whole loss
 

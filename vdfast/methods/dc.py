@@ -208,6 +208,7 @@ class DC(Method):
     name = "dc"
     iterative = True
     shardable = True
+    class_sharded = True
 
     def setup(self, synset, store, cfg, device):
         from vdfast.distributed import Dist

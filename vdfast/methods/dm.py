@@ -38,6 +38,7 @@ class DM(Method):
     name = "dm"
     iterative = True
     shardable = True  # classes split across processes (see vdfast.distributed)
+    class_sharded = True
 
     def setup(self, synset, store, cfg, device):
         from vdfast.distributed import Dist

@@ -123,6 +123,7 @@ class FRePo(Method):
     # summed, so every rank takes the one-process step. The pool networks train data-parallel on
     # the synthetic videos (each its block, gradients summed), identically on every rank.
     shardable = True
+    class_sharded = True  # the real batch
 
     def init(self, store, cfg, device, gen):
         synset = super().init(store, cfg, device, gen)
