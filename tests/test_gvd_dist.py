@@ -49,7 +49,7 @@ GRAD = """
 import sys, torch
 from vdfast.config import GVDConfig
 from vdfast.distributed import setup
-from vdfast.methods.gvd import _dp_backward, _share, build_generator, generator_batch_loss
+from vdfast.methods.gvd import _share, build_generator, generator_batch_loss
 from vdfast.methods.gvd_sample import noise_schedule
 dist = setup(torch.device("cpu"))
 g = GVDConfig(generator="tiny", gen_batch=6, train_timesteps=50, min_snr=5.0, prediction="v")
@@ -63,7 +63,7 @@ with torch.no_grad():  # leave adaLN-zero's start so every parameter gets a grad
 params = list(net.parameters())
 loss = generator_batch_loss(net, x, y, noise_schedule("linear", 50).float(), g,
                             torch.Generator().manual_seed(1), _share(dist, g.gen_batch, "gen_batch"))
-_dp_backward(loss, params, dist)
+dist.backward_(loss, params)
 if dist.main:
     torch.save(torch.cat([p.grad.flatten() for p in params]).double(), sys.argv[1])
 if dist.active:  # leave together: a rank exiting under a live gloo group can abort

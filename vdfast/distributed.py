@@ -65,6 +65,17 @@ class Dist:
             g.copy_(flat[o:o + g.numel()].view_as(g))
             o += g.numel()
 
+    def backward_(self, loss: torch.Tensor, params) -> None:
+        """Backward of this process's share of a data-parallel loss, then the gradients of
+        ``params`` summed across processes (missing gradients count as zeros, so every process
+        sends the same buffer)."""
+        loss.backward()
+        if self.active:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.sum_grads_(params)
+
     def gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
         """The ``[n, ...]`` tensor whose rows :meth:`shard` ``(n)`` are ``part`` on each rank, on
         every rank, differentiable: the backward sums the incoming gradient over the ranks (each

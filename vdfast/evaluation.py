@@ -161,12 +161,10 @@ def train_student(net, source: _Source, cfg: EvalConfig, epochs: int, gen: torch
                         x = _standardize(x, dp)
                     loss = _student_loss(net(x), y, soft, cfg.soft_temperature, total)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
                     if dp is not None:
-                        for p in params:
-                            if p.grad is None:
-                                p.grad = torch.zeros_like(p)
-                        dp.sum_grads_(params)
+                        dp.backward_(loss, params)
+                    else:
+                        loss.backward()
                     opt.step()
                 sched.step()
                 pb.update(1)

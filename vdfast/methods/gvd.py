@@ -22,8 +22,9 @@ classes in another order gives the same modes and the same videos per label.
 Several processes (``self.dist``): the autoencoder, the generator and the teacher train
 data-parallel (each rank computes its rows of every batch, the gradients are summed: the same
 training as one process; the teacher's dropout masks are drawn for the whole batch); rank 0
-computes the latents and modes first and the others load them from the workdir after a barrier (without a workdir every rank computes them); then sampling is sharded by
-class (``Dist.shard``) and the ranks' rows are summed into the whole set on every rank.
+computes the latents and modes first and the others load them from the workdir after a barrier
+(without a workdir every rank computes them); then sampling is sharded by class
+(``Dist.shard``) and the ranks' rows are summed into the whole set on every rank.
 
 ``workdir``: ``gvd.workdir`` if set, else ``<run_dir>/gvd`` when the caller set ``GVD.run_dir``
 (the run's ``out``), else nothing is written and nothing resumes.
@@ -168,17 +169,6 @@ def _share(dist, batch: int, what: str) -> slice:
     return slice(rows.start, rows.stop)
 
 
-def _dp_backward(loss: torch.Tensor, params, dist) -> None:
-    """Backward of this process's share, then the gradients summed across processes (missing
-    gradients count as zeros, so every process sends the same buffer)."""
-    loss.backward()
-    if dist.active:
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        dist.sum_grads_(params)
-
-
 def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None = None,
                       progress: bool = True, dist=None):
     """The frame autoencoder of config ``g`` (GVDConfig) trained on random TRAIN frames (MSE),
@@ -217,7 +207,7 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
             x = frames_batch(g.ae_batch)[mine]
             loss = F.mse_loss(ae.decoder(ae.encoder(x)), x) * (x.shape[0] / g.ae_batch)
             opt.zero_grad(set_to_none=True)
-            _dp_backward(loss, params, dist)
+            dist.backward_(loss, params)
             opt.step()
             step += 1
             pb.update(1)
@@ -382,7 +372,7 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
             for pg in opt.param_groups:
                 pg["lr"] = g.gen_lr * _lr_factor(step, g.gen_steps, warmup, g.lr_schedule)
             opt.zero_grad(set_to_none=True)
-            _dp_backward(loss, params, dist)
+            dist.backward_(loss, params)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             with torch.no_grad():

@@ -158,12 +158,12 @@ def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, g
     real_u8, real_labels = pool.sample(batch_real, gen)
     real = random_frames(real_u8, store.mean, store.std, gen, total=nc * batch_real,
                          rows=range(classes.start * batch_real, classes.stop * batch_real))
-    mine = x[classes.start * spc:classes.stop * spc]
+    own = slice(classes.start * spc, classes.stop * spc)  # this block's still images
+    mine = x[own]
     if dc is None:
         with torch.no_grad():
             real_feat = net.embed(real)
-        loss = dm_loss(real_feat, real_labels, net.embed(mine),
-                       labels[classes.start * spc:classes.stop * spc], nc)
+        loss = dm_loss(real_feat, real_labels, net.embed(mine), labels[own], nc)
     else:  # class-major real frames and still images, as dc_loss wants
         loss = dc.dc_loss(net, real, mine, len(classes), first_class=classes.start)
     loss.backward(inputs=[x])
