@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install run test bench smoke clean
 
-$(STAMP): requirements.txt constraints.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h)
+$(STAMP): requirements.txt constraints.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
 	$(PIP) install -q -r requirements.txt

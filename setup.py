@@ -1,7 +1,11 @@
 """Build and install vdfast.
 
-One build: ``csrc/*.cpp`` (C++ with OpenMP) always, ``csrc/*.cu`` only when the installed torch has
-CUDA, all linked into the single extension ``vdfast._C``. Each op's source registers itself with
+One build: ``csrc/*.cpp`` (C++ with OpenMP) always, ``csrc/cuda/*_cuda.cu`` only when the installed
+torch has CUDA, all linked into the single extension ``vdfast._C``. The CUDA sources live in their
+own folder with their own stems: setuptools names an object after its source's stem, so
+``csrc/op.cpp`` beside ``csrc/op.cu`` would both become ``op.o`` (ninja: "multiple rules generate").
+``tests/test_cuda_compile.py`` checks that every source maps to its own object and compiles and links
+the CUDA objects with the flags below. Each op's source registers itself with
 ``TORCH_LIBRARY_FRAGMENT(vdfast, m)``, so adding an op never touches a central bindings file.
 The Triton kernels in ``kernels/`` install as ``vdfast._kernels`` (``kernels`` is an unrelated PyPI
 package, so that name is never made importable).
@@ -24,40 +28,48 @@ def read_version():
     return ns["__version__"]
 
 
+CXX_FLAGS = ["-O3", "-fopenmp", "-std=c++17"]
+NVCC_FLAGS = ["-O3", "--use_fast_math", "-std=c++17"]
+
+
+def sources(with_cuda: bool) -> list[str]:
+    """The extension's sources, relative to this folder (CUDA ones only ``with_cuda``)."""
+    cpp = sorted(glob.glob("csrc/*.cpp"))
+    return cpp + (sorted(glob.glob("csrc/cuda/*.cu")) if with_cuda else [])
+
+
 def extensions():
     if os.environ.get("VDFAST_NO_EXT") == "1":
         return [], {}
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    cpp = sorted(glob.glob("csrc/*.cpp"))
-    cu = sorted(glob.glob("csrc/*.cu"))
+    # VDFAST_NO_CUDA=1: the C++ kernels only, even with a CUDA torch (benchmarks/gpu_check.sh falls
+    # back to it when the CUDA build fails, so that Triton is still tested)
     with_cuda = torch.version.cuda is not None and os.environ.get("VDFAST_NO_CUDA") != "1"
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
-    defs = [("WITH_CUDA", "1")] if with_cuda else []
     if with_cuda:
-        ext = CUDAExtension("vdfast._C", cpp + cu, define_macros=defs,
-                            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math",
-                                                                   "-std=c++17"]},
+        ext = CUDAExtension("vdfast._C", sources(True), define_macros=[("WITH_CUDA", "1")],
+                            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
                             extra_link_args=["-fopenmp"])
     else:
-        ext = CppExtension("vdfast._C", cpp, extra_compile_args=cxx, extra_link_args=["-fopenmp"])
+        ext = CppExtension("vdfast._C", sources(False), extra_compile_args=CXX_FLAGS,
+                           extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = extensions()
-
-setup(
-    name="vdfast",
-    version=read_version(),
-    description="Fast video dataset distillation: DM, MTT, DC, FRePo, static-dynamic, GVD, coresets",
-    packages=find_packages(include=["vdfast", "vdfast.*"]) + ["vdfast._kernels"],
-    package_dir={"vdfast._kernels": "kernels"},
-    python_requires=">=3.10",
-    install_requires=["numpy<2.4", "av", "safetensors", "tqdm", "pillow"],
-    extras_require={"triton": ["triton"], "dist": ["accelerate"], "dali": ["nvidia-dali-cuda130"],
-                    "test": ["pytest", "hypothesis"]},
-    entry_points={"console_scripts": ["vdfast=vdfast.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+if __name__ == "__main__":  # pip runs this file as __main__; the tests import it for sources()
+    ext_modules, cmdclass = extensions()
+    setup(
+        name="vdfast",
+        version=read_version(),
+        description="Fast video dataset distillation: DM, MTT, DC, FRePo, static-dynamic, GVD, coresets",
+        packages=find_packages(include=["vdfast", "vdfast.*"]) + ["vdfast._kernels"],
+        package_dir={"vdfast._kernels": "kernels"},
+        python_requires=">=3.10",
+        install_requires=["numpy<2.4", "av", "safetensors", "tqdm", "pillow"],
+        extras_require={"triton": ["triton"], "dist": ["accelerate"], "dali": ["nvidia-dali-cuda130"],
+                        "test": ["pytest", "hypothesis"]},
+        entry_points={"console_scripts": ["vdfast=vdfast.cli:main"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )

@@ -165,6 +165,9 @@ void dm_loss_bwd_cpu(at::Tensor grad, at::Tensor labels, at::Tensor diff, at::Te
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("dm_loss_fwd_cpu", &dm_loss_fwd_cpu);
-  m.def("dm_loss_bwd_cpu", &dm_loss_bwd_cpu);
+  m.def("dm_loss_fwd_cpu(Tensor real, Tensor real_labels, Tensor syn, Tensor syn_labels, "
+        "Tensor(a!) diff, Tensor(b!) cnt, Tensor(c!) loss) -> ()",
+        &dm_loss_fwd_cpu);
+  m.def("dm_loss_bwd_cpu(Tensor(a!) grad, Tensor labels, Tensor diff, Tensor scale) -> ()",
+        &dm_loss_bwd_cpu);
 }

@@ -110,6 +110,9 @@ void gradient_match_bwd_cpu(std::vector<at::Tensor> real, std::vector<at::Tensor
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("gradient_match_fwd_cpu", &gradient_match_fwd_cpu);
-  m.def("gradient_match_bwd_cpu", &gradient_match_bwd_cpu);
+  m.def("gradient_match_fwd_cpu(Tensor[] real, Tensor[] syn, Tensor(a!) stats) -> ()",
+        &gradient_match_fwd_cpu);
+  m.def("gradient_match_bwd_cpu(Tensor[] real, Tensor[] syn, Tensor coef, Tensor(a!)[] grad_real, "
+        "Tensor(b!)[] grad_syn) -> ()",
+        &gradient_match_bwd_cpu);
 }

@@ -93,6 +93,7 @@ void normalize_clips_apply_cpu(at::Tensor clips, at::Tensor scale, at::Tensor sh
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("normalize_clips_stats_cpu", &normalize_clips_stats_cpu);
-  m.def("normalize_clips_apply_cpu", &normalize_clips_apply_cpu);
+  m.def("normalize_clips_stats_cpu(Tensor clips, Tensor(a!) sums) -> ()", &normalize_clips_stats_cpu);
+  m.def("normalize_clips_apply_cpu(Tensor clips, Tensor scale, Tensor shift, Tensor(a!) out) -> ()",
+        &normalize_clips_apply_cpu);
 }

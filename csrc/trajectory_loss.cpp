@@ -92,6 +92,8 @@ void trajectory_loss_bwd_cpu(at::Tensor s, at::Tensor a, at::Tensor t, at::Tenso
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("trajectory_loss_fwd_cpu", &trajectory_loss_fwd_cpu);
-  m.def("trajectory_loss_bwd_cpu", &trajectory_loss_bwd_cpu);
+  m.def("trajectory_loss_fwd_cpu(Tensor s, Tensor a, Tensor t, Tensor(a!) sums) -> ()", &trajectory_loss_fwd_cpu);
+  m.def("trajectory_loss_bwd_cpu(Tensor s, Tensor a, Tensor t, Tensor coef, Tensor(a!) gs, "
+        "Tensor(b!) ga, Tensor(c!) gt) -> ()",
+        &trajectory_loss_bwd_cpu);
 }

@@ -1,7 +1,9 @@
 """Triton kernels of ``vdfast.ops.dm_loss`` (launchers in ``vdfast/ops/dm_loss.py``).
 
 Forward: ``_dm_loss_fwd_kernel`` adds each [BLOCK_N, BLOCK_D] tile of features into per-class sums
-with atomics (and counts rows per class), for the real and the synthetic side; then
+with atomics (and counts rows per class), for the real and the synthetic side: a tile spanning at
+most ``MAX_RUNS`` consecutive labels (a class-sorted batch) reduces its rows per label first and
+issues one atomic per label and column, any other tile one per element; then
 ``_dm_loss_diff_kernel`` turns the sums into diff = mean_real - mean_syn (0 for a class absent on
 either side) and per-program partial sums of diff**2. Backward: ``_dm_loss_bwd_kernel`` gathers
 grad[i, :] = scale[label_i] * diff[label_i, :].
@@ -13,7 +15,7 @@ import triton.language as tl
 
 @triton.jit
 def _dm_loss_fwd_kernel(x_ptr, lab_ptr, sums_ptr, cnt_ptr, N, D, NC, stride_n,
-                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MAX_RUNS: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -22,12 +24,29 @@ def _dm_loss_fwd_kernel(x_ptr, lab_ptr, sums_ptr, cnt_ptr, N, D, NC, stride_n,
     # rows with a label outside [0, NC) are ignored (checking would need a host synchronisation)
     valid = (rows < N) & (lab >= 0) & (lab < NC)
     acc_ty = sums_ptr.dtype.element_ty
-    m = valid[:, None] & (cols < D)[None, :]
+    cmask = cols < D
+    m = valid[:, None] & cmask[None, :]
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_n + cols[None, :], mask=m, other=0.0)
     x = x.to(acc_ty)
-    tl.atomic_add(sums_ptr + lab[:, None].to(tl.int64) * D + cols[None, :], x, mask=m)
-    ones = tl.full([BLOCK_N], 1.0, acc_ty)
-    tl.atomic_add(cnt_ptr + lab, ones, mask=valid & (pid_d == 0))
+    lo = tl.min(tl.where(valid, lab, NC), axis=0)
+    hi = tl.max(tl.where(valid, lab, -1), axis=0)
+    if hi - lo < MAX_RUNS:
+        # few labels in the tile (a class-sorted batch, the usual real side): the tile's rows of
+        # each label are summed first, one atomic per (label, column) instead of one per element
+        row = sums_ptr + lo.to(tl.int64) * D + cols  # label c's row of sums, stepped by D
+        for c in range(lo, hi + 1):
+            sel = valid & (lab == c)
+            n = tl.sum(sel.to(acc_ty), axis=0)
+            if n > 0:
+                col_sum = tl.sum(tl.where(sel[:, None], x, 0.0), axis=0)
+                tl.atomic_add(row, col_sum, mask=cmask)
+                if pid_d == 0:
+                    tl.atomic_add(cnt_ptr + c, n)
+            row += D
+    else:
+        tl.atomic_add(sums_ptr + lab[:, None].to(tl.int64) * D + cols[None, :], x, mask=m)
+        ones = tl.full([BLOCK_N], 1.0, acc_ty)
+        tl.atomic_add(cnt_ptr + lab, ones, mask=valid & (pid_d == 0))
 
 
 @triton.jit

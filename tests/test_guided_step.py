@@ -134,6 +134,13 @@ def test_out_may_alias_x(backend, gen):
     assert_close(buf, expect)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend, gen):
+    x, eps, m, lam, z = make((0, 3, 2, 4, 5), gen)
+    got = guided_step(x, eps, m, lam, COEFS, z, backend=backend)
+    assert got.shape == x.shape
+
+
 # ---------------------------------------------------------------------------------------------
 # the samplers themselves, written independently
 # ---------------------------------------------------------------------------------------------

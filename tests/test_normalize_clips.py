@@ -128,3 +128,15 @@ def test_explicit_unavailable_backend_raises_with_reasons(gen):
 def test_automatic_choice_on_cpu_is_cpp():
     _needs("cpp")
     assert op("normalize_clips").select([torch.zeros(1)]).name == "cpp"
+
+
+def test_channel_stats_copied_once_per_device():
+    """A mean/std given as a sequence is copied to the device once and remembered (a copy from a
+    tuple on every call is a host synchronisation on CUDA); tensors are used as given."""
+    from vdfast.ops.normalize_clips import _channel_stats
+
+    a = _channel_stats((0.4, 0.5, 0.6), [0.2, 0.2, 0.2], torch.device("cpu"))
+    b = _channel_stats((0.4, 0.5, 0.6), (0.2, 0.2, 0.2), torch.device("cpu"))
+    assert a[0] is b[0] and a[1] is b[1] and a[0].dtype == torch.float64
+    t = _channel_stats(torch.tensor([0.1, 0.2, 0.3]), (0.2, 0.2, 0.2), torch.device("cpu"))
+    assert torch.equal(t[0], torch.tensor([0.1, 0.2, 0.3]).double())

@@ -179,3 +179,20 @@ def test_double_backward_is_exact_or_refused(name, backend, device):
     out = case.vdfast(*args, backend=backend)
     with pytest.raises(RuntimeError, match="has no double backward"):
         torch.autograd.grad(out, leaves, torch.ones_like(out), create_graph=True, allow_unused=True)
+
+
+def _first_call_params():
+    return [pytest.param(name, *target.values, marks=target.marks, id=f"{name}-{target.id}")
+            for name in sorted(BENCHES) for target in TARGETS]
+
+
+@pytest.mark.parametrize("name,backend,device", _first_call_params())
+def test_first_call_check_passes(name, backend, device, monkeypatch):
+    """The dispatch's safety net on this device: each fused backend agrees with the reference on
+    its own check input, in every dtype it registers (else the automatic choice would demote it)."""
+    _needs(backend, device)
+    o = op(name)
+    monkeypatch.setattr(o, "checked", {})
+    for dtype in o.impls[backend].dtypes:
+        why = o.first_call_check(backend, torch.device(device), dtype)
+        assert why is None, f"{name}[{backend}] {dtype}: {why}"

@@ -310,7 +310,7 @@ class DistillConfig:
     lr_img: float = 1.0
     momentum: float = 0.5
     batch_real: int = 64             # real clips per class per iteration (DM)
-    embed_chunk: int = 0             # clips per embedding forward; 0: one batch on a GPU, 16 on a CPU
+    embed_chunk: int = 0             # clips per embedding forward; 0: from free memory on a GPU, 16 on a CPU
     init: str = "real"
     seed: int = 0
     device: str = "auto"

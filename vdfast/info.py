@@ -30,7 +30,7 @@ def info() -> dict:
     import torch
 
     import vdfast
-    from vdfast.ops.dispatch import backend_reasons, status_table
+    from vdfast.ops.dispatch import backend_reasons, built_cuda_archs, compiled_extension, status_table
 
     devices = ["cpu"]
     if torch.cuda.is_available():
@@ -41,6 +41,8 @@ def info() -> dict:
         "packages": {p: _version(p) for p in ("triton", "av", "nvidia.dali", "accelerate", "xformers",
                                               "safetensors", "numpy")},
         "backends": {k: v or "usable" for k, v in backend_reasons().items()},
+        "cuda_archs": [f"sm_{a // 10}" for a in built_cuda_archs()]
+        if compiled_extension()[0] is not None else [],
         "decoders": _decoders(),
         "ops": [list(r) for r in status_table()],
     }
@@ -51,6 +53,8 @@ def format_info(d: dict) -> str:
              f"devices: {', '.join(d['devices'])}  (torch threads: {d['threads']})", "", "packages:"]
     lines += [f"  {k:12s} {v}" for k, v in d["packages"].items()]
     lines += ["", "backends:"] + [f"  {k:10s} {v}" for k, v in d["backends"].items()]
+    if d.get("cuda_archs"):
+        lines += [f"  vdfast._C carries CUDA code for: {', '.join(d['cuda_archs'])}"]
     lines += ["", "video decoders (vdfast prepare --decoder):"]
     lines += [f"  {k:26s} {v}" for k, v in d["decoders"].items()]
     if d["ops"]:

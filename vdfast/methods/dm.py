@@ -7,7 +7,8 @@ the dynamic memory and integrator).
 
 Where the reference spends its time (~97 %: 50 per-class forwards, real clips gathered on the host)
 vdfast embeds every class's real clips together (ConvNet3D has no normalisation layer, so this is
-exactly the per-class result; one forward on a GPU, cache-sized chunks on a CPU), real clips sampled on the device from a uint8
+exactly the per-class result; chunks sized from the free memory on a GPU, cache-sized on a
+CPU: :mod:`vdfast.memory`), real clips sampled on the device from a uint8
 :class:`~vdfast.data.store.ClipPool` and normalised in one fused pass, and the per-class means and
 distances in one fused ``dm_loss``. Nothing in ``step`` reads a value back to the host.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from vdfast.data.store import ClipPool
+from vdfast.memory import auto_chunk
 from vdfast.methods.base import Method, reinit_
 from vdfast.models import ConvNet3D
 from vdfast.ops import dm_loss, normalize_clips
@@ -52,7 +54,9 @@ class DM(Method):
         opt = torch.optim.SGD(groups, momentum=cfg.momentum)
         labels = synset.labels
         own = torch.nonzero((labels >= classes.start) & (labels < classes.stop)).flatten()
-        chunk = cfg.embed_chunk or (16 if torch.device(device).type == "cpu" else 0)
+        # clips per embedding forward: cache-sized on a CPU, from the free memory on a GPU
+        chunk = auto_chunk(net, (3, store.frames, store.size, store.size), device,
+                           total=len(classes) * cfg.batch_real, requested=cfg.embed_chunk)
         return {"pool": ClipPool(store, "train", device, classes=classes), "net": net, "opt": opt,
                 "chunk": chunk,
                 "batch_real": cfg.batch_real, "mean": store.mean, "std": store.std, "dist": dist,

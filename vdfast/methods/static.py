@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 
 from vdfast.data.store import ClipPool, ClipStore
+from vdfast.memory import auto_chunk
 from vdfast.methods.base import Method, reinit_
+from vdfast.methods.dm import embed
 from vdfast.models import ConvNet2D
 from vdfast.ops import dm_loss, normalize_clips
 from vdfast.version import __version__
@@ -134,6 +136,9 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     # DC: the paper's (outer, inner) loops by images per class; the network trains on the still
     # images between outer steps (plain SGD, lr 0.01, batch 256)
     outer, inner = dc.dc_loops(spc) if dc is not None else (1, 0)
+    # DM: real frames per embedding forward (all of them at once would hold ~166 GB of
+    # activations at MiniUCF on a GPU; instance norm is per image, so chunks change nothing)
+    chunk = auto_chunk(net, (3, store.size, store.size), device, total=len(classes) * batch_real)
     from vdfast.progress import bar
 
     with bar(total=iterations, desc=f"static memory ({method})", unit="it",
@@ -142,7 +147,7 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
             reinit_(net, gen)
             for ol in range(outer):
                 opt.zero_grad(set_to_none=True)
-                _static_step(net, pool, store, x, labels, classes, spc, batch_real, gen, dc)
+                _static_step(net, pool, store, x, labels, classes, spc, batch_real, gen, dc, chunk)
                 dist.sum_grads_([x])
                 opt.step()
                 if ol < outer - 1:
@@ -151,9 +156,10 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     return x.detach().contiguous()
 
 
-def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, gen, dc):
+def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, gen, dc, chunk=0):
     """One outer step's gradient of static learning into ``x.grad``, from the block ``classes``
-    (this process's): its real frames and its ``spc`` still images per class."""
+    (this process's): its real frames and its ``spc`` still images per class; DM embeds the real
+    frames ``chunk`` at a time (0: all at once)."""
     nc = store.num_classes
     real_u8, real_labels = pool.sample(batch_real, gen)
     real = random_frames(real_u8, store.mean, store.std, gen, total=nc * batch_real,
@@ -162,7 +168,7 @@ def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, g
     mine = x[own]
     if dc is None:
         with torch.no_grad():
-            real_feat = net.embed(real)
+            real_feat = embed(net, real, chunk)
         loss = dm_loss(real_feat, real_labels, net.embed(mine), labels[own], nc)
     else:  # class-major real frames and still images, as dc_loss wants
         loss = dc.dc_loss(net, real, mine, len(classes), first_class=classes.start)

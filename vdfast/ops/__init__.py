@@ -1,6 +1,6 @@
 """Fused operations. Each op: ``vdfast/ops/<op>.py`` (the function a user calls),
 ``vdfast/reference/<op>.py`` (plain PyTorch truth), ``kernels/<op>.py`` (Triton),
-``csrc/<op>.cpp`` / ``csrc/<op>.cu`` (C++ CPU / CUDA), ``tests/test_<op>.py``,
+``csrc/<op>.cpp`` / ``csrc/cuda/<op>_cuda.cu`` (C++ CPU / CUDA), ``tests/test_<op>.py``,
 ``benchmarks/bench_<op>.py``. Backends are chosen by :mod:`vdfast.ops.dispatch`.
 """
 from vdfast.ops.dispatch import BackendUnavailable, backend_reasons, status_table

@@ -229,10 +229,13 @@ def _reference_backend(static, dynamic, weight, bias, static_idx, dynamic_idx):
 
 
 _op = op("blend_static_dynamic")
-_op.register("cuda", functools.partial(_blend_fused, _CUDA), devices=("cuda",))
+_op.register("cuda", functools.partial(_blend_fused, _CUDA), devices=("cuda",),
+             kernels=("blend_static_dynamic_fwd_cuda", "blend_static_dynamic_bwd_dyn_cuda",
+                      "blend_static_dynamic_bwd_planes_cuda"))
 _op.register("triton", functools.partial(_blend_fused, _TRITON), devices=("cuda",))
 _op.register("cpp", functools.partial(_blend_fused, _CPP), devices=("cpu",),
-             dtypes=(torch.float32, torch.float64))
+             dtypes=(torch.float32, torch.float64),
+             kernels=("blend_static_dynamic_fwd_cpu", "blend_static_dynamic_bwd_cpu"))
 _op.register("reference", _reference_backend, devices=("cpu", "cuda"), dtypes=FLOATS,
              double_backward=True)
 
@@ -296,3 +299,15 @@ def blend_static_dynamic(static: torch.Tensor, dynamic: torch.Tensor, weight: to
     impl = _op.select([static, dynamic, weight] + ([bias] if bias is not None else []),
                       backend=backend)
     return impl.fn(static, dynamic, weight, bias, static_idx, dynamic_idx)
+
+
+def _check_inputs(device, dtype, gen):
+    """The first-call check's input: odd sizes, repeated indices, gradients to every tensor."""
+    def r(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
+    idx_s = torch.tensor([0, 2, 2, 1], device=device)
+    idx_d = torch.tensor([1, 0, 2, 1], device=device)
+    return (r(3, 3, 5, 6), r(3, 7, 1, 5, 6), r(2, 4, 3, 3, 3), r(2), idx_s, idx_d), {}
+
+
+_op.check_with(blend_static_dynamic, _check_inputs)

@@ -7,6 +7,11 @@ reference below some size registers that size (``auto_min_numel``): the automati
 on smaller inputs.
 
 * Automatic choice falls back quietly and logs the reasons once per (op, device, dtype).
+* A safety net for backends that have never met this machine: the first automatic use of a fused
+  backend per (op, backend, device, dtype) runs it and the reference on a small seeded input of
+  the op's (``Op.check_with``), forward and gradients; on an exception or a mismatch the backend is
+  demoted for that (device, dtype) with a WARNING naming the op and the error, the next backend
+  in the order serves, and ``vdfast info`` shows the demotion.
 * An explicit request (``backend="triton"`` argument or the ``VDFAST_BACKEND`` environment variable)
   that cannot be met raises :class:`BackendUnavailable` listing every backend's reasons.
 * Triton runs on CPU tensors only under ``TRITON_INTERPRET=1`` and only when asked for explicitly
@@ -65,11 +70,47 @@ def _cuda_reason() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
+def built_cuda_archs() -> tuple[int, ...]:
+    """The GPU architectures ``vdfast._C`` carries code for (nvcc's ``__CUDA_ARCH_LIST__``, e.g.
+    ``(800, 900)``); empty for a build without CUDA."""
+    if not hasattr(torch.ops.vdfast, "cuda_archs"):
+        return ()
+    return tuple(int(a) for a in torch.ops.vdfast.cuda_archs())
+
+
+def cuda_arch_reason(capability: tuple[int, int], archs: Sequence[int]) -> str | None:
+    """Why CUDA code built for ``archs`` (``__CUDA_ARCH_LIST__`` values, 900 = sm_90) cannot run
+    on a GPU of ``capability`` (None: it can). Code built for ``sm_XY`` runs on GPUs of the same
+    major version and minor >= Y (and PTX JITs forward), so a GPU older than every built arch is
+    refused; a newer one is tried (the first-call check demotes the backend if its kernels still
+    fail to launch)."""
+    major, minor = capability
+    have = major * 100 + minor * 10
+    if not archs:
+        return "vdfast._C reports no CUDA architectures (stale build: rebuild with `make install`)"
+    if all(a > have for a in archs):
+        return (f"vdfast._C has no code for this GPU (sm_{major}{minor}; built for "
+                f"{', '.join(f'sm_{a // 10}' for a in archs)}): rebuild with "
+                f"TORCH_CUDA_ARCH_LIST={major}.{minor}")
+    return None
+
+
+def missing_kernels(names: Sequence[str]) -> list[str]:
+    """The compiled kernels among ``names`` that ``torch.ops.vdfast`` lacks (a stale build)."""
+    return [n for n in names if not hasattr(torch.ops.vdfast, n)]
+
+
+@functools.lru_cache(maxsize=None)
 def _triton_import_reason() -> str | None:
     try:
         import triton  # noqa: F401
     except Exception as e:
         return f"triton not importable ({type(e).__name__}: {e})"
+    try:
+        import vdfast._kernels  # noqa: F401  (installed from kernels/ by setup.py)
+    except Exception as e:
+        return (f"vdfast._kernels not importable ({type(e).__name__}: {e}); reinstall vdfast "
+                f"(`make install`)")
     return None
 
 
@@ -156,22 +197,138 @@ class Impl:
     # the automatic choice skips this backend when the first input has fewer elements (measured
     # slower than the reference there); an explicit request still runs it
     auto_min_numel: int = 0
+    # the compiled kernels (torch.ops.vdfast.<name>) it calls: a build without them is stale
+    kernels: tuple[str, ...] = ()
+
+
+# a check's tolerance, relative to the reference's largest magnitude, by the fast path's dtype
+CHECK_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+def _clone_inputs(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().clone().requires_grad_(obj.requires_grad)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_inputs(o) for o in obj)
+    return obj
+
+
+def _float64(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().double().requires_grad_(obj.requires_grad) if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_float64(o) for o in obj)
+    return obj
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
+
+
+def _on_inputs_device(fn: Callable) -> Callable:
+    """``fn`` run with its first CUDA input's device current: Triton launches on the current
+    device, which is not the inputs' under ``--device cuda:1``. (The CUDA kernels guard in C++;
+    autograd runs backwards with their device current.)"""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        t = next((x for x in _tensors(args) if x.is_cuda), None)
+        if t is None:
+            return fn(*args, **kwargs)
+        with torch.cuda.device(t.device):
+            return fn(*args, **kwargs)
+    return run
+
+
+def _forward_and_grads(fn, args, kwargs, backend: str) -> list[torch.Tensor]:
+    """``fn(*args, backend=backend, **kwargs)``'s outputs and the gradients of a fixed random
+    projection of them w.r.t. every input that requires grad."""
+    args = _clone_inputs(args)
+    outs = _tensors(fn(*args, backend=backend, **kwargs))
+    leaves = [t for t in _tensors(args) if t.requires_grad]
+    diff = [o for o in outs if o.requires_grad]
+    if not leaves or not diff:
+        return [o.detach() for o in outs]
+    gen = torch.Generator().manual_seed(1)
+    proj = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o)).sum()
+               for o in diff)
+    grads = torch.autograd.grad(proj, leaves, allow_unused=True)
+    return [o.detach() for o in outs] + [g for g in grads if g is not None]
+
+
+def compare_with_reference(fn, args, kwargs, backend: str, dtype: torch.dtype) -> str | None:
+    """Run ``fn`` on ``backend``, and the reference on the same inputs in float64; None when the
+    outputs and gradients agree (to :data:`CHECK_RTOL` of each tensor's magnitude, by the fast
+    path's dtype), else what differs."""
+    got = _forward_and_grads(fn, args, kwargs, backend)
+    ref = _forward_and_grads(fn, _float64(args), kwargs, "reference")  # the same rounded inputs
+    if len(got) != len(ref):
+        return f"{len(got)} outputs and gradients, the reference has {len(ref)}"
+    rtol = CHECK_RTOL.get(dtype, 1e-4)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        if a.shape != b.shape:
+            return f"tensor {i} has shape {tuple(a.shape)}, the reference {tuple(b.shape)}"
+        a, b = a.double().cpu(), b.double().cpu()
+        err = (a - b).abs().max().item() if a.numel() else 0.0
+        scale = max(b.abs().max().item() if b.numel() else 0.0, 1e-3)
+        if not (err <= rtol * scale):  # also catches NaN
+            return f"tensor {i} differs from the reference by {err:.3g} (tolerance {rtol * scale:.3g})"
+    return None
 
 
 @dataclass
 class Op:
-    """The backends one fused op has. ``impls`` is filled by ``register``."""
+    """The backends one fused op has. ``impls`` is filled by ``register``; ``check_with`` by the
+    op's module (the public function and a small seeded input for the first-call check)."""
 
     name: str
     impls: dict[str, Impl] = field(default_factory=dict)
     _logged: set = field(default_factory=set)
+    # (public fn, make(device, dtype, generator) -> (args, kwargs)) for the first-call check
+    check: tuple[Callable, Callable] | None = None
+    # (backend, device, dtype) -> None (passed) or why it was demoted
+    checked: dict = field(default_factory=dict)
 
     def register(self, name: str, fn: Callable, devices: Sequence[str], dtypes=FLOATS,
-                 double_backward: bool = False, extra_check=None, auto_min_numel: int = 0) -> None:
+                 double_backward: bool = False, extra_check=None, auto_min_numel: int = 0,
+                 kernels: Sequence[str] = ()) -> None:
         if name not in ORDER:
             raise ValueError(f"unknown backend {name!r}; choose from {ORDER}")
+        if name == "triton":
+            fn = _on_inputs_device(fn)
         self.impls[name] = Impl(name, fn, tuple(devices), tuple(dtypes), double_backward, extra_check,
-                                auto_min_numel)
+                                auto_min_numel, tuple(kernels))
+
+    def check_with(self, public: Callable, make: Callable) -> None:
+        """Declare the first-call check: ``make(device, dtype, gen)`` returns ``(args, kwargs)`` of
+        ``public`` at a small shape (inputs that require grad get their gradients compared)."""
+        self.check = (public, make)
+
+    def first_call_check(self, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+        """The safety net: None if ``backend`` agrees with the reference on this (device, dtype)
+        (checked once, remembered), else why it is demoted (also logged as a WARNING)."""
+        key = (backend, str(device), dtype)
+        if key in self.checked:
+            return self.checked[key]
+        why = None
+        if self.check is not None:
+            public, make = self.check
+            try:
+                # the op may be called under no_grad / inference_mode; the check needs gradients
+                with torch.inference_mode(False), torch.enable_grad():
+                    args, kwargs = make(device, dtype, torch.Generator().manual_seed(0))
+                    why = compare_with_reference(public, args, kwargs, backend, dtype)
+            except Exception as e:  # a launch failure, a missing kernel, a bad build ...
+                why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        self.checked[key] = why
+        if why:
+            log.warning("%s: the %s backend failed its first-call check against the reference on "
+                        "%s/%s (%s); demoted there, the next backend serves (vdfast info shows it)",
+                        self.name, backend, device, str(dtype).replace("torch.", ""), why)
+        return why
 
     def why_not(self, name: str, tensors: Sequence[torch.Tensor], explicit: bool = False,
                 needs_double_backward: bool = False, probe_only: bool = False, **kw) -> list[str]:
@@ -198,6 +355,15 @@ class Op:
                 break
         if needs_double_backward and not impl.double_backward:
             reasons.append("no double backward (create_graph=True needs the reference)")
+        if impl.kernels and not glob:
+            missing = missing_kernels(impl.kernels)
+            if missing:
+                reasons.append(f"vdfast._C lacks {', '.join(missing)} (stale build: rebuild with "
+                               f"`make install`)")
+        if name == "cuda" and not glob and dev == "cuda":
+            why = cuda_arch_reason(torch.cuda.get_device_capability(t0.device), built_cuda_archs())
+            if why:
+                reasons.append(why)
         if impl.extra_check is not None and not reasons and not probe_only:
             reasons.extend(impl.extra_check(*tensors, **kw))
         if not explicit and not probe_only and t0.numel() < impl.auto_min_numel:
@@ -237,8 +403,13 @@ class Op:
                 f"{self.name}: backend {backend!r} cannot run these inputs.\n{lines}\n"
                 f"Unset VDFAST_BACKEND / backend= to let vdfast choose.")
         skipped = []
+        t0 = tensors[0]
         for b in ORDER:
             reasons = self.why_not(b, tensors, needs_double_backward=needs_double_backward, **kw)
+            if not reasons and b != "reference" and not torch.compiler.is_compiling():
+                demoted = self.first_call_check(b, t0.device, t0.dtype)
+                if demoted:
+                    reasons = [f"demoted by its first-call check: {demoted}"]
             if not reasons:
                 key = (tensors[0].device.type, tensors[0].dtype, b)
                 if skipped and key not in self._logged:
@@ -260,8 +431,10 @@ def op(name: str) -> Op:
     return OPS[name]
 
 
-def status_table() -> list[tuple[str, str, str, str]]:
-    """Rows (op, backend, device, 'usable' or reason) for ``vdfast info``."""
+def status_table(check: bool = True) -> list[tuple[str, str, str, str]]:
+    """Rows (op, backend, device, 'usable' or reason) for ``vdfast info``. With ``check``, every
+    usable fused backend runs its first-call check (float32, small inputs) first, so a backend
+    that fails on this machine shows as demoted."""
     import vdfast.ops  # noqa: F401  (registers every op)
 
     rows = []
@@ -272,6 +445,11 @@ def status_table() -> list[tuple[str, str, str, str]]:
             for d in devs:
                 t = torch.empty(1, device=d)
                 r = o.why_not(b, [t], explicit=True, probe_only=True)
+                if check and not r and b != "reference":
+                    o.first_call_check(b, t.device, torch.float32)
+                r += [f"demoted on {dev}/{str(dt).replace('torch.', '')} by its first-call check: "
+                      f"{why}" for (bb, dev, dt), why in o.checked.items()
+                      if bb == b and why and torch.device(dev).type == d]
                 n = o.impls[b].auto_min_numel if b in o.impls else 0
                 ok = "usable" + (f" (chosen automatically from {n} elements)" if n else "")
                 rows.append((name, b, d, ok if not r else "; ".join(r)))

@@ -1,6 +1,6 @@
 """Distribution-matching loss: per-class feature means of real and synthetic clips, compared.
 
-Backends: ``cuda`` (``csrc/dm_loss.cu``), ``triton`` (``kernels/dm_loss.py``), ``cpp``
+Backends: ``cuda`` (``csrc/cuda/dm_loss_cuda.cu``), ``triton`` (``kernels/dm_loss.py``), ``cpp``
 (``csrc/dm_loss.cpp``), ``reference`` (``vdfast/reference/dm_loss.py``), chosen by
 :mod:`vdfast.ops.dispatch`.
 """
@@ -14,7 +14,7 @@ from vdfast.ops.dispatch import fused_backward, op
 from vdfast.reference import dm_loss as _ref
 
 _OP = op("dm_loss")
-_BLOCK_CUDA = 256  # columns per CUDA block of the diff kernel (csrc/dm_loss.cu: kCols)
+_BLOCK_CUDA = 256  # columns per CUDA block of the diff kernel (csrc/cuda/dm_loss_cuda.cu: kCols)
 
 
 def _out(shape, dtype, device):
@@ -63,6 +63,9 @@ def _bwd_cuda(n, dtype, labels, diff, scale):
     return grad
 
 
+_MAX_RUNS = 4  # a forward tile spanning at most this many labels sums its rows per label first
+
+
 def _tile(x):
     # Small tiles keep the CPU interpreter's program instances cheap; larger ones on a GPU.
     from vdfast.ops.dispatch import interpreter_sizes
@@ -82,7 +85,7 @@ def _fwd_triton(real, rl, syn, sl, nc):
         bn, bd = _tile(x)
         grid = (triton.cdiv(x.shape[0], bn), triton.cdiv(D, bd))
         _dm_loss_fwd_kernel[grid](x, lab, sums[k], cnt[k], x.shape[0], D, nc, x.stride(0),
-                                  BLOCK_N=bn, BLOCK_D=bd)
+                                  BLOCK_N=bn, BLOCK_D=bd, MAX_RUNS=_MAX_RUNS)
     bd = min(triton.next_power_of_2(max(D, 1)), _tile(real)[1] * 2)
     diff = _out((nc, D), acc, dev)
     partial = _out((nc, triton.cdiv(D, bd)), acc, dev)
@@ -196,8 +199,23 @@ def dm_loss(real_feat: torch.Tensor, real_labels: torch.Tensor, syn_feat: torch.
 
 
 _OP.register("reference", _ref.dm_loss, devices=("cpu", "cuda"), double_backward=True)
-_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",))
+_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",),
+             kernels=("dm_loss_fwd_cpu", "dm_loss_bwd_cpu"))
 _OP.register("triton", _fused(_fwd_triton, _bwd_triton), devices=("cuda",))
-_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",))
+_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",),
+             kernels=("dm_loss_fwd_cuda", "dm_loss_bwd_cuda"))
+
+
+def _check_inputs(device, dtype, gen):
+    """The first-call check's input (dispatch.Op.first_call_check): unsorted labels, a class with
+    no synthetic rows, odd D."""
+    real = torch.randn(13, 37, generator=gen, dtype=torch.float64).to(device, dtype)
+    syn = torch.randn(5, 37, generator=gen, dtype=torch.float64).to(device, dtype)
+    rl = torch.tensor([0, 0, 1, 2, 1, 0, 3, 3, 2, 1, 0, 2, 3], device=device)
+    sl = torch.tensor([0, 1, 2, 0, 1], device=device)
+    return (real.requires_grad_(), rl, syn.requires_grad_(), sl, 4), {}
+
+
+_OP.check_with(dm_loss, _check_inputs)
 
 __all__ = ["dm_loss"]

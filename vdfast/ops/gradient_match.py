@@ -1,7 +1,7 @@
 """DC's gradient-matching distance: per-output-channel cosine distances between real and synthetic
 gradients, summed over channels and layers.
 
-Backends: ``cuda`` (``csrc/gradient_match.cu``), ``triton`` (``kernels/gradient_match.py``),
+Backends: ``cuda`` (``csrc/cuda/gradient_match_cuda.cu``), ``triton`` (``kernels/gradient_match.py``),
 ``cpp`` (``csrc/gradient_match.cpp``), ``reference`` (``vdfast/reference/gradient_match.py``).
 Each fused backend provides ``fwd(real, syn, stats)`` (per row <r, s>, ||r||^2, ||s||^2) and
 ``bwd(real, syn, coef, grad_real, grad_syn)``; the per-row arithmetic between them lives here.
@@ -177,8 +177,22 @@ def gradient_match(real_grads, syn_grads, backend: str | None = None, *, eps: fl
 
 
 _OP.register("reference", _ref.gradient_match, devices=("cpu", "cuda"), double_backward=True)
-_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp, lambda dtype: torch.float64), devices=("cpu",))
+_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp, lambda dtype: torch.float64), devices=("cpu",),
+             kernels=("gradient_match_fwd_cpu", "gradient_match_bwd_cpu"))
 _OP.register("triton", _fused(_fwd_triton, _bwd_triton), devices=("cuda",))
-_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",))
+_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",),
+             kernels=("gradient_match_fwd_cuda", "gradient_match_bwd_cuda"))
+
+
+def _check_inputs(device, dtype, gen):
+    """The first-call check's input: a conv, a bias and a linear layer's gradients."""
+    shapes = [(4, 3, 3, 3, 3), (4,), (5, 6)]
+    real = [torch.randn(s, generator=gen, dtype=torch.float64).to(device, dtype) for s in shapes]
+    syn = [torch.randn(s, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
+           for s in shapes]
+    return (real, syn), {}
+
+
+_OP.check_with(gradient_match, _check_inputs)
 
 __all__ = ["gradient_match"]

@@ -131,7 +131,7 @@ def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
     from vdfast._kernels.guided_step import _guided_step_fwd_kernel
     from vdfast.ops.dispatch import interpreter_sizes
     B, F = x.shape[:2]
-    CHW = x[0, 0].numel()
+    CHW = math.prod(x.shape[2:])  # x[0, 0] would fail on an empty batch
     out = _new_out(x) if out is None else out
     if x.numel() == 0:
         return out
@@ -162,10 +162,11 @@ def _forward_only(*tensors, **kw) -> list[str]:
 
 _op = op("guided_step")
 _op.register("cuda", functools.partial(_ext, "cuda"), devices=("cuda",),
-             extra_check=_forward_only)
+             extra_check=_forward_only, kernels=("guided_step_fwd_cuda",))
 _op.register("triton", _triton, devices=("cuda",), extra_check=_forward_only)
 _op.register("cpp", functools.partial(_ext, "cpu"), devices=("cpu",),
-             dtypes=(torch.float32, torch.float64), extra_check=_forward_only)
+             dtypes=(torch.float32, torch.float64), extra_check=_forward_only,
+             kernels=("guided_step_fwd_cpu",))
 _op.register("reference", _reference, devices=("cpu", "cuda"), dtypes=FLOATS)
 
 
@@ -231,3 +232,16 @@ def guided_step(x_t: torch.Tensor, model_out: torch.Tensor, guide: torch.Tensor,
     x_t, model_out, guide, lam = (t.to(dt).contiguous() for t in (x_t, model_out, guide, lam))
     noise = noise.to(dt).contiguous() if noise is not None else None
     return impl.fn(x_t, model_out, guide, lam, noise, coefs, sampler, out)
+
+
+def _check_inputs(device, dtype, gen):
+    """The first-call check's input: DDPM with noise, a per-frame lambda, guide broadcast over
+    frames (forward only: the fused backends have no backward)."""
+    def r(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(device, dtype)
+    lam = torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64).to(device, dtype)
+    return (r(2, 3, 2, 5, 7), r(2, 3, 2, 5, 7), r(2, 2, 5, 7), lam, (0.5, 0.6, 0.1),
+            r(2, 3, 2, 5, 7)), {}
+
+
+_op.check_with(guided_step, _check_inputs)

@@ -1,7 +1,7 @@
 """Clip normalisation: uint8 ``[N, T, H, W, C]`` clips (as the store keeps them) to a float
 ``[N, C, T, H, W]`` network input, with optional whole-batch standardisation.
 
-Backends: ``cuda`` (``csrc/normalize_clips.cu``), ``triton`` (``kernels/normalize_clips.py``),
+Backends: ``cuda`` (``csrc/cuda/normalize_clips_cuda.cu``), ``triton`` (``kernels/normalize_clips.py``),
 ``cpp`` (``csrc/normalize_clips.cpp``), ``reference`` (``vdfast/reference/normalize_clips.py``).
 Each backend provides two steps, and the arithmetic between them lives here, once:
 
@@ -10,6 +10,7 @@ Each backend provides two steps, and the arithmetic between them lives here, onc
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -61,7 +62,7 @@ def _apply_cpp(clips, scale, shift, out):
     torch.ops.vdfast.normalize_clips_apply_cpu(clips, scale, shift, out)
 
 
-_BLOCK_CUDA = 1024  # positions per CUDA block (csrc/normalize_clips.cu: kBlock)
+_BLOCK_CUDA = 1024  # positions per CUDA block (csrc/cuda/normalize_clips_cuda.cu: kBlock)
 
 
 def _stats_cuda(clips):
@@ -112,11 +113,26 @@ def _apply_triton(clips, scale, shift, out):
         clips, out, scale.to(acc), shift.to(acc), T, H, W, sN, sT, sH, sW, sC, C=C, BLOCK=blk)
 
 
+def _channel_stats(mean, std, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``mean``, ``std`` on ``device``. Sequences are copied to the device once per
+    (values, device) and remembered: a copy from a Python tuple on every call is a host
+    synchronisation on CUDA."""
+    if isinstance(mean, torch.Tensor) or isinstance(std, torch.Tensor):
+        return (torch.as_tensor(mean, dtype=torch.float64).to(device),
+                torch.as_tensor(std, dtype=torch.float64).to(device))
+    return _cached_stats(tuple(map(float, mean)), tuple(map(float, std)), str(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_stats(mean: tuple, std: tuple, device: str):
+    return (torch.tensor(mean, dtype=torch.float64, device=device),
+            torch.tensor(std, dtype=torch.float64, device=device))
+
+
 def _fused(stats, apply):
     def run(clips, mean, std, standardize, out_dtype):
         N, T, H, W, C = clips.shape
-        mean = torch.as_tensor(mean, dtype=torch.float64, device=clips.device)
-        std = torch.as_tensor(std, dtype=torch.float64, device=clips.device)
+        mean, std = _channel_stats(mean, std, clips.device)
         sums = stats(clips) if standardize else None
         scale, shift = affine(mean, std, sums, N * T * H * W)
         out = _out((N, C, T, H, W), out_dtype, clips.device)
@@ -170,8 +186,21 @@ def normalize_clips(clips: torch.Tensor, mean, std, standardize: bool = False,
 
 
 _OP.register("reference", _ref.normalize_clips, devices=("cpu", "cuda"), dtypes=OUT_DTYPES)
-_OP.register("cpp", _fused(_stats_cpp, _apply_cpp), devices=("cpu",), dtypes=OUT_DTYPES)
+_OP.register("cpp", _fused(_stats_cpp, _apply_cpp), devices=("cpu",), dtypes=OUT_DTYPES,
+             kernels=("normalize_clips_stats_cpu", "normalize_clips_apply_cpu"))
 _OP.register("triton", _fused(_stats_triton, _apply_triton), devices=("cuda",), dtypes=OUT_DTYPES)
-_OP.register("cuda", _fused(_stats_cuda, _apply_cuda), devices=("cuda",), dtypes=OUT_DTYPES)
+_OP.register("cuda", _fused(_stats_cuda, _apply_cuda), devices=("cuda",), dtypes=OUT_DTYPES,
+             kernels=("normalize_clips_stats_cuda", "normalize_clips_apply_cuda"))
+
+
+def _check_inputs(device, dtype, gen):
+    """The first-call check's input: odd sizes, a permuted (non-contiguous) view, standardised."""
+    clips = torch.randint(0, 256, (2, 3, 7, 5, 3), generator=gen, dtype=torch.uint8)
+    clips = clips.to(device).permute(0, 1, 3, 2, 4)
+    return (clips, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), {"standardize": True,
+                                                                  "out_dtype": dtype}
+
+
+_OP.check_with(normalize_clips, _check_inputs)
 
 __all__ = ["normalize_clips"]

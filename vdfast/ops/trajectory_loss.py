@@ -1,7 +1,7 @@
 """MTT's trajectory-matching loss ``||student - target||^2 / ||start - target||^2``, one fused
 reduction over flat parameter vectors.
 
-Backends: ``cuda`` (``csrc/trajectory_loss.cu``), ``triton`` (``kernels/trajectory_loss.py``),
+Backends: ``cuda`` (``csrc/cuda/trajectory_loss_cuda.cu``), ``triton`` (``kernels/trajectory_loss.py``),
 ``cpp`` (``csrc/trajectory_loss.cpp``), ``reference`` (``vdfast/reference/trajectory_loss.py``).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from vdfast.ops.dispatch import fused_backward, op
 from vdfast.reference import trajectory_loss as _ref
 
 _OP = op("trajectory_loss")
-_BLOCK_CUDA = 2048  # elements per CUDA block of the forward (csrc/trajectory_loss.cu: kBlock)
+_BLOCK_CUDA = 2048  # elements per CUDA block of the forward (csrc/cuda/trajectory_loss_cuda.cu: kBlock)
 
 
 def _out(shape, dtype, device):
@@ -163,8 +163,20 @@ def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Te
 _OP.register("reference", _ref.trajectory_loss, devices=("cpu", "cuda"), double_backward=True)
 # below ~64k parameters the reference is faster on a CPU: the fused call's fixed ~35 us (autograd
 # Function, allocations) outweighs one pass over the vectors (BENCHMARKS.md, "crossover")
-_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",), auto_min_numel=65536)
+_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",), auto_min_numel=65536,
+             kernels=("trajectory_loss_fwd_cpu", "trajectory_loss_bwd_cpu"))
 _OP.register("triton", _fused(_fwd_triton, _bwd_triton), devices=("cuda",))
-_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",))
+_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",),
+             kernels=("trajectory_loss_fwd_cuda", "trajectory_loss_bwd_cuda"))
+
+
+def _check_inputs(device, dtype, gen):
+    """The first-call check's input: gradients to all three vectors, an odd length."""
+    v = [torch.randn(4099, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
+         for _ in range(3)]
+    return tuple(v), {}
+
+
+_OP.check_with(trajectory_loss, _check_inputs)
 
 __all__ = ["trajectory_loss"]

@@ -1,5 +1,5 @@
 // blend_static_dynamic on CUDA. See vdfast/ops/blend_static_dynamic.py for the contract and
-// vdfast/reference/blend_static_dynamic.py for the truth. Light headers (see csrc/dm_loss.cu).
+// vdfast/reference/blend_static_dynamic.py for the truth. Light headers (see csrc/cuda/dm_loss_cuda.cu).
 //
 // Forward: one thread per output pixel (n, t, y, x) loads the 27 dynamic taps once into
 // registers and writes all C_out channels: plane[static_idx[n], p(t), co] + bias[co] + taps . w[co]

@@ -155,6 +155,9 @@ void dm_loss_bwd_cuda(at::Tensor grad, at::Tensor labels, at::Tensor diff, at::T
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("dm_loss_fwd_cuda", &dm_loss_fwd_cuda);
-  m.def("dm_loss_bwd_cuda", &dm_loss_bwd_cuda);
+  m.def("dm_loss_fwd_cuda(Tensor real, Tensor real_labels, Tensor syn, Tensor syn_labels, "
+        "Tensor(a!) sums, Tensor(b!) cnt, Tensor(c!) diff, Tensor(d!) partial) -> ()",
+        &dm_loss_fwd_cuda);
+  m.def("dm_loss_bwd_cuda(Tensor(a!) grad, Tensor labels, Tensor diff, Tensor scale) -> ()",
+        &dm_loss_bwd_cuda);
 }

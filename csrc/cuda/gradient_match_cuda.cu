@@ -1,5 +1,5 @@
 // DC's gradient-matching distance on CUDA. See vdfast/ops/gradient_match.py for the contract and
-// vdfast/reference/gradient_match.py for the truth. Light headers (see csrc/dm_loss.cu).
+// vdfast/reference/gradient_match.py for the truth. Light headers (see csrc/cuda/dm_loss_cuda.cu).
 //
 // Inputs are the matrix layers only, each a contiguous [out, K] view; one launch per layer.
 // Forward: one block per row reduces <r, s>, ||r||^2, ||s||^2 into that row's slot of stats
@@ -129,6 +129,9 @@ void gradient_match_bwd_cuda(std::vector<at::Tensor> real, std::vector<at::Tenso
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("gradient_match_fwd_cuda", &gradient_match_fwd_cuda);
-  m.def("gradient_match_bwd_cuda", &gradient_match_bwd_cuda);
+  m.def("gradient_match_fwd_cuda(Tensor[] real, Tensor[] syn, Tensor(a!) stats) -> ()",
+        &gradient_match_fwd_cuda);
+  m.def("gradient_match_bwd_cuda(Tensor[] real, Tensor[] syn, Tensor coef, Tensor(a!)[] grad_real, "
+        "Tensor(b!)[] grad_syn) -> ()",
+        &gradient_match_bwd_cuda);
 }

@@ -1,5 +1,5 @@
 // guided_step on CUDA. See vdfast/ops/guided_step.py for the contract and
-// vdfast/reference/guided_step.py for the truth. Light headers (see csrc/dm_loss.cu).
+// vdfast/reference/guided_step.py for the truth. Light headers (see csrc/cuda/dm_loss_cuda.cu).
 //
 // Elementwise and memory-bound: each element of x_t, eps, (noise) is read once, the guide once per
 // frame that uses it (a per-instance guide is re-read from L2 by each frame), the result written

@@ -1,5 +1,5 @@
 // MTT's trajectory-matching loss on CUDA. See vdfast/ops/trajectory_loss.py for the contract and
-// vdfast/reference/trajectory_loss.py for the truth. Light headers (see csrc/dm_loss.cu).
+// vdfast/reference/trajectory_loss.py for the truth. Light headers (see csrc/cuda/dm_loss_cuda.cu).
 //
 // Forward: each block reduces kThreads * kPerThread elements to partial sums of (s - t)^2 and
 // (a - t)^2 (the launcher adds the partials: deterministic). Backward: one elementwise pass with
@@ -120,6 +120,9 @@ void trajectory_loss_bwd_cuda(at::Tensor s, at::Tensor a, at::Tensor t, at::Tens
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("trajectory_loss_fwd_cuda", &trajectory_loss_fwd_cuda);
-  m.def("trajectory_loss_bwd_cuda", &trajectory_loss_bwd_cuda);
+  m.def("trajectory_loss_fwd_cuda(Tensor s, Tensor a, Tensor t, Tensor(a!) partial) -> ()",
+        &trajectory_loss_fwd_cuda);
+  m.def("trajectory_loss_bwd_cuda(Tensor s, Tensor a, Tensor t, Tensor coef, Tensor(a!) gs, "
+        "Tensor(b!) ga, Tensor(c!) gt) -> ()",
+        &trajectory_loss_bwd_cuda);
 }

@@ -1,5 +1,5 @@
 // Clip normalisation on CUDA. See vdfast/ops/normalize_clips.py for the contract and
-// vdfast/reference/normalize_clips.py for the truth. Light headers (see csrc/dm_loss.cu).
+// vdfast/reference/normalize_clips.py for the truth. Light headers (see csrc/cuda/dm_loss_cuda.cu).
 //
 // uint8 [N, T, H, W, C] (any strides) -> [N, C, T, H, W]: out = scale[c] * x + shift[c]. The
 // input has 256 values per channel, so each block first builds a per-channel lookup table in
@@ -140,6 +140,7 @@ void normalize_clips_apply_cuda(at::Tensor clips, at::Tensor scale, at::Tensor s
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("normalize_clips_stats_cuda", &normalize_clips_stats_cuda);
-  m.def("normalize_clips_apply_cuda", &normalize_clips_apply_cuda);
+  m.def("normalize_clips_stats_cuda(Tensor clips, Tensor(a!) partial) -> ()", &normalize_clips_stats_cuda);
+  m.def("normalize_clips_apply_cuda(Tensor clips, Tensor scale, Tensor shift, Tensor(a!) out) -> ()",
+        &normalize_clips_apply_cuda);
 }
