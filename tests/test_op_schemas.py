@@ -6,17 +6,9 @@ import pytest
 import torch
 
 import vdfast.ops  # noqa: F401
-from vdfast.ops.dispatch import OPS, _forward_and_grads, compiled_extension
+from vdfast.ops.dispatch import OPS, _clone_inputs, _forward_and_grads, compiled_extension
 
 pytestmark = pytest.mark.skipif(compiled_extension()[0] is None, reason="needs vdfast._C")
-
-
-def _clone(x):
-    if torch.is_tensor(x):
-        return x.clone()
-    if isinstance(x, (list, tuple)):
-        return type(x)(_clone(v) for v in x)
-    return x
 
 
 @pytest.mark.parametrize("name", sorted(n for n, o in OPS.items() if "cpp" in o.impls))
@@ -27,7 +19,7 @@ def test_cpu_kernel_schemas(name, monkeypatch):
         real = getattr(torch.ops.vdfast, k)
 
         def record(*args, _real=real, _k=k):
-            calls.append((_k, _real, _clone(args)))
+            calls.append((_k, _real, _clone_inputs(args)))
             return _real(*args)
         monkeypatch.setattr(torch.ops.vdfast, k, record)
     public, make = o.check
