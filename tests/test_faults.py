@@ -494,3 +494,79 @@ def test_minor_items(tmp_path, capsys, monkeypatch):
     why = _without_path(f"{p}: cannot open as a video (InvalidDataError: [Errno 1] Invalid data "
                         f"found when processing input: '{p}')", p)
     assert p not in why and why.startswith("cannot open as a video")
+
+
+# --------------------------------------------------------------------------- GVD stages
+def test_gvd_stage_checkpoint_falls_back_and_the_old_single_file_resumes(tmp_path, capsys):
+    """Outcome: resumed exactly. GVD's autoencoder stage keeps its resumable state as verified
+    checkpoints (``ae-state/``): a damaged newest one falls back to the one before with a warning;
+    the single ``ae.pt`` of earlier vdfast still resumes (it was always replaced atomically)."""
+    import dataclasses
+
+    from vdfast.config import GVDConfig
+    from vdfast.data.store import ClipStore
+    from vdfast.methods.gvd import _load_cached, train_autoencoder
+
+    store = ClipStore.builtin(train_per_class=4, test_per_class=1, frames=4, size=16)
+    g = GVDConfig(ae_down=4, ae_width=4, ae_steps=6, ae_batch=4, checkpoint_every=2)
+    full = train_autoencoder(store, g, 0, "cpu", tmp_path / "full", progress=False).state_dict()
+    cut = tmp_path / "cut"
+    train_autoencoder(store, dataclasses.replace(g, ae_steps=4), 0, "cpu", cut, progress=False)
+    (cut / "ae_final.pt").unlink()  # as if killed after step 4
+    assert json.loads((cut / "ae-state" / "manifest.json").read_text())["iteration"] == 4
+    _flip(cut / "ae-state" / "state.pt")
+    capsys.readouterr()
+    res = train_autoencoder(store, g, 0, "cpu", cut, progress=False).state_dict()
+    assert "warning:" in capsys.readouterr().out
+    assert all(torch.equal(res[k], v) for k, v in full.items())
+    # the layout of earlier vdfast: one ae.pt (torch.save of the same dict), no ae-state/
+    old = tmp_path / "old"
+    train_autoencoder(store, dataclasses.replace(g, ae_steps=4), 0, "cpu", old, progress=False)
+    (old / "ae_final.pt").unlink()
+    state = _load_cached(old / "ae-state" / "state.pt")
+    Checkpointer(old / "ae-state").clear()
+    torch.save(state, old / "ae.pt")
+    res = train_autoencoder(store, g, 0, "cpu", old, progress=False).state_dict()
+    assert all(torch.equal(res[k], v) for k, v in full.items())
+    # a damaged cached stage file is named, with what to do
+    _truncate(old / "ae_final.pt")
+    with pytest.raises(CheckpointError, match=r"ae_final.pt is damaged.*delete it"):
+        train_autoencoder(store, g, 0, "cpu", old, progress=False)
+
+
+def test_damaged_expert_trajectory_restarts_that_expert_exactly(tmp_path, capsys):
+    """Outcome: resumed exactly. An interrupted expert whose saved rows no longer match the
+    checksums in its sidecar (flipped bytes) restarts from epoch 0 with a warning, and ends as
+    the uninterrupted one (instead of continuing from damaged parameters)."""
+    from vdfast.config import NetConfig
+    from vdfast.data.store import ClipStore
+    from vdfast.methods.experts import expert_paths, train_experts
+
+    store = ClipStore.builtin(train_per_class=4, test_per_class=1, frames=4, size=16)
+    kw = dict(num_experts=1, epochs=3, batch=16, lr=0.05, net_cfg=NetConfig(width=4, depth=1),
+              progress=False)
+    (ref,) = train_experts(store, tmp_path / "ref", **kw)
+    (f,) = train_experts(store, tmp_path / "cut", **kw)
+    _, j = expert_paths(tmp_path / "cut", 0)
+    side = json.loads(j.read_text())
+    side.update(epochs_done=2, complete=False)  # as if killed after epoch 2
+    j.write_text(json.dumps(side))
+    _flip(f, n=16)
+    capsys.readouterr()
+    train_experts(store, tmp_path / "cut", **kw)
+    assert "restarts from epoch 0" in capsys.readouterr().out
+    assert f.read_bytes() == ref.read_bytes()
+
+
+def test_damaged_static_memory_is_named(tmp_path):
+    """Outcome: refused clearly. A static memory file whose tensors no longer match the sha256
+    in its ``static.json`` is refused naming the file (a cache entry is learned again instead,
+    :func:`vdfast.methods.static.get_static`)."""
+    from vdfast.methods.static import StaticMemoryError, load_static, save_static
+
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    d = save_static(tmp_path / "s", x, ["a", "b"], (0.5,) * 3, (0.2,) * 3)
+    assert torch.equal(load_static(d)[0], x)
+    _flip(d / "static.safetensors", n=8)
+    with pytest.raises(StaticMemoryError, match=r"static.safetensors .*sha256.*damaged"):
+        load_static(d)

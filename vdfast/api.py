@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,11 +152,17 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                           f"{dist.world - store.num_classes} without work; launch at most "
                           f"{store.num_classes} (--nproc_per_node / --num_processes)")
     out = Path(out) if out is not None else None
+    created = out is not None and dist.main and not out.exists()
     if out is not None and dist.main:
         checkpoint.preflight(out)  # --out created and writable before any long work
     lock = checkpoint.RunLock(out, "distill") if out is not None and dist.main else contextlib.nullcontext()
-    with lock, checkpoint.handle_signals():
-        return _distill(store, cfg, m, dist, out, preset, resume, progress, callback)
+    try:
+        with lock, checkpoint.handle_signals():
+            return _distill(store, cfg, m, dist, out, preset, resume, progress, callback)
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {checkpoint.LOCK}:
+            shutil.rmtree(out, ignore_errors=True)  # refused before writing anything: leave nothing
+        raise
 
 
 def _distill(store, cfg, m, dist, out, preset, resume, progress, callback) -> Result:
