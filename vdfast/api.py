@@ -125,6 +125,14 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
         :class:`Result` with ``.synset`` and ``.history`` (``loss``, ``seconds_per_it``,
         ``peak_memory_mb``, ``iterations``).
 
+    Raises:
+        :class:`vdfast.config.ConfigError` (a bad option, named), ``StoreError``,
+        :class:`vdfast.engine.checkpoint.CheckpointError` (a checkpoint in ``out`` that cannot be
+        resumed), ``RunLockedError`` (another run holds ``out``), ``DiskFullError``,
+        ``OutDirError``; and :class:`vdfast.engine.checkpoint.Interrupted` (a
+        ``KeyboardInterrupt``) after SIGINT / SIGTERM, once the checkpoint of the iteration it
+        stopped at is written.
+
     Example::
 
         res = vdfast.distill(method="dm", ipc=1, iterations=100)

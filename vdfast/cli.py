@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("vdfast: interrupted (nothing to save at this stage)", file=sys.stderr, flush=True)
+        print("vdfast: interrupted; the last checkpoint, if one was written, is kept: run the same "
+              "command again to resume", file=sys.stderr, flush=True)
         return 130
     except Exception as e:
         if debug:
@@ -285,9 +286,14 @@ def _run(args) -> int:
         print(rep.table())
         return 0
     if args.cmd == "distill":
+        from vdfast.config import resolve
+
         o = _overrides(args)
-        store = vdfast.open_data(args.data)
         method, ipc = o.pop("method", "dm"), o.pop("ipc", 1)
+        # the options checked before the data is read (a large store takes a while to open)
+        resolve(args.preset if args.preset != "auto" else
+                ("builtin" if args.data == "builtin" else "published"), method=method, ipc=ipc, **o)
+        store = vdfast.open_data(args.data)
         out = Path(args.out or f"runs/{store.name}-{method}-ipc{ipc}")
         res = vdfast.distill(store, method=method, ipc=ipc, out=out, resume=args.resume,
                              preset=args.preset, **o)
