@@ -390,6 +390,10 @@ class RunLock:
             except (ValueError, OSError):
                 holder = {}
             os.close(fd)
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # no flock on this fs
+                warnings.warn(f"{f}: this file system has no advisory locks ({e.strerror}); two "
+                              f"runs on {self.dir} at once would not be refused", stacklevel=2)
+                return self
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             since = f", since {holder['since']}" if holder.get("since") else ""
