@@ -579,3 +579,23 @@ def test_damaged_static_memory_is_named(tmp_path):
     _flip(d / "static.safetensors", n=8)
     with pytest.raises(StaticMemoryError, match=r"static.safetensors .*sha256.*damaged"):
         load_static(d)
+
+
+def test_signal_flag_and_gvd_stage_stop(capsys):
+    """Inside ``handle_signals`` a SIGINT only sets the flag (and says so); a GVD training or
+    sampling loop then saves and stops with :class:`Interrupted` (exit code 130); outside, the
+    previous handler is back."""
+    from vdfast.distributed import Dist
+    from vdfast.methods.gvd import _stop
+
+    before = signal.getsignal(signal.SIGINT)
+    saved = []
+    with checkpoint.handle_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert checkpoint.interrupt_requested() == signal.SIGINT
+        assert "stopping after this iteration" in capsys.readouterr().err
+        with pytest.raises(checkpoint.Interrupted) as e:
+            _stop(7, "gvd generator step", Dist(), lambda: saved.append(7))
+    assert saved == [7] and e.value.exit_code == 130
+    assert str(e.value) == "interrupted at gvd generator step 7; continue with --resume"
+    assert checkpoint.interrupt_requested() == 0 and signal.getsignal(signal.SIGINT) is before

@@ -488,6 +488,10 @@ def handle_signals():
             os.kill(os.getpid(), signum)
             return
         _requested.append(signum)
+        import sys
+
+        print(f"\n{signal.Signals(signum).name}: stopping after this iteration, with a checkpoint "
+              f"(again to stop at once)", file=sys.stderr, flush=True)
 
     for s in (signal.SIGINT, signal.SIGTERM):
         _handlers[s] = signal.signal(s, handler)

@@ -532,6 +532,8 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
                     pb.update(len(part))
                 if f is not None:
                     _atomic_save(d, f)
+                    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                        _stop(ci + 1, "gvd sampling chunk", Dist(), lambda: None)  # chunks saved
             if vids is None:
                 vids = torch.empty((len(jobs),) + tuple(d["videos"].shape[1:]), dtype=torch.uint8)
                 lats = torch.empty((len(jobs),) + tuple(d["latents"].shape[1:]), dtype=torch.float16)
