@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     debug = "--debug" in argv or os.environ.get("VDFAST_DEBUG", "0") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
-    from vdfast.engine.checkpoint import DiskFullError, Interrupted
+    from vdfast.engine.checkpoint import Interrupted
 
     try:
         rc = _run(args)
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"vdfast: error: {_describe(e, DiskFullError)}", file=sys.stderr, flush=True)
+        print(f"vdfast: error: {_describe(e)}", file=sys.stderr, flush=True)
         from vdfast.config import ConfigError
 
         return 2 if isinstance(e, ConfigError) else 1
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     return rc
 
 
-def _describe(e: Exception, disk_full) -> str:
+def _describe(e: Exception) -> str:
     """One line for an error: vdfast's own as they are; a full disk, an unreadable or unwritable
     path named; anything else (a bug) with its type and where to get the traceback."""
     from vdfast.engine.checkpoint import is_disk_full
