@@ -23,6 +23,7 @@ import torch
 from vdfast import profiling
 from vdfast.config import ConfigError, DistillConfig, EvalConfig, from_dict, resolve
 from vdfast.data.store import ClipStore, StoreError
+from vdfast.engine import checkpoint
 from vdfast.progress import bar, say
 from vdfast.synsets import Synset, load
 from vdfast.version import __version__
@@ -53,7 +54,7 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda requested but no CUDA device is visible; use --device cpu")
+        raise ConfigError("device cuda requested but no CUDA device is visible; use --device cpu")
     return torch.device(device)
 
 
@@ -124,6 +125,14 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
         :class:`Result` with ``.synset`` and ``.history`` (``loss``, ``seconds_per_it``,
         ``peak_memory_mb``, ``iterations``).
 
+    Raises:
+        :class:`vdfast.config.ConfigError` (a bad option, named), ``StoreError``,
+        :class:`vdfast.engine.checkpoint.CheckpointError` (a checkpoint in ``out`` that cannot be
+        resumed), ``RunLockedError`` (another run holds ``out``), ``DiskFullError``,
+        ``OutDirError``; and :class:`vdfast.engine.checkpoint.Interrupted` (a
+        ``KeyboardInterrupt``) after SIGINT / SIGTERM, once the checkpoint of the iteration it
+        stopped at is written.
+
     Example::
 
         res = vdfast.distill(method="dm", ipc=1, iterations=100)
@@ -143,7 +152,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
     m = methods.get(cfg.method)
     m.dist = dist
     if dist.active and m.iterative and not m.shardable:
-        raise RuntimeError(f"method {cfg.method} does not run on {dist.world} processes yet; "
+        raise ConfigError(f"method {cfg.method} does not run on {dist.world} processes yet; "
                            f"launch it as a single process")
     if dist.active and m.iterative and m.class_sharded and dist.world > store.num_classes:
         raise ConfigError(f"{cfg.method} splits the classes across processes: {dist.world} "
@@ -151,49 +160,69 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                           f"{dist.world - store.num_classes} without work; launch at most "
                           f"{store.num_classes} (--nproc_per_node / --num_processes)")
     out = Path(out) if out is not None else None
-    ident = _identity(cfg, store)
+    created = out is not None and dist.main and not out.exists()
+    if out is not None and dist.main:
+        checkpoint.preflight(out)  # --out created and writable before any long work
+    lock = checkpoint.RunLock(out, "distill") if out is not None and dist.main else contextlib.nullcontext()
+    try:
+        with lock, checkpoint.handle_signals():
+            return _distill(store, cfg, m, dist, out, preset, resume, progress, callback)
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {checkpoint.LOCK}:
+            shutil.rmtree(out, ignore_errors=True)  # refused before writing anything: leave nothing
+        raise
 
+
+def _distill(store, cfg, m, dist, out, preset, resume, progress, callback) -> Result:
+    """:func:`distill` after the checks, holding the run's lock on ``out``."""
+    device = dist.device
+    ident = _identity(cfg, store)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     history = {"loss": [], "seconds_per_it": [], "at_iteration": [], "peak_memory_mb": 0.0}
     start = 0
-    synset = None
-    ckpt = out / "checkpoint" if out else None
-    if ckpt is not None and (ckpt / "state.pt").exists():
+    synset = saved = None
+    ck = checkpoint.Checkpointer(out / "checkpoint", kind="distill") if out else None
+    if ck is not None and ck.exists():
         if not resume:
-            shutil.rmtree(ckpt)
+            if dist.main:
+                ck.clear()
+            dist.barrier()
         else:
-            saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-            want = ident
-            if "train" not in saved["identity"]:  # checkpoints written before 2026-12-02
-                want = {k: v for k, v in ident.items() if k != "train"}
-            if saved["identity"] != want:
-                raise RuntimeError(
-                    f"{out} holds a run with other settings or other data; pass another --out, or "
-                    f"--no-resume to start over (differences: {_diff(saved['identity'], want)})")
-            synset = load(ckpt / "synset", device=device)
-            start = saved["iteration"]
-            history = saved["history"]
-            gen.set_state(saved["gen"])
-            say(f"resuming {cfg.method} from iteration {start} ({ckpt})")
+            found = _find_checkpoint(ck, dist)
+            if found is not None:
+                want = json.loads(json.dumps(ident, default=str))  # as the manifest holds it
+                if found.identity != want:
+                    raise checkpoint.CheckpointError(
+                        f"{out} holds a run with other settings or other data; pass another --out, "
+                        f"or --no-resume to start over (differences: {_diff(found.identity, want)})")
+                saved = _read_state(found.path / "state.pt")
+                synset = _read_synset(found.path / "synset", device)
+                start = found.iteration
+                history = saved["history"]
+                gen.set_state(saved["gen"])
+                say(f"resuming {cfg.method} from iteration {start} ({found.path})")
     profiling.check_request(cfg.profile, cfg.iterations - start, cfg.method, m.iterative, out)
     if synset is None:
         m.run_dir = out  # methods with cached stages (GVD) keep them under the run directory
         synset = m.init(store, cfg, device, gen)
     synset.meta.update(method=cfg.method, ipc=cfg.ipc, config=cfg.to_dict(), dataset=store.name)
+    last_saved = start if saved is not None else None
 
     if m.iterative and start < cfg.iterations:
         state = m.setup(synset, store, cfg, device)
         if start > 0:
-            if not saved["method"]:  # an end checkpoint of --checkpoint-every 0 before 2026-12-02
-                raise RuntimeError(
-                    f"{ckpt} holds the synset at iteration {start} but not the optimizer state "
-                    f"needed to continue (written by an older vdfast with --checkpoint-every 0); "
-                    f"pass --no-resume to start over, or another --out")
             m.load_state_dict(state, saved["method"])
+        if ck is not None and dist.main:  # room for a checkpoint beside the last and the result
+            size = _nbytes(synset.state_dict()) + _nbytes(m.state_dict(state)) + (1 << 16)
+            checkpoint.preflight(out, 2 * size + _nbytes(synset.state_dict()) - ck.nbytes(),
+                                 f"{cfg.method} ipc {cfg.ipc}")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         history["memory_before_loop_mb"] = memory_now_mb(device)  # the loop's own share: peak - this
         window, t_win, losses = 10, time.perf_counter(), []
+        if saved is not None:  # the window the checkpoint fell into: its losses so far
+            own = dist.main or not m.partial_loss  # partial losses: summed once, from rank 0's copy
+            losses = [torch.tensor(v if own else 0.0, device=device) for v in saved.get("pending", [])]
         prof = profiling.LoopProfiler(cfg.profile, start, out, device, dist.rank, dist.world,
                                       title=f"{cfg.method} ipc {cfg.ipc} on {store.name}")
         with bar(total=cfg.iterations, initial=start, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it",
@@ -202,7 +231,8 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                 with prof.iteration(it):
                     losses.append(m.step(synset, state, gen))
                 done = it + 1
-                if done % window == 0 or done == cfg.iterations:
+                at_window = done % window == 0 or done == cfg.iterations
+                if at_window:
                     # the one sync per window (summed over processes' shares of the loss)
                     vals = torch.stack(losses).float()
                     vals = (dist.all_reduce_(vals) if m.partial_loss else vals).cpu().tolist()
@@ -219,37 +249,119 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
                                   "seconds_per_it": dt, "synset": synset})
                     losses, t_win = [], time.perf_counter()
                     if not all(v == v for v in vals):
-                        raise FloatingPointError(
-                            f"{cfg.method} loss became NaN at iteration {done}; lower the learning "
-                            f"rate of the synthetic data (--lr-img, or the method's own "
-                            f"--{m.name}-lr-img); the last checkpoint is in {ckpt}")
-                if ckpt is not None and (done == cfg.iterations or (
+                        _nan_error(cfg, m, done, last_saved, ck)
+                stop = _stop_requested(dist, at_window)
+                if ck is not None and (done == cfg.iterations or (stop and done < cfg.iterations) or (
                         cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
+                    pending = []  # the window so far (a checkpoint between two windows' syncs)
+                    if losses:
+                        vals = torch.stack(losses).float()
+                        pending = (dist.all_reduce_(vals) if m.partial_loss else vals).cpu().tolist()
+                        if not all(v == v for v in pending):  # never checkpoint a NaN synset
+                            _nan_error(cfg, m, done, last_saved, ck)
+                    history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0,
+                                                    peak_memory_mb(device))
                     if dist.main:  # every process holds the same synset
-                        _checkpoint(ckpt, synset, m, state, gen, done, history, ident)
+                        _checkpoint(ck, synset, m, state, gen, done, history, ident, pending)
+                    last_saved = done
                     dist.barrier()
+                if stop and done < cfg.iterations:
+                    raise checkpoint.Interrupted(done, stop, saved=ck is not None)
         if hasattr(m, "finalize"):  # e.g. MTT records its learned student step size
             m.finalize(synset, state)
-        history["peak_memory_mb"] = peak_memory_mb(device)
+        history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0, peak_memory_mb(device))
         if prof.summary is not None:
             history["profile"] = prof.summary
             if dist.main:
                 say(profiling.headline(prof.summary))
     history["iterations"] = cfg.iterations if m.iterative else 0
+    history["iterative"] = m.iterative
     history["processes"] = dist.world
     result = Result(synset, cfg, history, out, store)
     if out is not None and dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        synset.save(out / "synset")
-        (out / "config.json").write_text(json.dumps({"vdfast": __version__, "preset": preset,
-                                                     "data": store.describe(), **cfg.to_dict()},
-                                                    indent=1))
-        _write_metrics(out, {"history": _summary(history)})
-        if ckpt is not None and not (ckpt / "state.pt").exists():
-            _checkpoint(ckpt, synset, m, {}, gen, history["iterations"], history, ident)
+        try:
+            synset.save(out / "synset")
+            (out / "config.json").write_text(json.dumps({"vdfast": __version__, "preset": preset,
+                                                         "data": store.describe(), **cfg.to_dict()},
+                                                        indent=1))
+            _write_metrics(out, {"history": _summary(history)})
+            if last_saved is None:  # non-iterative methods: the result is the checkpoint
+                _checkpoint(ck, synset, m, {}, gen, history["iterations"], history, ident)
+        except Exception as e:
+            if checkpoint.is_disk_full(e, out):
+                kept = (f"the checkpoint of iteration {last_saved} in {ck.path} is intact; "
+                        if last_saved is not None else "")
+                raise checkpoint.DiskFullError(out, f"the result was not written completely; {kept}"
+                                                    f"free some space, then run the same command "
+                                                    f"again (it resumes)") from e
+            raise
     dist.barrier()
     result.rank = dist.rank
+    sig = checkpoint.interrupt_requested()
+    if sig:  # a signal during the last iteration or after it: the run is complete and saved
+        raise checkpoint.Interrupted(history["iterations"], sig, saved=out is not None)
     return result
+
+
+def _nan_error(cfg, m, done, last_saved, ck):
+    where = (f"the last checkpoint (iteration {last_saved}) is in {ck.path}" if last_saved is not None
+             else "no checkpoint was written before it" if ck is not None else
+             "nothing was saved (no out)")
+    raise FloatingPointError(f"{cfg.method} loss became NaN by iteration {done}; lower the learning "
+                             f"rate of the synthetic data (--lr-img, or the method's own "
+                             f"--{m.name}-lr-img); {where}")
+
+
+def _find_checkpoint(ck, dist):
+    """The newest whole checkpoint (rank 0 first: it may finish a swap a kill interrupted)."""
+    found = None
+    if dist.main:
+        found = ck.load(warn=lambda msg: say(f"warning: {msg}"))
+    dist.barrier()
+    if not dist.main:
+        found = ck.load(warn=lambda msg: None)
+    return found
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # verified by its manifest: only another torch could fail here
+        raise checkpoint.CheckpointError(f"cannot read {path} ({type(e).__name__}: "
+                                         f"{str(e).splitlines()[0] if str(e) else ''}); pass "
+                                         f"--no-resume to start over, or another --out") from e
+
+
+def _read_synset(path: Path, device):
+    try:
+        return load(path, device=device)
+    except Exception as e:
+        raise checkpoint.CheckpointError(f"cannot read the checkpoint's synset {path} "
+                                         f"({type(e).__name__}: {e}); pass --no-resume to start "
+                                         f"over, or another --out") from e
+
+
+def _stop_requested(dist, at_window: bool) -> int:
+    """The pending SIGINT/SIGTERM number (0: none). On N processes they agree at a window's end
+    (the loop's sync point), so every process stops at the same iteration."""
+    sig = checkpoint.interrupt_requested()
+    if not dist.active:
+        return sig
+    if not at_window:
+        return 0
+    flag = dist.all_reduce_(torch.tensor([1.0 if sig else 0.0], device=dist.device))
+    return (sig or 15) if float(flag) > 0 else 0
+
+
+def _nbytes(obj) -> int:
+    """Bytes of the tensors inside nested dicts / lists."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def _diff(a: dict, b: dict, prefix="") -> str:
@@ -265,13 +377,18 @@ def _diff(a: dict, b: dict, prefix="") -> str:
     return ", ".join(out)
 
 
-def _checkpoint(ckpt: Path, synset, m, state, gen, iteration, history, ident):
-    ckpt.mkdir(parents=True, exist_ok=True)
-    synset.save(ckpt / "synset")
-    tmp = ckpt / "state.pt.tmp"
-    torch.save({"iteration": iteration, "history": history, "gen": gen.get_state(),
-                "method": m.state_dict(state) if state else {}, "identity": ident}, tmp)
-    os.replace(tmp, ckpt / "state.pt")
+def _checkpoint(ck, synset, m, state, gen, iteration, history, ident, pending=()):
+    """One whole checkpoint (:class:`vdfast.engine.checkpoint.Checkpointer`): ``synset/`` and
+    ``state.pt`` (history, the losses of the unfinished window, generator, the method's state)
+    under one manifest."""
+    def write(d: Path):
+        synset.save(d / "synset")
+        checkpoint.fault_point("synset")
+        torch.save({"iteration": iteration, "history": history, "gen": gen.get_state(),
+                    "pending": list(pending), "method": m.state_dict(state) if state else {}},
+                   d / "state.pt")
+
+    ck.save(iteration, write, identity=ident)
 
 
 def _summary(history: dict) -> dict:
@@ -327,10 +444,19 @@ def evaluate(synset, data=None, students: int | None = None, out=None, seed: int
 
 
 def prepare(source, out, **options) -> ClipStore:
-    """Decode a dataset folder into a ClipStore (see :func:`vdfast.data.store.prepare`)."""
+    """Decode a dataset folder into a ClipStore (see :func:`vdfast.data.store.prepare`), holding
+    ``out``'s run lock (a second ``prepare`` into the same store is refused at once)."""
     from vdfast.data.store import prepare as _prepare
 
-    return _prepare(source, out, **options)
+    workers = options.get("workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"prepare workers={workers!r} must be an integer >= 0 (0 or 1: decode in "
+                          f"this process)")
+    if not Path(source).exists():
+        raise StoreError(f"dataset folder {source} does not exist")
+    checkpoint.preflight(out)
+    with checkpoint.RunLock(out, "prepare"):
+        return _prepare(source, out, **options)
 
 
 __all__ = ["distill", "evaluate", "prepare", "load", "open_data", "Result", "EvalConfig", "from_dict"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,8 +47,16 @@ def _overrides(ns) -> dict:
     return {k: v for k, v in o.items() if v is not None}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``vdfast: error: ...``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"vdfast: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vdfast", description="Fast video dataset distillation.")
+    p = _Parser(prog="vdfast", description="Fast video dataset distillation. Errors are one line; "
+                "--debug (or VDFAST_DEBUG=1) shows the traceback too.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     pr = sub.add_parser("prepare", help="decode a dataset folder once into a ClipStore")
@@ -147,16 +156,83 @@ def _bench(rest) -> int:
     return 0
 
 
+def _user_errors() -> tuple:
+    """vdfast's own errors: printed as one line, without a traceback."""
+    from vdfast.config import ConfigError
+    from vdfast.data.decode import DecodeError
+    from vdfast.data.layouts import LayoutError
+    from vdfast.data.store import StoreError
+    from vdfast.engine.checkpoint import CheckpointError, DiskFullError, OutDirError, RunLockedError
+    from vdfast.methods.experts import BufferError
+    from vdfast.methods.static import StaticMemoryError
+    from vdfast.ops.dispatch import BackendUnavailable
+    from vdfast.synsets import SynsetError
+
+    return (ConfigError, StoreError, LayoutError, DecodeError, SynsetError, BufferError,
+            StaticMemoryError, CheckpointError, DiskFullError, OutDirError, RunLockedError,
+            BackendUnavailable, FloatingPointError)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv=None) -> int:
+    """The ``vdfast`` command. Errors print one line ``vdfast: error: ...`` and return non-zero
+    (2: a bad option, 1: anything else); ``--debug`` anywhere (or ``VDFAST_DEBUG=1``) re-raises
+    them with the traceback. SIGINT / SIGTERM during a distillation save a checkpoint at the next
+    iteration and return 130 / 143."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to benchmarks/run.py
         return _bench(argv[1:])
+    debug = "--debug" in argv or os.environ.get("VDFAST_DEBUG", "0") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
-    rc = _run(args)
-    from vdfast import distributed
+    from vdfast.engine.checkpoint import Interrupted
 
-    distributed.shutdown()  # N processes: leave the group together (a gloo rank exiting alone aborts)
+    try:
+        rc = _run(args)
+    except Interrupted as e:
+        if debug:
+            raise
+        print(e.message(), file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("vdfast: interrupted; the last checkpoint, if one was written, is kept: run the same "
+              "command again to resume", file=sys.stderr, flush=True)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"vdfast: error: {_describe(e)}", file=sys.stderr, flush=True)
+        from vdfast.config import ConfigError
+
+        return 2 if isinstance(e, ConfigError) else 1
+    finally:
+        from vdfast import distributed
+
+        distributed.shutdown()  # N processes: leave the group together (a gloo rank exiting alone aborts)
     return rc
+
+
+def _describe(e: Exception) -> str:
+    """One line for an error: vdfast's own as they are; a full disk, an unreadable or unwritable
+    path named; anything else (a bug) with its type and where to get the traceback."""
+    from vdfast.engine.checkpoint import is_disk_full
+
+    if isinstance(e, _user_errors()):
+        return _one_line(e)
+    if is_disk_full(e):
+        where = getattr(e, "filename", None) or "the output directory"
+        return f"disk full at {where}; free some space, then run the same command again"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or _one_line(e)}"
+    if isinstance(e, (ValueError, RuntimeError)):  # raised by vdfast with a message that says what to do
+        return f"{_one_line(e)} (--debug for the traceback)"
+    return (f"{type(e).__name__}: {_one_line(e)} (an internal error: --debug shows the traceback; "
+            f"please report it)")
 
 
 def _run(args) -> int:
@@ -210,9 +286,14 @@ def _run(args) -> int:
         print(rep.table())
         return 0
     if args.cmd == "distill":
+        from vdfast.config import resolve
+
         o = _overrides(args)
-        store = vdfast.open_data(args.data)
         method, ipc = o.pop("method", "dm"), o.pop("ipc", 1)
+        # the options checked before the data is read (a large store takes a while to open)
+        resolve(args.preset if args.preset != "auto" else
+                ("builtin" if args.data == "builtin" else "published"), method=method, ipc=ipc, **o)
+        store = vdfast.open_data(args.data)
         out = Path(args.out or f"runs/{store.name}-{method}-ipc{ipc}")
         res = vdfast.distill(store, method=method, ipc=ipc, out=out, resume=args.resume,
                              preset=args.preset, **o)
@@ -224,7 +305,8 @@ def _run(args) -> int:
         spi = h.get("seconds_per_it") or [0]
         loop = (f"{h['iterations']} iterations, median {1e3 * sorted(spi)[len(spi) // 2]:.1f} ms/it, "
                 f"peak memory {h.get('peak_memory_mb', 0):.0f} MiB ({h.get('memory_before_loop_mb', 0):.0f}"
-                f" MiB before the loop)") if h.get("iterations") else "not iterative"
+                f" MiB before the loop)") if h.get("iterations") else (
+            "0 iterations (the initialisation itself)" if h.get("iterative") else "not iterative")
         print(f"distilled {method} ipc {ipc} on {h['processes']} process(es): {loop} -> {out / 'synset'}")
         _print_storage(res.synset)
         if args.preview:

@@ -23,6 +23,30 @@ def _choice(name, value, choices):
         raise ConfigError(f"{name}={value!r} is not one of: {', '.join(map(str, choices))}")
 
 
+def check_types(cls, values: dict, prefix: str = "") -> None:
+    """:class:`ConfigError` naming the field when a value in ``values`` does not have the type of
+    ``cls``'s field (its default's type): an int field takes an int (not a bool, not 1.5), a float
+    field an int or a float (not a bool), a bool field a bool, a str field a str."""
+    import numbers
+
+    for f in fields(cls):
+        if f.name not in values or f.name in SECTIONS or f.default is dataclasses.MISSING:
+            continue
+        v, want = values[f.name], type(f.default)
+        if want is bool:
+            ok, what = isinstance(v, bool), "true or false (a bool)"
+        elif want is int:
+            ok, what = isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"
+        elif want is float:
+            ok, what = isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"
+        elif want is str:
+            ok, what = isinstance(v, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{prefix}{f.name}={v!r} must be {what}, got {type(v).__name__}")
+
+
 def _positive(name, value, allow_zero=False):
     if value is None or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -325,6 +349,7 @@ class DistillConfig:
     gvd: GVDConfig = field(default_factory=GVDConfig)
 
     def __post_init__(self):
+        check_types(DistillConfig, self.__dict__)
         for name, cls in SECTIONS.items():  # nested sections may arrive as dicts (from JSON)
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, cls(**getattr(self, name)))
@@ -417,7 +442,9 @@ def resolve(preset: str = "published", **overrides) -> DistillConfig:
             else:
                 raise ConfigError(f"unknown option {k!r}; valid options: {', '.join(sorted(known))}, "
                                   f"or a section field like net.width ({', '.join(SECTIONS)})")
+    check_types(DistillConfig, merged)
     for k, cls in SECTIONS.items():
+        check_types(cls, merged[k], f"{k}.")
         merged[k] = cls(**merged[k])
     return DistillConfig(**merged)
 
@@ -433,6 +460,8 @@ def _set_sub(merged, sub, head, key, value):
 def from_dict(d: dict) -> DistillConfig:
     """Inverse of ``DistillConfig.to_dict`` (used when loading a saved run)."""
     d = dict(d)
+    check_types(DistillConfig, d)
     for k, cls in SECTIONS.items():
+        check_types(cls, d.get(k, {}), f"{k}.")
         d[k] = cls(**d.get(k, {}))
     return DistillConfig(**d)

@@ -306,9 +306,16 @@ def _decode_one(args):
             clip, info = decode_clips(item.path, spec, kind=item.kind, clips=clips, key=key)
         return clip, info, None
     except DecodeError as e:
-        return None, None, str(e)
+        return None, None, _without_path(str(e), item.path)
     except Exception as e:  # a decoder crash on one file must not end a 40-hour run
-        return None, None, f"{type(e).__name__}: {e}"
+        return None, None, _without_path(f"{type(e).__name__}: {e}", item.path)
+
+
+def _without_path(reason: str, path: str) -> str:
+    """A skip reason without the file's own path (the report prints the path beside it)."""
+    for p in (f"'{path}'", f'"{path}"', str(path)):
+        reason = reason.replace(f": {p}", "").replace(f"{p}: ", "").replace(p, "the file")
+    return reason.strip(" :") or "unreadable"
 
 
 def _window_key(path: str, root: str) -> str:
@@ -346,10 +353,10 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
     from vdfast.progress import bar
 
     if frames < 1 or size < 8 or gap < 1:
-        raise ValueError(f"impossible clip spec: frames={frames}, gap={gap}, size={size} "
+        raise StoreError(f"impossible clip spec: frames={frames}, gap={gap}, size={size} "
                          f"(need frames >= 1, gap >= 1, size >= 8)")
     if isinstance(test_clips, bool) or not isinstance(test_clips, int) or test_clips < 1:
-        raise ValueError(f"test_clips must be an integer >= 1 (clips per test video), got {test_clips!r}")
+        raise StoreError(f"test_clips must be an integer >= 1 (clips per test video), got {test_clips!r}")
     listing = list_videos(str(source), layout=layout, split=split, classes=classes,
                           test_fraction=test_fraction, seed=seed, annotations=annotations)
     spec = ClipSpec(frames=frames, gap=gap, size=size)

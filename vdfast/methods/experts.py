@@ -33,6 +33,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -138,9 +139,15 @@ def _write_row(path: Path, row: int, vec: torch.Tensor) -> None:
 
 
 def _write_json(path: Path, d: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(d, indent=1))
-    os.replace(tmp, path)
+    from vdfast.engine.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(d, indent=1)))
+
+
+def _row_sha(vec: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(vec.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
 def _read_rows(path: Path, rows: Sequence[int]) -> list[torch.Tensor]:
@@ -187,16 +194,27 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
         The ``expert_XXXX.safetensors`` paths, ``num_experts`` of them, each ``[epochs + 1, P]``.
     """
     from vdfast.config import NetConfig
-    from vdfast.ops import normalize_clips
-    from vdfast.progress import bar
 
     if num_experts < 1 or epochs < 1 or batch < 1 or lr <= 0:
         raise ValueError(f"train_experts needs num_experts, epochs, batch >= 1 and lr > 0; got "
                          f"{num_experts}, {epochs}, {batch}, {lr}")
+    from vdfast.engine import checkpoint
+
     net_cfg = net_cfg or NetConfig()
     device = torch.device(device)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.preflight(out_dir)
+    # one writer per buffer: rank 0 of N processes holds the lock for all of them
+    with checkpoint.RunLock(out_dir, "experts") if shard[0] == 0 else contextlib.nullcontext():
+        return _train_experts(store, out_dir, num_experts, epochs, lr, batch, momentum,
+                              weight_decay, net_cfg, seed, device, progress, shard)
+
+
+def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentum, weight_decay,
+                   net_cfg, seed, device, progress, shard) -> list[Path]:
+    from vdfast.ops import normalize_clips
+    from vdfast.progress import bar
+
     training = {"epochs": epochs, "lr": lr, "batch": batch, "momentum": momentum,
                 "weight_decay": weight_decay, "seed": seed, "dropout": True}
     net_h = net_header(store, net_cfg)
@@ -237,7 +255,20 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
                 old = json.loads(jpath.read_text())
                 start = int(old.get("epochs_done", 0)) if old.get("num_params") == p else 0
             if start > 0:
-                (last,) = _read_rows(tpath, [start])
+                want = old.get("rows_sha256")
+                try:
+                    rows = _read_rows(tpath, list(range(start + 1)))
+                    ok = want is None or [_row_sha(r) for r in rows] == want[:start + 1]
+                except Exception:  # truncated: safetensors cannot map it
+                    ok = False
+                if not ok:
+                    from vdfast.progress import say
+
+                    say(f"warning: {tpath} does not match the row checksums in {jpath.name} (the "
+                        f"file is damaged or truncated); expert {i} restarts from epoch 0")
+                    start = 0
+            if start > 0:
+                last = rows[start]
                 with torch.no_grad():
                     for q, v in zip(net.parameters(), unflatten(last, layout)):
                         q.copy_(v)
@@ -248,7 +279,8 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
                 _create_trajectory_file(tpath, epochs + 1, p)
                 _write_row(tpath, 0, flatten_params(net))
                 header = {**base, "vdfast": __version__, "expert": i, "params": layout,
-                          "num_params": p, "epochs_done": 0, "complete": False}
+                          "num_params": p, "epochs_done": 0, "complete": False,
+                          "rows_sha256": [_row_sha(flatten_params(net))]}
                 _write_json(jpath, header)
             header = json.loads(jpath.read_text())
             pb.update(start)
@@ -267,7 +299,11 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
-                _write_row(tpath, e + 1, flatten_params(net))
+                row = flatten_params(net)
+                _write_row(tpath, e + 1, row)
+                sums = header.get("rows_sha256")
+                if sums is not None:  # sidecars of older buffers have none: they go on without
+                    header["rows_sha256"] = sums[:e + 1] + [_row_sha(row)]
                 header.update(epochs_done=e + 1, complete=e + 1 == epochs,
                               final_train_loss=float(loss.detach()))
                 _write_json(jpath, header)

@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -84,27 +83,69 @@ class _Work:
 
 
 def _atomic_save(obj, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` whole or not at all (fsynced, renamed into place)."""
+    from vdfast.engine.checkpoint import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _load_cached(path: Path, device="cpu"):
+    """A cached stage file (weights, a sampled chunk), read without unpickling code; a damaged
+    one is named with what to do."""
+    from vdfast.engine.checkpoint import CheckpointError
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              f"delete it and run again (that stage is recomputed)") from e
+
+
+def _train_ckpt(path: Path | None):
+    """The Checkpointer of a training stage's resumable state (``<stage>/ae-state/`` for the
+    state once kept in ``<stage>/ae.pt``)."""
+    from vdfast.engine.checkpoint import Checkpointer
+
+    return None if path is None else Checkpointer(path.with_name(path.stem + "-state"), kind="gvd-train")
 
 
 def _save_train_state(path: Path, modules: dict, opt, gen: torch.Generator, step: int) -> None:
-    """A resumable training checkpoint: the modules' weights, optimizer, data RNG and step."""
-    _atomic_save({**{k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
-                  "gen": gen.get_state(), "step": step}, path)
+    """A resumable training checkpoint: the modules' weights, optimizer, data RNG and step, one
+    verified checkpoint directory (:mod:`vdfast.engine.checkpoint`)."""
+    state = {**{k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
+             "gen": gen.get_state(), "step": step}
+    _train_ckpt(path).save(step, lambda d: torch.save(state, d / "state.pt"))
 
 
 def _load_train_state(path: Path | None, modules: dict, opt, gen: torch.Generator) -> int:
-    """Restore what :func:`_save_train_state` wrote (if ``path`` exists); the step to resume at."""
-    if path is None or not path.exists():
+    """Restore what :func:`_save_train_state` wrote (if any); the step to resume at. A damaged
+    newest checkpoint falls back to the one before; ``path`` itself (the single file of older
+    vdfast, replaced atomically) still resumes."""
+    if path is None:
         return 0
-    s = torch.load(path, map_location="cpu", weights_only=False)
+    found = _train_ckpt(path).load(warn=lambda msg: say(f"warning: {msg}"))
+    if found is not None:
+        s = _load_cached(found.path / "state.pt")
+    elif path.exists():
+        s = _load_cached(path)
+    else:
+        return 0
     for k, m in modules.items():
         m.load_state_dict(s[k])
     opt.load_state_dict(s["opt"])
     gen.set_state(s["gen"])
     return s["step"]
+
+
+def _stop(step: int, what: str, dist, save) -> None:
+    """At a training step's end: on SIGINT / SIGTERM (one process) save and stop."""
+    from vdfast.engine import checkpoint
+
+    sig = checkpoint.interrupt_requested()
+    if sig and not dist.active:
+        if save is not None:
+            save()
+        raise checkpoint.Interrupted(step, sig, saved=save is not None, what=what)
 
 
 def _to_unit(u8: torch.Tensor) -> torch.Tensor:
@@ -183,7 +224,7 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
         ckpt.mkdir(parents=True, exist_ok=True)
     final = ckpt / "ae_final.pt" if ckpt else None
     if final is not None and final.exists():
-        ae.load_state_dict(torch.load(final, map_location=device))
+        ae.load_state_dict(_load_cached(final, device))
         return ae.eval()
     arrays = [a for _, a in _sorted_train(store)]
     offsets = np.cumsum([0] + [a.shape[0] for a in arrays])
@@ -215,6 +256,8 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
                 pb.set_postfix(mse=f"{float(loss.detach()):.4f}", refresh=False)
             if state is not None and dist.main and g.checkpoint_every and step % g.checkpoint_every == 0:
                 _save_train_state(state, {"model": ae}, opt, gen, step)
+            _stop(step, "gvd autoencoder step", dist, None if state is None else
+                  lambda: _save_train_state(state, {"model": ae}, opt, gen, step))
     ae.eval()
     with torch.no_grad():
         z = torch.cat([ae.encode_raw(frames_batch(g.ae_batch)) for _ in range(max(1, 1024 // g.ae_batch))])
@@ -250,8 +293,9 @@ def encode_train(ae, store: ClipStore, cache: Path | None = None) -> dict[str, t
     if f is not None:
         from safetensors.torch import save_file
 
-        save_file(lat, str(f) + ".tmp")
-        os.replace(str(f) + ".tmp", f)
+        from vdfast.engine.checkpoint import atomic_write
+
+        atomic_write(f, lambda tmp: save_file(lat, str(tmp)))
     return lat
 
 
@@ -351,7 +395,7 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
         ckpt.mkdir(parents=True, exist_ok=True)
     final = ckpt / "gen_final.pt" if ckpt else None
     if final is not None and final.exists():
-        net.load_state_dict(torch.load(final, map_location=device))
+        net.load_state_dict(_load_cached(final, device))
         return net.eval()
     if g.generator_init:
         start_from(net, g.generator_init, ckpt if dist.main else None, progress)
@@ -384,6 +428,8 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
                 pb.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
             if state is not None and dist.main and g.checkpoint_every and step % g.checkpoint_every == 0:
                 _save_train_state(state, {"model": net, "ema": ema}, opt, gen, step)
+            _stop(step, "gvd generator step", dist, None if state is None else
+                  lambda: _save_train_state(state, {"model": net, "ema": ema}, opt, gen, step))
     if final is not None and dist.main:
         _atomic_save(ema.state_dict(), final)
     return ema.eval()
@@ -408,8 +454,9 @@ def discover_modes(latents: dict[str, torch.Tensor], k: int, iters: int, seed: i
     if f is not None:
         from safetensors.torch import save_file
 
-        save_file(out, str(f) + ".tmp")
-        os.replace(str(f) + ".tmp", f)
+        from vdfast.engine.checkpoint import atomic_write
+
+        atomic_write(f, lambda tmp: save_file(out, str(tmp)))
     return out
 
 
@@ -458,7 +505,7 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
             part = jobs[s:s + g.chunk]
             f = cache / f"chunk{ci:05d}.pt" if cache else None
             if f is not None and f.exists():
-                d = torch.load(f, map_location="cpu")
+                d = _load_cached(f)
                 pb.update(len(part) * g.select)
             else:
                 y = torch.tensor([sorted_labels.index(lab) for _, lab, _ in part], device=device)
@@ -485,6 +532,8 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
                     pb.update(len(part))
                 if f is not None:
                     _atomic_save(d, f)
+                    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                        _stop(ci + 1, "gvd sampling chunk", Dist(), lambda: None)  # chunks saved
             if vids is None:
                 vids = torch.empty((len(jobs),) + tuple(d["videos"].shape[1:]), dtype=torch.uint8)
                 lats = torch.empty((len(jobs),) + tuple(d["latents"].shape[1:]), dtype=torch.float16)
@@ -514,7 +563,7 @@ def train_teacher(store: ClipStore, net_cfg, eval_cfg, epochs: int, seed: int, d
     if dp is not None:  # load only where every process can (workdirs on other machines: train)
         have = int(dp.all_reduce_(torch.tensor(float(have), device=dp.device))) == dp.world
     if have:
-        net.load_state_dict(torch.load(f, map_location=device))
+        net.load_state_dict(_load_cached(f, device))
         return net.eval()
     x, y = store.tensors("train", device)
     ecfg = dataclasses.replace(eval_cfg, epochs=epochs)

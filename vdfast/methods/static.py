@@ -195,13 +195,18 @@ def save_static(path: str | os.PathLike, static: torch.Tensor, classes, mean, st
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     labels = torch.arange(nc).repeat_interleave(spc)
+    from vdfast.engine.checkpoint import fsync_dir, fsync_file, sha256_file
+
     save_file({"static": static.detach().float().cpu().contiguous(), "labels": labels},
               str(tmp / "static.safetensors"))
+    fsync_file(tmp / "static.safetensors")
     header = {"format": STATIC_FORMAT, "kind": "static_memory", "vdfast": __version__,
               "classes": list(classes), "spc": spc, "channels": static.shape[1],
               "size": static.shape[-1], "normalization": {"mean": list(mean), "std": list(std)},
-              **(meta or {})}
+              "sha256": sha256_file(tmp / "static.safetensors"), **(meta or {})}
     (tmp / "static.json").write_text(json.dumps(header, indent=1, default=str))
+    fsync_file(tmp / "static.json")
+    fsync_dir(tmp)
     try:
         tmp.rename(path)   # atomic; fails when the directory exists (another writer was first)
     except OSError:
@@ -226,8 +231,15 @@ def load_static(path: str | os.PathLike, store: ClipStore | None = None, spc: in
     if path.is_file():
         path = path.parent
     if (path / "static.json").exists():
+        from vdfast.engine.checkpoint import sha256_file
+
         header = json.loads((path / "static.json").read_text())
-        static = load_file(str(path / "static.safetensors"), device=str(device))["static"]
+        f = path / "static.safetensors"
+        if not f.is_file() or ("sha256" in header and sha256_file(f) != header["sha256"]):
+            raise StaticMemoryError(f"{f} is missing or does not match the sha256 in static.json "
+                                    f"(the file is damaged); delete {path} to learn it again, or "
+                                    f"pass another --s2d-static-path")
+        static = load_file(str(f), device=str(device))["static"]
     elif (path / "synset.json").exists():
         header = json.loads((path / "synset.json").read_text())
         if header.get("kind") != "static_dynamic":
@@ -287,7 +299,12 @@ def get_static(store: ClipStore, cfg, spc: int, device="cpu", progress: bool = F
     settings = _static_settings(cfg, spc)
     where = cache_dir(s.static_cache, store, settings) if s.static_cache else None
     if where is not None and (where / "static.json").exists():
-        return load_static(where, store, spc, device)[0]
+        try:
+            return load_static(where, store, spc, device)[0]
+        except StaticMemoryError as e:  # a damaged cache entry is learned again, not used
+            from vdfast.progress import say
+
+            say(f"warning: {e}; learning the static memory again")
     static = learn_static(store, spc, method=s.static_method, iterations=s.static_iterations,
                           lr=settings["lr"], batch_real=s.static_batch_real, width=s.static_width,
                           depth=s.static_depth, norm=s.static_norm, seed=cfg.seed, device=device,

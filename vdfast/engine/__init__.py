@@ -1,0 +1,1 @@
+"""The engine layer shared by every method: checkpoints (:mod:`vdfast.engine.checkpoint`)."""
