@@ -136,6 +136,9 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
         preset = "builtin" if store.name == BUILTIN else "published"
     cfg = resolve(preset, method=method, ipc=ipc, iterations=iterations, **options)
     store.check_request(ipc=cfg.ipc)
+    from vdfast.methods.dm_bank import check_request as check_bank
+
+    check_bank(cfg, store)  # --dm-bank-clips against the smallest class, before any work
     from vdfast import distributed
 
     dist = distributed.setup(pick_device(cfg.device))
@@ -183,6 +186,8 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
 
     if m.iterative and start < cfg.iterations:
         state = m.setup(synset, store, cfg, device)
+        if state.get("bank") is not None:  # DM's network bank: size, build time, cache use
+            history["dm_bank"] = state["bank"].report()
         if start > 0:
             if not saved["method"]:  # an end checkpoint of --checkpoint-every 0 before 2026-12-02
                 raise RuntimeError(
@@ -281,7 +286,7 @@ def _summary(history: dict) -> dict:
             "median_seconds_per_it": sorted(spi)[len(spi) // 2] if spi else None,
             "peak_memory_mb": history.get("peak_memory_mb"),
             "memory_before_loop_mb": history.get("memory_before_loop_mb"), "loss": loss,
-            **({"profile": history["profile"]} if "profile" in history else {})}
+            **{k: history[k] for k in ("profile", "dm_bank") if k in history}}
 
 
 def _write_metrics(out: Path, update: dict):

@@ -226,6 +226,10 @@ def _run(args) -> int:
                 f"peak memory {h.get('peak_memory_mb', 0):.0f} MiB ({h.get('memory_before_loop_mb', 0):.0f}"
                 f" MiB before the loop)") if h.get("iterations") else "not iterative"
         print(f"distilled {method} ipc {ipc} on {h['processes']} process(es): {loop} -> {out / 'synset'}")
+        if h.get("dm_bank"):  # DM's network bank (--dm-bank K)
+            b = h["dm_bank"]
+            print(f"dm bank: {b['networks']} networks, {b['bytes'] / 2**20:.1f} MiB {b['dtype']}, "
+                  f"cache {b['cache']}, build {b['build_seconds']:.1f} s ({b['path'] or 'in memory'})")
         _print_storage(res.synset)
         if args.preview:
             from vdfast.preview import preview
