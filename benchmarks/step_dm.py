@@ -45,10 +45,10 @@ def reference_synset(method: str, syn, cfg, device):
     return ReferencePixels(syn.data, syn.labels, lr, device)
 
 
-# the "bank (--dm-bank)" provider (--dm-bank): BANK_K networks of batch_real real clips per class, built
+# the "bank (--dm-bank)" provider: BANK_K networks of batch_real real clips per class, built
 # in memory before the timing (its build time per network is the table's own column); an
 # iteration's time does not depend on K
-BANK_K = 2
+BANK_K = 1
 
 
 def setup(method: str, w: dict, device, store=None, s2d: dict | None = None, bank: int = 0,

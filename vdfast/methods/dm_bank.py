@@ -283,6 +283,29 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
     return finish(maps, secs, "miss" if built == K else "resumed", built)
 
 
+def list_banks(root: str | os.PathLike | None = None) -> list[dict]:
+    """The banks under ``root`` (default ``$VDFAST_BANK_CACHE``), for ``vdfast info``: per bank
+    folder its K, M, network, dtype, classes complete, bytes on disk and build seconds."""
+    root = root or os.environ.get("VDFAST_BANK_CACHE")
+    if not root or not Path(root).is_dir():
+        return []
+    out = []
+    for d in sorted(Path(root).glob("bank-*")):
+        try:
+            meta = json.loads((d / "bank.json").read_text())
+        except (OSError, ValueError):
+            continue
+        key = meta.get("key", {})
+        files = list(d.glob("class_*.npy")) + list(d.glob("partial/*.npy"))
+        out.append({"path": str(d), "kind": key.get("kind"), "K": key.get("K"), "M": key.get("M"),
+                    "net": key.get("net"), "dtype": key.get("dtype"), "seed": key.get("seed"),
+                    "classes_done": len(list(d.glob("class_*.npy"))),
+                    "classes": len(key.get("classes", [])),
+                    "bytes": sum(f.stat().st_size for f in files),
+                    "build_seconds": sum(meta.get("build_seconds", {}).values())})
+    return out
+
+
 def _block_name(classes: range) -> str:
     return f"c{classes.start}-{classes.stop}"
 
