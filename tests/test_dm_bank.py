@@ -218,3 +218,43 @@ def test_distill_with_a_bank_reports_caches_and_resumes(store, tmp_path, monkeyp
     # the bank is part of the checkpoint's identity
     with pytest.raises(RuntimeError, match="dm_bank"):
         vdfast.distill(store, iterations=8, out=tmp_path / "b", **{**opts, "dm_bank": 4})
+
+
+def _launch(out, nproc, args, cache):
+    """``vdfast distill`` on ``nproc`` gloo ranks (torchrun, a free port), the banks in ``cache``."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", VDFAST_PROGRESS="0",
+               VDFAST_BANK_CACHE=str(cache))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(port), "-m", "vdfast", "distill", "--out", str(out), *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_two_ranks_build_their_classes_and_give_the_one_rank_synset(tmp_path):
+    pytest.importorskip("accelerate")
+    args = ["--method", "dm", "--ipc", "2", "--iterations", "4", "--batch-real", "3",
+            "--net-width", "8", "--dm-bank", "3", "--dm-bank-clips", "3", "--no-evaluate",
+            "--no-preview"]
+    out2 = _launch(tmp_path / "two", 2, args, tmp_path / "cache")
+    assert "cache miss" in out2
+    (folder,) = (tmp_path / "cache").glob("bank-*")
+    meta = json.loads((folder / "bank.json").read_text())
+    assert set(meta["build_seconds"]) == {"c0-6", "c6-12"}  # each rank built its own block
+    assert len(list(folder.glob("class_*.npy"))) == 12
+    out1 = _launch(tmp_path / "one", 1, args, tmp_path / "cache")  # reads the 2 blocks' classes
+    assert "cache hit" in out1
+    one, two = vdfast.load(tmp_path / "one" / "synset"), vdfast.load(tmp_path / "two" / "synset")
+    torch.testing.assert_close(two.data, one.data, rtol=1e-4, atol=1e-5)
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())["history"]
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)
+    assert m2["dm_bank"]["classes"] == [0, 6] and m1["dm_bank"]["classes"] == [0, 12]
