@@ -70,37 +70,108 @@ def run_case(out: Path, name, ipc, seed, K, M, snapshots, students, curve=True):
 
 
 def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A PNG (Pillow): per ipc, final test accuracy (mean ± std over students and seeds) against
+    the wall-clock seconds (log) at each snapshot, one line per estimator."""
+    import math
     import statistics
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
-    for ax, ipc in zip(axes, (1, 5)):
+    from PIL import Image, ImageDraw
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
+    W, H, M = 560, 400, 60
+    panels = []
+    for ipc in (1, 5):
         groups = {}
         for r in results:
             if r["ipc"] == ipc:
                 groups.setdefault((r["K"], r["M"]), {}).setdefault(r["iteration"], []).append(r)
-        for (K, M), by_it in sorted(groups.items()):
-            xs, ys, es = [], [], []
+        series = {}
+        for (K, Mc), by_it in sorted(groups.items()):
+            pts = []
             for it, rs in sorted(by_it.items()):
-                # a bank read from the cache (ipc 5) is charged its recorded build time
-                xs.append(statistics.fmean(r["wall_s"] + (r["bank"]["build_seconds"] if r["bank"] and
-                                           r["bank"]["cache"] == "hit" else 0) for r in rs))
                 accs = [100 * a for r in rs for a in r["eval"]["dm"]["accs"]]
-                ys.append(statistics.fmean(accs))
-                es.append(statistics.pstdev(accs) if len(accs) > 1 else 0)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3,
-                        label="standard DM" if K == 0 else f"bank K={K}, M={M or 'all'}")
-        ax.set_xscale("log")
-        ax.set_xlabel("wall-clock seconds of the distillation (bank build included)")
-        ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(f"builtin, DM ipc {ipc} (200 iterations)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+                pts.append((statistics.fmean(_wall(r) for r in rs), statistics.fmean(accs),
+                            statistics.pstdev(accs) if len(accs) > 1 else 0.0, it))
+            series["standard DM" if K == 0 else f"bank K={K}, M={Mc or 'all'}"] = pts
+        panels.append((ipc, series))
+    names = sorted({n for _, s in panels for n in s}, key=lambda n: (n != "standard DM", n))
+    col = {n: colors[i % len(colors)] for i, n in enumerate(names)}
+    img = Image.new("RGB", (2 * W, H + 30 + 16 * len(names)), "white")
+    d = ImageDraw.Draw(img)
+    for panel, (ipc, series) in enumerate(panels):
+        pts = [p for s in series.values() for p in s]
+        if not pts:
+            continue
+        ox = panel * W
+        xs = [p[0] for p in pts]
+        lx0, lx1 = math.log(min(xs)) - 0.1, math.log(max(xs)) + 0.1
+        lo = min(p[1] - p[2] for p in pts) - 1
+        hi = max(p[1] + p[2] for p in pts) + 1
+
+        def xy(x, y):
+            return (ox + M + (math.log(x) - lx0) / (lx1 - lx0) * (W - 20 - M),
+                    H - 40 - (y - lo) / (hi - lo) * (H - 70))
+        d.text((ox + M, 8), f"builtin, DM ipc {ipc}: test accuracy (%) against wall-clock s (log)",
+               fill="black")
+        d.rectangle([ox + M, 30, ox + W - 20, H - 40], outline="black")
+        for v in (lo + 1, (lo + hi) / 2, hi - 1):
+            _, y = xy(min(xs), v)
+            d.text((ox + 4, y - 6), f"{v:.1f}", fill="black")
+        for e in range(int(math.floor(lx0 / math.log(10) * 3)), int(lx1 / math.log(10) * 3) + 1):
+            v = 10 ** (e / 3)
+            if math.exp(lx0) <= v <= math.exp(lx1):
+                x, _ = xy(v, lo)
+                d.text((x - 8, H - 34), f"{v:.0f}", fill="black")
+        for name, ps in series.items():
+            line = [xy(p[0], p[1]) for p in ps]
+            if len(line) > 1:
+                d.line(line, fill=col[name], width=2)
+            for (x, y), p in zip(line, ps):
+                _, y0 = xy(p[0], p[1] - p[2])
+                _, y1 = xy(p[0], p[1] + p[2])
+                d.line([(x, y0), (x, y1)], fill=col[name], width=1)
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col[name])
+                d.text((x + 4, y - 14), str(p[3]), fill=col[name])
+        d.text((ox + M, H - 20), "wall-clock seconds of the distillation (bank build included); "
+               "labels: iteration", fill="black")
+    for i, n in enumerate(names):
+        d.text((M, H + 14 + 16 * i), "-- " + n, fill=col[n])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    img.save(path)
+
+
+def _wall(r) -> float:
+    """Seconds of a distillation up to a snapshot, a bank read from the cache charged its recorded
+    build time."""
+    b = r["bank"]
+    return r["wall_s"] + (b["build_seconds"] if b and b["cache"] == "hit" else 0.0)
+
+
+def table(results) -> str:
+    """Markdown: final accuracy per (ipc, K, M) over every student of every seed (mean ± std),
+    the per-seed means, random real, the distillation's wall seconds and the bank's build."""
+    import statistics
+
+    final = {}
+    for r in results:
+        if r["iteration"] == 200:
+            final.setdefault((r["ipc"], r["K"], r["M"]), []).append(r)
+    lines = ["| ipc | estimator | accuracy (%) | per seed | students x seeds | random real (%) | "
+             "distill s (median ms/it) | bank build s |", "|---|---|---|---|---|---|---|---|"]
+    for (ipc, K, M), rs in sorted(final.items()):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        accs = [100 * a for r in rs for a in r["eval"]["dm"]["accs"]]
+        per = " / ".join(f"{100 * r['eval']['dm']['mean']:.1f}" for r in rs)
+        rr = [100 * a for r in rs for a in r["eval"].get("random real", {}).get("accs", [])]
+        rr_s = f"{statistics.fmean(rr):.1f} ± {statistics.pstdev(rr):.1f}" if rr else ""
+        wall = statistics.fmean(_wall(r) for r in rs)
+        ms = statistics.fmean(1e3 * r["median_s_per_it"] for r in rs)
+        build = statistics.fmean(r["bank"]["build_seconds"] for r in rs) if K else None
+        name = "standard DM" if K == 0 else f"bank K={K}, M={M or 'all'}"
+        lines.append(f"| {ipc} | {name} | {statistics.fmean(accs):.1f} ± {statistics.pstdev(accs):.1f} | "
+                     f"{per} | {len(rs[0]['eval']['dm']['accs'])} x {len(rs)} | {rr_s} | "
+                     f"{wall:.0f} ({ms:.0f}) | {'' if build is None else f'{build:.0f}'} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -115,13 +186,17 @@ def main(argv=None):
                    help="seeds whose ipc 1 runs also evaluate the intermediate snapshots")
     p.add_argument("--only", default=None, help="comma list of case names")
     p.add_argument("--plot", default=None, help="write the accuracy-vs-wall-clock PNG and stop")
+    p.add_argument("--table", action="store_true", help="print the markdown table and stop")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     res_file = out / "results.jsonl"
     results = [json.loads(line) for line in res_file.read_text().splitlines()] if res_file.exists() else []
-    if a.plot:
-        plot(results, a.plot)
+    if a.plot or a.table:
+        if a.plot:
+            plot(results, a.plot)
+        if a.table:
+            print(table(results))
         return
     os.environ.setdefault("VDFAST_BANK_CACHE", str(out / "banks"))
     done = {r["case"] for r in results}
