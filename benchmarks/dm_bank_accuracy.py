@@ -22,21 +22,23 @@ from pathlib import Path
 
 
 def cases(seeds, ks, main_k):
-    """(name, ipc, seed, dm_bank, dm_bank_clips, curve), most wanted first: the ipc 1 parity pair
-    (standard DM, K = main_k over every clip) and the K = 25 rows with M = all and M = 16 clips per
-    class and network (a build 60/16 = 3.75x cheaper), then K = main_k with M = 16, the ipc 5 parity
-    pair, then the rest of the K sweep. ``curve``: evaluate the intermediate snapshots too (the
-    first seed's ipc 1 rows, for the wall-clock plot)."""
+    """(name, ipc, seed, dm_bank, dm_bank_clips, curve), in the order they were run: the ipc 1
+    rows of the first seed (standard DM, K = 25 over every clip and over M = 16 clips per class and
+    network, K = main_k), the ipc 1 and ipc 5 parity pairs (standard, K = main_k over every clip)
+    of every seed, the control K = 200, M = 16 (with 200 iterations: standard DM's own estimator,
+    each network once, with other random draws), then the rest of the K sweep. ``curve``: evaluate
+    the intermediate snapshots too (the first seed's first ipc 1 rows, for the wall-clock plot)."""
     s0, rest = seeds[0], seeds[1:]
     out = [(f"dm ipc1 s{s0}", 1, s0, 0, 0, True), (f"bank25 ipc1 s{s0}", 1, s0, 25, 0, True),
            (f"bank25m16 ipc1 s{s0}", 1, s0, 25, 16, True),
            (f"bank{main_k} ipc1 s{s0}", 1, s0, main_k, 0, True)]
-    for s in rest:
-        out += [(f"dm ipc1 s{s}", 1, s, 0, 0, False), (f"bank{main_k} ipc1 s{s}", 1, s, main_k, 0, False),
-                (f"bank25 ipc1 s{s}", 1, s, 25, 0, False)]
-    out += [(f"bank{main_k}m16 ipc1 s{s}", 1, s, main_k, 16, s == s0) for s in seeds]
+    out += [(f"dm ipc1 s{s}", 1, s, 0, 0, False) for s in rest]
+    out += [(f"bank{main_k} ipc1 s{s}", 1, s, main_k, 0, False) for s in rest]
     for s in seeds:
         out += [(f"dm ipc5 s{s}", 5, s, 0, 0, False), (f"bank{main_k} ipc5 s{s}", 5, s, main_k, 0, False)]
+    out += [(f"bank200m16 ipc1 s{s}", 1, s, 200, 16, False) for s in seeds]
+    out += [(f"bank25 ipc1 s{s}", 1, s, 25, 0, False) for s in rest]
+    out += [(f"bank{main_k}m16 ipc1 s{s}", 1, s, main_k, 16, False) for s in seeds]
     out += [(f"bank25m16 ipc1 s{s}", 1, s, 25, 16, False) for s in rest]
     for s in seeds:
         out += [(f"bank{k} ipc1 s{s}", 1, s, k, 0, False) for k in ks if k not in (25, main_k)]
