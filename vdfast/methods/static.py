@@ -139,15 +139,15 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     pool = ClipPool(store, "train", device, classes=classes)
     x = static.clone().requires_grad_(True)
     opt = torch.optim.SGD([x], lr=lr or STATIC_LR[method], momentum=momentum)
+    if bank:  # DM against a bank of random networks with cached real frame means
+        return _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, iterations,
+                                  seed, device, bank, bank_clips, bank_dtype, bank_cache,
+                                  {"width": width, "depth": depth, "norm": norm}, progress)
     # DC: the paper's (outer, inner) loops by images per class; the network trains on the still
     # images between outer steps (plain SGD, lr 0.01, batch 256)
     outer, inner = dc.dc_loops(spc) if dc is not None else (1, 0)
     from vdfast.progress import bar
 
-    if bank and dc is None:
-        return _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, iterations,
-                                  seed, device, bank, bank_clips, bank_dtype, bank_cache,
-                                  {"width": width, "depth": depth, "norm": norm}, progress)
     with bar(total=iterations, desc=f"static memory ({method})", unit="it",
              enable=progress and dist.main) as pb:
         for _ in range(iterations):
@@ -173,7 +173,8 @@ def _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, ite
     key = dm_bank.bank_key(store, "convnet2d", net_cfg, K, M, seed, dtype, device)
     frames = lambda u8, g, rows, total: random_frames(u8, store.mean, store.std, g,  # noqa: E731
                                                       rows=rows, total=total)
-    fn = dm_bank.dm_means_fn(net, store, pool, classes, M, seed, device, 0, frames=frames)
+    # 256 real frames per forward: bounded activations (instance norm is per image: exact)
+    fn = dm_bank.dm_means_fn(net, store, pool, classes, M, seed, device, 256, frames=frames)
     bank = dm_bank.build_bank(key, classes, device, fn, cache, progress=progress and dist.main,
                               desc=f"static dm bank ({K} networks)")
     if dist.main:
