@@ -163,6 +163,24 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     return x.detach().contiguous()
 
 
+def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, gen, dc):
+    """One outer step's gradient of static learning into ``x.grad``, from the block ``classes``
+    (this process's): its real frames and its ``spc`` still images per class."""
+    nc = store.num_classes
+    real_u8, real_labels = pool.sample(batch_real, gen)
+    real = random_frames(real_u8, store.mean, store.std, gen, total=nc * batch_real,
+                         rows=range(classes.start * batch_real, classes.stop * batch_real))
+    own = slice(classes.start * spc, classes.stop * spc)  # this block's still images
+    mine = x[own]
+    if dc is None:
+        with torch.no_grad():
+            real_feat = net.embed(real)
+        loss = dm_loss(real_feat, real_labels, net.embed(mine), labels[own], nc)
+    else:  # class-major real frames and still images, as dc_loss wants
+        loss = dc.dc_loss(net, real, mine, len(classes), first_class=classes.start)
+    loss.backward(inputs=[x])
+
+
 def _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, iterations, seed,
                        device, K, M, dtype, cache, net_cfg, progress) -> torch.Tensor:
     """Static learning with DM against a bank (:mod:`vdfast.methods.dm_bank`): iteration ``i``
@@ -195,24 +213,6 @@ def _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, ite
             opt.step()
             pb.update(1)
     return x.detach().contiguous()
-
-
-def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, gen, dc):
-    """One outer step's gradient of static learning into ``x.grad``, from the block ``classes``
-    (this process's): its real frames and its ``spc`` still images per class."""
-    nc = store.num_classes
-    real_u8, real_labels = pool.sample(batch_real, gen)
-    real = random_frames(real_u8, store.mean, store.std, gen, total=nc * batch_real,
-                         rows=range(classes.start * batch_real, classes.stop * batch_real))
-    own = slice(classes.start * spc, classes.stop * spc)  # this block's still images
-    mine = x[own]
-    if dc is None:
-        with torch.no_grad():
-            real_feat = net.embed(real)
-        loss = dm_loss(real_feat, real_labels, net.embed(mine), labels[own], nc)
-    else:  # class-major real frames and still images, as dc_loss wants
-        loss = dc.dc_loss(net, real, mine, len(classes), first_class=classes.start)
-    loss.backward(inputs=[x])
 
 
 # ------------------------------------------------------------------------ static memory files
