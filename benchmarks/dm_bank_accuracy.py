@@ -78,9 +78,10 @@ def run_case(out: Path, name, ipc, seed, K, M, snapshots, students, curve=True):
     return rows
 
 
-def plot(results, path):
-    """A PNG (Pillow): per ipc, final test accuracy (mean ± std over students and seeds) against
-    the wall-clock seconds (log) at each snapshot, one line per estimator."""
+def plot(results, path, seed=0):
+    """A PNG (Pillow): per ipc, test accuracy of the synset at each snapshot (mean ± std over the
+    students) against the wall-clock seconds (log) at which it existed, distillation seed
+    ``seed``, one line per estimator."""
     import math
     import statistics
 
@@ -92,7 +93,7 @@ def plot(results, path):
     for ipc in (1, 5):
         groups = {}
         for r in results:
-            if r["ipc"] == ipc:
+            if r["ipc"] == ipc and r["seed"] == seed:
                 groups.setdefault((r["K"], r["M"]), {}).setdefault(r["iteration"], []).append(r)
         series = {}
         for (K, Mc), by_it in sorted(groups.items()):
@@ -120,7 +121,7 @@ def plot(results, path):
         def xy(x, y):
             return (ox + M + (math.log(x) - lx0) / (lx1 - lx0) * (W - 20 - M),
                     H - 40 - (y - lo) / (hi - lo) * (H - 70))
-        d.text((ox + M, 8), f"builtin, DM ipc {ipc}: test accuracy (%) against wall-clock s (log)",
+        d.text((ox + M, 8), f"builtin, DM ipc {ipc}, seed {seed}: test accuracy (%) against wall-clock s (log)",
                fill="black")
         d.rectangle([ox + M, 30, ox + W - 20, H - 40], outline="black")
         for v in (lo + 1, (lo + hi) / 2, hi - 1):
