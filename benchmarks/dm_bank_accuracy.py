@@ -87,7 +87,8 @@ def plot(results, path, seed=0):
 
     from PIL import Image, ImageDraw
 
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f",
+              "#bcbd22", "#e377c2"]
     W, H, M = 560, 400, 60
     panels = []
     for ipc in (1, 5):
