@@ -145,6 +145,9 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
         preset = "builtin" if store.name == BUILTIN else "published"
     cfg = resolve(preset, method=method, ipc=ipc, iterations=iterations, **options)
     store.check_request(ipc=cfg.ipc)
+    from vdfast.methods.dm_bank import check_request as check_bank
+
+    check_bank(cfg, store)  # --dm-bank-clips against the smallest class, before any work
     from vdfast import distributed
 
     dist = distributed.setup(pick_device(cfg.device))
@@ -210,6 +213,8 @@ def _distill(store, cfg, m, dist, out, preset, resume, progress, callback) -> Re
 
     if m.iterative and start < cfg.iterations:
         state = m.setup(synset, store, cfg, device)
+        if state.get("bank") is not None:  # DM's network bank: size, build time, cache use
+            history["dm_bank"] = state["bank"].report()
         if start > 0:
             m.load_state_dict(state, saved["method"])
         if ck is not None and dist.main:  # room for a checkpoint beside the last and the result
@@ -398,7 +403,7 @@ def _summary(history: dict) -> dict:
             "median_seconds_per_it": sorted(spi)[len(spi) // 2] if spi else None,
             "peak_memory_mb": history.get("peak_memory_mb"),
             "memory_before_loop_mb": history.get("memory_before_loop_mb"), "loss": loss,
-            **({"profile": history["profile"]} if "profile" in history else {})}
+            **{k: history[k] for k in ("profile", "dm_bank") if k in history}}
 
 
 def _write_metrics(out: Path, update: dict):

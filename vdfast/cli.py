@@ -308,6 +308,12 @@ def _run(args) -> int:
                 f" MiB before the loop)") if h.get("iterations") else (
             "0 iterations (the initialisation itself)" if h.get("iterative") else "not iterative")
         print(f"distilled {method} ipc {ipc} on {h['processes']} process(es): {loop} -> {out / 'synset'}")
+        bank = ""
+        if h.get("dm_bank"):  # DM's network bank (--dm-bank K)
+            b = h["dm_bank"]
+            bank = (f"dm bank: {b['networks']} networks, {b['bytes'] / 2**20:.1f} MiB {b['dtype']}, "
+                    f"cache {b['cache']}, build {b['build_seconds']:.1f} s ({b['path'] or 'in memory'})")
+            print(bank)
         _print_storage(res.synset)
         if args.preview:
             from vdfast.preview import preview
@@ -318,7 +324,7 @@ def _run(args) -> int:
             rep = _evaluate_run(res, store, out, args)
             print()
             print(rep.table())
-            (out / "report.md").write_text(rep.table() + "\n")
+            (out / "report.md").write_text(rep.table() + "\n" + (f"\n{bank}\n" if bank else ""))
         return 0
     return 2
 

@@ -340,6 +340,11 @@ class DistillConfig:
     device: str = "auto"
     checkpoint_every: int = 200      # iterations between checkpoints (0: only at the end)
     profile: int = 0                 # record this many loop iterations into OUT/profile/ (torch.profiler)
+    dm_bank: int = 0                 # DM (dm, s2d-dm, static learning with dm): K random networks with
+    #                                  cached real class means (vdfast.methods.dm_bank); 0: off, a new
+    #                                  network and new real clips every iteration (the published DM)
+    dm_bank_clips: int = 0           # real clips per class and network in the bank's means (0: all)
+    dm_bank_dtype: str = "float32"   # the bank's stored dtype: float32 | float16
     net: NetConfig = field(default_factory=NetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mtt: MTTConfig = field(default_factory=MTTConfig)
@@ -367,6 +372,23 @@ class DistillConfig:
         _positive("profile", self.profile, allow_zero=True)
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        self._check_bank()
+
+    def _check_bank(self):
+        _positive("dm_bank", self.dm_bank, allow_zero=True)
+        _positive("dm_bank_clips", self.dm_bank_clips, allow_zero=True)
+        _choice("dm_bank_dtype", self.dm_bank_dtype, ("float32", "float16"))
+        if not self.dm_bank:
+            if self.dm_bank_clips:
+                raise ConfigError(f"dm_bank_clips={self.dm_bank_clips} needs a bank: pass --dm-bank K "
+                                  f"(K >= 1 networks), or drop --dm-bank-clips")
+            return
+        static_dm = self.s2d.static_method == "dm" and (self.method.startswith("s2d-")
+                                                        or self.method == "static")
+        if self.method not in ("dm", "s2d-dm") and not static_dm:
+            raise ConfigError(f"--dm-bank serves DM: methods dm and s2d-dm, and static learning with "
+                              f"--s2d-static-method dm (s2d-* and static); {self.method!r} with "
+                              f"static method {self.s2d.static_method!r} does not use it")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

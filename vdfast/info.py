@@ -45,7 +45,15 @@ def info() -> dict:
         if compiled_extension()[0] is not None else [],
         "decoders": _decoders(),
         "ops": [list(r) for r in status_table()],
+        "dm_banks": _banks(),
     }
+
+
+def _banks() -> list[dict]:
+    """DM's network banks in $VDFAST_BANK_CACHE (vdfast.methods.dm_bank), if it is set."""
+    from vdfast.methods.dm_bank import list_banks
+
+    return list_banks()
 
 
 def format_info(d: dict) -> str:
@@ -60,4 +68,9 @@ def format_info(d: dict) -> str:
     if d["ops"]:
         lines += ["", "ops (op / backend / device: status):"]
         lines += [f"  {o:22s} {b:10s} {dev:5s} {s}" for o, b, dev, s in d["ops"]]
+    if d.get("dm_banks"):
+        lines += ["", "dm banks ($VDFAST_BANK_CACHE):"]
+        lines += [f"  {b['path']}: {b['kind']} {b['net']}, K {b['K']}, M {b['M'] or 'all'}, "
+                  f"{b['dtype']}, {b['classes_done']}/{b['classes']} classes, "
+                  f"{b['bytes'] / 2**20:.1f} MiB, built in {b['build_seconds']:.1f} s" for b in d["dm_banks"]]
     return "\n".join(lines)

@@ -43,6 +43,15 @@ class DM(Method):
     class_sharded = True
 
     def setup(self, synset, store, cfg, device):
+        state = self._setup(synset, store, cfg, device)
+        if cfg.dm_bank:  # the bank of random networks with cached real means (vdfast.methods.dm_bank)
+            from vdfast.methods import dm_bank
+
+            state.update(dm_bank.setup_dm(self, store, cfg, device, state["net"], state["pool"],
+                                          state["pool"].classes, state["chunk"], state["dist"].main))
+        return state
+
+    def _setup(self, synset, store, cfg, device):
         from vdfast.distributed import Dist
 
         dist = self.dist or Dist(0, 1, torch.device(device))
@@ -64,6 +73,10 @@ class DM(Method):
                 "params": [p for g in groups for p in g["params"]]}
 
     def step(self, synset, state, gen):
+        if "bank" in state:  # embeds only the synthetic clips; draws nothing from gen
+            from vdfast.methods.dm_bank import step_dm
+
+            return step_dm(synset, state)
         net, opt, pool = state["net"], state["opt"], state["pool"]
         reinit_(net, gen)
         real_u8, real_labels = pool.sample(state["batch_real"], gen)
@@ -83,7 +96,10 @@ class DM(Method):
         return loss.detach()
 
     def state_dict(self, state):
-        return {"opt": state["opt"].state_dict()}
+        extra = {"bank_it": state["bank_it"]} if "bank" in state else {}
+        return {"opt": state["opt"].state_dict(), **extra}
 
     def load_state_dict(self, state, saved):
         state["opt"].load_state_dict(saved["opt"])
+        if "bank" in state:
+            state["bank_it"] = saved["bank_it"]

@@ -85,7 +85,8 @@ def _net2d(nc: int, size: int, width: int, depth: int, norm: str, device) -> Con
 def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int = 1000,
                  lr: float = 0.0, batch_real: int = 256, width: int = 128, depth: int = 4,
                  norm: str = "instance", seed: int = 0, device="cpu", momentum: float = 0.5,
-                 progress: bool = False, dist=None) -> torch.Tensor:
+                 progress: bool = False, dist=None, bank: int = 0, bank_clips: int = 0,
+                 bank_dtype: str = "float32", bank_cache=None) -> torch.Tensor:
     """Distill still images from one random frame per real clip.
 
     Args:
@@ -99,6 +100,10 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
         dist: a :class:`vdfast.distributed.Dist` of N processes splits the work by classes (each
             embeds its classes' real frames and still images, the pixel gradients are summed);
             every process returns the same images, the 1-process ones up to float summation order.
+        bank: ``method="dm"`` only: K >= 1 uses a bank of K random ConvNet2D networks with cached
+            real frame means (:mod:`vdfast.methods.dm_bank`; network ``k``'s weights, clips and
+            frames all from its own generator), ``bank_clips`` clips per class and network (0: all),
+            stored as ``bank_dtype`` in ``bank_cache`` (None: in memory); 0: off.
 
     Returns:
         float32 ``[nc * spc, 3, H, W]`` still images in the store's normalised space, class-major,
@@ -111,6 +116,9 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     if method not in STATIC_METHODS:
         raise ValueError(f"static method {method!r} is not one of: {', '.join(STATIC_METHODS)}")
     store.check_request(ipc=spc)
+    if bank and method != "dm" or bank < 0:
+        raise ValueError(f"a static learning bank needs method 'dm' and bank >= 1 networks; got "
+                         f"method {method!r}, bank {bank} (0: off)")
     device = torch.device(device)
     nc = store.num_classes
     gen_cpu = torch.Generator().manual_seed(seed)
@@ -133,6 +141,10 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     pool = ClipPool(store, "train", device, classes=classes)
     x = static.clone().requires_grad_(True)
     opt = torch.optim.SGD([x], lr=lr or STATIC_LR[method], momentum=momentum)
+    if bank:  # DM against a bank of random networks with cached real frame means
+        return _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, iterations,
+                                  seed, device, bank, bank_clips, bank_dtype, bank_cache,
+                                  {"width": width, "depth": depth, "norm": norm}, progress)
     # DC: the paper's (outer, inner) loops by images per class; the network trains on the still
     # images between outer steps (plain SGD, lr 0.01, batch 256)
     outer, inner = dc.dc_loops(spc) if dc is not None else (1, 0)
@@ -173,6 +185,40 @@ def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, g
     else:  # class-major real frames and still images, as dc_loss wants
         loss = dc.dc_loss(net, real, mine, len(classes), first_class=classes.start)
     loss.backward(inputs=[x])
+
+
+def _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, iterations, seed,
+                       device, K, M, dtype, cache, net_cfg, progress) -> torch.Tensor:
+    """Static learning with DM against a bank (:mod:`vdfast.methods.dm_bank`): iteration ``i``
+    regenerates network ``schedule(seed, K, i)`` and matches its cached real frame means."""
+    from vdfast.methods import dm_bank
+    from vdfast.progress import bar
+
+    key = dm_bank.bank_key(store, "convnet2d", net_cfg, K, M, seed, dtype, device)
+    frames = lambda u8, g, rows, total: random_frames(u8, store.mean, store.std, g,  # noqa: E731
+                                                      rows=rows, total=total)
+    # 256 real frames per forward: bounded activations (instance norm is per image: exact)
+    fn = dm_bank.dm_means_fn(net, store, pool, classes, M, seed, device, 256, frames=frames)
+    bank = dm_bank.build_bank(key, classes, device, fn, cache, progress=progress and dist.main,
+                              desc=f"static dm bank ({K} networks)")
+    if dist.main:
+        from vdfast.progress import say
+
+        say(bank.describe().replace("dm bank", "static memory dm bank", 1))
+    own = slice(classes.start * spc, classes.stop * spc)
+    with bar(total=iterations, desc="static memory (dm, bank)", unit="it",
+             enable=progress and dist.main) as pb:
+        for i in range(iterations):
+            k = dm_bank.schedule(seed, K, i)
+            reinit_(net, dm_bank.network_generator(seed, k, device))
+            opt.zero_grad(set_to_none=True)
+            loss = dm_bank.bank_dm_loss(bank.means(k), classes, net.embed(x[own]), labels[own],
+                                        store.num_classes)
+            loss.backward(inputs=[x])
+            dist.sum_grads_([x])
+            opt.step()
+            pb.update(1)
+    return x.detach().contiguous()
 
 
 # ------------------------------------------------------------------------ static memory files
@@ -277,7 +323,20 @@ def _static_settings(cfg, spc: int) -> dict:
     s = cfg.s2d
     return {"spc": spc, "method": s.static_method, "iterations": s.static_iterations,
             "lr": s.static_lr or STATIC_LR[s.static_method], "batch_real": s.static_batch_real,
-            "width": s.static_width, "depth": s.static_depth, "norm": s.static_norm, "seed": cfg.seed}
+            "width": s.static_width, "depth": s.static_depth, "norm": s.static_norm, "seed": cfg.seed,
+            **({"bank": [cfg.dm_bank, cfg.dm_bank_clips, cfg.dm_bank_dtype]}
+               if cfg.dm_bank and s.static_method == "dm" else {})}
+
+
+def _bank_options(cfg) -> dict:
+    """learn_static's bank arguments from the run's ``--dm-bank*`` options (static method dm only);
+    the bank is kept in ``$VDFAST_BANK_CACHE``, else ``s2d.static_cache``, else in memory."""
+    if not cfg.dm_bank or cfg.s2d.static_method != "dm":
+        return {}
+    from vdfast.methods.dm_bank import cache_root
+
+    return {"bank": cfg.dm_bank, "bank_clips": cfg.dm_bank_clips, "bank_dtype": cfg.dm_bank_dtype,
+            "bank_cache": cache_root(None, cfg.s2d.static_cache or None)}
 
 
 def cache_dir(cache: str | os.PathLike, store: ClipStore, settings: dict) -> Path:
@@ -308,7 +367,7 @@ def get_static(store: ClipStore, cfg, spc: int, device="cpu", progress: bool = F
     static = learn_static(store, spc, method=s.static_method, iterations=s.static_iterations,
                           lr=settings["lr"], batch_real=s.static_batch_real, width=s.static_width,
                           depth=s.static_depth, norm=s.static_norm, seed=cfg.seed, device=device,
-                          progress=progress, dist=dist)
+                          progress=progress, dist=dist, **_bank_options(cfg))
     if where is not None:
         save_static(where, static, store.classes, store.mean, store.std,
                     meta={"dataset": store.name, "learned": settings})
