@@ -30,9 +30,9 @@ from vdfast.data.store import ClipStore  # noqa: E402
 
 # students / epochs / the full-train-set row are the workload's; everything else the protocol's
 WORKLOADS = {
-    "builtin-ipc1-s3": dict(data="builtin", ipc=1, students=3, epochs=20, full=True),
-    "builtin-ipc1-s10": dict(data="builtin", ipc=1, students=10, epochs=20, full=False),
-    "nc50-16x112-ipc1": dict(data="random", nc=50, frames=16, size=112, ipc=1, students=3, epochs=2,
+    "builtin-ipc1-s3": dict(data="builtin", ipc=1, students=3, epochs=5, full=True),
+    "builtin-ipc1-s10": dict(data="builtin", ipc=1, students=10, epochs=5, full=False),
+    "nc50-16x112-ipc1": dict(data="random", nc=50, frames=16, size=112, ipc=1, students=3, epochs=1,
                              test_per_class=1, full=False),
     "nc50-16x112-ipc10": dict(data="random", nc=50, frames=16, size=112, ipc=10, students=3,
                               epochs=1, test_per_class=1, full=False),

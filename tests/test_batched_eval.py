@@ -150,7 +150,7 @@ def _report(syn, store, batched, **kw):
 
 
 @pytest.mark.parametrize("students,cap,soft,syn_lr,student", [
-    (3, 2, False, None, "convnet3d"),    # the dm row and random real's share networks of 2 (2+2+2)
+    (3, 5, False, None, "convnet3d"),    # the dm row and random real's share networks: 5+1
     (3, 4, True, 0.02, "convnet3d"),     # soft labels, MTT's learned lr: three rows apart
     (1, 0, False, None, "convnet3d"),    # N = 1, the cap from free memory
     (2, 3, True, None, "cnn_gru"),      # hard-label rows together: 3+1
