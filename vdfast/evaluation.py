@@ -456,8 +456,10 @@ def train_batch(sets, seeds: list[int], store: ClipStore, test, cfg: EvalConfig,
     train_students(net, [_Source(x, y, store.mean, store.std) for x, y in sets], cfg, epochs,
                    [torch.Generator().manual_seed(s) for s in seeds], soft=soft, desc=desc,
                    progress=progress)
+    # test pieces of 256 / N clips: each forward does the work (and holds the memory) of one
+    # student's test batch of 256; fewer when half the free memory cannot hold that
     _, per_clip = student_bytes(cfg, store, net_cfg, 1)
-    chunk = max(1, min(256, free_bytes(device) // 2 // (per_clip * len(seeds))))
+    chunk = max(1, min(-(-256 // len(seeds)), free_bytes(device) // 2 // (per_clip * len(seeds))))
     return test_accuracies(net, test[0], test[1], store.mean, store.std, cfg.standardize, chunk=chunk)
 
 
