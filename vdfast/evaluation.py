@@ -515,7 +515,8 @@ def _run_jobs(jobs: list[_Job], store: ClipStore, test, device, net_cfg, progres
             t0 = time.perf_counter()
             accs = train_batch([jobs[a].sets[i] for a, i in part], [jobs[a].seeds[i] for a, i in part],
                                store, test, cfg, epochs, device, soft, net_cfg,
-                               f"{len(part)} students ({', '.join(names)})", progress)
+                               f"{len(part)} student{'s' if len(part) > 1 else ''} ({', '.join(names)})",
+                               progress)
             dt = (time.perf_counter() - t0) / len(part)
             for (a, i), acc in zip(part, accs):
                 rows[a].accs[i] = acc
