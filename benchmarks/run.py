@@ -8,7 +8,8 @@
 Runs every fused op against its reference (``harness.py`` over ``bench_*.py``), one iteration of
 each method against its reference-style loop (``step_dm.py``: dm, s2d-dm; ``step_mtt.py``: mtt,
 s2d-mtt; ``step_gvd.py``: gvd generation) on the named workloads of ``workloads.py``, and the
-decoders (``step_decode.py``), and writes all rows to one JSON file (each row names its device,
+decoders (``step_decode.py``), and the evaluation's batched students against one-by-one ones
+(``step_eval.py``), and writes all rows to one JSON file (each row names its device,
 versions and git SHA). Other options (``--workloads``, ``--repeats``, ``--memory``, ``--scaling``,
 ``--ipcs``, ``--sizes``, ``--device``) are passed to the step benchmarks; see
 ``python benchmarks/step_dm.py --help``.
@@ -25,7 +26,7 @@ sys.path.insert(0, HERE)
 # --only name -> (module, methods)
 STEPS = {"dm": ("step_dm", "dm"), "s2d-dm": ("step_dm", "s2d-dm"), "mtt": ("step_mtt", "mtt"),
          "s2d-mtt": ("step_mtt", "s2d-mtt"), "gvd": ("step_gvd", "gvd"),
-         "decode": ("step_decode", "decode")}
+         "decode": ("step_decode", "decode"), "eval": ("step_eval", "eval")}
 ONLY = ("ops",) + tuple(STEPS)
 
 
@@ -64,13 +65,13 @@ def main(argv=None) -> list[dict]:
         rows += harness.main(harness.discover(), smoke + ["--no-compile"] if a.smoke else [])
     modules: dict[str, list[str]] = {}
     for name in only:
-        if name in STEPS and not (scaling and name == "decode"):
+        if name in STEPS and not (scaling and name in ("decode", "eval")):
             mod, method = STEPS[name]
             modules.setdefault(mod, []).append(method)
     for mod, methods in modules.items():
         args = smoke + ["--methods", ",".join(methods)]
-        # the decoders have their own workloads: dataset options do not apply to them
-        args += dataset_free(rest) if mod == "step_decode" else rest
+        # the decoders and the evaluation have their own workloads: dataset options do not apply
+        args += dataset_free(rest) if mod in ("step_decode", "step_eval") else rest
         print()
         rows += __import__(mod).main(args)
     return harness.finish(rows, a.json, a.compare, a.plot if scaling else None)

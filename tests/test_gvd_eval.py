@@ -34,7 +34,8 @@ def run(store, tmp_path_factory):
 
 
 def _spy(monkeypatch):
-    """Record (soft?, temperature, targets) of every student trained by the evaluation."""
+    """Record (soft?, temperature, targets) of every student trained by the evaluation one by one
+    (``batched="off"``; test_batched_eval.py shows the batched students are these)."""
     calls = []
     real = evaluation.train_student
 
@@ -52,7 +53,7 @@ def test_report_has_hard_soft_and_random_real_with_teacher_labels(store, run, mo
     syn = res.synset
     assert syn.soft_labels is not None and syn.meta["gvd"]["temperature"] == 2.5
     calls = _spy(monkeypatch)
-    cfg = EvalConfig(students=2, epochs=1, batch=16, full=False, soft_temperature=1.0)
+    cfg = EvalConfig(students=2, epochs=1, batch=16, full=False, soft_temperature=1.0, batched="off")
     rep = evaluation.evaluate(syn, store, cfg, seed=3, net_cfg=res.config.net, progress=False)
     names = [r.name for r in rep.rows]
     assert names == ["gvd (soft labels)", "gvd (hard labels)", "random real",
@@ -111,7 +112,7 @@ def test_selected_synset_gets_real_clips_selected_by_the_same_teacher(store, run
     sel = type(syn)(syn.pixels, syn.labels, syn.classes, syn.mean, syn.std,
                     meta={**syn.meta, "gvd": {**syn.meta["gvd"], "select": 3}})
     calls = _spy(monkeypatch)
-    cfg = EvalConfig(students=2, epochs=1, batch=16, full=False)
+    cfg = EvalConfig(students=2, epochs=1, batch=16, full=False, batched="off")
     rep = evaluation.evaluate(sel, store, cfg, seed=3, net_cfg=res.config.net, progress=False)
     assert [r.name for r in rep.rows] == ["gvd", "random real",
                                           "random real (teacher-selected, best of 3)"]
@@ -130,3 +131,19 @@ def test_selected_synset_gets_real_clips_selected_by_the_same_teacher(store, run
         p = class_probability(teacher, x, [c] * 3, store, 1, stats)
         best = x[p.argmax()]
         assert torch.equal(chosen[c], best) and lab[c] == c
+
+
+def test_batched_evaluation_of_a_selected_soft_label_synset_is_the_one_by_one_one(store, run):
+    """Batched students (the default) report every row of a GVD synset (soft and hard labels,
+    random real, with the teacher's soft labels, teacher-selected) with the one-by-one accuracies."""
+    res, _ = run
+    syn = res.synset
+    sel = type(syn)(syn.pixels, syn.labels, syn.classes, syn.mean, syn.std, soft_labels=syn.soft_labels,
+                    meta={**syn.meta, "gvd": {**syn.meta["gvd"], "select": 2}})
+    reps = {}
+    for b in ("on", "off"):
+        cfg = EvalConfig(students=2, epochs=2, batch=8, full=False, batched=b, batch_students=3)
+        reps[b] = evaluation.evaluate(sel, store, cfg, seed=3, net_cfg=res.config.net, progress=False)
+    assert len(reps["on"].rows) == 5
+    for a, b in zip(reps["on"].rows, reps["off"].rows):
+        assert a.name == b.name and a.accs == pytest.approx(b.accs, abs=1e-9), a.name

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run the bundled benchmarks (from a source checkout)")
     b.add_argument("args", nargs="*", help="passed to benchmarks/run.py (--smoke, --only ops,dm,s2d-dm,mtt,"
-                        "s2d-mtt,gvd,decode, --workloads, --json, --compare, --scaling, --plot; "
+                        "s2d-mtt,gvd,decode,eval, --workloads, --json, --compare, --scaling, --plot; "
                         "see BENCHMARKS.md)")
 
     i = sub.add_parser("info", help="versions, devices and usable backends")

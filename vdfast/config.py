@@ -84,13 +84,19 @@ class EvalConfig:
     full: bool = True               # also train on the full training set
     full_epochs: int = 30
     full_students: int = 1
+    batched: str = "on"             # on: a row's students trained as one batched network; off: one by one
+    batch_students: int = 0         # students per batched network (0: what half the free memory holds)
 
     def __post_init__(self):
         from vdfast.models import STUDENTS
 
+        if isinstance(self.batched, bool):  # the API may say batched=False
+            object.__setattr__(self, "batched", "on" if self.batched else "off")
         _choice("eval student", self.student, STUDENTS)
+        _choice("eval batched", self.batched, ("on", "off"))
         for n in ("students", "epochs", "batch", "full_epochs", "full_students"):
             _positive(n, getattr(self, n))
+        _positive("eval batch_students", self.batch_students, allow_zero=True)
         _positive("eval lr", self.lr)
 
 

@@ -23,11 +23,22 @@ so the gain of the selection is not taken for a gain of the generator.
 
 Students are seeded with :func:`torch.random.fork_rng`, so dropout is reproducible and the caller's
 global RNG is left as it was.
+
+By default (``cfg.batched == "on"``) the students are trained BATCHED: students with the same
+settings and training-set shape (the N students of a row; the synset's row and random real's row
+when their settings agree) are trained together as one network whose layers hold all their
+weights (:mod:`vdfast.models.batched`, :func:`train_students`, :func:`test_accuracies`), at most
+``cfg.batch_students`` at a time (0: what half the free memory holds, :func:`auto_batch_students`).
+Each student keeps its own initialisation, batch order, dropout masks and optimiser state, so its
+accuracy is the one it gets trained alone (``batched="off"``, the reference path: one student
+after another with :func:`train_student`) up to float summation order. A row's ``seconds`` is then
+its share (by students) of the batched networks it was trained in.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -221,33 +232,296 @@ class Share:
             o += len(r.accs)
 
 
+def _build(cfg: EvalConfig, store: ClipStore, net_cfg, device):
+    return build_student(cfg.student, store.num_classes, store.frames, store.size,
+                         width=net_cfg.width if net_cfg else 64, depth=net_cfg.depth if net_cfg else 3,
+                         norm=net_cfg.norm if net_cfg else "none").to(device)
+
+
+def _devices(device) -> list:
+    """The devices whose RNG a student's ``fork_rng`` forks (a CUDA device; none on a CPU)."""
+    return [torch.device(device)] if torch.device(device).type == "cuda" else []
+
+
+def _train_one(x, y, s: int, store: ClipStore, test, cfg: EvalConfig, epochs: int, device,
+               soft: bool, desc: str, net_cfg, progress: bool, dp=None) -> float:
+    """One fresh student seeded with ``s`` (initialisation and dropout from ``torch.manual_seed(s)``,
+    batch order from ``Generator().manual_seed(s)``) trained on (x, y); its test accuracy."""
+    with torch.random.fork_rng(devices=_devices(device)):
+        torch.manual_seed(s)
+        net = _build(cfg, store, net_cfg, device)
+        gen = torch.Generator().manual_seed(s)
+        train_student(net, _Source(x, y, store.mean, store.std), cfg, epochs, gen, soft=soft,
+                      desc=desc, progress=progress and (dp is None or dp.main), dist=dp)
+        return test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize)
+
+
 def run_students(x, y, store: ClipStore, test, cfg: EvalConfig, epochs: int, n: int, seed: int,
                  device, soft: bool = False, name: str = "", net_cfg=None, progress=True,
                  share: Share | None = None, dp=None) -> list[float]:
-    """Train ``n`` fresh students on (x, y) and return their final test accuracies (0.0 for the
-    students ``share`` gives to other processes). With ``dp`` (a Dist of N processes, all calling
-    this) every student is trained data-parallel by all of them instead (:func:`train_student`);
-    the main process keeps the accuracies, the others 0.0 (:meth:`Share.gather` adds them up)."""
+    """Train ``n`` fresh students on (x, y) one after another and return their final test
+    accuracies (0.0 for the students ``share`` gives to other processes); student i is seeded with
+    ``seed * 1009 + i``. With ``dp`` (a Dist of N processes, all calling this) every student is
+    trained data-parallel by all of them instead (:func:`train_student`); the main process keeps
+    the accuracies, the others 0.0 (:meth:`Share.gather` adds them up)."""
     dp = dp if dp is not None and dp.active else None
     accs = []
     for i in range(n):
         if dp is None and share is not None and not share.mine():
             accs.append(0.0)
             continue
-        s = seed * 1009 + i
-        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
-            torch.manual_seed(s)
-            net = build_student(cfg.student, store.num_classes, store.frames, store.size,
-                                width=net_cfg.width if net_cfg else 64,
-                                depth=net_cfg.depth if net_cfg else 3,
-                                norm=net_cfg.norm if net_cfg else "none").to(device)
-            gen = torch.Generator().manual_seed(s)
-            train_student(net, _Source(x, y, store.mean, store.std), cfg, epochs, gen, soft=soft,
-                          desc=f"{name} student" + (f" {i + 1}/{n}" if n > 1 else ""),
-                          progress=progress and (dp is None or dp.main), dist=dp)
-            acc = test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize)
-            accs.append(acc if dp is None or dp.main else 0.0)
+        acc = _train_one(x, y, seed * 1009 + i, store, test, cfg, epochs, device, soft,
+                         f"{name} student" + (f" {i + 1}/{n}" if n > 1 else ""), net_cfg, progress, dp)
+        accs.append(acc if dp is None or dp.main else 0.0)
     return accs
+
+
+# ---- batched students: N students of one shape trained as one network -------------------------
+def _standardize_each(x: torch.Tensor) -> torch.Tensor:
+    """``[N, B, ...]``: each student's batch ``x[j]`` by its own scalar mean and std (the same
+    reductions as :func:`_standardize` of that batch alone; ``std(dim)`` is far slower here)."""
+    view = (x.shape[0],) + (1,) * (x.dim() - 1)
+    mean = torch.stack([xj.mean() for xj in x]).view(view)
+    std = torch.stack([xj.std() for xj in x]).view(view)
+    return (x - mean) / std.clamp_min(1e-6)
+
+
+def _students_loss(out: torch.Tensor, y: torch.Tensor, soft: bool, tau: float) -> torch.Tensor:
+    """Each student's batch loss, ``[N]``, from logits ``[N, B, K]`` and targets ``[N, B]`` (hard)
+    or ``[N, B, K]`` (soft): :func:`_student_loss` per student."""
+    n, b, k = out.shape
+    if soft:
+        logp = F.log_softmax(out / tau, 2)
+        return F.kl_div(logp, y, reduction="none").sum((1, 2)) / b * tau * tau
+    return F.cross_entropy(out.reshape(n * b, k), y.reshape(n * b), reduction="none").view(n, b).mean(1)
+
+
+def _gather(sources: list[_Source], idx: list[torch.Tensor]):
+    """Every student's batch: (float ``[N, B, C, T, H, W]``, targets ``[N, B, ...]``); one gather
+    when the students share their training set."""
+    n, b = len(sources), idx[0].numel()
+    s0 = sources[0]
+    if all(s.x is s0.x and s.y is s0.y for s in sources):
+        flat = torch.cat(idx)
+        x, y = s0.batch(flat)
+    elif all(s.x.dtype == torch.uint8 for s in sources):  # real clips: normalised in one call
+        x, _ = _Source(torch.cat([s.x[i] for s, i in zip(sources, idx)]), s0.y, s0.mean, s0.std).batch(
+            slice(None))
+        y = torch.cat([s.y[i] for s, i in zip(sources, idx)])
+    else:  # float videos and real clips together (a synset's row and random real's)
+        parts = [s.batch(i) for s, i in zip(sources, idx)]
+        x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return x.view(n, b, *x.shape[1:]), y.view(n, b, *y.shape[1:])
+
+
+def _input_kind(x: torch.Tensor) -> tuple:
+    """What a batched network needs to agree on about a training set: its length and the shape
+    and dtype of the student's input (uint8 ``[n, T, H, W, C]`` clips are normalised to float32
+    ``[n, C, T, H, W]``)."""
+    if x.dtype == torch.uint8:
+        return (x.shape[0], x.shape[4], *x.shape[1:4], torch.float32)
+    return (*x.shape, x.dtype)
+
+
+def train_students(net, sources: list[_Source], cfg: EvalConfig, epochs: int,
+                   gens: list[torch.Generator], soft: bool = False, desc: str = "",
+                   progress: bool = True) -> list[float]:
+    """Train the N students of a batched network (:func:`vdfast.models.batched.stack`) in place,
+    student j on ``sources[j]`` with batch order from ``gens[j]``: what :func:`train_student` does
+    for each alone (one SGD over the stacked weights is per element, so per student; dropout from
+    ``net.rng_states``). The sources must have the same length (and clip shape). Returns each
+    student's final training loss."""
+    from vdfast.models.batched import BatchedConvNet3D, group_batches
+    from vdfast.progress import bar
+
+    k = net.n
+    if len(sources) != k or len(gens) != k:
+        raise ValueError(f"{k} batched students need {k} sources and generators, got "
+                         f"{len(sources)} and {len(gens)}")
+    n = len(sources[0])
+    if any(len(s) != n for s in sources):
+        raise ValueError("batched students need training sets of one length; train them apart")
+    channels_last = isinstance(net, BatchedConvNet3D)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], 0.1)
+    steps = math.ceil(n / cfg.batch)
+    dev = sources[0].x.device
+    net.train()
+    losses = torch.zeros(k)
+    with bar(total=epochs, desc=desc, unit="ep", enable=progress) as pb:
+        for _ in range(epochs):
+            perms = [torch.randperm(n, generator=g).to(dev) for g in gens]
+            for s in range(steps):
+                x, y = _gather(sources, [p[s * cfg.batch:(s + 1) * cfg.batch] for p in perms])
+                if cfg.standardize:
+                    x = _standardize_each(x)
+                losses = _students_loss(net(group_batches(x, channels_last)), y, soft,
+                                        cfg.soft_temperature)
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                opt.step()
+            sched.step()
+            pb.update(1)
+    return losses.detach().double().tolist()
+
+
+@torch.no_grad()
+def test_accuracies(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
+                    batch: int = 256, chunk: int = 0) -> list[float]:
+    """:func:`test_accuracy` of each student of a batched network, in one pass over the test split:
+    each test batch (standardised as a whole, as for one student) goes through all students at
+    once, in pieces of ``chunk`` clips (0: the whole batch; the network is row-wise in eval mode,
+    so pieces change nothing but the memory)."""
+    net.eval()
+    correct = torch.zeros(net.n, dtype=torch.long, device=test_y.device)
+    for s in range(0, test_x.shape[0], batch):
+        x = normalize_clips(test_x[s:s + batch], mean, std)
+        if standardize:
+            x = _standardize(x)
+        yb = test_y[s:s + batch]
+        step = chunk or x.shape[0]
+        for c in range(0, x.shape[0], step):
+            correct += (net(x[c:c + step], shared=True).argmax(2) == yb[c:c + step]).sum(1)
+    return [c / max(1, test_x.shape[0]) for c in correct.tolist()]
+
+
+def free_bytes(device) -> int:
+    """Free memory on ``device``: the CUDA allocator's free bytes, or the RAM not in use."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 * 2**30
+
+
+def student_bytes(cfg: EvalConfig, store: ClipStore, net_cfg, batch: int) -> tuple[int, int]:
+    """A simple bytes model of one student: (training at ``batch`` clips a step, one test clip).
+    Training: 4 copies of the weights (weights, gradients, momentum, one spare) and, per clip,
+    3 x the float32 outputs of every layer (kept for the backward, their gradients, temporaries)
+    plus 3 x the input; testing: the layer outputs of one clip. The outputs are counted by running
+    one clip through a student on the CPU."""
+    outs = []
+    with torch.random.fork_rng(devices=[]):
+        net = _build(cfg, store, net_cfg, "cpu")
+    hooks = [m.register_forward_hook(lambda m, i, o: outs.append(o[0] if isinstance(o, tuple) else o))
+             for m in net.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, store.frames, store.size, store.size))
+    finally:
+        for h in hooks:
+            h.remove()
+    act = sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
+    inp = 3 * store.frames * store.size * store.size
+    params = sum(p.numel() for p in net.parameters())
+    return 4 * (4 * params + batch * 3 * (act + inp)), 4 * (act + inp)
+
+
+def auto_batch_students(cfg: EvalConfig, store: ClipStore, net_cfg, batch: int, device) -> int:
+    """Students per batched network when ``cfg.batch_students`` is 0: as many as half of
+    :func:`free_bytes` holds by :func:`student_bytes` (at least 1)."""
+    if cfg.batch_students:
+        return cfg.batch_students
+    train, _ = student_bytes(cfg, store, net_cfg, batch)
+    return max(1, free_bytes(device) // 2 // train)
+
+
+def batched_students(seeds: list[int], cfg: EvalConfig, store: ClipStore, net_cfg, device):
+    """Fresh students seeded ``seeds`` (each initialised as :func:`_train_one` initialises it),
+    stacked as one batched network (:func:`vdfast.models.batched.stack`) whose dropout draws each
+    student's masks from the global-RNG state its own training would start from."""
+    from vdfast.models.batched import stack
+
+    nets, states = [], []
+    dev = torch.device(device)
+    for s in seeds:
+        with torch.random.fork_rng(devices=_devices(dev)):
+            torch.manual_seed(s)
+            nets.append(_build(cfg, store, net_cfg, dev))
+            states.append((torch.get_rng_state(),
+                           torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None))
+    net = stack(nets)
+    net.rng_states = states
+    return net
+
+
+def train_batch(sets, seeds: list[int], store: ClipStore, test, cfg: EvalConfig, epochs: int, device,
+                soft: bool = False, net_cfg=None, desc: str = "", progress: bool = True) -> list[float]:
+    """The students seeded ``seeds``, student j trained on ``sets[j]`` = (x, y), all as one
+    batched network (:func:`batched_students`, :func:`train_students`); their test accuracies."""
+    net = batched_students(seeds, cfg, store, net_cfg, device)
+    train_students(net, [_Source(x, y, store.mean, store.std) for x, y in sets], cfg, epochs,
+                   [torch.Generator().manual_seed(s) for s in seeds], soft=soft, desc=desc,
+                   progress=progress)
+    # test pieces of 256 / N clips: each forward does the work (and holds the memory) of one
+    # student's test batch of 256; fewer when half the free memory cannot hold that
+    _, per_clip = student_bytes(cfg, store, net_cfg, 1)
+    chunk = max(1, min(-(-256 // len(seeds)), free_bytes(device) // 2 // (per_clip * len(seeds))))
+    return test_accuracies(net, test[0], test[1], store.mean, store.std, cfg.standardize, chunk=chunk)
+
+
+@dataclass
+class _Job:
+    """One row of the report: its students, student i trained on ``sets[i]`` = (x, y) with seed
+    ``seeds[i]``; ``dp``: each student data-parallel over all processes (one by one)."""
+
+    name: str
+    ipc: int | None
+    sets: list
+    seeds: list[int]
+    cfg: EvalConfig
+    epochs: int
+    soft: bool = False
+    descs: list[str] = field(default_factory=list)
+    dp: object = None
+
+
+def _run_jobs(jobs: list[_Job], store: ClipStore, test, device, net_cfg, progress: bool,
+              share: Share, batched: bool, cap: int) -> list[Row]:
+    """Every job's students, one by one or batched (jobs with the same settings and training-set
+    shape share batched networks of at most ``cap`` students; 0: :func:`auto_batch_students`);
+    student k of the whole evaluation trains on the process ``share`` gives it."""
+    rows = [Row(j.name, j.ipc, [0.0] * len(j.seeds)) for j in jobs]
+    groups: dict = {}
+    for a, j in enumerate(jobs):
+        for i, ((x, y), s) in enumerate(zip(j.sets, j.seeds)):
+            if j.dp is not None:
+                continue
+            if not share.mine():
+                continue
+            if not batched:
+                t0 = time.perf_counter()
+                rows[a].accs[i] = _train_one(x, y, s, store, test, j.cfg, j.epochs, device, j.soft,
+                                             j.descs[i], net_cfg, progress)
+                rows[a].seconds += time.perf_counter() - t0
+                continue
+            key = (j.cfg, j.epochs, j.soft, _input_kind(x), x.device)
+            groups.setdefault(key, []).append((a, i))
+        if j.dp is not None:  # every process trains each of these students together
+            t0 = time.perf_counter()
+            for i, ((x, y), s) in enumerate(zip(j.sets, j.seeds)):
+                acc = _train_one(x, y, s, store, test, j.cfg, j.epochs, device, j.soft, j.descs[i],
+                                 net_cfg, progress, j.dp)
+                rows[a].accs[i] = acc if j.dp.main else 0.0
+            rows[a].seconds += time.perf_counter() - t0
+    for (cfg, epochs, soft, kind, _), members in groups.items():
+        size = cap or auto_batch_students(cfg, store, net_cfg, min(cfg.batch, kind[0]), device)
+        for c in range(0, len(members), size):
+            part = members[c:c + size]
+            names = sorted({jobs[a].name for a, _ in part}, key=[j.name for j in jobs].index)
+            t0 = time.perf_counter()
+            accs = train_batch([jobs[a].sets[i] for a, i in part], [jobs[a].seeds[i] for a, i in part],
+                               store, test, cfg, epochs, device, soft, net_cfg,
+                               f"{len(part)} student{'s' if len(part) > 1 else ''} ({', '.join(names)})",
+                               progress)
+            dt = (time.perf_counter() - t0) / len(part)
+            for (a, i), acc in zip(part, accs):
+                rows[a].accs[i] = acc
+                rows[a].seconds += dt
+    return rows
 
 
 def soft_temperature(synset, cfg: EvalConfig) -> float:
@@ -309,68 +583,64 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         videos = videos.detach().to(device)
         soft = synset.soft_labels is not None
         targets = synset.soft_labels.to(device) if soft else labels.to(device)
-    t0 = time.perf_counter()
     syn_cfg = cfg
     if cfg.learned_lr and synset.meta.get("syn_lr"):  # the protocol: MTT's learned step size
         syn_cfg = dataclasses.replace(cfg, lr=float(synset.meta["syn_lr"]))
     tau = soft_temperature(synset, cfg)
     soft_cfg = dataclasses.replace(syn_cfg, soft_temperature=tau)
-    accs = run_students(videos, targets, store, test, soft_cfg, cfg.epochs, cfg.students, seed, device,
-                        soft=soft, name=method, net_cfg=net_cfg, progress=progress, share=share)
-    rep.rows.append(Row(f"{method} (soft labels)" if soft else method, ipc, accs,
-                        time.perf_counter() - t0))
+    n = cfg.students
+    seeds = [seed * 1009 + i for i in range(n)]
+    real_seeds = [(seed + i) * 1009 for i in range(n)]  # student i of a baseline: its own draw
+
+    def descs(name):
+        return [f"{name} student" + (f" {i + 1}/{n}" if n > 1 else "") for i in range(n)]
+
+    jobs = [_Job(f"{method} (soft labels)" if soft else method, ipc, [(videos, targets)] * n, seeds,
+                 soft_cfg, cfg.epochs, soft, descs(method))]
     if soft:  # the same videos with hard labels: the gain of the labels, shown apart from the data's
-        t0 = time.perf_counter()
-        accs = run_students(videos, labels.to(device), store, test, syn_cfg, cfg.epochs, cfg.students,
-                            seed, device, name=f"{method} hard", net_cfg=net_cfg, progress=progress, share=share)
-        rep.rows.append(Row(f"{method} (hard labels)", ipc, accs, time.perf_counter() - t0))
+        jobs.append(_Job(f"{method} (hard labels)", ipc, [(videos, labels.to(device))] * n, seeds,
+                         syn_cfg, cfg.epochs, False, descs(f"{method} hard")))
 
     if baselines and method != "random":
-        t0 = time.perf_counter()
-        accs = []
-        for i in range(cfg.students):  # a different random coreset per student
-            clips, lab = store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
-            accs += run_students(clips.to(device), lab.to(device), store, test, cfg, cfg.epochs, 1,
-                                 seed + i, device, name=f"random real {i + 1}/{cfg.students}:",
-                                 net_cfg=net_cfg, progress=progress, share=share)
-        rep.rows.append(Row("random real", ipc, accs, time.perf_counter() - t0))
+        draws = [store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
+                 for i in range(n)]  # a different random coreset per student
+        jobs.append(_Job("random real", ipc, [(c.to(device), lab.to(device)) for c, lab in draws],
+                         real_seeds, cfg, cfg.epochs, False,
+                         [f"random real {i + 1}/{n}: student" for i in range(n)]))
         select = int((synset.meta.get("gvd") or {}).get("select", 1))
         teacher = teacher_of(synset, store, device, progress, dist) if soft or select > 1 else None
         if teacher is not None and soft:  # the same random draws, labelled by the synset's own teacher
             from vdfast.methods.gvd import soft_labels
 
-            t0 = time.perf_counter()
-            accs = []
             rcfg = dataclasses.replace(cfg, soft_temperature=tau)
-            for i in range(cfg.students):
-                clips, _ = store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
-                p = soft_labels(teacher, clips, store.mean, store.std, tau, 1, cfg.standardize)
-                accs += run_students(clips.to(device), p.to(device), store, test, rcfg, cfg.epochs, 1,
-                                     seed + i, device, soft=True, net_cfg=net_cfg, progress=progress, share=share,
-                                     name=f"random real + teacher {i + 1}/{cfg.students}:")
-            rep.rows.append(Row("random real (teacher soft labels)", ipc, accs,
-                                time.perf_counter() - t0))
+            sets = [(c.to(device), soft_labels(teacher, c, store.mean, store.std, tau, 1,
+                                               cfg.standardize).to(device)) for c, _ in draws]
+            jobs.append(_Job("random real (teacher soft labels)", ipc, sets, real_seeds, rcfg,
+                             cfg.epochs, True,
+                             [f"random real + teacher {i + 1}/{n}: student" for i in range(n)]))
         if teacher is not None and select > 1:  # real clips chosen by the same teacher, best of R
             from vdfast.methods.gvd import select_real, train_stats
 
-            t0 = time.perf_counter()
-            accs = []
             stats = train_stats(store) if cfg.standardize else None
-            for i in range(cfg.students):
+            sets = []
+            for i in range(n):
                 clips, lab = select_real(teacher, store, ipc, select,
                                          torch.Generator().manual_seed(seed * 7919 + i + 1), stats)
-                accs += run_students(clips.to(device), lab.to(device), store, test, cfg, cfg.epochs, 1,
-                                     seed + i, device, net_cfg=net_cfg, progress=progress, share=share,
-                                     name=f"random real, teacher-selected {i + 1}/{cfg.students}:")
-            rep.rows.append(Row(f"random real (teacher-selected, best of {select})", ipc, accs,
-                                time.perf_counter() - t0))
+                sets.append((clips.to(device), lab.to(device)))
+            jobs.append(_Job(f"random real (teacher-selected, best of {select})", ipc, sets,
+                             real_seeds, cfg, cfg.epochs, False,
+                             [f"random real, teacher-selected {i + 1}/{n}: student"
+                              for i in range(n)]))
     if full:  # the whole train split: each student data-parallel over all processes
-        t0 = time.perf_counter()
         x, y = store.tensors("train", device)
         dp = dist if dist is not None and (net_cfg is None or net_cfg.norm != "batch") else None
-        accs = run_students(x, y, store, test, cfg, cfg.full_epochs, cfg.full_students, seed, device,
-                            name="full train set", net_cfg=net_cfg, progress=progress, share=share,
-                            dp=dp)
-        rep.rows.append(Row("full train set", None, accs, time.perf_counter() - t0))
+        nf = cfg.full_students
+        jobs.append(_Job("full train set", None, [(x, y)] * nf, [seed * 1009 + i for i in range(nf)],
+                         cfg, cfg.full_epochs, False,
+                         ["full train set student" + (f" {i + 1}/{nf}" if nf > 1 else "")
+                          for i in range(nf)],
+                         dp if dp is not None and dp.active else None))
+    rep.rows = _run_jobs(jobs, store, test, device, net_cfg, progress, share, cfg.batched == "on",
+                         cfg.batch_students)
     share.gather(rep.rows)
     return rep
