@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 
 from vdfast.config import EvalConfig
 from vdfast.data.store import ClipStore
+from vdfast.memory import free_bytes
 from vdfast.models import build_student
 from vdfast.ops import normalize_clips
 
@@ -384,17 +384,6 @@ def test_accuracies(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, 
         for c in range(0, x.shape[0], step):
             correct += (net(x[c:c + step], shared=True).argmax(2) == yb[c:c + step]).sum(1)
     return [c / max(1, test_x.shape[0]) for c in correct.tolist()]
-
-
-def free_bytes(device) -> int:
-    """Free memory on ``device``: the CUDA allocator's free bytes, or the RAM not in use."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 16 * 2**30
 
 
 def student_bytes(cfg: EvalConfig, store: ClipStore, net_cfg, batch: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ prints it at published sizes and ``tests/test_memory.py`` checks it against meas
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -74,10 +75,17 @@ def has_batch_norm(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def free_bytes(device: torch.device) -> int:
-    """Free memory on a CUDA device (driver's count, plus what torch's cache holds unused)."""
-    free, _total = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+def free_bytes(device) -> int:
+    """Free memory on ``device``: on a GPU the driver's count plus what torch's cache holds
+    unused, on a CPU the RAM not in use."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 * 2**30
 
 
 def auto_chunk(net: nn.Module, sample_shape: tuple[int, ...], device, total: int,
