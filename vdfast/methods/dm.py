@@ -73,22 +73,23 @@ class DM(Method):
                 "params": [p for g in groups for p in g["params"]]}
 
     def step(self, synset, state, gen):
-        if "bank" in state:  # embeds only the synthetic clips; draws nothing from gen
-            from vdfast.methods.dm_bank import step_dm
-
-            return step_dm(synset, state)
         net, opt, pool = state["net"], state["opt"], state["pool"]
-        reinit_(net, gen)
-        real_u8, real_labels = pool.sample(state["batch_real"], gen)
-        with torch.no_grad(), span("vdfast.dm.embed_real"):  # normalised one chunk at a time
-            real_feat = embed(net, real_u8, state["chunk"],
-                              lambda u: normalize_clips(u, state["mean"], state["std"]))
+        if "bank" in state:  # the real side read from the bank; draws nothing from gen
+            from vdfast.methods.dm_bank import real_means
+
+            real_feat, real_labels = real_means(state)
+        else:
+            reinit_(net, gen)
+            real_u8, real_labels = pool.sample(state["batch_real"], gen)
+            with torch.no_grad(), span("vdfast.dm.embed_real"):  # normalised one chunk at a time
+                real_feat = embed(net, real_u8, state["chunk"],
+                                  lambda u: normalize_clips(u, state["mean"], state["std"]))
         syn, syn_labels = synset.videos()
         if state["own"] is not None:  # this process's classes only
             syn, syn_labels = syn[state["own"]], syn_labels[state["own"]]
         with span("vdfast.dm.embed_syn"):
             syn_feat = embed(net, syn)
-        loss = dm_loss(real_feat, real_labels, syn_feat, syn_labels, pool.num_classes)
+        loss = dm_loss(real_feat.to(syn_feat.dtype), real_labels, syn_feat, syn_labels, pool.num_classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         state["dist"].sum_grads_(state["params"])

@@ -409,24 +409,15 @@ def setup_dm(m, store, cfg, device, net, pool, classes: range, chunk: int, progr
     return {"bank": bank, "bank_seed": cfg.seed, "bank_it": 0}
 
 
-def step_dm(synset, state) -> torch.Tensor:
-    """One DM iteration against the bank: the network of this iteration (:func:`schedule`), its
-    weights regenerated, only the synthetic clips embedded, the cached means matched."""
+def real_means(state) -> tuple[torch.Tensor, torch.Tensor]:
+    """DM's real side from the bank, for ``DM.step``: this iteration's network (:func:`schedule`)
+    with its weights regenerated, and its cached real class means ``[len(classes), D]`` with their
+    global labels (one row per class: the mean of one row is itself)."""
     from vdfast.methods.base import reinit_
-    from vdfast.methods.dm import embed
 
-    bank, net, opt = state["bank"], state["net"], state["opt"]
+    bank = state["bank"]
     k = schedule(state["bank_seed"], bank.K, state["bank_it"])
-    reinit_(net, network_generator(state["bank_seed"], k, bank.device))
-    syn, syn_labels = synset.videos()
-    if state["own"] is not None:  # this process's classes only
-        syn, syn_labels = syn[state["own"]], syn_labels[state["own"]]
-    with span("vdfast.dm.embed_syn"):
-        syn_feat = embed(net, syn)
-    loss = bank_dm_loss(bank.means(k), bank.classes, syn_feat, syn_labels, state["pool"].num_classes)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    state["dist"].sum_grads_(state["params"])
-    opt.step()
+    reinit_(state["net"], network_generator(state["bank_seed"], k, bank.device))
     state["bank_it"] += 1
-    return loss.detach()
+    means = bank.means(k)
+    return means, torch.arange(bank.classes.start, bank.classes.stop, device=means.device)
