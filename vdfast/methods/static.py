@@ -141,16 +141,17 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     pool = ClipPool(store, "train", device, classes=classes)
     x = static.clone().requires_grad_(True)
     opt = torch.optim.SGD([x], lr=lr or STATIC_LR[method], momentum=momentum)
+    # DM: real frames per embedding forward (all of them at once would hold ~166 GB of
+    # activations at MiniUCF on a GPU; instance norm is per image, so chunks change nothing)
+    per_class = (bank_clips or max(store.counts("train"))) if bank else batch_real
+    chunk = auto_chunk(net, (3, store.size, store.size), device, total=len(classes) * per_class)
     if bank:  # DM against a bank of random networks with cached real frame means
         return _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, iterations,
                                   seed, device, bank, bank_clips, bank_dtype, bank_cache,
-                                  {"width": width, "depth": depth, "norm": norm}, progress)
+                                  {"width": width, "depth": depth, "norm": norm}, progress, chunk)
     # DC: the paper's (outer, inner) loops by images per class; the network trains on the still
     # images between outer steps (plain SGD, lr 0.01, batch 256)
     outer, inner = dc.dc_loops(spc) if dc is not None else (1, 0)
-    # DM: real frames per embedding forward (all of them at once would hold ~166 GB of
-    # activations at MiniUCF on a GPU; instance norm is per image, so chunks change nothing)
-    chunk = auto_chunk(net, (3, store.size, store.size), device, total=len(classes) * batch_real)
     from vdfast.progress import bar
 
     with bar(total=iterations, desc=f"static memory ({method})", unit="it",
@@ -188,17 +189,17 @@ def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, g
 
 
 def _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, iterations, seed,
-                       device, K, M, dtype, cache, net_cfg, progress) -> torch.Tensor:
+                       device, K, M, dtype, cache, net_cfg, progress, chunk) -> torch.Tensor:
     """Static learning with DM against a bank (:mod:`vdfast.methods.dm_bank`): iteration ``i``
-    regenerates network ``schedule(seed, K, i)`` and matches its cached real frame means."""
+    regenerates network ``schedule(seed, K, i)`` and matches its cached real frame means, built
+    ``chunk`` frames per forward (0: all at once)."""
     from vdfast.methods import dm_bank
     from vdfast.progress import bar
 
     key = dm_bank.bank_key(store, "convnet2d", net_cfg, K, M, seed, dtype, device)
     frames = lambda u8, g, rows, total: random_frames(u8, store.mean, store.std, g,  # noqa: E731
                                                       rows=rows, total=total)
-    # 256 real frames per forward: bounded activations (instance norm is per image: exact)
-    fn = dm_bank.dm_means_fn(net, store, pool, classes, M, seed, device, 256, frames=frames)
+    fn = dm_bank.dm_means_fn(net, store, pool, classes, M, seed, device, chunk, frames=frames)
     bank = dm_bank.build_bank(key, classes, device, fn, cache, progress=progress and dist.main,
                               desc=f"static dm bank ({K} networks)")
     if dist.main:
