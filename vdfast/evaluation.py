@@ -256,26 +256,6 @@ def _train_one(x, y, s: int, store: ClipStore, test, cfg: EvalConfig, epochs: in
         return test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize)
 
 
-def run_students(x, y, store: ClipStore, test, cfg: EvalConfig, epochs: int, n: int, seed: int,
-                 device, soft: bool = False, name: str = "", net_cfg=None, progress=True,
-                 share: Share | None = None, dp=None) -> list[float]:
-    """Train ``n`` fresh students on (x, y) one after another and return their final test
-    accuracies (0.0 for the students ``share`` gives to other processes); student i is seeded with
-    ``seed * 1009 + i``. With ``dp`` (a Dist of N processes, all calling this) every student is
-    trained data-parallel by all of them instead (:func:`train_student`); the main process keeps
-    the accuracies, the others 0.0 (:meth:`Share.gather` adds them up)."""
-    dp = dp if dp is not None and dp.active else None
-    accs = []
-    for i in range(n):
-        if dp is None and share is not None and not share.mine():
-            accs.append(0.0)
-            continue
-        acc = _train_one(x, y, seed * 1009 + i, store, test, cfg, epochs, device, soft,
-                         f"{name} student" + (f" {i + 1}/{n}" if n > 1 else ""), net_cfg, progress, dp)
-        accs.append(acc if dp is None or dp.main else 0.0)
-    return accs
-
-
 # ---- batched students: N students of one shape trained as one network -------------------------
 def _standardize_each(x: torch.Tensor) -> torch.Tensor:
     """``[N, B, ...]``: each student's batch ``x[j]`` by its own scalar mean and std (the same
