@@ -8,7 +8,7 @@ import torch
 
 import vdfast
 from vdfast.cli import build_parser, main
-from vdfast.config import SECTIONS, DistillConfig, field_doc
+from vdfast.config import SECTIONS, ConfigError, DistillConfig, PrepareConfig, field_doc
 
 # a tiny DM run on the embedded data: 3 iterations, a small network, no evaluation or preview
 TINY = ["distill", "--method", "dm", "--ipc", "1", "--iterations", "3", "--net-width", "8",
@@ -21,7 +21,7 @@ def _help(*argv) -> str:
 
 
 def _fields():
-    for cls in (DistillConfig, *SECTIONS.values()):
+    for cls in (DistillConfig, PrepareConfig, *SECTIONS.values()):
         for f in dataclasses.fields(cls):
             if f.name not in SECTIONS:
                 yield cls, f
@@ -46,6 +46,23 @@ def test_help_shows_each_fields_doc_and_default(capsys):
         metavar = flag.lstrip("-").upper().replace("-", "_")
         assert f"{flag} {metavar} {doc} (default: {f.default}" in text, flag
     assert "--config FILE" in text
+    _help("prepare")
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(PrepareConfig):
+        assert " ".join(field_doc(f).split()) in text, f.name
+
+
+def test_prepare_config_is_validated_once():
+    assert PrepareConfig(classes="a, b,,c").classes == ("a", "b", "c")
+    assert PrepareConfig(classes=["x"]).classes == ("x",) and PrepareConfig().classes is None
+    for bad, needle in ((dict(workers=-3), "workers"), (dict(workers=True), "workers"),
+                        (dict(frames=0), "impossible clip spec"), (dict(size=4), "size"),
+                        (dict(test_clips=0), "test_clips"), (dict(decoder="ffmpeg"), "decoder"),
+                        (dict(frames=1.5), "frames")):
+        with pytest.raises(ConfigError, match=needle):
+            PrepareConfig(**bad)
+    with pytest.raises(ConfigError, match="unknown prepare option 'fps'"):
+        vdfast.prepare("/nonexistent", "/tmp/never", fps=3)
 
 
 def _synset(run):
@@ -96,3 +113,22 @@ def test_missing_config_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "nope.json" in err and len(err.strip().splitlines()) == 1
 
+
+def test_config_is_a_leaf_module():
+    """config imports no other vdfast module (the registries' names are looked up late, through
+    register_names), yet a name outside a registry is still refused."""
+    import ast
+
+    import vdfast.config as config_module
+
+    tree = ast.parse(open(config_module.__file__).read())
+    imported = [n.module if isinstance(n, ast.ImportFrom) else a.name
+                for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names]
+    assert not [m for m in imported if m and m.split(".")[0] == "vdfast"], imported
+    with pytest.raises(ConfigError, match="method='dmm' is not one of"):
+        DistillConfig(method="dmm")
+    with pytest.raises(ConfigError, match="eval student='vit' is not one of"):
+        SECTIONS["eval"](student="vit")
+    with pytest.raises(ConfigError, match="gvd generator='XXL' is not one of"):
+        SECTIONS["gvd"](generator="XXL")

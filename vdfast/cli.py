@@ -2,9 +2,9 @@
 
 Flags map one-to-one onto config fields (generated from the dataclasses, so a new field is a new
 flag, and its help is the field's doc): ``--lr-img`` is ``DistillConfig.lr_img``, ``--net-width`` is
-``NetConfig.width``, ``--eval-epochs`` is ``EvalConfig.epochs``. Unset flags take the preset's value.
-``vdfast distill --config RUN/config.json`` repeats a run from its saved config (flags given beside
-it override the file).
+``NetConfig.width``, ``--eval-epochs`` is ``EvalConfig.epochs``; ``vdfast prepare``'s flags are
+``PrepareConfig``'s fields. Unset flags take the preset's value. ``vdfast distill --config
+RUN/config.json`` repeats a run from its saved config (flags given beside it override the file).
 argparse lives here only; the library functions take explicit parameters.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from vdfast.config import SECTIONS, ConfigError, DistillConfig, NetConfig, field_doc
+from vdfast.config import SECTIONS, ConfigError, DistillConfig, NetConfig, PrepareConfig, field_doc
 
 _SKIP = set(SECTIONS)
 
@@ -73,21 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="decode a dataset folder once into a ClipStore")
     pr.add_argument("source", help="dataset folder (UCF101, HMDB51, Kinetics, SSv2, frames, folder)")
     pr.add_argument("--out", required=True, help="store directory to write (resumable)")
-    pr.add_argument("--layout", default="auto",
-                    help="auto | ucf101 | miniucf | hmdb51 | kinetics | ssv2 | frames | folder")
-    pr.add_argument("--frames", type=int, default=16)
-    pr.add_argument("--gap", type=int, default=4)
-    pr.add_argument("--size", type=int, default=112)
-    pr.add_argument("--split", type=int, default=1, help="official split number (UCF101, HMDB51)")
-    pr.add_argument("--classes", default=None, help="comma-separated subset of class names")
-    pr.add_argument("--workers", type=int, default=0, help="parallel decode processes")
-    pr.add_argument("--annotations", default=None, help="split/annotation files, if not beside the videos")
-    pr.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (plain folders)")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--decoder", default="auto", help="auto | pyav | dali (auto: DALI/NVDEC on a GPU)")
-    pr.add_argument("--test-clips", type=int, default=3,
-                    help="clips per test video, at random positions seeded by the file's path (the "
-                         "evaluation protocol averages over 3); 1: the centred clip only")
+    _add_fields(pr, PrepareConfig, preset=False)
 
     d = sub.add_parser("distill", help="distill a store (default: the embedded dataset) and evaluate")
     d.add_argument("--data", default=None, help="store directory, or `builtin` (default: builtin)")
@@ -297,11 +283,9 @@ def _run(args) -> int:
         print(json.dumps(d, indent=1) if args.json else format_info(d))
         return 0
     if args.cmd == "prepare":
-        classes = args.classes.split(",") if args.classes else None
-        vdfast.prepare(args.source, args.out, layout=args.layout, frames=args.frames, gap=args.gap,
-                       size=args.size, split=args.split, classes=classes, workers=args.workers,
-                       annotations=args.annotations, test_fraction=args.test_fraction, seed=args.seed,
-                       decoder=args.decoder, test_clips=args.test_clips)
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)}
+        vdfast.prepare(args.source, args.out, PrepareConfig(**{k: v for k, v in given.items()
+                                                               if v is not None}))
         return 0
     if args.cmd == "experts":
         from vdfast import distributed

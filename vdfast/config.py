@@ -4,14 +4,21 @@ The dataclass defaults are the published settings. ``PRESETS`` holds the only ot
 embedded dataset's, sized for a 2-core CPU. ``resolve`` applies a preset and then the user's explicit
 overrides; the resolved config is saved beside every result. The CLI maps one flag onto each field,
 and each field's one-line doc (``field_doc``) is the flag's help.
+
+This module imports nothing of vdfast: the fields that name an entry of another module's registry
+(the method, the student architecture, the generator size) are checked against the names that
+registry gives :func:`register_names` (``vdfast.api`` registers them, and ``import vdfast`` imports
+it).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+from typing import Callable, Iterable
 
 INITS = ("real", "noise")
 DEVICES = ("auto", "cpu", "cuda")
+DECODERS = ("auto", "pyav", "dali")  # video decoders of `vdfast prepare` (vdfast.data.dali)
 
 
 class ConfigError(ValueError):
@@ -22,6 +29,23 @@ def _choice(name, value, choices):
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of: {', '.join(map(str, choices))}")
 
+
+# registry -> a function giving its valid names (filled by register_names; config imports no registry)
+_NAMES: dict[str, Callable[[], Iterable[str]]] = {}
+
+
+def register_names(registry: str, names: Callable[[], Iterable[str]]) -> None:
+    """Declare where the names of ``registry`` come from: ``"method"`` (the method registry),
+    ``"student"`` (student architectures), ``"generator"`` (GVD's generator sizes). ``names`` is
+    called when a config naming one is built (a late lookup: the registry is imported then)."""
+    _NAMES[registry] = names
+
+
+def _name(label, value, registry):
+    """``value`` checked against ``registry``'s names, when it has registered them (importing
+    vdfast registers every registry before a config can be built)."""
+    if registry in _NAMES:
+        _choice(label, value, tuple(_NAMES[registry]()))
 
 
 def check_types(cls, values: dict, prefix: str = "") -> None:
@@ -100,11 +124,9 @@ class EvalConfig:
     batch_students: int = _f(0, "students per batched network (0: what half the free memory holds)")
 
     def __post_init__(self):
-        from vdfast.models import STUDENTS
-
         if isinstance(self.batched, bool):  # the API may say batched=False
             object.__setattr__(self, "batched", "on" if self.batched else "off")
-        _choice("eval student", self.student, STUDENTS)
+        _name("eval student", self.student, "student")
         _choice("eval batched", self.batched, ("on", "off"))
         for n in ("students", "epochs", "batch", "full_epochs", "full_students"):
             _positive(n, getattr(self, n))
@@ -323,9 +345,7 @@ class GVDConfig:
     keep_latents: bool = _f(False, "also store the fp16 latents in the synset")
 
     def __post_init__(self):
-        from vdfast.models.video_dit import PRESETS as DIT_SIZES
-
-        _choice("gvd generator", self.generator, tuple(DIT_SIZES))
+        _name("gvd generator", self.generator, "generator")
         _choice("gvd sampler", self.sampler, ("ddpm", "ddim"))
         _choice("gvd schedule", self.schedule, ("linear", "cosine"))
         _choice("gvd prediction", self.prediction, ("eps", "v"))
@@ -386,9 +406,7 @@ class DistillConfig:
         for name, cls in SECTIONS.items():  # nested sections may arrive as dicts (from JSON)
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, cls(**getattr(self, name)))
-        from vdfast.methods import names  # the method registry (no config import there)
-
-        _choice("method", self.method, names())
+        _name("method", self.method, "method")
         _choice("init", self.init, INITS)
         _choice("device", self.device, DEVICES)
         _positive("ipc", self.ipc)
@@ -417,6 +435,54 @@ class DistillConfig:
             raise ConfigError(f"--dm-bank serves DM: methods dm and s2d-dm, and static learning with "
                               f"--s2d-static-method dm (s2d-* and static); {self.method!r} with "
                               f"static method {self.s2d.static_method!r} does not use it")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How ``vdfast prepare`` (:func:`vdfast.prepare`) decodes a dataset folder into a store;
+    validated here, once. ``classes`` takes names or one comma-separated string."""
+
+    layout: str = _f("auto", "dataset layout: auto | ucf101 | miniucf | hmdb51 | kinetics | ssv2 | frames "
+                             "| folder (auto: detected from the folder)")
+    frames: int = _f(16, "frames per clip")
+    gap: int = _f(4, "take every gap-th frame of the video")
+    size: int = _f(112, "clip side in pixels (short side resized to it, then centre-cropped)")
+    split: int = _f(1, "official split number (UCF101, HMDB51)")
+    classes: tuple = _f(None, "comma-separated subset of class names (default: all)", cli_type=str)
+    workers: int = _f(0, "parallel decode processes (0 or 1: decode in this process)")
+    annotations: str = _f(None, "split/annotation files, if not beside the videos", cli_type=str)
+    test_fraction: float = _f(0.2, "held-out share per class (plain class folders)")
+    seed: int = _f(0, "seed of the held-out draw of plain class folders")
+    decoder: str = _f("auto", "auto | pyav | dali (auto: DALI/NVDEC on a GPU when DALI is installed, "
+                              "else PyAV)")
+    test_clips: int = _f(3, "clips per test video, at random positions seeded by the file's path (the "
+                            "evaluation protocol averages over 3); 1: the centred clip only")
+
+    def __post_init__(self):
+        if isinstance(self.classes, str):  # "a,b,c" from the command line
+            object.__setattr__(self, "classes", tuple(c.strip() for c in self.classes.split(",")
+                                                      if c.strip()) or None)
+        elif self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+        w = self.workers
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ConfigError(f"prepare workers={w!r} must be an integer >= 0 (0 or 1: decode in "
+                              f"this process)")
+        t = self.test_clips
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ConfigError(f"test_clips must be an integer >= 1 (clips per test video), got {t!r}")
+        check_types(PrepareConfig, self.__dict__, "prepare ")
+        if self.frames < 1 or self.size < 8 or self.gap < 1:
+            raise ConfigError(f"impossible clip spec: frames={self.frames}, gap={self.gap}, "
+                              f"size={self.size} (need frames >= 1, gap >= 1, size >= 8)")
+        _choice("prepare decoder", self.decoder, DECODERS)
+        for n in ("layout", "annotations"):
+            v = getattr(self, n)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"prepare {n}={v!r} must be a string")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,9 +13,8 @@ import os
 
 import numpy as np
 
+from vdfast.config import DECODERS
 from vdfast.data.decode import ClipSpec, DecodeError, _window_info, assemble_windows, sample_windows
-
-DECODERS = ("auto", "pyav", "dali")
 
 __all__ = ["DECODERS", "INSTALL", "dali_reason", "require_dali", "resolve_decoder", "decode_clip_dali",
            "decode_clips_dali"]
