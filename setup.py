@@ -10,6 +10,10 @@ the CUDA objects with the flags below. Each op's source registers itself with
 The Triton kernels in ``kernels/`` install as ``vdfast._kernels`` (``kernels`` is an unrelated PyPI
 package, so that name is never made importable).
 
+The package's metadata (name, version, dependencies, extras, the ``vdfast`` command) is in
+``pyproject.toml``; this file adds only what needs code: the extension and the ``kernels`` folder
+installed under another name.
+
 Install with ``pip install --no-build-isolation -c constraints.txt -e .`` after torch (the README's
 ``make install`` does this); build isolation would pull a CUDA torch.
 """
@@ -17,16 +21,6 @@ import glob
 import os
 
 from setuptools import find_packages, setup
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def read_version():
-    ns = {}
-    with open(os.path.join(HERE, "vdfast", "version.py")) as f:
-        exec(f.read(), ns)
-    return ns["__version__"]
-
 
 CXX_FLAGS = ["-O3", "-fopenmp", "-std=c++17"]
 NVCC_FLAGS = ["-O3", "--use_fast_math", "-std=c++17"]
@@ -60,16 +54,8 @@ def extensions():
 if __name__ == "__main__":  # pip runs this file as __main__; the tests import it for sources()
     ext_modules, cmdclass = extensions()
     setup(
-        name="vdfast",
-        version=read_version(),
-        description="Fast video dataset distillation: DM, MTT, DC, FRePo, static-dynamic, GVD, coresets",
         packages=find_packages(include=["vdfast", "vdfast.*"]) + ["vdfast._kernels"],
         package_dir={"vdfast._kernels": "kernels"},
-        python_requires=">=3.10",
-        install_requires=["numpy<2.4", "av", "safetensors", "tqdm", "pillow"],
-        extras_require={"triton": ["triton"], "dist": ["accelerate"], "dali": ["nvidia-dali-cuda130"],
-                        "test": ["pytest", "hypothesis"]},
-        entry_points={"console_scripts": ["vdfast=vdfast.cli:main"]},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

@@ -5,8 +5,24 @@ from videos import make_plain_folder, write_index_video, write_video
 
 from vdfast.data.decode import ClipSpec, DecodeError, decode_clip, decode_clips
 
-pytest.importorskip("nvidia.dali")
-from vdfast.data.dali import decode_clip_dali, decode_clips_dali, resolve_decoder  # noqa: E402
+from vdfast.data.dali import dali_reason, decode_clip_dali, decode_clips_dali, resolve_decoder
+
+# DALI is the optional extra vdfast[dali], not a test dependency: these tests need it installed
+needs_dali = pytest.mark.skipif(dali_reason() is not None,
+                                     reason="NVIDIA DALI not installed (pip install 'vdfast[dali]')")
+
+
+def test_dali_missing_names_the_extra(tmp_path, monkeypatch):
+    """Without DALI (simulated when it is installed), asking for it says which extra to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # `import nvidia.dali` raises ImportError
+    assert "vdfast[dali]" in dali_reason()
+    with pytest.raises(RuntimeError, match=r"pip install 'vdfast\[dali\]'"):
+        resolve_decoder("dali")
+    with pytest.raises(RuntimeError, match=r"vdfast\[dali\]"):
+        decode_clip_dali(tmp_path / "v.webm", ClipSpec(frames=4, size=16))
+    assert resolve_decoder("auto") == ("pyav", "cpu") and resolve_decoder("pyav") == ("pyav", "cpu")
 
 
 def _moving_frames(n=24, h=48, w=64, seed=0):
@@ -18,6 +34,7 @@ def _moving_frames(n=24, h=48, w=64, seed=0):
     return np.stack([np.roll(base, 2 * i, axis=1) for i in range(n)])
 
 
+@needs_dali
 @pytest.mark.parametrize("spec", [ClipSpec(frames=8, gap=2, size=32), ClipSpec(frames=16, gap=4, size=24)])
 def test_dali_cpu_matches_pyav_on_vp9(tmp_path, spec):
     path = write_video(tmp_path / "v.webm", _moving_frames(), codec="libvpx-vp9")
@@ -32,6 +49,7 @@ def test_dali_cpu_matches_pyav_on_vp9(tmp_path, spec):
     assert diff.mean() < 5.0 and np.percentile(diff, 99) <= 28, (diff.mean(), np.percentile(diff, 99))
 
 
+@needs_dali
 def test_dali_windows_are_pyavs(tmp_path):
     path = write_index_video(tmp_path / "i.webm", n=40, codec="libvpx-vp9")
     spec = ClipSpec(frames=4, gap=3, size=16)
@@ -42,6 +60,7 @@ def test_dali_windows_are_pyavs(tmp_path):
     assert [[decoded_index(f) for f in clip] for clip in b] == ib["windows"]
 
 
+@needs_dali
 def test_dali_frame_order_and_errors(tmp_path):
     path = write_index_video(tmp_path / "i.webm", n=20, codec="libvpx-vp9")
     clip, info = decode_clip_dali(path, ClipSpec(frames=4, gap=3, size=16), device="cpu")
@@ -56,6 +75,7 @@ def test_dali_frame_order_and_errors(tmp_path):
         decode_clip_dali(tmp_path / "empty.webm", ClipSpec(frames=4, size=16))
 
 
+@needs_dali
 def test_prepare_with_dali_decoder(tmp_path):
     import vdfast
 

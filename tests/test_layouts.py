@@ -351,3 +351,27 @@ def test_video_item_is_frozen():
     assert it.kind == "video"
     with pytest.raises(Exception):
         it.label = "y"
+
+
+def test_registry_one_module_per_layout(tmp_path):
+    """Every layout is a registry entry in its own module; detection and the error listing what it
+    looked for come from the entries (the message is what the single-module reader said)."""
+    import importlib
+
+    from vdfast.data.layouts import REGISTRY
+
+    assert tuple(REGISTRY) == LAYOUTS
+    for name, lay in REGISTRY.items():
+        module = importlib.import_module(lay.read.__module__)
+        assert module.__name__ == "vdfast.data.layouts." + ("ucf101" if name == "miniucf" else name)
+        assert (lay.looks is None) == (name == "miniucf") and (lay.hint == "") == (name == "miniucf")
+    (tmp_path / "stuff").mkdir()
+    with pytest.raises(LayoutError) as e:
+        detect_layout(tmp_path)
+    msg = str(e.value)
+    assert ("Looked for: UCF-101/ or ucfTrainTestlist/classInd.txt (ucf101); something-something-v2-labels"
+            ".json (ssv2); train.csv/validate.csv with youtube_id (kinetics); testTrainMulti_7030_splits/"
+            "<class>_test_split1.txt (hmdb51); <video_id>/<frame>.jpg with a video_id,label,split CSV/JSON "
+            "(frames); <class>/<video> or train|test/<class>/<video> files (folder). Pass --layout one of "
+            "ucf101, miniucf, hmdb51, kinetics, ssv2, frames, folder (and --splits/--annotations DIR where "
+            "it has annotation files)") in msg

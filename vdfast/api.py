@@ -448,20 +448,46 @@ def evaluate(synset, data=None, students: int | None = None, out=None, seed: int
     return rep
 
 
-def prepare(source, out, **options) -> ClipStore:
+def prepare(source, out, config=None, progress: bool = True, **options) -> ClipStore:
     """Decode a dataset folder into a ClipStore (see :func:`vdfast.data.store.prepare`), holding
-    ``out``'s run lock (a second ``prepare`` into the same store is refused at once)."""
+    ``out``'s run lock (a second ``prepare`` into the same store is refused at once). The options
+    are a :class:`vdfast.config.PrepareConfig` (``config``) and/or its fields as keywords, checked
+    before anything is read or written."""
     from vdfast.data.store import prepare as _prepare
+    from vdfast.data.store import prepare_config
 
-    workers = options.get("workers", 0)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"prepare workers={workers!r} must be an integer >= 0 (0 or 1: decode in "
-                          f"this process)")
+    cfg = prepare_config(config, **options)
     if not Path(source).exists():
         raise StoreError(f"dataset folder {source} does not exist")
     checkpoint.preflight(out)
     with checkpoint.RunLock(out, "prepare"):
-        return _prepare(source, out, **options)
+        return _prepare(source, out, cfg, progress=progress)
 
+
+from vdfast.config import register_names  # noqa: E402  (beside its use: the registries' names)
+
+
+def _method_names():
+    from vdfast.methods import names
+
+    return names()
+
+
+def _student_names():
+    from vdfast.models import STUDENTS
+
+    return STUDENTS
+
+
+def _generator_names():
+    from vdfast.models.video_dit import PRESETS
+
+    return tuple(PRESETS)
+
+
+# the registries whose names configs hold (config imports none of them; looked up when checked)
+register_names("method", _method_names)
+register_names("student", _student_names)
+register_names("generator", _generator_names)
 
 __all__ = ["distill", "evaluate", "prepare", "load", "open_data", "Result", "EvalConfig", "from_dict"]

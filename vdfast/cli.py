@@ -1,9 +1,11 @@
 """The command line: ``vdfast prepare | distill | eval | preview | info``.
 
 Flags map one-to-one onto config fields (generated from the dataclasses, so a new field is a new
-flag): ``--lr-img`` is ``DistillConfig.lr_img``, ``--net-width`` is ``NetConfig.width``,
-``--eval-epochs`` is ``EvalConfig.epochs``. Unset flags take the preset's value. argparse lives here
-only; the library functions take explicit parameters.
+flag, and its help is the field's doc): ``--lr-img`` is ``DistillConfig.lr_img``, ``--net-width`` is
+``NetConfig.width``, ``--eval-epochs`` is ``EvalConfig.epochs``; ``vdfast prepare``'s flags are
+``PrepareConfig``'s fields. Unset flags take the preset's value. ``vdfast distill --config
+RUN/config.json`` repeats a run from its saved config (flags given beside it override the file).
+argparse lives here only; the library functions take explicit parameters.
 """
 from __future__ import annotations
 
@@ -14,12 +16,21 @@ import os
 import sys
 from pathlib import Path
 
-from vdfast.config import SECTIONS, DistillConfig, NetConfig
+from vdfast.config import SECTIONS, ConfigError, DistillConfig, NetConfig, PrepareConfig, field_doc
 
 _SKIP = set(SECTIONS)
 
 
-def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "", skip=()):
+def _help(f: dataclasses.Field, default, preset: bool) -> str:
+    shown = "none" if default is None else (f'"{default}"' if default == "" else default)
+    note = "; a preset may change it" if preset else ""
+    # argparse formats help with %: a literal % in a doc must be doubled
+    return f"{field_doc(f)} (default: {shown}{note})".replace("%", "%%")
+
+
+def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "", skip=(), preset: bool = True):
+    """One flag per field of ``cls`` (``--<prefix><field>``), its help the field's doc. Unset flags
+    are None (the preset's or the dataclass's value applies)."""
     defaults = cls()
     for f in dataclasses.fields(cls):
         if f.name in _SKIP or f.name in skip:
@@ -27,11 +38,11 @@ def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "", skip=()):
         flag = "--" + (prefix + f.name).replace("_", "-")
         dest = (prefix.replace("-", "_") + f.name) if prefix else f.name
         default = getattr(defaults, f.name)
-        kw = dict(dest=dest, default=None, help=f"(default: {default}; a preset may change it)")
+        kw = dict(dest=dest, default=None, help=_help(f, default, preset))
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
-            p.add_argument(flag, type=type(default), **kw)
+            p.add_argument(flag, type=f.metadata.get("cli_type", type(default)), **kw)
 
 
 def _overrides(ns) -> dict:
@@ -62,26 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="decode a dataset folder once into a ClipStore")
     pr.add_argument("source", help="dataset folder (UCF101, HMDB51, Kinetics, SSv2, frames, folder)")
     pr.add_argument("--out", required=True, help="store directory to write (resumable)")
-    pr.add_argument("--layout", default="auto",
-                    help="auto | ucf101 | miniucf | hmdb51 | kinetics | ssv2 | frames | folder")
-    pr.add_argument("--frames", type=int, default=16)
-    pr.add_argument("--gap", type=int, default=4)
-    pr.add_argument("--size", type=int, default=112)
-    pr.add_argument("--split", type=int, default=1, help="official split number (UCF101, HMDB51)")
-    pr.add_argument("--classes", default=None, help="comma-separated subset of class names")
-    pr.add_argument("--workers", type=int, default=0, help="parallel decode processes")
-    pr.add_argument("--annotations", default=None, help="split/annotation files, if not beside the videos")
-    pr.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (plain folders)")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--decoder", default="auto", help="auto | pyav | dali (auto: DALI/NVDEC on a GPU)")
-    pr.add_argument("--test-clips", type=int, default=3,
-                    help="clips per test video, at random positions seeded by the file's path (the "
-                         "evaluation protocol averages over 3); 1: the centred clip only")
+    _add_fields(pr, PrepareConfig, preset=False)
 
     d = sub.add_parser("distill", help="distill a store (default: the embedded dataset) and evaluate")
-    d.add_argument("--data", default="builtin", help="store directory, or `builtin`")
+    d.add_argument("--data", default=None, help="store directory, or `builtin` (default: builtin)")
     d.add_argument("--out", default=None, help="run directory (default runs/<data>-<method>-ipc<k>)")
-    d.add_argument("--preset", default="auto", help="auto | builtin | published")
+    d.add_argument("--config", default=None, metavar="FILE",
+                   help="repeat a run: start from its saved config.json (its preset and data too, "
+                        "unless --preset / --data are given); flags given here override the file")
+    d.add_argument("--preset", default=None, help="auto | builtin | published (default: auto)")
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/checkpoint when present")
     d.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
@@ -235,6 +235,44 @@ def _describe(e: Exception) -> str:
             f"please report it)")
 
 
+def _saved_run(path) -> dict:
+    """A run's saved ``config.json`` as ``preset``, ``data`` (only the embedded dataset can be found
+    again: a store's path is not recorded, so another needs --data) and ``options`` (the config's
+    fields, as overrides). :class:`ConfigError` naming the first key that is not an option."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file (a run's config.json is OUT/config.json)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {path}: not JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of config fields")
+    out = {"preset": d.pop("preset", None), "options": {}}
+    d.pop("vdfast", None)  # the version that wrote it
+    data = d.pop("data", None)
+    if isinstance(data, dict) and data.get("name") == "builtin":
+        out["data"] = "builtin"
+    elif isinstance(data, str):
+        out["data"] = data
+    elif isinstance(data, dict):
+        out["store"] = data
+    fields = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    for k, v in d.items():
+        if k not in fields:
+            raise ConfigError(f"--config {path}: unknown key {k!r} (not a field of the distill config)")
+        if k in SECTIONS:
+            if not isinstance(v, dict):
+                raise ConfigError(f"--config {path}: {k!r} must be an object of {k} fields")
+            names = {f.name for f in dataclasses.fields(SECTIONS[k])}
+            for kk in v:
+                if kk not in names:
+                    raise ConfigError(f"--config {path}: unknown key '{k}.{kk}' (not a field of the "
+                                      f"{k} section)")
+        out["options"][k] = v
+    return out
+
+
 def _run(args) -> int:
     import vdfast
 
@@ -245,11 +283,9 @@ def _run(args) -> int:
         print(json.dumps(d, indent=1) if args.json else format_info(d))
         return 0
     if args.cmd == "prepare":
-        classes = args.classes.split(",") if args.classes else None
-        vdfast.prepare(args.source, args.out, layout=args.layout, frames=args.frames, gap=args.gap,
-                       size=args.size, split=args.split, classes=classes, workers=args.workers,
-                       annotations=args.annotations, test_fraction=args.test_fraction, seed=args.seed,
-                       decoder=args.decoder, test_clips=args.test_clips)
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)}
+        vdfast.prepare(args.source, args.out, PrepareConfig(**{k: v for k, v in given.items()
+                                                               if v is not None}))
         return 0
     if args.cmd == "experts":
         from vdfast import distributed
@@ -288,7 +324,16 @@ def _run(args) -> int:
     if args.cmd == "distill":
         from vdfast.config import resolve
 
-        o = _overrides(args)
+        saved = _saved_run(args.config) if args.config else {}
+        args.preset = args.preset or saved.get("preset") or "auto"
+        if args.data is None and "store" in saved:
+            st = saved["store"]
+            raise ConfigError(f"--config {args.config}: the run distilled the store {st.get('name')!r} "
+                              f"({st.get('classes')} classes, {st.get('frames')} frames at "
+                              f"{st.get('size')}px); config.json does not record where it is: pass "
+                              f"--data STORE")
+        args.data = args.data or saved.get("data") or "builtin"
+        o = {**saved.get("options", {}), **_overrides(args)}
         method, ipc = o.pop("method", "dm"), o.pop("ipc", 1)
         # the options checked before the data is read (a large store takes a while to open)
         resolve(args.preset if args.preset != "auto" else

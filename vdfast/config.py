@@ -1,17 +1,24 @@
 """Configuration: frozen dataclasses, validated on construction, defaults in exactly one place.
 
-The dataclass defaults are the published settings (spec/methods.md). ``PRESETS`` holds the only
-other defaults: the embedded dataset's, sized for a 2-core CPU. ``resolve`` applies a preset and then
-the user's explicit overrides; the resolved config is saved beside every result. The CLI maps one
-flag onto each field.
+The dataclass defaults are the published settings. ``PRESETS`` holds the only other defaults: the
+embedded dataset's, sized for a 2-core CPU. ``resolve`` applies a preset and then the user's explicit
+overrides; the resolved config is saved beside every result. The CLI maps one flag onto each field,
+and each field's one-line doc (``field_doc``) is the flag's help.
+
+This module imports nothing of vdfast: the fields that name an entry of another module's registry
+(the method, the student architecture, the generator size) are checked against the names that
+registry gives :func:`register_names` (``vdfast.api`` registers them, and ``import vdfast`` imports
+it).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+from typing import Callable, Iterable
 
 INITS = ("real", "noise")
 DEVICES = ("auto", "cpu", "cuda")
+DECODERS = ("auto", "pyav", "dali")  # video decoders of `vdfast prepare` (vdfast.data.dali)
 
 
 class ConfigError(ValueError):
@@ -21,6 +28,24 @@ class ConfigError(ValueError):
 def _choice(name, value, choices):
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of: {', '.join(map(str, choices))}")
+
+
+# registry -> a function giving its valid names (filled by register_names; config imports no registry)
+_NAMES: dict[str, Callable[[], Iterable[str]]] = {}
+
+
+def register_names(registry: str, names: Callable[[], Iterable[str]]) -> None:
+    """Declare where the names of ``registry`` come from: ``"method"`` (the method registry),
+    ``"student"`` (student architectures), ``"generator"`` (GVD's generator sizes). ``names`` is
+    called when a config naming one is built (a late lookup: the registry is imported then)."""
+    _NAMES[registry] = names
+
+
+def _name(label, value, registry):
+    """``value`` checked against ``registry``'s names, when it has registered them (importing
+    vdfast registers every registry before a config can be built)."""
+    if registry in _NAMES:
+        _choice(label, value, tuple(_NAMES[registry]()))
 
 
 def check_types(cls, values: dict, prefix: str = "") -> None:
@@ -47,6 +72,17 @@ def check_types(cls, values: dict, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{f.name}={v!r} must be {what}, got {type(v).__name__}")
 
 
+def _f(default, doc: str, **meta):
+    """A field with a default and its one-line doc (shown by ``vdfast ... --help``); ``meta``:
+    ``cli_type``, the flag's type when the default's type is not it (a None default)."""
+    return field(default=default, metadata={"doc": doc, **meta})
+
+
+def field_doc(f: dataclasses.Field) -> str:
+    """The one-line doc of a config field ("" when it has none)."""
+    return f.metadata.get("doc", "")
+
+
 def _positive(name, value, allow_zero=False):
     if value is None or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -56,9 +92,9 @@ def _positive(name, value, allow_zero=False):
 class NetConfig:
     """The ConvNet3D used to embed (DM, herding, k-center) and as the default student."""
 
-    width: int = 64
-    depth: int = 3
-    norm: str = "none"
+    width: int = _f(64, "channels of each ConvNet3D block")
+    depth: int = _f(3, "number of conv blocks (each halves the spatial size)")
+    norm: str = _f("none", "normalisation after each conv: none | instance | batch")
 
     def __post_init__(self):
         _positive("net width", self.width)
@@ -70,29 +106,27 @@ class NetConfig:
 class EvalConfig:
     """The evaluation protocol: fresh students trained on the synthetic set, tested on real clips."""
 
-    students: int = 3
-    student: str = "convnet3d"
-    epochs: int = 500
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch: int = 256
-    standardize: bool = True        # scale each batch by its own scalar mean/std (the protocol)
-    soft_temperature: float = 1.0   # KL temperature when the synset carries soft labels
-    learned_lr: bool = True         # train students at a synset's learned lr (MTT's syn_lr) if it has one
-    baselines: bool = True          # also evaluate random real clips at the same ipc
-    full: bool = True               # also train on the full training set
-    full_epochs: int = 30
-    full_students: int = 1
-    batched: str = "on"             # on: a row's students trained as one batched network; off: one by one
-    batch_students: int = 0         # students per batched network (0: what half the free memory holds)
+    students: int = _f(3, "fresh students trained per evaluated set (the table reports mean and spread)")
+    student: str = _f("convnet3d", "student architecture (a name from vdfast.models.STUDENTS)")
+    epochs: int = _f(500, "training epochs of each student on the synthetic set")
+    lr: float = _f(0.01, "students' SGD learning rate")
+    momentum: float = _f(0.9, "students' SGD momentum")
+    weight_decay: float = _f(5e-4, "students' SGD weight decay")
+    batch: int = _f(256, "students' batch size (synthetic videos per step)")
+    standardize: bool = _f(True, "scale each batch by its own scalar mean/std (the protocol)")
+    soft_temperature: float = _f(1.0, "KL temperature when the synset carries soft labels")
+    learned_lr: bool = _f(True, "train students at a synset's learned lr (MTT's syn_lr) if it has one")
+    baselines: bool = _f(True, "also evaluate random real clips at the same ipc")
+    full: bool = _f(True, "also train on the full training set")
+    full_epochs: int = _f(30, "epochs of the student trained on the full training set")
+    full_students: int = _f(1, "students trained on the full training set")
+    batched: str = _f("on", "on: a row's students trained as one batched network; off: one by one")
+    batch_students: int = _f(0, "students per batched network (0: what half the free memory holds)")
 
     def __post_init__(self):
-        from vdfast.models import STUDENTS
-
         if isinstance(self.batched, bool):  # the API may say batched=False
             object.__setattr__(self, "batched", "on" if self.batched else "off")
-        _choice("eval student", self.student, STUDENTS)
+        _name("eval student", self.student, "student")
         _choice("eval batched", self.batched, ("on", "off"))
         for n in ("students", "epochs", "batch", "full_epochs", "full_students"):
             _positive(n, getattr(self, n))
@@ -110,26 +144,28 @@ class MTTConfig:
     30 experts of 50 epochs, SGD lr 0.01 without momentum, batch 256. ``lr_img`` replaces the
     top-level ``lr_img`` (DM's) for the pixels MTT optimises (the papers sweep 1e2-1e4)."""
 
-    buffer: str = ""                 # expert directory; "" = buffers/<data>-<net>-<training> under
-    #                                  $VDFAST_BUFFERS or ./buffers, trained on first use
-    num_experts: int = 30
-    buffer_epochs: int = 50          # epochs each expert trains (rows saved: buffer_epochs + 1)
-    buffer_lr: float = 0.01
-    buffer_batch: int = 256
-    buffer_momentum: float = 0.0
-    buffer_seed: int = 0
-    syn_steps: int = 10              # unrolled student steps per iteration
-    expert_epochs: int = 1           # target = expert epoch start + expert_epochs
-    max_start_epoch: int = 10        # start epoch drawn from [0, max_start_epoch)
-    lr_img: float = 1000.0
-    lr_lr: float = 1e-5              # learning rate of the learnable student step size
-    lr_teacher: float = 0.01         # initial student step size
-    learn_lr: bool = True
-    batch_syn: int = 0               # synthetic videos per unrolled step (0: all)
-    unroll: str = "graph"            # graph: keep the whole second-order graph (fastest);
-    #                                  recompute: exact step-by-step reverse pass, memory of one step
-    chunk: int = 0                   # videos per forward inside a step (0: the step's batch at once);
-    #                                  with unroll=recompute, bounds memory independently of ipc
+    buffer: str = _f("", "expert directory; empty: buffers/<data>-<net>-<training> under $VDFAST_BUFFERS or "
+                         "./buffers, trained on first use")
+    num_experts: int = _f(30, "expert trajectories in the buffer")
+    buffer_epochs: int = _f(50, "epochs each expert trains (rows saved: buffer_epochs + 1)")
+    buffer_lr: float = _f(0.01, "experts' SGD learning rate")
+    buffer_batch: int = _f(256, "experts' batch size")
+    buffer_momentum: float = _f(0.0, "experts' SGD momentum")
+    buffer_seed: int = _f(0, "seed of the experts' initialisations and data orders (expert i: seeds from "
+                             "(seed, i))")
+    syn_steps: int = _f(10, "unrolled student steps per iteration")
+    expert_epochs: int = _f(1, "target = expert epoch start + expert_epochs")
+    max_start_epoch: int = _f(10, "start epoch drawn from [0, max_start_epoch)")
+    lr_img: float = _f(1000.0, "SGD learning rate of the synthetic pixels MTT optimises (replaces lr_img, "
+                               "DM's)")
+    lr_lr: float = _f(1e-5, "learning rate of the learnable student step size")
+    lr_teacher: float = _f(0.01, "initial student step size")
+    learn_lr: bool = _f(True, "learn the student step size (syn_lr) along with the pixels")
+    batch_syn: int = _f(0, "synthetic videos per unrolled step (0: all)")
+    unroll: str = _f("graph", "graph: keep the whole second-order graph (fastest); recompute: exact "
+                              "step-by-step reverse pass, memory of one step")
+    chunk: int = _f(0, "videos per forward inside a step (0: the step's batch at once); with "
+                       "unroll=recompute, bounds memory independently of ipc")
 
     def __post_init__(self):
         for n in ("num_experts", "buffer_epochs", "buffer_batch", "syn_steps", "expert_epochs",
@@ -158,13 +194,13 @@ class DCConfig:
     (1: 1/1, 10: 10/50, 20: 20/25, 30: 30/20, 40: 40/15, 50: 50/10; other ipc: the largest entry
     at or below it)."""
 
-    outer_loop: int = 0
-    inner_loop: int = 0
-    batch_real: int = 256     # real clips per class per outer step
-    batch_train: int = 256    # synthetic clips per network-training step (inner loop)
-    lr_net: float = 0.01      # plain SGD of the network in the inner loop
-    lr_img: float = 0.1       # SGD(momentum=cfg.momentum) on pixel synsets (replaces lr_img, DM's)
-    batched: bool = False     # all classes' gradients in one vmap (exact; more memory; for GPUs)
+    outer_loop: int = _f(0, "synset updates per iteration (0: the paper's table by ipc)")
+    inner_loop: int = _f(0, "network-training epochs between synset updates (0: the paper's table by ipc)")
+    batch_real: int = _f(256, "real clips per class per outer step")
+    batch_train: int = _f(256, "synthetic clips per network-training step (inner loop)")
+    lr_net: float = _f(0.01, "plain SGD of the network in the inner loop")
+    lr_img: float = _f(0.1, "SGD(momentum=cfg.momentum) on pixel synsets (replaces lr_img, DM's)")
+    batched: bool = _f(False, "all classes' gradients in one vmap (exact; more memory; for GPUs)")
 
     def __post_init__(self):
         for n in ("outer_loop", "inner_loop"):
@@ -178,20 +214,20 @@ class FRePoConfig:
     """FRePo (Zhou, Nezhadarya & Ba 2022): kernel ridge regression from synthetic to real
     ``embed`` features of a pool of online-trained networks; learnable labels; Adam."""
 
-    pool_size: int = 10          # online models; one per step, round-robin
-    reset_every: int = 100       # a model is re-initialised after this many updates
-    train_all: bool = False      # True: every pool model takes a step each iteration
-    batch_real: int = 1024       # real clips per step in all (balanced: batch_real // nc per class)
-    reg: float = 1e-6            # ridge: lambda = reg * tr(K_ss) / N
-    lr_img: float = 3e-4         # Adam on pixel synsets (replaces lr_img, DM's)
-    lr_label: float = 3e-4       # Adam on the label targets
-    lr_net: float = 3e-4         # Adam of the online models
-    schedule: str = "cosine"     # of the synset/label learning rates over the run: cosine | constant
-    learn_labels: bool = True
-    label_margin: float = 0.5    # hinge keeping each label's own class this far above the others
-    margin_weight: float = 1.0
-    label_confidence: float = 0.9  # evaluation soft labels: softmax(labels / tau), tau set so the
-                                   # initial labels give this probability to their class
+    pool_size: int = _f(10, "online models; one per step, round-robin")
+    reset_every: int = _f(100, "a model is re-initialised after this many updates")
+    train_all: bool = _f(False, "True: every pool model takes a step each iteration")
+    batch_real: int = _f(1024, "real clips per step in all (balanced: batch_real // nc per class)")
+    reg: float = _f(1e-6, "ridge: lambda = reg * tr(K_ss) / N")
+    lr_img: float = _f(3e-4, "Adam on pixel synsets (replaces lr_img, DM's)")
+    lr_label: float = _f(3e-4, "Adam on the label targets")
+    lr_net: float = _f(3e-4, "Adam of the online models")
+    schedule: str = _f("cosine", "of the synset/label learning rates over the run: cosine | constant")
+    learn_labels: bool = _f(True, "learn the synthetic label targets along with the pixels")
+    label_margin: float = _f(0.5, "hinge keeping each label's own class this far above the others")
+    margin_weight: float = _f(1.0, "weight of the label-margin hinge in the loss (0: off)")
+    label_confidence: float = _f(0.9, "evaluation soft labels: softmax(labels / tau), tau set so the "
+                                      "initial labels give this probability to their class")
 
     def __post_init__(self):
         for n in ("pool_size", "reset_every", "batch_real", "reg", "lr_img", "lr_label", "lr_net"):
@@ -213,20 +249,23 @@ class S2DConfig:
     in the spec: vdfast's own (DC: DC's pixel lr for D; FRePo: Adam-sized), tune them explicitly.
     """
 
-    pairing: str = "multi"           # "multi": spc = dpc = 2 ipc, redrawn per call; "1:1": spc = dpc = ipc
-    lr_dynamic: float = 0.0          # 0: published for the objective
-    lr_integrator: float = 0.0       # 0: published for the objective
-    momentum: float = -1.0           # < 0: published for the objective (or the objective's own)
-    integrator_init: str = "identity"  # "identity": videos start as the still image + a little motion; "default": Conv3d init
-    static_method: str = "dc"        # image method of static learning: "dc" (the paper) or "dm"
-    static_iterations: int = 1000
-    static_lr: float = 0.0           # 0: the image method's usual lr (DC 0.1, DM 1.0)
-    static_batch_real: int = 256     # real frames per class per iteration
-    static_width: int = 128
-    static_depth: int = 4
-    static_norm: str = "instance"
-    static_path: str = ""            # bring your own static memory (static.safetensors dir/file, or an s2d synset dir)
-    static_cache: str = ""           # directory where learned static memories are kept and reused
+    pairing: str = _f("multi", "\"multi\": spc = dpc = 2 ipc, redrawn per call; \"1:1\": spc = dpc = ipc")
+    lr_dynamic: float = _f(0.0, "0: published for the objective")
+    lr_integrator: float = _f(0.0, "0: published for the objective")
+    momentum: float = _f(-1.0, "< 0: published for the objective (or the objective's own)")
+    integrator_init: str = _f("identity", "\"identity\": videos start as the still image + a little motion; "
+                                          "\"default\": Conv3d init")
+    static_method: str = _f("dc", "image method of static learning: \"dc\" (the paper) or \"dm\"")
+    static_iterations: int = _f(1000, "iterations of static learning (0: keep the initial static memory)")
+    static_lr: float = _f(0.0, "0: the image method's usual lr (DC 0.1, DM 1.0)")
+    static_batch_real: int = _f(256, "real frames per class per iteration")
+    static_width: int = _f(128, "channels of static learning's ConvNet2D")
+    static_depth: int = _f(4, "blocks of static learning's ConvNet2D")
+    static_norm: str = _f("instance", "normalisation in static learning's ConvNet2D: none | instance | "
+                                      "batch")
+    static_path: str = _f("", "bring your own static memory (static.safetensors dir/file, or an s2d synset "
+                              "dir)")
+    static_cache: str = _f("", "directory where learned static memories are kept and reused")
 
     PUBLISHED = {"dm": (1e-4, 1e-5, 0.95), "mtt": (1e4, 1e-3, None), "dc": (0.1, 1e-3, None),
                  "frepo": (1e-3, 1e-4, None)}
@@ -256,58 +295,57 @@ class S2DConfig:
 
 @dataclass(frozen=True)
 class GVDConfig:
-    """GVD: generator, mode guidance with frame-wise decay, MVIC, soft labels (spec/gvd.md).
+    """GVD: generator, mode guidance with frame-wise decay, MVIC, soft labels.
 
     Stages (autoencoder, train latents, generator, modes, samples, teacher) are cached under
     ``workdir`` (empty: ``<run out>/gvd`` when the run has one, else not kept) and resume there.
     """
 
-    workdir: str = ""               # stage cache / checkpoints; keyed by each stage's settings
-    autoencoder: str = ""           # a local diffusers AutoencoderKL folder; empty: train vdfast's
-    ae_down: int = 8                # spatial factor of the trained autoencoder (4 or 8)
-    ae_width: int = 64
-    ae_steps: int = 20000
-    ae_batch: int = 64              # frames per step
-    ae_lr: float = 2e-4
-    generator: str = "XL"           # VideoDiT size: tiny | small | S | B | L | XL
-    generator_init: str = ""        # local weights to start from: a vdfast gen_final.pt or a diffusers
-                                    # LatteTransformer3DModel folder (loaded where names and shapes
-                                    # match, report in the gen stage); empty: random initialisation
-    patch: int = 2
-    gen_steps: int = 100000         # diffusion training steps (train split only)
-    gen_batch: int = 32
-    gen_lr: float = 1e-4
-    ema: float = 0.9999
-    p_uncond: float = 0.1           # class dropout for classifier-free guidance
-    train_timesteps: int = 1000     # diffusion schedule length
-    schedule: str = "linear"        # linear (betas 1e-4 .. 0.02, DDPM) | cosine
-    prediction: str = "eps"         # what the generator predicts: eps (noise) | v (velocity)
-    min_snr: float = 0.0            # min-SNR-gamma loss weighting (0: off, uniform weights)
-    class_tokens: bool = False      # also add the class embedding to every token (besides adaLN)
-    lr_schedule: str = "constant"   # generator lr after warm-up: constant | cosine (decay to 0)
-    checkpoint_every: int = 1000    # training steps between checkpoints (autoencoder, generator)
-    sampler: str = "ddpm"           # ddpm | ddim
-    steps: int = 50                 # sampling steps
-    cfg_scale: float = 4.0
-    lam: float = 0.1                # mode guidance strength (0: off)
-    rho: float = 0.0                # last frame's share of lam (1: no frame-wise decay)
-    t_stop: float = 0.5             # guide while t >= t_stop * train_timesteps (the noisier part)
-    segments: int = 2               # MVIC segments per instance (1: off)
-    select: int = 1                 # candidates per instance (own noise, same guide); >1 keeps the
-                                    # one the teacher gives the highest probability of its class
-                                    # (vdfast's addition, not in the paper; 1: off)
-    kmeans_iters: int = 50
-    chunk: int = 32                 # instances generated at once (peak memory independent of ipc)
-    soft_labels: bool = True
-    temperature: float = 1.0        # soft labels softmax(logits / T); match --eval-soft-temperature
-    teacher_epochs: int = 30
-    store_as: str = "uint8"         # decoded videos kept as uint8 pixels or fp16 normalised
-    keep_latents: bool = False      # also store the fp16 latents in the synset
+    workdir: str = _f("", "stage cache / checkpoints; keyed by each stage's settings")
+    autoencoder: str = _f("", "a local diffusers AutoencoderKL folder; empty: train vdfast's")
+    ae_down: int = _f(8, "spatial factor of the trained autoencoder (4 or 8)")
+    ae_width: int = _f(64, "base channels of the trained autoencoder")
+    ae_steps: int = _f(20000, "autoencoder training steps")
+    ae_batch: int = _f(64, "frames per step")
+    ae_lr: float = _f(2e-4, "autoencoder Adam learning rate")
+    generator: str = _f("XL", "VideoDiT size: tiny | small | S | B | L | XL")
+    generator_init: str = _f("", "local weights to start from: a vdfast gen_final.pt or a diffusers "
+                                 "LatteTransformer3DModel folder (loaded where names and shapes match, "
+                                 "report in the gen stage); empty: random initialisation")
+    patch: int = _f(2, "generator patch size on the latents")
+    gen_steps: int = _f(100000, "diffusion training steps (train split only)")
+    gen_batch: int = _f(32, "generator batch size (latent videos per step)")
+    gen_lr: float = _f(1e-4, "generator AdamW learning rate")
+    ema: float = _f(0.9999, "decay of the generator's exponential moving average (the sampled weights)")
+    p_uncond: float = _f(0.1, "class dropout for classifier-free guidance")
+    train_timesteps: int = _f(1000, "diffusion schedule length")
+    schedule: str = _f("linear", "linear (betas 1e-4 .. 0.02, DDPM) | cosine")
+    prediction: str = _f("eps", "what the generator predicts: eps (noise) | v (velocity)")
+    min_snr: float = _f(0.0, "min-SNR-gamma loss weighting (0: off, uniform weights)")
+    class_tokens: bool = _f(False, "also add the class embedding to every token (besides adaLN)")
+    lr_schedule: str = _f("constant", "generator lr after warm-up: constant | cosine (decay to 0)")
+    checkpoint_every: int = _f(1000, "training steps between checkpoints (autoencoder, generator)")
+    sampler: str = _f("ddpm", "ddpm | ddim")
+    steps: int = _f(50, "sampling steps")
+    cfg_scale: float = _f(4.0, "classifier-free guidance scale (0: unconditional)")
+    lam: float = _f(0.1, "mode guidance strength (0: off)")
+    rho: float = _f(0.0, "last frame's share of lam (1: no frame-wise decay)")
+    t_stop: float = _f(0.5, "guide while t >= t_stop * train_timesteps (the noisier part)")
+    segments: int = _f(2, "MVIC segments per instance (1: off)")
+    select: int = _f(1, "candidates per instance (own noise, same guide); >1 keeps the one the teacher "
+                        "gives the highest probability of its class (vdfast's addition, not in the paper; "
+                        "1: off)")
+    kmeans_iters: int = _f(50, "k-means iterations that find each class's modes")
+    chunk: int = _f(32, "instances generated at once (peak memory independent of ipc)")
+    soft_labels: bool = _f(True, "store the teacher's soft labels in the synset")
+    temperature: float = _f(1.0, "soft labels softmax(logits / T); match --eval-soft-temperature")
+    teacher_epochs: int = _f(30, "epochs of the teacher trained on the real training set (soft labels, "
+                                 "select)")
+    store_as: str = _f("uint8", "decoded videos kept as uint8 pixels or fp16 normalised")
+    keep_latents: bool = _f(False, "also store the fp16 latents in the synset")
 
     def __post_init__(self):
-        from vdfast.models.video_dit import PRESETS as DIT_SIZES
-
-        _choice("gvd generator", self.generator, tuple(DIT_SIZES))
+        _name("gvd generator", self.generator, "generator")
         _choice("gvd sampler", self.sampler, ("ddpm", "ddim"))
         _choice("gvd schedule", self.schedule, ("linear", "cosine"))
         _choice("gvd prediction", self.prediction, ("eps", "v"))
@@ -334,23 +372,27 @@ class GVDConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    method: str = "dm"
-    ipc: int = 1
-    iterations: int = 5000
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 64             # real clips per class per iteration (DM)
-    embed_chunk: int = 0             # clips per embedding forward; 0: from free memory on a GPU, 16 on a CPU
-    init: str = "real"
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 200      # iterations between checkpoints (0: only at the end)
-    profile: int = 0                 # record this many loop iterations into OUT/profile/ (torch.profiler)
-    dm_bank: int = 0                 # DM (dm, s2d-dm, static learning with dm): K random networks with
-    #                                  cached real class means (vdfast.methods.dm_bank); 0: off, a new
-    #                                  network and new real clips every iteration (the published DM)
-    dm_bank_clips: int = 0           # real clips per class and network in the bank's means (0: all)
-    dm_bank_dtype: str = "float32"   # the bank's stored dtype: float32 | float16
+    """One distillation run: the method, its budget and optimiser, and one section per method
+    (``net``, ``eval``, ``mtt``, ``dc``, ``frepo``, ``s2d``, ``gvd``). Saved as the run's
+    ``config.json``."""
+
+    method: str = _f("dm", "distillation method (see `vdfast info` or vdfast.methods.names())")
+    ipc: int = _f(1, "synthetic videos per class")
+    iterations: int = _f(5000, "synset updates (0: the initialisation itself)")
+    lr_img: float = _f(1.0, "SGD learning rate of the synthetic pixels (DM; other methods have their own)")
+    momentum: float = _f(0.5, "SGD momentum of the synthetic pixels")
+    batch_real: int = _f(64, "real clips per class per iteration (DM)")
+    embed_chunk: int = _f(0, "clips per embedding forward; 0: from free memory on a GPU, 16 on a CPU")
+    init: str = _f("real", "synset initialisation: real (random real clips) | noise")
+    seed: int = _f(0, "seed of every random draw of the run")
+    device: str = _f("auto", "auto | cpu | cuda (auto: CUDA when available)")
+    checkpoint_every: int = _f(200, "iterations between checkpoints (0: only at the end)")
+    profile: int = _f(0, "record this many loop iterations into OUT/profile/ (torch.profiler)")
+    dm_bank: int = _f(0, "DM (dm, s2d-dm, static learning with dm): K random networks with cached real "
+                         "class means (vdfast.methods.dm_bank); 0: off, a new network and new real clips "
+                         "every iteration (the published DM)")
+    dm_bank_clips: int = _f(0, "real clips per class and network in the bank's means (0: all)")
+    dm_bank_dtype: str = _f("float32", "the bank's stored dtype: float32 | float16")
     net: NetConfig = field(default_factory=NetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mtt: MTTConfig = field(default_factory=MTTConfig)
@@ -364,9 +406,7 @@ class DistillConfig:
         for name, cls in SECTIONS.items():  # nested sections may arrive as dicts (from JSON)
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, cls(**getattr(self, name)))
-        from vdfast.methods import names  # the method registry (no config import there)
-
-        _choice("method", self.method, names())
+        _name("method", self.method, "method")
         _choice("init", self.init, INITS)
         _choice("device", self.device, DEVICES)
         _positive("ipc", self.ipc)
@@ -395,6 +435,54 @@ class DistillConfig:
             raise ConfigError(f"--dm-bank serves DM: methods dm and s2d-dm, and static learning with "
                               f"--s2d-static-method dm (s2d-* and static); {self.method!r} with "
                               f"static method {self.s2d.static_method!r} does not use it")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How ``vdfast prepare`` (:func:`vdfast.prepare`) decodes a dataset folder into a store;
+    validated here, once. ``classes`` takes names or one comma-separated string."""
+
+    layout: str = _f("auto", "dataset layout: auto | ucf101 | miniucf | hmdb51 | kinetics | ssv2 | frames "
+                             "| folder (auto: detected from the folder)")
+    frames: int = _f(16, "frames per clip")
+    gap: int = _f(4, "take every gap-th frame of the video")
+    size: int = _f(112, "clip side in pixels (short side resized to it, then centre-cropped)")
+    split: int = _f(1, "official split number (UCF101, HMDB51)")
+    classes: tuple = _f(None, "comma-separated subset of class names (default: all)", cli_type=str)
+    workers: int = _f(0, "parallel decode processes (0 or 1: decode in this process)")
+    annotations: str = _f(None, "split/annotation files, if not beside the videos", cli_type=str)
+    test_fraction: float = _f(0.2, "held-out share per class (plain class folders)")
+    seed: int = _f(0, "seed of the held-out draw of plain class folders")
+    decoder: str = _f("auto", "auto | pyav | dali (auto: DALI/NVDEC on a GPU when DALI is installed, "
+                              "else PyAV)")
+    test_clips: int = _f(3, "clips per test video, at random positions seeded by the file's path (the "
+                            "evaluation protocol averages over 3); 1: the centred clip only")
+
+    def __post_init__(self):
+        if isinstance(self.classes, str):  # "a,b,c" from the command line
+            object.__setattr__(self, "classes", tuple(c.strip() for c in self.classes.split(",")
+                                                      if c.strip()) or None)
+        elif self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+        w = self.workers
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ConfigError(f"prepare workers={w!r} must be an integer >= 0 (0 or 1: decode in "
+                              f"this process)")
+        t = self.test_clips
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ConfigError(f"test_clips must be an integer >= 1 (clips per test video), got {t!r}")
+        check_types(PrepareConfig, self.__dict__, "prepare ")
+        if self.frames < 1 or self.size < 8 or self.gap < 1:
+            raise ConfigError(f"impossible clip spec: frames={self.frames}, gap={self.gap}, "
+                              f"size={self.size} (need frames >= 1, gap >= 1, size >= 8)")
+        _choice("prepare decoder", self.decoder, DECODERS)
+        for n in ("layout", "annotations"):
+            v = getattr(self, n)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"prepare {n}={v!r} must be a string")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,18 +13,31 @@ import os
 
 import numpy as np
 
+from vdfast.config import DECODERS
 from vdfast.data.decode import ClipSpec, DecodeError, _window_info, assemble_windows, sample_windows
 
-DECODERS = ("auto", "pyav", "dali")
+__all__ = ["DECODERS", "INSTALL", "dali_reason", "require_dali", "resolve_decoder", "decode_clip_dali",
+           "decode_clips_dali"]
+
+
+INSTALL = "pip install 'vdfast[dali]'"
 
 
 def dali_reason() -> str | None:
-    """None when DALI is importable, else why not."""
+    """None when DALI is importable, else why not (and how to install it: DALI is an optional extra)."""
     try:
         import nvidia.dali  # noqa: F401
     except Exception as e:
-        return f"nvidia-dali not importable ({type(e).__name__}); pip install nvidia-dali-cuda130"
+        return (f"NVIDIA DALI is not installed (import nvidia.dali: {type(e).__name__}); install the "
+                f"optional extra with `{INSTALL}`, or decode with --decoder pyav")
     return None
+
+
+def require_dali() -> None:
+    """RuntimeError saying how to install DALI when it is not importable."""
+    why = dali_reason()
+    if why:
+        raise RuntimeError(f"the DALI decoder was asked for, but {why}")
 
 
 def resolve_decoder(decoder: str) -> tuple[str, str]:
@@ -36,9 +49,7 @@ def resolve_decoder(decoder: str) -> tuple[str, str]:
     gpu = torch.cuda.is_available()
     if decoder == "pyav" or (decoder == "auto" and (not gpu or dali_reason())):
         return "pyav", "cpu"
-    why = dali_reason()
-    if why:
-        raise RuntimeError(f"decoder dali requested but {why}")
+    require_dali()
     return "dali", "mixed" if gpu else "cpu"
 
 
@@ -68,6 +79,7 @@ def decode_clips_dali(path: str, spec: ClipSpec, device: str = "cpu", clips: int
                       key: str | None = None) -> tuple[np.ndarray, dict]:
     """Like :func:`vdfast.data.decode.decode_clips` (same windows for the same ``key``), decoded
     by DALI."""
+    require_dali()
     path = os.fspath(path)
     key = path if key is None else key
     if not os.path.exists(path):

@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vdfast.config import ConfigError, PrepareConfig
 from vdfast.profiling import traced
 from vdfast.version import __version__
 
@@ -328,12 +329,27 @@ def _window_key(path: str, root: str) -> str:
     return rel.replace(os.sep, "/")
 
 
-def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "auto",
-            frames: int = 16, gap: int = 4, size: int = 112, split: int = 1,
-            classes: Sequence[str] | None = None, workers: int = 0, annotations: str | None = None,
-            test_fraction: float = 0.2, seed: int = 0, progress: bool = True,
-            decoder: str = "auto", test_clips: int = 3) -> ClipStore:
+def prepare_config(config: PrepareConfig | None = None, **options) -> PrepareConfig:
+    """``config`` with ``options`` replacing its fields (a :class:`vdfast.config.ConfigError` names
+    an unknown or invalid one)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(PrepareConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown prepare option {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+    if config is None:
+        return PrepareConfig(**options)
+    return dataclasses.replace(config, **options) if options else config
+
+
+def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareConfig | None = None,
+            progress: bool = True, **options) -> ClipStore:
     """Decode a dataset folder into a ClipStore at ``out`` (resumable; see module docstring).
+
+    The options (layout, frames, gap, size, split, classes, workers, annotations, test_fraction,
+    seed, decoder, test_clips) are :class:`vdfast.config.PrepareConfig`'s fields: pass ``config``,
+    or the options as keywords (they replace ``config``'s fields when both are given).
 
     ``test_clips``: clips stored per test video (each train video gives its centred clip). The
     evaluation protocol averages the test accuracy over 3 random clips per test video: the K
@@ -352,13 +368,12 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, layout: str = "au
     from vdfast.data.layouts import list_videos
     from vdfast.progress import bar
 
-    if frames < 1 or size < 8 or gap < 1:
-        raise StoreError(f"impossible clip spec: frames={frames}, gap={gap}, size={size} "
-                         f"(need frames >= 1, gap >= 1, size >= 8)")
-    if isinstance(test_clips, bool) or not isinstance(test_clips, int) or test_clips < 1:
-        raise StoreError(f"test_clips must be an integer >= 1 (clips per test video), got {test_clips!r}")
-    listing = list_videos(str(source), layout=layout, split=split, classes=classes,
-                          test_fraction=test_fraction, seed=seed, annotations=annotations)
+    cfg = prepare_config(config, **options)
+    frames, gap, size, split, test_clips = cfg.frames, cfg.gap, cfg.size, cfg.split, cfg.test_clips
+    classes = list(cfg.classes) if cfg.classes is not None else None
+    listing = list_videos(str(source), layout=cfg.layout, split=split, classes=classes,
+                          test_fraction=cfg.test_fraction, seed=cfg.seed, annotations=cfg.annotations)
+    workers, decoder = cfg.workers, cfg.decoder
     spec = ClipSpec(frames=frames, gap=gap, size=size)
     dec = resolve_decoder(decoder)
     out = Path(out)

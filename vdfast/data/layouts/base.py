@@ -1,0 +1,186 @@
+"""What every dataset layout shares: the listing types, :class:`LayoutError`, the file-system
+helpers, and :class:`Layout` (one registry entry: how to recognise a layout and how to list it)."""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ogv",
+              ".3gp", ".ts")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+TRAIN_NAMES = ("train", "training")
+TEST_NAMES = ("test", "val", "validate", "valid", "validation", "testing")
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: str          # absolute path of a video file, or of a frame folder when kind == "frames"
+    label: str         # class name
+    split: str         # "train" or "test"
+    kind: str = "video"  # "video" | "frames"
+
+
+@dataclass
+class Listing:
+    layout: str
+    classes: list[str]
+    items: list[VideoItem]
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def split(self, name: str) -> list[VideoItem]:
+        return [it for it in self.items if it.split == name]
+
+    def label_index(self, label: str) -> int:
+        return self.classes.index(label)
+
+
+class LayoutError(ValueError):
+    """The dataset as a whole cannot be read; the message says what was expected and what to do."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One dataset layout of the registry (:data:`vdfast.data.layouts.REGISTRY`).
+
+    ``read(root, split=, annotations=, test_fraction=, seed=)`` lists a folder in this layout (each
+    layout uses the options that apply to it); ``looks(root, annotations)`` says whether a folder is
+    in this layout (None: never detected, only asked for by name); ``hint`` is what detection looks
+    for, for the error when no layout matches."""
+
+    name: str
+    read: Callable[..., Listing]
+    looks: Callable[[str, str | None], bool] | None = None
+    hint: str = ""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def _isdir(p: str | None) -> bool:
+    return bool(p) and os.path.isdir(p)
+
+
+def _isfile(p: str | None) -> bool:
+    return bool(p) and os.path.isfile(p)
+
+
+def _subdirs(p: str) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(p) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _files(p: str, exts: tuple[str, ...]) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(p)
+                      if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(exts))
+    except OSError:
+        return []
+
+
+def _has_files(p: str, exts: tuple[str, ...]) -> bool:
+    try:
+        with os.scandir(p) as it:
+            return any(e.name.lower().endswith(exts) and not e.name.startswith(".") and e.is_file() for e in it)
+    except OSError:
+        return False
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read().splitlines()
+
+
+def _ann_dirs(root: str, annotations: str | None) -> list[str]:
+    """Where to look for annotation files: ``annotations`` (a dir, or a file's dir) first, then root."""
+    out = []
+    if annotations:
+        a = os.path.abspath(annotations)
+        out.append(a if os.path.isdir(a) else os.path.dirname(a))
+    out.append(root)
+    return out
+
+
+def _dedup(seq: Iterable[str]) -> list[str]:
+    seen, out = set(), []
+    for s in seq:
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+    return out
+
+
+def _norm_split(s: str) -> str | None:
+    s = s.strip().lower()
+    if s in TRAIN_NAMES:
+        return "train"
+    if s in TEST_NAMES:
+        return "test"
+    return None
+
+
+def _check_split(split: int, layout: str) -> None:
+    if split not in (1, 2, 3):
+        raise LayoutError(f"{layout} has official splits 1, 2 and 3; got split={split!r}")
+
+def _index_videos(dirs: Sequence[str], depth: int = 2) -> dict[str, str]:
+    """stem -> path for video files in ``dirs`` and their subdirs (to ``depth``); first found wins."""
+    out: dict[str, str] = {}
+    for d in dirs:
+        stack = [(d, 0)]
+        while stack:
+            cur, lvl = stack.pop(0)
+            try:
+                entries = sorted(os.scandir(cur), key=lambda e: e.name)
+            except OSError:
+                continue
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    if lvl + 1 < depth:
+                        stack.append((e.path, lvl + 1))
+                elif e.name.lower().endswith(VIDEO_EXTS):
+                    stem = os.path.splitext(e.name)[0]
+                    out.setdefault(stem, e.path)
+    return out
+
+
+def add_item(items: list[VideoItem], problems: list[tuple[str, str]], entry: str, label: str | None,
+             find: Callable[[], str | None], split: str, unknown: str, missing: str) -> None:
+    """One annotation entry: its :class:`VideoItem` appended to ``items``, or why it is left out
+    appended to ``problems`` as ``(entry, reason)``: ``label`` None is an unknown label (``unknown``
+    says which), else ``find()`` (the file's path) None is a missing file (``missing`` says where
+    it was listed)."""
+    if label is None:
+        problems.append((entry, f"unknown label {unknown}"))
+        return
+    path = find()
+    if path is None:
+        problems.append((entry, f"missing file ({missing})"))
+        return
+    items.append(VideoItem(os.path.abspath(path), label, split))
+
+
+def _restrict(listing: Listing, wanted: Sequence[str], what: str, keep_order: bool = False) -> Listing:
+    valid = set(listing.classes)
+    unknown = [c for c in wanted if c not in valid]
+    if unknown:
+        hints = {c: difflib.get_close_matches(c, listing.classes, n=3) for c in unknown}
+        shown = ", ".join(listing.classes[:60]) + (" ..." if len(listing.classes) > 60 else "")
+        raise LayoutError(
+            f"{what}: unknown class name(s) {unknown} for {listing.layout}"
+            + "".join(f"; did you mean {h} for {c!r}" for c, h in hints.items() if h)
+            + f". Valid names ({len(listing.classes)}): {shown}")
+    keep = set(wanted)
+    cls = list(wanted) if keep_order else [c for c in listing.classes if c in keep]
+    cls = _dedup(cls)
+    items = [it for it in listing.items if it.label in keep]
+    # problems about other classes' files are dropped; the rest (malformed lines, ...) stay
+    others = valid - keep
+    problems = [(e, r) for e, r in listing.problems
+                if not (e in others or e.replace("\\", "/").split("/")[0] in others)]
+    return Listing(listing.layout, cls, items, problems)
