@@ -12,7 +12,8 @@ from vdfast import evaluation
 from vdfast.cli import build_parser
 from vdfast.config import ConfigError, EvalConfig, NetConfig, resolve
 from vdfast.data.store import ClipStore
-from vdfast.evaluation import _Source, train_student, train_students
+from vdfast.engine.train import Source, train_student
+from vdfast.evaluation import train_students
 from vdfast.models import build_student
 from vdfast.models.batched import group_batches, stack
 from tolerances import TOL
@@ -109,7 +110,7 @@ def test_batched_training_gives_each_students_one_by_one_weights(name, norm, sof
             x = torch.randn(n, 3, T, S, S, generator=gen, dtype=torch.float64) * 2 + 1
             y = (torch.softmax(torch.randn(n, K, generator=gen, dtype=torch.float64), 1) if soft
                  else torch.randint(0, K, (n,), generator=gen))
-        sets.append(_Source(x, y, None, None))
+        sets.append(Source(x, y, None, None))
     cfg = EvalConfig(batch=4, lr=0.05, standardize=True, soft_temperature=2.0)
     losses = train_students(net, sets, cfg, 4, [torch.Generator().manual_seed(s) for s in seeds],
                             soft=soft, progress=False)
@@ -195,9 +196,13 @@ def test_rows_with_the_same_settings_share_batched_networks(store, monkeypatch):
 
 
 def test_memory_model_sets_the_group_size(store, monkeypatch):
+    from vdfast.memory import student_bytes
+    from vdfast.models import build
+
     cfg, net = EvalConfig(), NetConfig(width=4, depth=2)
-    train, clip = evaluation.student_bytes(cfg, store, net, 8)
-    assert train > evaluation.student_bytes(cfg, store, net, 4)[0] > 0 and clip > 0
+    student, clip_shape = build(net, store, cfg.student, "meta"), (3, T, S, S)
+    train, clip = student_bytes(student, clip_shape, 8)
+    assert train > student_bytes(student, clip_shape, 4)[0] > 0 and clip > 0
     monkeypatch.setattr(evaluation, "free_bytes", lambda device: 10 * train)
     assert evaluation.auto_batch_students(cfg, store, net, 8, "cpu") == 5
     monkeypatch.setattr(evaluation, "free_bytes", lambda device: train)

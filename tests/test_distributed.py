@@ -231,7 +231,7 @@ import sys, torch
 from vdfast.config import EvalConfig
 from vdfast.data.store import ClipStore
 from vdfast.distributed import setup
-from vdfast.evaluation import _Source, train_student
+from vdfast.engine.train import Source, train_student
 from vdfast.models import ConvNet3D
 dist = setup(torch.device("cpu"))
 store = ClipStore.builtin(train_per_class=6, test_per_class=1, frames=4, size=16)
@@ -243,7 +243,7 @@ for soft in (False, True):
     net = ConvNet3D(12, 4, 16, width=4, depth=2)
     cfg = EvalConfig(batch=7, standardize=True, lr=0.05)
     torch.manual_seed(5)  # the dropout draws
-    loss = train_student(net, _Source(x, soft_y if soft else y, store.mean, store.std), cfg, 3,
+    loss = train_student(net, Source(x, soft_y if soft else y, store.mean, store.std), cfg, 3,
                          torch.Generator().manual_seed(6), soft=soft, progress=False, dist=dist)
     v = torch.cat([p.detach().flatten() for p in net.parameters()]).double()
     hi, lo = v.clone(), -v

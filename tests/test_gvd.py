@@ -11,8 +11,8 @@ from vdfast.config import GVDConfig, resolve
 from vdfast.data.store import ClipStore
 from vdfast.methods import get
 from vdfast.methods.base import reinit_
-from vdfast.methods.gvd import (discover_modes, encode_train, soft_labels, train_autoencoder,
-                                train_generator, train_stats)
+from vdfast.engine.train import soft_labels, train_stats
+from vdfast.methods.gvd import discover_modes, encode_train, train_autoencoder, train_generator
 from vdfast.models.autoencoder import FrameAutoencoder
 from vdfast.synsets import GeneratedSynset
 

@@ -10,7 +10,7 @@ import vdfast
 from vdfast import evaluation
 from vdfast.config import EvalConfig, GVDConfig
 from vdfast.data.store import ClipStore
-from vdfast.methods.gvd import soft_labels
+from vdfast.engine.train import soft_labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny shapes (see conftest)
 
@@ -105,7 +105,7 @@ def test_saved_synset_keeps_what_the_evaluation_needs(run, tmp_path):
 def test_selected_synset_gets_real_clips_selected_by_the_same_teacher(store, run, monkeypatch):
     """gvd.select R > 1: the report adds random real clips chosen by the same teacher, best of R
     per slot (select_real), so the selection's gain is not taken for the generator's."""
-    from vdfast.methods.gvd import class_probability, select_real, train_stats
+    from vdfast.engine.train import class_probability, select_real, train_stats
 
     res, _ = run
     syn = res.synset

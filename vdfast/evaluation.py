@@ -12,14 +12,15 @@ Every report can carry two baselines run under the same protocol: random real cl
 ipc (the gain that distillation must show) and the full training set (the ceiling).
 
 A synset with soft labels is evaluated twice, with its soft labels (KL at temperature tau) and with
-its hard labels. tau is the synset's own when it records one (a GVD synset's
-``meta["gvd"]["temperature"]``: the temperature its soft labels were made with), else
-``cfg.soft_temperature``. For a GVD synset the baselines add random real clips labelled by the SAME
-teacher at the same tau (:func:`teacher_of`), so the gain of the labels is not taken for a gain of
-the data: hard labels, soft labels and random real with those soft labels side by side. A GVD
-synset whose instances were chosen among R candidates by that teacher (``gvd.select`` R > 1) also
-gets random real clips chosen the same way (best of R per slot, :func:`vdfast.methods.gvd.select_real`),
-so the gain of the selection is not taken for a gain of the generator.
+its hard labels. tau is the synset's own when it records one (a GVD synset records the temperature
+its soft labels were made with, :func:`~vdfast.engine.train.teacher_record`), else
+``cfg.soft_temperature``. For a synset that records its teacher the baselines add random real clips
+labelled by the SAME teacher at the same tau (:func:`~vdfast.engine.train.teacher_of`), so the gain
+of the labels is not taken for a gain of the data: hard labels, soft labels and random real with
+those soft labels side by side. A synset whose instances were chosen among R candidates by that
+teacher (GVD's ``gvd.select`` R > 1) also gets random real clips chosen the same way (best of R per
+slot, :func:`~vdfast.engine.train.select_real`), so the gain of the selection is not taken for a
+gain of the generator.
 
 Students are seeded with :func:`torch.random.fork_rng`, so dropout is reproducible and the caller's
 global RNG is left as it was.
@@ -47,21 +48,12 @@ import torch.nn.functional as F
 
 from vdfast.config import EvalConfig
 from vdfast.data.store import ClipStore
-from vdfast.memory import free_bytes
-from vdfast.models import build_student
+from vdfast.engine.train import (Source, rng_devices, select_real, soft_labels, soft_temperature,
+                                 standardize_batch, teacher_of, teacher_record, train_stats,
+                                 train_student)
+from vdfast.memory import free_bytes, student_bytes
+from vdfast.models import build
 from vdfast.ops import normalize_clips
-
-
-def _standardize(x: torch.Tensor, dist=None) -> torch.Tensor:
-    """``x`` by its scalar mean and std; with ``dist`` (N processes each holding some rows of one
-    batch) by the whole batch's, from summed float64 moments."""
-    if dist is None:
-        return (x - x.mean()) / x.std().clamp_min(1e-6)
-    xd = x.double()
-    m = dist.all_reduce_(torch.stack([xd.new_tensor(float(x.numel())), xd.sum(), xd.pow(2).sum()]))
-    mean = m[1] / m[0]
-    std = ((m[2] - m[0] * mean * mean) / (m[0] - 1)).clamp_min(0).sqrt()
-    return (x - mean.to(x.dtype)) / std.to(x.dtype).clamp_min(1e-6)
 
 
 @dataclass
@@ -113,90 +105,6 @@ class Report:
                 "rows": [r.to_dict() for r in self.rows]}
 
 
-class _Source:
-    """Training examples for a student: float normalised videos, or uint8 clips normalised per batch."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean, std):
-        self.x, self.y, self.mean, self.std = x, y, mean, std
-
-    def __len__(self):
-        return self.x.shape[0]
-
-    def batch(self, idx):
-        x = self.x[idx]
-        if x.dtype == torch.uint8:
-            x = normalize_clips(x, self.mean, self.std)
-        return x, self.y[idx]
-
-
-def train_student(net, source: _Source, cfg: EvalConfig, epochs: int, gen: torch.Generator,
-                  soft: bool = False, desc: str = "", progress: bool = True, dist=None):
-    """Train ``net`` in place on ``source``; returns the final training loss.
-
-    With ``dist`` of N processes (all calling this with the same ``net`` and ``gen``) the training
-    is data-parallel: each process takes its block of rows of every batch, the batch's
-    standardisation statistics and the gradients are summed, dropout masks are drawn for the whole
-    batch (:class:`~vdfast.models.RowDropout`); the same training as one process up to float
-    summation order, every process ending with the same ``net``. Not with batch normalisation
-    (per-process batch statistics): refused."""
-    from vdfast.models import RowDropout
-    from vdfast.progress import bar
-
-    dp = dist if dist is not None and dist.active else None
-    if dp is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                              for m in net.modules()):
-        raise ValueError("data-parallel student training cannot use batch normalisation (each "
-                         "process would normalise by its own rows); use --net-norm none or instance")
-    params = list(net.parameters())
-    drops = [m for m in net.modules() if isinstance(m, RowDropout)] if dp is not None else []
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, epochs // 2)], 0.1)
-    n = len(source)
-    steps = math.ceil(n / cfg.batch)
-    net.train()
-    loss = torch.zeros(())
-    try:
-        with bar(total=epochs, desc=desc, unit="ep", enable=progress and (dp is None or dp.main)) as pb:
-            for _ in range(epochs):
-                perm = torch.randperm(n, generator=gen).to(source.x.device)
-                for s in range(steps):
-                    idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
-                    total = 0
-                    if dp is not None:  # this process's rows (maybe none: zeros, same RNG draws)
-                        rows, total = dp.shard(idx.numel()), idx.numel()
-                        for m in drops:
-                            m.split = (rows.start, rows.stop, total)
-                        idx = idx[rows.start:rows.stop]
-                    x, y = source.batch(idx)
-                    if cfg.standardize:
-                        x = _standardize(x, dp)
-                    loss = _student_loss(net(x), y, soft, cfg.soft_temperature, total)
-                    opt.zero_grad(set_to_none=True)
-                    if dp is not None:
-                        dp.backward_(loss, params)
-                    else:
-                        loss.backward()
-                    opt.step()
-                sched.step()
-                pb.update(1)
-    finally:
-        for m in drops:
-            m.split = None
-    loss = loss.detach()
-    return float(dp.all_reduce_(loss.double()) if dp is not None else loss)
-
-
-def _student_loss(out, y, soft: bool, tau: float, total: int = 0) -> torch.Tensor:
-    """A batch's loss (KL at ``tau`` for soft targets, else cross-entropy); with ``total``, this
-    block's share of the loss of a batch of ``total`` rows (its sum / ``total``)."""
-    if soft:
-        logp = F.log_softmax(out / tau, 1)
-        if total:
-            return F.kl_div(logp, y, reduction="sum") * tau * tau / total
-        return F.kl_div(logp, y, reduction="batchmean") * tau * tau
-    return F.cross_entropy(out, y, reduction="sum") / total if total else F.cross_entropy(out, y)
-
-
 @torch.no_grad()
 def test_accuracy(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
                   batch: int = 256) -> float:
@@ -205,7 +113,7 @@ def test_accuracy(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, st
     for s in range(0, test_x.shape[0], batch):
         x = normalize_clips(test_x[s:s + batch], mean, std)
         if standardize:
-            x = _standardize(x)
+            x = standardize_batch(x)
         correct += int((net(x).argmax(1) == test_y[s:s + batch]).sum())
     return correct / max(1, test_x.shape[0])
 
@@ -233,25 +141,18 @@ class Share:
 
 
 def _build(cfg: EvalConfig, store: ClipStore, net_cfg, device):
-    return build_student(cfg.student, store.num_classes, store.frames, store.size,
-                         width=net_cfg.width if net_cfg else 64, depth=net_cfg.depth if net_cfg else 3,
-                         norm=net_cfg.norm if net_cfg else "none").to(device)
-
-
-def _devices(device) -> list:
-    """The devices whose RNG a student's ``fork_rng`` forks (a CUDA device; none on a CPU)."""
-    return [torch.device(device)] if torch.device(device).type == "cuda" else []
+    return build(net_cfg, store, cfg.student, device)
 
 
 def _train_one(x, y, s: int, store: ClipStore, test, cfg: EvalConfig, epochs: int, device,
                soft: bool, desc: str, net_cfg, progress: bool, dp=None) -> float:
     """One fresh student seeded with ``s`` (initialisation and dropout from ``torch.manual_seed(s)``,
     batch order from ``Generator().manual_seed(s)``) trained on (x, y); its test accuracy."""
-    with torch.random.fork_rng(devices=_devices(device)):
+    with torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(s)
         net = _build(cfg, store, net_cfg, device)
         gen = torch.Generator().manual_seed(s)
-        train_student(net, _Source(x, y, store.mean, store.std), cfg, epochs, gen, soft=soft,
+        train_student(net, Source(x, y, store.mean, store.std), cfg, epochs, gen, soft=soft,
                       desc=desc, progress=progress and (dp is None or dp.main), dist=dp)
         return test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize)
 
@@ -259,7 +160,8 @@ def _train_one(x, y, s: int, store: ClipStore, test, cfg: EvalConfig, epochs: in
 # ---- batched students: N students of one shape trained as one network -------------------------
 def _standardize_each(x: torch.Tensor) -> torch.Tensor:
     """``[N, B, ...]``: each student's batch ``x[j]`` by its own scalar mean and std (the same
-    reductions as :func:`_standardize` of that batch alone; ``std(dim)`` is far slower here)."""
+    reductions as :func:`~vdfast.engine.train.standardize_batch` of that batch alone;
+    ``std(dim)`` is far slower here)."""
     view = (x.shape[0],) + (1,) * (x.dim() - 1)
     mean = torch.stack([xj.mean() for xj in x]).view(view)
     std = torch.stack([xj.std() for xj in x]).view(view)
@@ -268,7 +170,7 @@ def _standardize_each(x: torch.Tensor) -> torch.Tensor:
 
 def _students_loss(out: torch.Tensor, y: torch.Tensor, soft: bool, tau: float) -> torch.Tensor:
     """Each student's batch loss, ``[N]``, from logits ``[N, B, K]`` and targets ``[N, B]`` (hard)
-    or ``[N, B, K]`` (soft): :func:`_student_loss` per student."""
+    or ``[N, B, K]`` (soft): :func:`~vdfast.engine.train.student_loss` per student."""
     n, b, k = out.shape
     if soft:
         logp = F.log_softmax(out / tau, 2)
@@ -276,7 +178,7 @@ def _students_loss(out: torch.Tensor, y: torch.Tensor, soft: bool, tau: float) -
     return F.cross_entropy(out.reshape(n * b, k), y.reshape(n * b), reduction="none").view(n, b).mean(1)
 
 
-def _gather(sources: list[_Source], idx: list[torch.Tensor]):
+def _gather(sources: list[Source], idx: list[torch.Tensor]):
     """Every student's batch: (float ``[N, B, C, T, H, W]``, targets ``[N, B, ...]``); one gather
     when the students share their training set."""
     n, b = len(sources), idx[0].numel()
@@ -285,7 +187,7 @@ def _gather(sources: list[_Source], idx: list[torch.Tensor]):
         flat = torch.cat(idx)
         x, y = s0.batch(flat)
     elif all(s.x.dtype == torch.uint8 for s in sources):  # real clips: normalised in one call
-        x, _ = _Source(torch.cat([s.x[i] for s, i in zip(sources, idx)]), s0.y, s0.mean, s0.std).batch(
+        x, _ = Source(torch.cat([s.x[i] for s, i in zip(sources, idx)]), s0.y, s0.mean, s0.std).batch(
             slice(None))
         y = torch.cat([s.y[i] for s, i in zip(sources, idx)])
     else:  # float videos and real clips together (a synset's row and random real's)
@@ -303,7 +205,7 @@ def _input_kind(x: torch.Tensor) -> tuple:
     return (*x.shape, x.dtype)
 
 
-def train_students(net, sources: list[_Source], cfg: EvalConfig, epochs: int,
+def train_students(net, sources: list[Source], cfg: EvalConfig, epochs: int,
                    gens: list[torch.Generator], soft: bool = False, desc: str = "",
                    progress: bool = True) -> list[float]:
     """Train the N students of a batched network (:func:`vdfast.models.batched.stack`) in place,
@@ -358,7 +260,7 @@ def test_accuracies(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, 
     for s in range(0, test_x.shape[0], batch):
         x = normalize_clips(test_x[s:s + batch], mean, std)
         if standardize:
-            x = _standardize(x)
+            x = standardize_batch(x)
         yb = test_y[s:s + batch]
         step = chunk or x.shape[0]
         for c in range(0, x.shape[0], step):
@@ -366,35 +268,19 @@ def test_accuracies(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, 
     return [c / max(1, test_x.shape[0]) for c in correct.tolist()]
 
 
-def student_bytes(cfg: EvalConfig, store: ClipStore, net_cfg, batch: int) -> tuple[int, int]:
-    """A simple bytes model of one student: (training at ``batch`` clips a step, one test clip).
-    Training: 4 copies of the weights (weights, gradients, momentum, one spare) and, per clip,
-    3 x the float32 outputs of every layer (kept for the backward, their gradients, temporaries)
-    plus 3 x the input; testing: the layer outputs of one clip. The outputs are counted by running
-    one clip through a student on the CPU."""
-    outs = []
-    with torch.random.fork_rng(devices=[]):
-        net = _build(cfg, store, net_cfg, "cpu")
-    hooks = [m.register_forward_hook(lambda m, i, o: outs.append(o[0] if isinstance(o, tuple) else o))
-             for m in net.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            net.eval()(torch.zeros(1, 3, store.frames, store.size, store.size))
-    finally:
-        for h in hooks:
-            h.remove()
-    act = sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
-    inp = 3 * store.frames * store.size * store.size
-    params = sum(p.numel() for p in net.parameters())
-    return 4 * (4 * params + batch * 3 * (act + inp)), 4 * (act + inp)
+def _student_bytes(cfg: EvalConfig, store: ClipStore, net_cfg, batch: int) -> tuple[int, int]:
+    """:func:`vdfast.memory.student_bytes` of this evaluation's student (built on the meta device:
+    no memory, no RNG draw): (training at ``batch`` clips a step, one test clip)."""
+    net = build(net_cfg, store, cfg.student, "meta")
+    return student_bytes(net, (3, store.frames, store.size, store.size), batch)
 
 
 def auto_batch_students(cfg: EvalConfig, store: ClipStore, net_cfg, batch: int, device) -> int:
     """Students per batched network when ``cfg.batch_students`` is 0: as many as half of
-    :func:`free_bytes` holds by :func:`student_bytes` (at least 1)."""
+    :func:`free_bytes` holds by :func:`vdfast.memory.student_bytes` (at least 1)."""
     if cfg.batch_students:
         return cfg.batch_students
-    train, _ = student_bytes(cfg, store, net_cfg, batch)
+    train, _ = _student_bytes(cfg, store, net_cfg, batch)
     return max(1, free_bytes(device) // 2 // train)
 
 
@@ -407,7 +293,7 @@ def batched_students(seeds: list[int], cfg: EvalConfig, store: ClipStore, net_cf
     nets, states = [], []
     dev = torch.device(device)
     for s in seeds:
-        with torch.random.fork_rng(devices=_devices(dev)):
+        with torch.random.fork_rng(devices=rng_devices(dev)):
             torch.manual_seed(s)
             nets.append(_build(cfg, store, net_cfg, dev))
             states.append((torch.get_rng_state(),
@@ -422,12 +308,12 @@ def train_batch(sets, seeds: list[int], store: ClipStore, test, cfg: EvalConfig,
     """The students seeded ``seeds``, student j trained on ``sets[j]`` = (x, y), all as one
     batched network (:func:`batched_students`, :func:`train_students`); their test accuracies."""
     net = batched_students(seeds, cfg, store, net_cfg, device)
-    train_students(net, [_Source(x, y, store.mean, store.std) for x, y in sets], cfg, epochs,
+    train_students(net, [Source(x, y, store.mean, store.std) for x, y in sets], cfg, epochs,
                    [torch.Generator().manual_seed(s) for s in seeds], soft=soft, desc=desc,
                    progress=progress)
     # test pieces of 256 / N clips: each forward does the work (and holds the memory) of one
     # student's test batch of 256; fewer when half the free memory cannot hold that
-    _, per_clip = student_bytes(cfg, store, net_cfg, 1)
+    _, per_clip = _student_bytes(cfg, store, net_cfg, 1)
     chunk = max(1, min(-(-256 // len(seeds)), free_bytes(device) // 2 // (per_clip * len(seeds))))
     return test_accuracies(net, test[0], test[1], store.mean, store.std, cfg.standardize, chunk=chunk)
 
@@ -493,37 +379,6 @@ def _run_jobs(jobs: list[_Job], store: ClipStore, test, device, net_cfg, progres
     return rows
 
 
-def soft_temperature(synset, cfg: EvalConfig) -> float:
-    """The KL temperature of ``synset``'s soft labels: the one it records (GVD:
-    ``meta["gvd"]["temperature"]``), else ``cfg.soft_temperature``."""
-    tau = (synset.meta.get("gvd") or {}).get("temperature")
-    return float(tau) if tau is not None else cfg.soft_temperature
-
-
-def teacher_of(synset, store: ClipStore, device, progress: bool = True, dist=None):
-    """The soft-label teacher of a GVD synset, or None when the synset records none: loaded from the
-    run's stage cache (``meta["gvd"]["workdir"]``, folder ``teacher-<key>``) when it is still
-    there, else trained again on ``store``'s train split with the recorded settings
-    (``meta["gvd"]["teacher"]``: network, epochs, seed and optimiser; deterministic)."""
-    from pathlib import Path
-
-    from vdfast.config import NetConfig
-    from vdfast.methods.gvd import train_teacher
-
-    info = synset.meta.get("gvd") or {}
-    ident = info.get("teacher")
-    if not ident:
-        return None
-    cache = None
-    key = (info.get("stages") or {}).get("teacher")
-    if info.get("workdir") and key:
-        d = Path(info["workdir"]) / f"teacher-{key}"
-        cache = d if (d / "teacher.pt").exists() else None
-    ecfg = dataclasses.replace(EvalConfig(), **ident["eval"])
-    return train_teacher(store, NetConfig(**ident["net"]), ecfg, ident["epochs"], ident["seed"],
-                         device, cache, progress, dist)
-
-
 def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int = 0,
              device="cpu", net_cfg=None, progress: bool = True, baselines: bool | None = None,
              full: bool | None = None, dist=None) -> Report:
@@ -576,11 +431,9 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         jobs.append(_Job("random real", ipc, [(c.to(device), lab.to(device)) for c, lab in draws],
                          real_seeds, cfg, cfg.epochs, False,
                          [f"random real {i + 1}/{n}: student" for i in range(n)]))
-        select = int((synset.meta.get("gvd") or {}).get("select", 1))
+        select = teacher_record(synset).select
         teacher = teacher_of(synset, store, device, progress, dist) if soft or select > 1 else None
         if teacher is not None and soft:  # the same random draws, labelled by the synset's own teacher
-            from vdfast.methods.gvd import soft_labels
-
             rcfg = dataclasses.replace(cfg, soft_temperature=tau)
             sets = [(c.to(device), soft_labels(teacher, c, store.mean, store.std, tau, 1,
                                                cfg.standardize).to(device)) for c, _ in draws]
@@ -588,8 +441,6 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
                              cfg.epochs, True,
                              [f"random real + teacher {i + 1}/{n}: student" for i in range(n)]))
         if teacher is not None and select > 1:  # real clips chosen by the same teacher, best of R
-            from vdfast.methods.gvd import select_real, train_stats
-
             stats = train_stats(store) if cfg.standardize else None
             sets = []
             for i in range(n):

@@ -13,10 +13,11 @@ layer's output size:
 * ``infer_peak``: the largest (input + output) of one layer, per sample: what a ``no_grad``
   forward holds at its peak besides its input (in-place ReLU adds nothing);
 * ``train_saved``: the sum of every layer's output per sample: what autograd keeps for the
-  backward of a forward with gradients (the synthetic side of DM).
+  backward of a forward with gradients (the synthetic side of DM, a student's training step).
 
-:func:`dm_iteration_bytes` adds them up for one DM iteration; ``benchmarks/memory_model.py``
-prints it at published sizes and ``tests/test_memory.py`` checks it against measured CPU peaks.
+:func:`dm_iteration_bytes` adds them up for one DM iteration (``benchmarks/memory_model.py``
+prints it at published sizes and ``tests/test_memory.py`` checks it against measured CPU peaks);
+:func:`student_bytes` for an evaluation student's training step (the batched students' group size).
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def activation_bytes(net: nn.Module, sample_shape: tuple[int, ...], dtype=torch.
     outs: list[int] = []
 
     def hook(_m, inp, out):
+        if isinstance(out, tuple) and out:  # a recurrent layer: (outputs, final state)
+            out = out[0]
         # an in-place layer (ReLU(inplace=True), Identity) returns its input: no new memory
         if torch.is_tensor(out) and not (inp and out is inp[0]):
             outs.append(out.numel() * size)
@@ -69,6 +72,19 @@ def activation_bytes(net: nn.Module, sample_shape: tuple[int, ...], dtype=torch.
     sizes = [inp] + outs
     peak = max(a + b for a, b in zip(sizes, sizes[1:])) if outs else inp
     return ActivationBytes(inp, y.numel() * size, peak, sum(outs))
+
+
+def student_bytes(net: nn.Module, sample_shape: tuple[int, ...], batch: int) -> tuple[int, int]:
+    """A simple bytes model of a classifier ``net`` (an evaluation student) on float32 samples
+    ``sample_shape``: (training at ``batch`` samples a step, testing one sample). Training: 4
+    copies of the weights (weights, gradients, momentum, one spare) and, per sample, 3 x (the
+    input and the layer outputs autograd keeps, ``train_saved``: kept for the backward, their
+    gradients, temporaries); testing: the input and every layer's output of one sample (more than
+    a ``no_grad`` forward's ``infer_peak``: a margin). ``net`` may be on the meta device."""
+    a = activation_bytes(net, sample_shape, method="forward")
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    per_sample = a.input + a.train_saved
+    return 4 * weights + batch * 3 * per_sample, per_sample
 
 
 def has_batch_norm(net: nn.Module) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from vdfast.data.store import ClipStore
 from vdfast.methods.base import Method, reinit_
-from vdfast.models import ConvNet3D
+from vdfast.models import build
 from vdfast.ops import normalize_clips
 from vdfast.synsets import PixelSynset
 
@@ -67,8 +67,7 @@ class Coreset(Method):
         if self.name == "random":
             return super().init(store, cfg, device, gen)
         select = {"herding": herding, "kcenter": kcenter}[self.name]
-        net = ConvNet3D(store.num_classes, store.frames, store.size, width=cfg.net.width,
-                        depth=cfg.net.depth, norm=cfg.net.norm).to(device).eval()
+        net = build(cfg.net, store, device=device).eval()
         reinit_(net, torch.Generator(device=device).manual_seed(cfg.seed))
         clips, labels, picked = [], [], {}
         for c in range(store.num_classes):

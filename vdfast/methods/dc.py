@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from vdfast.data.store import ClipPool
 from vdfast.methods.base import Method, reinit_
-from vdfast.models import ConvNet3D
+from vdfast.models import build
 from vdfast.ops import gradient_match, normalize_clips
 from vdfast.profiling import span
 
@@ -195,10 +195,7 @@ def _check_norm(cfg, method: str):
 def build_net(store, cfg, device) -> nn.Module:
     """A ConvNet3D for ``store`` with ``cfg.net``'s shape, allocated without drawing from the
     global RNG (its weights are drawn later with ``reinit_`` from the run's generator)."""
-    with torch.device("meta"):
-        net = ConvNet3D(store.num_classes, store.frames, store.size, width=cfg.net.width,
-                        depth=cfg.net.depth, norm=cfg.net.norm)
-    return net.to_empty(device=device).eval()
+    return build(cfg.net, store, device="meta").to_empty(device=device).eval()
 
 
 class DC(Method):

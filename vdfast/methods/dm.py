@@ -19,7 +19,7 @@ import torch
 from vdfast.data.store import ClipPool
 from vdfast.memory import auto_chunk
 from vdfast.methods.base import Method, reinit_
-from vdfast.models import ConvNet3D
+from vdfast.models import build
 from vdfast.ops import dm_loss, normalize_clips
 from vdfast.profiling import span
 
@@ -56,8 +56,7 @@ class DM(Method):
 
         dist = self.dist or Dist(0, 1, torch.device(device))
         classes = dist.shard(store.num_classes)
-        net = ConvNet3D(store.num_classes, store.frames, store.size, width=cfg.net.width,
-                        depth=cfg.net.depth, norm=cfg.net.norm).to(device)
+        net = build(cfg.net, store, device=device)
         net.requires_grad_(False)
         groups = synset.param_groups(cfg)
         opt = torch.optim.SGD(groups, momentum=cfg.momentum)

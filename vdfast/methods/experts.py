@@ -103,10 +103,14 @@ def normalization_header(store: ClipStore) -> dict:
 
 
 def build_net(net: dict) -> nn.Module:
-    from vdfast.models import ConvNet3D
+    """The network a buffer's ``net`` header (:func:`net_header`) describes, on the CPU with its
+    initialisation drawn from the global RNG."""
+    from vdfast.config import NetConfig
+    from vdfast.models import DataShape, build
 
-    return ConvNet3D(net["num_classes"], net["frames"], net["size"], width=net["width"],
-                     depth=net["depth"], norm=net["norm"])
+    shape = DataShape(net["num_classes"], net["frames"], net["size"])
+    return build(NetConfig(width=net["width"], depth=net["depth"], norm=net["norm"]), shape,
+                 net.get("arch", "convnet3d"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from vdfast.data.store import ClipStore
 from vdfast.distributed import Dist
+from vdfast.engine.train import class_probability, soft_labels, train_stats, train_teacher
 from vdfast.methods.base import Method
 from vdfast.methods.gvd_sample import instance_generator, kmeans, noise_schedule, sample
 from vdfast.progress import bar, say
@@ -545,112 +546,8 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
 
 
 # ---------------------------------------------------------------------- stage 6: soft labels
-def train_teacher(store: ClipStore, net_cfg, eval_cfg, epochs: int, seed: int, device,
-                  cache: Path | None = None, progress: bool = True, dist=None):
-    """A ConvNet3D trained on the full real train split (the evaluation protocol's optimiser);
-    initialisation and batches drawn from ``seed`` alone, so the same settings give the same
-    teacher (:func:`vdfast.evaluation.teacher_of` rebuilds it when the cache is gone). With
-    ``dist`` (N processes, all calling this) it trains data-parallel (each process its rows of
-    every batch, :func:`vdfast.evaluation.train_student`) and the main process writes ``cache``."""
-    from vdfast.evaluation import _Source, train_student
-    from vdfast.models import ConvNet3D
-
-    net = _seeded(lambda: ConvNet3D(store.num_classes, store.frames, store.size, width=net_cfg.width,
-                                    depth=net_cfg.depth, norm=net_cfg.norm), seed * 31 + 4).to(device)
-    f = cache / "teacher.pt" if cache else None
-    dp = dist if dist is not None and dist.active and net_cfg.norm != "batch" else None
-    have = f is not None and f.exists()
-    if dp is not None:  # load only where every process can (workdirs on other machines: train)
-        have = int(dp.all_reduce_(torch.tensor(float(have), device=dp.device))) == dp.world
-    if have:
-        net.load_state_dict(_load_cached(f, device))
-        return net.eval()
-    x, y = store.tensors("train", device)
-    ecfg = dataclasses.replace(eval_cfg, epochs=epochs)
-    devs = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devs):
-        torch.manual_seed(seed * 31 + 5)
-        train_student(net, _Source(x, y, store.mean, store.std), ecfg, epochs,
-                      torch.Generator().manual_seed(seed * 31 + 6), desc="gvd teacher",
-                      progress=progress and (dp is None or dp.main), dist=dp)
-    if f is not None and (dp is None or dp.main):
-        _atomic_save(net.state_dict(), f)
-    return net.eval()
-
-
-@torch.no_grad()
-def train_stats(store: ClipStore, per_class: int = 32) -> tuple[float, float]:
-    """Scalar mean and std of the normalised train clips (the first ``per_class`` of each class):
-    what the evaluation's per-batch standardisation sees on average over real batches."""
-    from vdfast.ops import normalize_clips
-
-    n = s1 = s2 = 0.0
-    for c in range(store.num_classes):
-        k = min(per_class, store.counts("train")[c])
-        x = normalize_clips(torch.from_numpy(np.ascontiguousarray(store.clips("train", c)[:k])),
-                            store.mean, store.std).double()
-        n, s1, s2 = n + x.numel(), s1 + float(x.sum()), s2 + float(x.pow(2).sum())
-    m = s1 / max(n, 1)
-    return m, max((s2 / max(n, 1) - m * m) ** 0.5, 1e-6)
-
-
-@torch.no_grad()
-def soft_labels(teacher, u8: torch.Tensor, mean, std, temperature: float, segments: int = 1,
-                standardize: bool = True, batch: int = 64,
-                stats: tuple[float, float] | None = None) -> torch.Tensor:
-    """softmax(teacher(x) / temperature) ``[N, nc]`` of uint8 videos ``[N, T, H, W, 3]``; with
-    ``segments`` > 1 each segment (stretched to T frames by repeating frames) is labelled and the
-    instance gets the mean of its segments' distributions. Batches are standardised like the
-    evaluation's (scalar mean/std of each batch) when ``standardize``; ``stats`` = (mean, std)
-    standardises every video by these fixed scalars instead (e.g. :func:`train_stats`), so a
-    video's label does not depend on the other videos in its batch."""
-    from vdfast.ops import normalize_clips
-
-    dev = next(teacher.parameters()).device
-    teacher.eval()
-    N, T = u8.shape[:2]
-    seg = T // segments
-    out = []
-    for s in range(0, N, batch):
-        x = normalize_clips(u8[s:s + batch].to(dev), mean, std)    # [b, C, T, H, W]
-        probs = 0
-        for m in range(segments):
-            xs = x[:, :, m * seg:(m + 1) * seg].repeat_interleave(segments, dim=2) if segments > 1 else x
-            if stats is not None:
-                xs = (xs - stats[0]) / stats[1]
-            elif standardize:
-                xs = (xs - xs.mean()) / xs.std().clamp_min(1e-6)
-            probs = probs + torch.softmax(teacher(xs).float() / temperature, 1)
-        out.append(probs / segments)
-    return torch.cat(out).cpu()
-
-
-def class_probability(teacher, u8: torch.Tensor, labels, store: ClipStore, segments: int = 1,
-                      stats: tuple[float, float] | None = None) -> torch.Tensor:
-    """``[N]`` the teacher's probability (tau 1, MVIC segments averaged) of each video's class
-    ``labels[i]`` (store class index): the score of ``gvd.select``. Videos standardised by the
-    fixed ``stats`` (:func:`train_stats`; None: not standardised), not by their batch."""
-    p = soft_labels(teacher, u8, store.mean, store.std, 1.0, segments, False, stats=stats)
-    return p[torch.arange(len(labels)), torch.as_tensor(labels, dtype=torch.long)]
-
-
-def select_real(teacher, store: ClipStore, ipc: int, candidates: int, gen: torch.Generator,
-                stats: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The real-data control of ``gvd.select``: per class, ``ipc`` groups of ``candidates`` random
-    train clips (fewer when the class has fewer than ``ipc * candidates``; a clip in one group
-    only), of each group the clip with the highest :func:`class_probability`. Class-major uint8
-    clips and labels, like :meth:`ClipStore.random_clips`."""
-    clips, labels = [], []
-    for c, n in enumerate(store.counts("train")):
-        r = max(1, min(candidates, n // ipc))
-        idx = torch.randperm(n, generator=gen)[:min(n, ipc) * r]
-        order = idx.sort()  # read the memory-mapped class in file order, then back to draw order
-        x = torch.from_numpy(np.ascontiguousarray(store.clips("train", c)[order.values.numpy()]))
-        x = x[order.indices.argsort()].view(-1, r, *x.shape[1:])       # [groups, r, T, H, W, 3]
-        p = class_probability(teacher, x.flatten(0, 1), [c] * (x.shape[0] * r), store, 1, stats)
-        clips.append(x[torch.arange(x.shape[0]), p.view(-1, r).argmax(1)])
-        labels.append(torch.full((x.shape[0],), c, dtype=torch.long))
-    return torch.cat(clips), torch.cat(labels)
+# the teacher and its soft labels are vdfast.engine.train's (train_teacher, soft_labels,
+# class_probability, train_stats), shared with the evaluation
 
 
 # ------------------------------------------------------------------------------------ method
