@@ -177,3 +177,10 @@ def finish(rows: list[dict], json_path=None, compare_path=None, plot_path=None) 
             from harness_steps import plot_scaling
         print(f"\nwrote {plot_scaling(rows, plot_path)}")
     return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit("benchmarks/harness.py holds what the harnesses share; run benchmarks/harness_ops.py "
+             "(every bench_<op>.py), a step_<name>.py, or benchmarks/run.py (everything)")
