@@ -7,9 +7,9 @@ static-dynamic run trains (dynamic memory and integrator weight/bias; the still 
 import torch
 
 try:
-    from benchmarks.harness import Bench, Case, main
+    from benchmarks.harness_ops import Bench, Case, main
 except ImportError:  # run as a script from benchmarks/
-    from harness import Bench, Case, main
+    from harness_ops import Bench, Case, main
 
 from vdfast.ops import blend_static_dynamic
 from vdfast.reference.blend_static_dynamic import blend_static_dynamic as ref

@@ -2,9 +2,9 @@
 import torch
 
 try:
-    from benchmarks.harness import Bench, Case, main
+    from benchmarks.harness_ops import Bench, Case, main
 except ImportError:  # run as a script from benchmarks/
-    from harness import Bench, Case, main
+    from harness_ops import Bench, Case, main
 
 from vdfast.ops import dm_loss
 from vdfast.reference.dm_loss import dm_loss as ref

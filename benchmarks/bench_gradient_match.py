@@ -2,9 +2,9 @@
 import torch
 
 try:
-    from benchmarks.harness import Bench, Case, main
+    from benchmarks.harness_ops import Bench, Case, main
 except ImportError:  # run as a script from benchmarks/
-    from harness import Bench, Case, main
+    from harness_ops import Bench, Case, main
 
 from vdfast.ops import gradient_match
 from vdfast.reference.gradient_match import gradient_match as ref

@@ -4,9 +4,9 @@ under no_grad)."""
 import torch
 
 try:
-    from benchmarks.harness import Bench, Case, main
+    from benchmarks.harness_ops import Bench, Case, main
 except ImportError:  # run as a script from benchmarks/
-    from harness import Bench, Case, main
+    from harness_ops import Bench, Case, main
 
 from vdfast.ops import guided_step
 from vdfast.ops.guided_step import StepCoefs, frame_decay

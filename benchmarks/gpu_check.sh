@@ -113,16 +113,16 @@ done
 bench="$OUT_DIR/bench.log"
 : > "$bench"
 step bench 150 "$bench" \
-  $PY benchmarks/harness.py $BENCH_ARGS --no-compile --json "$OUT_DIR/ops.json" --markdown "$OUT_DIR/ops.md"
+  $PY benchmarks/harness_ops.py $BENCH_ARGS --no-compile --json "$OUT_DIR/ops.json" --markdown "$OUT_DIR/ops.md"
 if [ "$(left)" -gt 60 ]; then
   step compile "$(left)" "$bench" \
-    $PY benchmarks/harness.py $BENCH_ARGS --providers reference,reference+compile \
+    $PY benchmarks/harness_ops.py $BENCH_ARGS --providers reference,reference+compile \
       --json "$WORK/compile.json" --markdown "$WORK/compile.md"
   # one table: the compiled reference's rows added to the others
   $PY - "$OUT_DIR" "$WORK" <<'EOF' >> "$bench" 2>&1 || status=1
 import json, os, sys
 sys.path.insert(0, "benchmarks")
-from harness import markdown
+from harness_ops import markdown
 d, w = sys.argv[1], sys.argv[2]
 if os.path.exists(f"{w}/compile.json") and os.path.exists(f"{d}/ops.json"):
     rows = json.load(open(f"{d}/ops.json"))

@@ -1,85 +1,33 @@
-"""The one benchmark harness of vdfast.
+"""What vdfast's two benchmark harnesses share: the device and versions of a run, the timing
+loop, the comparison against an older run and the end of every benchmark command.
 
-Each ``benchmarks/bench_<op>.py`` declares only a :class:`Bench`: the op's name, a ``setup`` that
-builds one :class:`Case` from a named workload's shape, and the named workloads (full size and
-``--smoke`` size). This module does the rest: providers, modes, timing, memory, throughput, tables,
-JSON rows and comparisons.
+The harnesses:
 
-Providers
-    ``reference``          the plain-PyTorch reference, eager
-    ``reference+compile``  ``torch.compile`` of the reference (a failure marks the row ``error``)
-    ``cuda`` / ``triton`` / ``cpp``  each vdfast backend the dispatch says can run on the device
-    (Triton on a CPU only when named with ``--providers``: it would run in the interpreter)
-Modes
-    ``fwd``      forward under ``torch.no_grad()``
-    ``fwd+bwd``  forward, then ``torch.autograd.grad`` of the output wrt the case's grad inputs
+* :mod:`harness_ops` (``bench_<op>.py``): each fused op against its plain-PyTorch reference, per
+  provider and mode, with GB/s / TFLOP/s.
+* :mod:`harness_steps` (``step_<name>.py``): one iteration of a method (or the decoders) against a
+  reference-style loop, with peak memory.
 
-Timing: median of ``--repeats`` calls with p20/p80 (CUDA events on a GPU, ``perf_counter`` after a
-synchronize otherwise), the providers' calls interleaved so that they share the machine's load.
-Peak memory: ``torch.cuda.max_memory_allocated`` over one call after the warm-up (null on a CPU).
-Throughput: GB/s from the case's explicit byte count (memory-bound ops; also as a percentage of the
-device's measured copy bandwidth) or TFLOP/s from its flop count.
-
-Usage::
-
-    python benchmarks/bench_dm_loss.py --smoke                     # tiny CPU shapes, < 30 s
-    python benchmarks/bench_dm_loss.py --json runs/dm.json         # full workloads
-    python benchmarks/bench_dm_loss.py --compare runs/dm.json      # speed-ups against a base run
-    python benchmarks/harness.py --smoke                           # every bench_*.py here
-
-The second half of this module runs the end-to-end benchmarks (``step_<name>.py``: a method's
-iteration, or the decoders) the same way for every method: see :class:`Step`, :func:`step_main`
-and :func:`measure_peak`, the one place peak memory is measured.
+Timing (:func:`time_fn`): CUDA events on a GPU, ``perf_counter`` after a synchronize otherwise.
+Op timing evicts the L2 cache before every timed call on CUDA (:func:`l2_flusher`: it writes a
+buffer of twice the L2's size, at least 256 MiB, outside the timed region, as Triton's ``do_bench``
+does), so that an op reading inputs a previous repeat left in the L2 is not timed as faster than it
+runs in a training step. On a CPU nothing is flushed: there the ops' working sets are larger than the
+last-level cache at the benchmark sizes, and writing 256 MiB per repeat would multiply the smoke
+run's time on a 2-core machine.
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-MODES = ("fwd", "fwd+bwd")
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@dataclass
-class Case:
-    """One benchmark instance, built by a bench module's ``setup``.
-
-    ``args`` are the positional inputs (tensors, or lists of tensors); ``reference(*args)`` and
-    ``vdfast(*args, backend=name)`` compute the same output. ``grad_args`` are the indices of the
-    args that receive gradients in ``fwd+bwd`` (a list arg: every tensor in it). ``bytes`` and
-    ``flops`` map a mode to the work done, for GB/s and TFLOP/s.
-    """
-
-    args: tuple
-    reference: Callable
-    vdfast: Callable
-    grad_args: tuple[int, ...] = ()
-    bytes: dict[str, float] = field(default_factory=dict)
-    flops: dict[str, float] = field(default_factory=dict)
-    modes: tuple[str, ...] = MODES
-
-
-@dataclass
-class Bench:
-    """What a ``bench_<op>.py`` declares. ``setup(device, dtype, gen, **shape) -> Case``."""
-
-    op: str
-    setup: Callable[..., Case]
-    workloads: dict[str, dict[str, Any]]
-    smoke: dict[str, dict[str, Any]]
-    dtype: torch.dtype = torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +79,21 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> float:
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
-def time_fn(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Milliseconds per call, one entry per repeat."""
+def l2_flusher(device: torch.device, min_bytes: int = 256 * 2**20) -> Callable[[], Any] | None:
+    """On CUDA, a function that evicts the device's L2 cache: it zeroes a buffer of
+    ``max(min_bytes, 2 * L2 size)`` bytes (allocated once, here). None on a CPU (see the module
+    docstring). Allocate it after any peak-memory measurement, and drop it when done."""
+    if device.type != "cuda":
+        return None
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0
+    buf = torch.empty(max(min_bytes, 2 * l2) // 4, dtype=torch.int32, device=device)
+    return buf.zero_
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int,
+            flush: Callable[[], Any] | None = None) -> list[float]:
+    """Milliseconds per call, one entry per repeat. ``flush`` (e.g. :func:`l2_flusher`) runs before
+    each timed call, outside the timed region (on CUDA it is queued before the start event)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -140,6 +101,8 @@ def time_fn(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
     if device.type == "cuda":
         for _ in range(repeats):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if flush is not None:
+                flush()
             a.record()
             fn()
             b.record()
@@ -147,6 +110,9 @@ def time_fn(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: i
             times.append(a.elapsed_time(b))
     else:
         for _ in range(repeats):
+            if flush is not None:
+                flush()
+                _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
@@ -162,153 +128,11 @@ def _quantile(xs: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def _grad_leaves(args: tuple, grad_args: tuple[int, ...]) -> list[torch.Tensor]:
-    leaves = []
-    for i in grad_args:
-        a = args[i]
-        leaves.extend(a if isinstance(a, (list, tuple)) else [a])
-    return leaves
-
-
-def _with_grad(args: tuple, grad_args: tuple[int, ...]) -> tuple:
-    """Fresh leaves requiring grad for the grad args (other args passed through)."""
-    def leaf(t):
-        return t.detach().requires_grad_(True)
-    out = []
-    for i, a in enumerate(args):
-        if i in grad_args:
-            a = [leaf(t) for t in a] if isinstance(a, (list, tuple)) else leaf(a)
-        out.append(a)
-    return tuple(out)
-
-
-def make_call(fn: Callable, case: Case, mode: str) -> Callable[[], Any]:
-    if mode == "fwd":
-        args = case.args
-
-        def call():
-            with torch.no_grad():
-                return fn(*args)
-        return call
-    args = _with_grad(case.args, case.grad_args)
-    leaves = _grad_leaves(args, case.grad_args)
-
-    def call():
-        out = fn(*args)
-        # allow_unused: e.g. biases take no part in gradient_match
-        return torch.autograd.grad(out, leaves, torch.ones_like(out), allow_unused=True)
-    return call
-
-
-def providers(bench: Bench, device: torch.device, dtype: torch.dtype,
-              wanted: Sequence[str] | None) -> list[str]:
-    """Providers to run: the two reference ones and every vdfast backend usable here."""
-    from vdfast.ops.dispatch import op
-    import vdfast.ops  # noqa: F401  (registers the ops)
-
-    names = ["reference", "reference+compile"]
-    o = op(bench.op)
-    probe = [torch.empty(1, device=device, dtype=dtype)]
-    for b in ("cuda", "triton", "cpp"):
-        if b not in o.impls:
-            continue
-        explicit = wanted is not None and b in wanted
-        if not o.why_not(b, probe, explicit=explicit, probe_only=True):
-            names.append(b)
-    if wanted is not None:
-        names = [n for n in names if n in wanted]
-    return names
-
-
-def run_case(bench: Bench, workload: str, shape: dict, device: torch.device, dtype: torch.dtype,
-             provs: Sequence[str], modes: Sequence[str], repeats: int, warmup: int,
-             copy_gbps: float | None, env: dict) -> list[dict]:
-    """One row per (provider, mode). Per mode, the providers' repeats are interleaved (ref, cpp,
-    ref, cpp, ...), so on a shared machine every provider sees the same load and the ratios hold
-    even when the absolute times drift."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    case = bench.setup(device=device, dtype=dtype, gen=gen, **shape)
-    fns = {}
-    for prov in provs:
-        if prov == "reference":
-            fns[prov] = case.reference
-        elif prov == "reference+compile":
-            fns[prov] = torch.compile(case.reference, dynamic=False)
-        else:
-            fns[prov] = (lambda b: (lambda *a: case.vdfast(*a, backend=b)))(prov)
-    rows = []
-    for mode in modes:
-        if mode not in case.modes:
-            continue
-        live, times = {}, {}
-        mode_rows = {}
-        for prov in provs:
-            row = dict(workload=workload, op=bench.op, provider=prov, mode=mode,
-                       dtype=str(dtype).replace("torch.", ""), shape=shape,
-                       median_ms=None, p20_ms=None, p80_ms=None, gbps=None, pct_copy_bw=None,
-                       tflops=None, peak_mb=None, device=device_name(device), error=None, **env)
-            mode_rows[prov] = row
-            try:  # build, warm up (compiles), and on CUDA measure one call's peak memory
-                call = make_call(fns[prov], case, mode)
-                time_fn(call, device, 0, max(1, warmup))
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                    call()
-                    torch.cuda.synchronize(device)
-                    row["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                live[prov], times[prov] = call, []
-            except Exception as e:  # a provider that fails (compile, unsupported) marks its row
-                row["error"] = _error_text(e)
-        for _ in range(repeats):
-            for prov, call in list(live.items()):
-                try:
-                    times[prov] += time_fn(call, device, 1, 0)
-                except Exception as e:
-                    mode_rows[prov]["error"] = _error_text(e)
-                    del live[prov]
-        for prov in provs:
-            row = mode_rows[prov]
-            if prov in live and times[prov]:
-                t = times[prov]
-                med = statistics.median(t)
-                row.update(median_ms=med, p20_ms=_quantile(t, 0.2), p80_ms=_quantile(t, 0.8))
-                if mode in case.bytes:
-                    row["gbps"] = case.bytes[mode] / (med * 1e-3) / 1e9
-                    if copy_gbps:
-                        row["pct_copy_bw"] = 100.0 * row["gbps"] / copy_gbps
-                if mode in case.flops:
-                    row["tflops"] = case.flops[mode] / (med * 1e-3) / 1e12
-            rows.append(row)
-    return rows
-
-
-def _error_text(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-
-
 # ---------------------------------------------------------------------------------------------
 # output
 # ---------------------------------------------------------------------------------------------
 def _fmt(x, nd=3):
     return "-" if x is None else f"{x:.{nd}f}"
-
-
-def markdown(rows: list[dict]) -> str:
-    head = "| workload | provider | mode | median ms | p20-p80 ms | GB/s | % copy | TFLOP/s | peak MB | vs ref |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    ref = {(r["workload"], r["mode"]): r["median_ms"] for r in rows if r["provider"] == "reference"}
-    for r in rows:
-        if r["error"]:
-            lines.append(f"| {r['workload']} | {r['provider']} | {r['mode']} | error: {r['error']} "
-                         "| | | | | | |")
-            continue
-        base = ref.get((r["workload"], r["mode"]))
-        speed = f"{base / r['median_ms']:.2f}x" if base and r["median_ms"] else "-"
-        lines.append(
-            f"| {r['workload']} | {r['provider']} | {r['mode']} | {_fmt(r['median_ms'])} | "
-            f"{_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])} | {_fmt(r['gbps'], 1)} | "
-            f"{_fmt(r['pct_copy_bw'], 0)} | {_fmt(r['tflops'], 2)} | {_fmt(r['peak_mb'], 1)} | {speed} |")
-    return "\n".join(lines)
 
 
 def compare(rows: list[dict], base_rows: list[dict]) -> str:
@@ -333,71 +157,8 @@ def compare(rows: list[dict], base_rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# command line
+# the end of every benchmark command
 # ---------------------------------------------------------------------------------------------
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny CPU shapes, few repeats (CI)")
-    p.add_argument("--device", default=None, help="default: cuda if visible, else cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "float64", "float16", "bfloat16"],
-                   help="default: each bench's own dtype")
-    p.add_argument("--providers", default=None,
-                   help="comma list among reference,reference+compile,cuda,triton,cpp")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list among " + ",".join(MODES))
-    p.add_argument("--workloads", default=None, help="comma list of workload names")
-    p.add_argument("--repeats", type=int, default=None, help="default 25 (smoke: 10)")
-    p.add_argument("--warmup", type=int, default=None, help="default 5 (smoke: 2)")
-    p.add_argument("--no-compile", action="store_true",
-                   help="skip reference+compile (smoke skips it unless --providers names it)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (torch and the extension's OpenMP); default: torch's")
-    p.add_argument("--json", default=None, help="write JSON rows to this path")
-    p.add_argument("--markdown", default=None,
-                   help="write the tables (device, copy bandwidth, versions, one table per op) here")
-    p.add_argument("--compare", default=None, help="base JSON rows: print speed-ups")
-    return p.parse_args(argv)
-
-
-def main(benches: Sequence[Bench], argv=None) -> list[dict]:
-    a = parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)  # also sets OpenMP's count for vdfast._C (same runtime)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu"))
-    repeats = a.repeats or (10 if a.smoke else 25)
-    warmup = a.warmup if a.warmup is not None else (2 if a.smoke else 5)
-    wanted = a.providers.split(",") if a.providers else None
-    modes = a.modes.split(",")
-    env = versions()
-    copy_gbps = copy_bandwidth(device, (32 if a.smoke else 256) * 2**20)
-    head = (f"device: {device_name(device)}; copy bandwidth {copy_gbps:.1f} GB/s; "
-            f"torch {env['torch']}, triton {env['triton']}, vdfast {env['vdfast']}, "
-            f"git {env['git_sha']}")
-    print(head)
-    tables = [head + f"; median of {repeats} calls after {warmup} warm-up calls"]
-    rows = []
-    for bench in benches:
-        dtype = getattr(torch, a.dtype) if a.dtype else bench.dtype
-        provs = providers(bench, device, dtype, wanted)
-        if (a.no_compile or a.smoke) and not (wanted and "reference+compile" in wanted):
-            provs = [p for p in provs if p != "reference+compile"]
-        workloads = bench.smoke if a.smoke else bench.workloads
-        if a.workloads:
-            names = a.workloads.split(",")
-            workloads = {k: v for k, v in {**bench.workloads, **bench.smoke}.items() if k in names}
-        for name, shape in workloads.items():
-            rows += run_case(bench, name, shape, device, dtype, provs, modes, repeats, warmup,
-                             copy_gbps, env)
-        tables.append(f"### {bench.op} ({str(dtype).replace('torch.', '')})\n\n"
-                      + markdown([r for r in rows if r["op"] == bench.op]))
-        print("\n" + tables[-1])
-    if a.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(a.markdown)), exist_ok=True)
-        with open(a.markdown, "w") as f:
-            f.write("\n\n".join(tables) + "\n")
-        print(f"\nwrote {a.markdown}")
-    return finish(rows, a.json, a.compare)
-
-
 def finish(rows: list[dict], json_path=None, compare_path=None, plot_path=None) -> list[dict]:
     """The end of every benchmark command: write the JSON rows, print the speed-ups against an
     older run, draw the scaling plot (each only when asked for)."""
@@ -410,357 +171,16 @@ def finish(rows: list[dict], json_path=None, compare_path=None, plot_path=None) 
         with open(compare_path) as f:
             print("\n" + compare(rows, json.load(f)))
     if plot_path:
+        try:
+            from benchmarks.harness_steps import plot_scaling
+        except ImportError:  # run as a script from benchmarks/
+            from harness_steps import plot_scaling
         print(f"\nwrote {plot_scaling(rows, plot_path)}")
     return rows
 
 
-def discover() -> list[Bench]:
-    """The ``BENCH`` of every ``bench_*.py`` beside this file."""
-    benches = []
-    for fname in sorted(os.listdir(HERE)):
-        if fname.startswith("bench_") and fname.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(fname[:-3], os.path.join(HERE, fname))
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            benches.append(mod.BENCH)
-    return benches
-
-
-# ---------------------------------------------------------------------------------------------
-# end-to-end method steps (step_<method>.py): vdfast against a reference-style loop
-# ---------------------------------------------------------------------------------------------
-# A ``step_<name>.py`` declares a :class:`Step`: the methods it covers and ``build(method, workload,
-# device, tmp) -> StepCase`` (the providers: the reference-style loop first, then vdfast). This
-# section does the rest, for every method alike: interleaved timing, peak memory (each case in a
-# fresh child process), the ``--scaling`` grid, tables, JSON rows, ``--compare`` and the PNG plot.
-REFERENCE = "reference-style loop"
-
-
-@dataclass
-class Skipped:
-    """A provider that cannot run here (no CUDA, a missing package, a config field vdfast lacks):
-    its row carries ``skipped`` = the reason instead of times, and is not an error."""
-
-    reason: str
-
-
-@dataclass
-class StepCase:
-    """``providers``: ``(name, fn or Skipped)``, ``fn()`` = one iteration; ``extra[name]``: columns
-    added to that provider's row."""
-
-    providers: list
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class Step:
-    """What a ``step_<name>.py`` declares. ``build(method, workload, device, tmp) -> StepCase``;
-    ``workload`` is a dict of :mod:`workloads`; ``tmp`` a scratch directory."""
-
-    name: str
-    methods: tuple
-    build: Callable
-    title: str
-    file: str
-    extra_cols: tuple = ()    # (header, row key, format) per column added to the table
-    reference: str = REFERENCE    # the provider speed-ups are against
-    workloads: dict | None = None  # own workloads (default: workloads.WORKLOADS / SMOKE)
-    smoke: dict | None = None
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes(reset: bool) -> int:
-    import resource
-
-    if reset:  # VmHWM since the reset
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def measure_peak(fn: Callable[[], Any], device: torch.device, calls: int = 1,
-                 warmup: int = 1) -> tuple[float, float]:
-    """THE peak-memory measurement of every step benchmark: ``(peak MiB during `calls` calls of
-    fn above what was held just before them, MiB held before)``, after ``warmup`` calls (lazy
-    initialisation, optimizer state: part of what is held, not of the iteration's peak).
-
-    CUDA: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before. CPU: peak RSS
-    minus the RSS just before the calls. A process's peak RSS never goes down, so on a CPU this is
-    only meaningful in a fresh process (:func:`child_peak` runs it in one per case, with glibc told
-    to return every freed block of 64 KiB or more to the system, so the warm-up's freed memory
-    does not hide the peak). Linux copies the parent's peak into a child's ``ru_maxrss`` through
-    exec (a child of a 2 GB parent reports >= 2 GB), so the peak is read from ``VmHWM`` after
-    resetting it with ``/proc/self/clear_refs``; ``ru_maxrss`` only where that is not possible."""
-    import gc
-
-    for _ in range(warmup):
-        fn()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        reset = _reset_peak_rss()
-        base = _rss_bytes()
-        for _ in range(calls):
-            fn()
-        peak = _peak_rss_bytes(reset)
-    return max(0, peak - base) / 2**20, base / 2**20
-
-
-def child_peak(step: Step, method: str, workload: dict, provider: str, device: torch.device,
-               timeout: float = 1800) -> dict:
-    """Run :func:`measure_peak` for one provider of one case in a fresh Python process; returns
-    ``{"peak_mb", "held_mb"}`` or ``{"peak_error": why}``."""
-    spec = dict(file=step.file, method=method, workload=workload, provider=provider,
-                device=str(device), threads=torch.get_num_threads())
-    try:
-        # glibc: blocks >= 64 KiB are mmapped and unmapped on free (RSS falls back after a call)
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak-child",
-                              json.dumps(spec)], capture_output=True, text=True, timeout=timeout,
-                             env=env)
-    except subprocess.TimeoutExpired:
-        return {"peak_error": f"memory child timed out after {timeout:.0f} s"}
-    for line in out.stdout.splitlines():
-        if line.startswith("PEAK "):
-            return json.loads(line[5:])
-    tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"peak_error": f"memory child failed (rc {out.returncode}): {tail[:200]}"}
-
-
-def _load_module(path: str):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _peak_child_main(spec: dict) -> None:
-    import tempfile
-
-    torch.set_num_threads(spec["threads"])
-    step = _load_module(spec["file"]).STEP
-    device = torch.device(spec["device"])
-    with tempfile.TemporaryDirectory(prefix="vdfast-peak-") as tmp:
-        case = step.build(spec["method"], spec["workload"], device, tmp)
-        fn = dict(case.providers)[spec["provider"]]
-        peak, held = measure_peak(fn, device)
-    print("PEAK " + json.dumps({"peak_mb": peak, "held_mb": held}), flush=True)
-
-
-def compare_steps(workload: str, method: str, providers, device: torch.device, repeats: int,
-                  warmup: int, shape: dict, extra: dict | None = None,
-                  peak: Callable[[str], dict] | None = None, reference: str = REFERENCE) -> list[dict]:
-    """Time each ``(name, fn)`` of ``providers`` with interleaved repeats (ref, vdfast, ref, ...:
-    on a shared machine every provider sees the same load); one row per provider with median,
-    p20/p80, ``peak(name)`` (peak_mb / held_mb, see :func:`measure_peak`) and the speed-up against
-    ``reference``. A :class:`Skipped` provider gets a row saying why. An ``items_per_call`` column
-    (from ``extra``) gives ``items_per_s``."""
-    live = [(n, f) for n, f in providers if not isinstance(f, Skipped)]
-    times = {name: [] for name, _ in live}
-    for _, fn in live:
-        time_fn(fn, device, 0, warmup)
-    for _ in range(repeats):
-        for name, fn in live:
-            times[name] += time_fn(fn, device, 1, 0)
-    env = versions()
-    rows = []
-    for name, fn in providers:
-        row = {"workload": workload, "method": method, "provider": name, "median_ms": None,
-               "p20_ms": None, "p80_ms": None, "peak_mb": None, "held_mb": None,
-               "device": device_name(device), "shape": shape, "skipped": None,
-               **(extra or {}).get(name, {}), **env}
-        if isinstance(fn, Skipped):
-            row["skipped"] = fn.reason
-        else:
-            t = times[name]
-            row.update(median_ms=statistics.median(t), p20_ms=_quantile(t, 0.2),
-                       p80_ms=_quantile(t, 0.8))
-            if row.get("items_per_call"):
-                row["items_per_s"] = row["items_per_call"] / (row["median_ms"] * 1e-3)
-            if peak is not None:
-                row.update(peak(name))
-        rows.append(row)
-    ref = next((r["median_ms"] for r in rows if r["provider"] == reference and r["median_ms"]), None)
-    for r in rows:
-        r["speedup_vs_reference"] = ref / r["median_ms"] if ref and r["median_ms"] else None
-    return rows
-
-
-def step_table(rows: list[dict], extra_cols=()) -> str:
-    heads = ["workload", "method", "provider", "median ms", "p20-p80 ms", "peak MiB",
-             *(h for h, _, _ in extra_cols), "speed-up"]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for r in rows:
-        if r.get("skipped"):
-            cells = [r["workload"], r["method"], r["provider"], f"skipped: {r['skipped']}"]
-            lines.append("| " + " | ".join(cells) + " |" + " |" * (len(heads) - len(cells)))
-            continue
-        peak = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else (
-            "error" if r.get("peak_error") else "-")
-        sp = r.get("speedup_vs_reference")
-        cells = [r["workload"], r["method"], r["provider"], f"{r['median_ms']:.1f}",
-                 f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f}", peak,
-                 *(format(r[k], f) if r.get(k) is not None else "-" for _, k, f in extra_cols),
-                 f"{sp:.2f}x" if sp else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    errors = sorted({r["peak_error"] for r in rows if r.get("peak_error")})
-    return "\n".join(lines + [f"\npeak memory error: {e}" for e in errors])
-
-
-def plot_scaling(rows: list[dict], path: str) -> str:
-    """A PNG of seconds per iteration (log) and peak MiB against ipc (log), one line per
-    method/provider, from ``--scaling`` rows at their base size (drawn with Pillow)."""
-    from PIL import Image, ImageDraw
-
-    rows = [r for r in rows if r.get("scaling") == "ipc" and r.get("median_ms")]
-    series: dict[str, list] = {}
-    for r in rows:
-        series.setdefault(f"{r['method']} / {r['provider']}", []).append(
-            (r["shape"]["ipc"], r["median_ms"] / 1e3, r.get("peak_mb")))
-    W, H, M = 560, 380, 60
-    img = Image.new("RGB", (2 * W, H + 24 + 16 * len(series)), "white")
-    d = ImageDraw.Draw(img)
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-    ipcs = sorted({p[0] for s in series.values() for p in s}) or [1]
-    lx0 = math.log(min(ipcs))
-    lx1 = math.log(max(ipcs)) if max(ipcs) > min(ipcs) else lx0 + 1
-    for panel, (k, title, log) in enumerate(((1, "seconds per iteration", True),
-                                             (2, "peak memory above held (MiB)", False))):
-        vals = [p[k] for s in series.values() for p in s if p[k]]
-        if not vals:
-            continue
-        f = (lambda v: math.log(v)) if log else (lambda v: v)
-        lo, hi = (f(min(vals)), f(max(vals))) if log else (0.0, max(vals))
-        hi = hi if hi > lo else lo + 1
-        ox = panel * W
-        d.text((ox + M, 8), title + " against ipc" + (" (log)" if log else ""), fill="black")
-        d.rectangle([ox + M, 30, ox + W - 20, H - 40], outline="black")
-
-        def xy(ipc, v):
-            x = ox + M + (math.log(ipc) - lx0) / (lx1 - lx0) * (W - 20 - M)
-            return x, H - 40 - (f(v) - lo) / (hi - lo) * (H - 70)
-        for ipc in ipcs:
-            x, _ = xy(ipc, min(vals))
-            d.text((x - 6, H - 34), str(ipc), fill="black")
-        for v in (min(vals), max(vals)):
-            _, y = xy(ipcs[0], v)
-            d.text((ox + 2, y - 6), f"{v:.3g}", fill="black")
-        for i, (name, pts) in enumerate(series.items()):
-            pts = sorted(p for p in pts if p[k])
-            line = [xy(p[0], p[k]) for p in pts]
-            if len(line) > 1:
-                d.line(line, fill=colors[i % len(colors)], width=2)
-            for x, y in line:
-                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[i % len(colors)])
-    for i, name in enumerate(series):
-        d.text((M, H + 8 + 16 * i), "-- " + name, fill=colors[i % len(colors)])
-    d.text((W + M, H - 20), "ipc (log)", fill="black")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    img.save(path)
-    return path
-
-
-IPC_GRID = (1, 5, 10, 20, 50)
-SIZE_GRID = (64, 112, 224)
-
-
-def scaling_workloads(base: dict, ipcs, sizes) -> list[tuple[str, dict]]:
-    """``(series, workload)``: the base workload at each ipc, then at each size (ipc 1)."""
-    out = [("ipc", {**base, "ipc": k}) for k in ipcs]
-    return out + [("size", {**base, "size": s, "ipc": 1}) for s in sizes]
-
-
-def step_main(step: Step, argv=None) -> list[dict]:
-    """The command line of every ``step_<name>.py``: pick methods, workloads and device, time
-    each case (or the ``--scaling`` grid), measure peak memory, print the table, write ``--json``,
-    ``--compare`` against old rows, draw ``--plot``."""
-    import tempfile
-
-    import workloads as wl
-
-    p = argparse.ArgumentParser(description=step.title)
-    p.add_argument("--smoke", action="store_true", help="tiny CPU shapes (CI)")
-    p.add_argument("--methods", default=",".join(step.methods),
-                   help="comma list among " + ",".join(step.methods))
-    p.add_argument("--workloads", default=None,
-                   help="comma list of workload names (see benchmarks/workloads.py)")
-    p.add_argument("--device", default=None, help="default: cuda if visible, else cpu")
-    p.add_argument("--repeats", type=int, default=None, help="default 10 (smoke: 3)")
-    p.add_argument("--warmup", type=int, default=None, help="default 2 (smoke: 1)")
-    p.add_argument("--memory", choices=("on", "off"), default=None,
-                   help="peak memory per case in a child process (default on; smoke: off)")
-    p.add_argument("--scaling", action="store_true",
-                   help="vdfast only, over ipc and size from the first workload")
-    p.add_argument("--ipcs", default=None, help=f"scaling ipcs (default {IPC_GRID}; smoke 1,2)")
-    p.add_argument("--sizes", default=None, help=f"scaling sizes (default {SIZE_GRID}; smoke 16)")
-    p.add_argument("--plot", default=None,
-                   help="with --scaling: write a PNG of time and memory against ipc")
-    p.add_argument("--json", default=None, help="write JSON rows to this path")
-    p.add_argument("--compare", default=None, help="base JSON rows: print speed-ups against them")
-    a, _ = p.parse_known_args(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu"))
-    chosen = wl.select(a.workloads, a.smoke, step.workloads, step.smoke)
-    repeats = a.repeats or (3 if a.smoke else 10)
-    warmup = a.warmup if a.warmup is not None else (1 if a.smoke else 2)
-    memory = (a.memory or ("off" if a.smoke else "on")) == "on"
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix=f"vdfast-{step.name}-bench-") as tmp:
-        for method in a.methods.split(","):
-            cases = [(None, name, w) for name, w in chosen.items()]
-            if a.scaling:
-                name, base = next(iter(chosen.items()))
-                ipcs = a.ipcs or ("1,2" if a.smoke else ",".join(map(str, IPC_GRID)))
-                sizes = a.sizes if a.sizes is not None else (
-                    "16" if a.smoke else ",".join(map(str, SIZE_GRID)))
-                ipcs = [int(x) for x in ipcs.split(",") if x]
-                sizes = [int(x) for x in sizes.split(",") if x]
-                cases = [(series, f"{name}@ipc{w['ipc']}-{w['size']}px", w)
-                         for series, w in scaling_workloads(base, ipcs, sizes)]
-            for series, name, w in cases:
-                case = step.build(method, w, device, os.path.join(tmp, f"{method}-{name}"))
-                provs = case.providers
-                if a.scaling:
-                    provs = [(n, f) for n, f in provs if n.startswith("vdfast")]
-
-                def peak(prov, method=method, w=w):
-                    return child_peak(step, method, w, prov, device)
-                new = compare_steps(name, method, provs, device, repeats, warmup, w, case.extra,
-                                    peak if memory else None, step.reference)
-                for r in new:
-                    r["scaling"] = series
-                rows += new
-                del case
-    print(f"{step.title} on {device_name(device)}; git {versions()['git_sha']}\n")
-    print(step_table(rows, step.extra_cols))
-    return finish(rows, a.json, a.compare, a.plot if a.scaling else None)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--peak-child"]:
-        _peak_child_main(json.loads(sys.argv[2]))
-    else:
-        main(discover())
+    import sys
+
+    sys.exit("benchmarks/harness.py holds what the harnesses share; run benchmarks/harness_ops.py "
+             "(every bench_<op>.py), a step_<name>.py, or benchmarks/run.py (everything)")

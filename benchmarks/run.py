@@ -5,7 +5,7 @@
     python benchmarks/run.py --only dm,mtt --workloads builtin_ipc1 --compare runs/old.json
     python benchmarks/run.py --only dm,s2d-dm,mtt,s2d-mtt,gvd --scaling --plot runs/scaling.png
 
-Runs every fused op against its reference (``harness.py`` over ``bench_*.py``), one iteration of
+Runs every fused op against its reference (``harness_ops.py`` over ``bench_*.py``), one iteration of
 each method against its reference-style loop (``step_dm.py``: dm, s2d-dm; ``step_mtt.py``: mtt,
 s2d-mtt; ``step_gvd.py``: gvd generation) on the named workloads of ``workloads.py``, and the
 decoders (``step_decode.py``), and the evaluation's batched students against one-by-one ones
@@ -60,9 +60,10 @@ def main(argv=None) -> list[dict]:
     scaling = "--scaling" in rest
     rows: list[dict] = []
     import harness
+    import harness_ops
 
     if "ops" in only and not scaling:
-        rows += harness.main(harness.discover(), smoke + ["--no-compile"] if a.smoke else [])
+        rows += harness_ops.main(harness_ops.discover(), smoke + ["--no-compile"] if a.smoke else [])
     modules: dict[str, list[str]] = {}
     for name in only:
         if name in STEPS and not (scaling and name in ("decode", "eval")):

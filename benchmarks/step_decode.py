@@ -23,7 +23,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-from harness import Skipped, Step, StepCase, step_main  # noqa: E402
+from harness_steps import Skipped, Step, StepCase, step_main  # noqa: E402
 
 from vdfast.data.dali import dali_reason, decode_clip_dali  # noqa: E402
 from vdfast.data.decode import ClipSpec, decode_clip  # noqa: E402

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Step, StepCase, step_main  # noqa: E402
+from harness_steps import Step, StepCase, step_main  # noqa: E402
 from reference_loops import ReferenceDM, ReferencePixels, ReferenceS2D  # noqa: E402
 
 from vdfast.config import resolve  # noqa: E402

@@ -23,7 +23,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Step, StepCase, step_main  # noqa: E402
+from harness_steps import Step, StepCase, step_main  # noqa: E402
 
 from vdfast.config import EvalConfig, NetConfig  # noqa: E402
 from vdfast.data.store import ClipStore  # noqa: E402

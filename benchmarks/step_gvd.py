@@ -23,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Step, StepCase, step_main  # noqa: E402
+from harness_steps import Step, StepCase, step_main  # noqa: E402
 from reference_gvd import reference_sample  # noqa: E402
 
 from vdfast.config import resolve  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Step, StepCase, step_main  # noqa: E402
+from harness_steps import Step, StepCase, step_main  # noqa: E402
 from reference_mtt import ReferenceMTT  # noqa: E402
 from step_dm import reference_synset  # noqa: E402
 

@@ -5,6 +5,8 @@ import dataclasses
 import json
 
 import harness  # benchmarks/ is on sys.path (conftest.py)
+import harness_ops
+import harness_steps
 import pytest
 import step_dm
 import step_gvd
@@ -69,13 +71,13 @@ def test_reference_gvd_sampler_matches_vdfast():
 
 
 def test_skipped_provider_row_and_speedup():
-    rows = harness.compare_steps("w", "m", [("reference-style loop", lambda: sum(range(1000))),
-                                            ("gpu thing", harness.Skipped("no CUDA device")),
+    rows = harness_steps.compare_steps("w", "m", [("reference-style loop", lambda: sum(range(1000))),
+                                                  ("gpu thing", harness_steps.Skipped("no CUDA device")),
                                             ("vdfast", lambda: None)], CPU, 2, 0, {})
     assert [r["provider"] for r in rows] == ["reference-style loop", "gpu thing", "vdfast"]
     assert rows[1]["skipped"] == "no CUDA device" and rows[1]["median_ms"] is None
     assert rows[0]["speedup_vs_reference"] == 1.0 and rows[2]["speedup_vs_reference"] > 0
-    assert "skipped: no CUDA device" in harness.step_table(rows)
+    assert "skipped: no CUDA device" in harness_steps.step_table(rows)
 
 
 def test_op_case_interleaves_providers_and_marks_a_failing_one():
@@ -93,12 +95,12 @@ def test_op_case_interleaves_providers_and_marks_a_failing_one():
             if backend == "triton":
                 raise RuntimeError("no such kernel\nsecond line")
             return (a * a).sum()
-        return harness.Case(args=(x,), reference=reference, vdfast=vdfast, grad_args=(0,),
-                            bytes={"fwd": 4 * n, "fwd+bwd": 8 * n})
+        return harness_ops.Case(args=(x,), reference=reference, vdfast=vdfast, grad_args=(0,),
+                                bytes={"fwd": 4 * n, "fwd+bwd": 8 * n})
 
-    bench = harness.Bench(op="square_sum", setup=setup, workloads={}, smoke={})
-    rows = harness.run_case(bench, "w", {"n": 64}, CPU, torch.float32,
-                            ["reference", "cpp", "triton"], ["fwd", "fwd+bwd"], 3, 1, 10.0, {})
+    bench = harness_ops.Bench(op="square_sum", setup=setup, workloads={}, smoke={})
+    rows = harness_ops.run_case(bench, "w", {"n": 64}, CPU, torch.float32,
+                                ["reference", "cpp", "triton"], ["fwd", "fwd+bwd"], 3, 1, 10.0, {})
     assert [(r["provider"], r["mode"]) for r in rows] == [
         (p, m) for m in ("fwd", "fwd+bwd") for p in ("reference", "cpp", "triton")]
     bad = [r for r in rows if r["provider"] == "triton"]
@@ -108,15 +110,43 @@ def test_op_case_interleaves_providers_and_marks_a_failing_one():
     # fwd: one warm-up call each (triton fails there and is dropped), then the 3 timed rounds
     # alternate: reference, cpp, reference, cpp ...
     assert order[:9] == ["reference", "cpp", "triton"] + ["reference", "cpp"] * 3, order
-    assert "error: RuntimeError: no such kernel" in harness.markdown(rows)
+    assert "error: RuntimeError: no such kernel" in harness_ops.markdown(rows)
+
+
+def test_time_fn_flushes_before_each_timed_call_only():
+    events = []
+    times = harness.time_fn(lambda: events.append("call"), CPU, repeats=3, warmup=1,
+                            flush=lambda: events.append("flush"))
+    assert len(times) == 3 and events == ["call"] + ["flush", "call"] * 3  # not before the warm-up
+    assert harness.l2_flusher(CPU) is None  # nothing to flush on a CPU (see harness's docstring)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_l2_flusher_writes_twice_the_l2_outside_the_timed_region():
+    dev = torch.device("cuda")
+    flush = harness.l2_flusher(dev)
+    buf = flush.__self__
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    assert buf.is_cuda and buf.numel() * buf.element_size() >= max(256 * 2**20, 2 * l2)
+    buf.fill_(7)
+    flush()
+    torch.cuda.synchronize()
+    assert int(buf.count_nonzero()) == 0
+    # a 1 MiB read re-timed right after itself hits the L2; flushed first, it cannot run faster
+    x = torch.ones(2**18, device=dev)
+    warm = harness.time_fn(lambda: x.sum(), dev, repeats=50, warmup=5)
+    cold = harness.time_fn(lambda: x.sum(), dev, repeats=50, warmup=5, flush=flush)
+    assert sorted(cold)[25] >= 0.9 * sorted(warm)[25], (cold, warm)
 
 
 def test_peak_memory_in_a_child_process_sees_the_allocation():
     # a step allocating ~64 MiB on the CPU, measured in a fresh process (the parent holds more)
     hold = torch.ones(64 * 2**20 // 4)  # noqa: F841  (the parent's RSS must not leak into the child's)
-    step = harness.Step("dm", ("dm",), step_dm.build, "DM", step_dm.__file__)
-    big = harness.child_peak(step, "dm", dict(TINY, size=32, frames=8, batch_real=64), "vdfast", CPU)
-    small = harness.child_peak(step, "dm", TINY, "vdfast", CPU)
+    step = harness_steps.Step("dm", ("dm",), step_dm.build, "DM", step_dm.__file__)
+    big = harness_steps.child_peak(step, "dm", dict(TINY, size=32, frames=8, batch_real=64), "vdfast",
+                                   CPU)
+    small = harness_steps.child_peak(step, "dm", TINY, "vdfast", CPU)
     assert "peak_error" not in big and "peak_error" not in small, (big, small)
     assert big["peak_mb"] > small["peak_mb"] >= 0
     assert big["held_mb"] > 0 and hold.numel() > 0

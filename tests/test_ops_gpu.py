@@ -14,7 +14,7 @@ import os
 
 import pytest
 import torch
-from harness import discover  # benchmarks/ is on sys.path (conftest.py)
+from harness_ops import discover  # benchmarks/ is on sys.path (conftest.py)
 from tolerances import TOL
 
 import vdfast.ops  # noqa: F401  (registers the ops)

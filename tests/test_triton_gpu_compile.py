@@ -20,7 +20,7 @@ import sys
 
 import pytest
 import torch
-from harness import discover, make_call  # benchmarks/ is on sys.path (conftest.py)
+from harness_ops import discover, make_call  # benchmarks/ is on sys.path (conftest.py)
 from tolerances import TOL
 
 triton = pytest.importorskip("triton")
