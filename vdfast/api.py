@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,8 +22,8 @@ import torch
 from vdfast import profiling
 from vdfast.config import ConfigError, DistillConfig, EvalConfig, from_dict, resolve
 from vdfast.data.store import ClipStore, StoreError
-from vdfast.engine import checkpoint
-from vdfast.progress import bar, say
+from vdfast.engine import checkpoint, loop
+from vdfast.progress import say
 from vdfast.synsets import Synset, load
 from vdfast.version import __version__
 
@@ -177,135 +176,143 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
 
 
 def _distill(store, cfg, m, dist, out, preset, resume, progress, callback) -> Result:
-    """:func:`distill` after the checks, holding the run's lock on ``out``."""
+    """:func:`distill` after the checks, holding the run's lock on ``out``: resume, the method's
+    ``init``, its steps in the loop, the result saved."""
     device = dist.device
     ident = _identity(cfg, store)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    history = {"loss": [], "seconds_per_it": [], "at_iteration": [], "peak_memory_mb": 0.0}
-    start = 0
-    synset = saved = None
     ck = checkpoint.Checkpointer(out / "checkpoint", kind="distill") if out else None
-    if ck is not None and ck.exists():
-        if not resume:
-            if dist.main:
-                ck.clear()
-            dist.barrier()
-        else:
-            found = _find_checkpoint(ck, dist)
-            if found is not None:
-                want = json.loads(json.dumps(ident, default=str))  # as the manifest holds it
-                if found.identity != want:
-                    raise checkpoint.CheckpointError(
-                        f"{out} holds a run with other settings or other data; pass another --out, "
-                        f"or --no-resume to start over (differences: {_diff(found.identity, want)})")
-                saved = _read_state(found.path / "state.pt")
-                synset = _read_synset(found.path / "synset", device)
-                start = found.iteration
-                history = saved["history"]
-                gen.set_state(saved["gen"])
-                say(f"resuming {cfg.method} from iteration {start} ({found.path})")
+    saved, synset = _resume(ck, dist, ident, resume, out, cfg, gen) if ck is not None else (None, None)
+    start = saved["iteration"] if saved is not None else 0
+    history = saved["history"] if saved is not None else {
+        "loss": [], "seconds_per_it": [], "at_iteration": [], "peak_memory_mb": 0.0}
     profiling.check_request(cfg.profile, cfg.iterations - start, cfg.method, m.iterative, out)
     if synset is None:
         m.run_dir = out  # methods with cached stages (GVD) keep them under the run directory
         synset = m.init(store, cfg, device, gen)
     synset.meta.update(method=cfg.method, ipc=cfg.ipc, config=cfg.to_dict(), dataset=store.name)
     last_saved = start if saved is not None else None
-
     if m.iterative and start < cfg.iterations:
-        state = m.setup(synset, store, cfg, device)
-        if state.get("bank") is not None:  # DM's network bank: size, build time, cache use
-            history["dm_bank"] = state["bank"].report()
-        if start > 0:
-            m.load_state_dict(state, saved["method"])
-        if ck is not None and dist.main:  # room for a checkpoint beside the last and the result
-            size = _nbytes(synset.state_dict()) + _nbytes(m.state_dict(state)) + (1 << 16)
-            checkpoint.preflight(out, 2 * size + _nbytes(synset.state_dict()) - ck.nbytes(),
-                                 f"{cfg.method} ipc {cfg.ipc}")
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        history["memory_before_loop_mb"] = memory_now_mb(device)  # the loop's own share: peak - this
-        window, t_win, losses = 10, time.perf_counter(), []
-        if saved is not None:  # the window the checkpoint fell into: its losses so far
-            own = dist.main or not m.partial_loss  # partial losses: summed once, from rank 0's copy
-            losses = [torch.tensor(v if own else 0.0, device=device) for v in saved.get("pending", [])]
-        prof = profiling.LoopProfiler(cfg.profile, start, out, device, dist.rank, dist.world,
-                                      title=f"{cfg.method} ipc {cfg.ipc} on {store.name}")
-        with bar(total=cfg.iterations, initial=start, desc=f"{cfg.method} ipc{cfg.ipc}", unit="it",
-                 enable=progress and dist.main) as pb, contextlib.closing(prof):
-            for it in range(start, cfg.iterations):
-                with prof.iteration(it):
-                    losses.append(m.step(synset, state, gen))
-                done = it + 1
-                at_window = done % window == 0 or done == cfg.iterations
-                if at_window:
-                    # the one sync per window (summed over processes' shares of the loss)
-                    vals = torch.stack(losses).float()
-                    vals = (dist.all_reduce_(vals) if m.partial_loss else vals).cpu().tolist()
-                    dt = (time.perf_counter() - t_win) / len(vals)
-                    history["loss"] += vals
-                    history["seconds_per_it"].append(dt)
-                    history["at_iteration"].append(done)
-                    pb.set_postfix(loss=f"{vals[-1]:.4g}", refresh=False)
-                    pb.update(len(vals))
-                    log.debug("%s iteration %d/%d: loss %.6g, %.1f ms/it", cfg.method, done,
-                              cfg.iterations, vals[-1], 1e3 * dt)
-                    if callback is not None and dist.main:
-                        callback({"iteration": done, "iterations": cfg.iterations, "loss": vals,
-                                  "seconds_per_it": dt, "synset": synset})
-                    losses, t_win = [], time.perf_counter()
-                    if not all(v == v for v in vals):
-                        _nan_error(cfg, m, done, last_saved, ck)
-                stop = _stop_requested(dist, at_window)
-                if ck is not None and (done == cfg.iterations or (stop and done < cfg.iterations) or (
-                        cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-                    pending = []  # the window so far (a checkpoint between two windows' syncs)
-                    if losses:
-                        vals = torch.stack(losses).float()
-                        pending = (dist.all_reduce_(vals) if m.partial_loss else vals).cpu().tolist()
-                        if not all(v == v for v in pending):  # never checkpoint a NaN synset
-                            _nan_error(cfg, m, done, last_saved, ck)
-                    history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0,
-                                                    peak_memory_mb(device))
-                    if dist.main:  # every process holds the same synset
-                        _checkpoint(ck, synset, m, state, gen, done, history, ident, pending)
-                    last_saved = done
-                    dist.barrier()
-                if stop and done < cfg.iterations:
-                    raise checkpoint.Interrupted(done, stop, saved=ck is not None)
-        if hasattr(m, "finalize"):  # e.g. MTT records its learned student step size
-            m.finalize(synset, state)
-        history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0, peak_memory_mb(device))
-        if prof.summary is not None:
-            history["profile"] = prof.summary
-            if dist.main:
-                say(profiling.headline(prof.summary))
+        last_saved = _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, history,
+                            progress, callback)
     history["iterations"] = cfg.iterations if m.iterative else 0
     history["iterative"] = m.iterative
     history["processes"] = dist.world
     result = Result(synset, cfg, history, out, store)
     if out is not None and dist.main:
-        try:
-            synset.save(out / "synset")
-            (out / "config.json").write_text(json.dumps({"vdfast": __version__, "preset": preset,
-                                                         "data": store.describe(), **cfg.to_dict()},
-                                                        indent=1))
-            _write_metrics(out, {"history": _summary(history)})
-            if last_saved is None:  # non-iterative methods: the result is the checkpoint
-                _checkpoint(ck, synset, m, {}, gen, history["iterations"], history, ident)
-        except Exception as e:
-            if checkpoint.is_disk_full(e, out):
-                kept = (f"the checkpoint of iteration {last_saved} in {ck.path} is intact; "
-                        if last_saved is not None else "")
-                raise checkpoint.DiskFullError(out, f"the result was not written completely; {kept}"
-                                                    f"free some space, then run the same command "
-                                                    f"again (it resumes)") from e
-            raise
+        _save_result(out, ck, synset, m, gen, history, ident, cfg, preset, store, last_saved)
     dist.barrier()
     result.rank = dist.rank
     sig = checkpoint.interrupt_requested()
     if sig:  # a signal during the last iteration or after it: the run is complete and saved
         raise checkpoint.Interrupted(history["iterations"], sig, saved=out is not None)
     return result
+
+
+def _resume(ck, dist, ident, resume, out, cfg, gen):
+    """(the saved state, the synset) of ``out``'s checkpoint when the run resumes from it, else
+    (None, None); ``--no-resume`` clears it. ``gen`` continues from the saved generator."""
+    if not ck.exists():
+        return None, None
+    if not resume:
+        if dist.main:
+            ck.clear()
+        dist.barrier()
+        return None, None
+    found = _find_checkpoint(ck, dist)
+    if found is None:
+        return None, None
+    want = json.loads(json.dumps(ident, default=str))  # as the manifest holds it
+    if found.identity != want:
+        raise checkpoint.CheckpointError(
+            f"{out} holds a run with other settings or other data; pass another --out, "
+            f"or --no-resume to start over (differences: {_diff(found.identity, want)})")
+    saved = _read_state(found.path / "state.pt")
+    synset = _read_synset(found.path / "synset", dist.device)
+    saved["iteration"] = found.iteration
+    gen.set_state(saved["gen"])
+    say(f"resuming {cfg.method} from iteration {found.iteration} ({found.path})")
+    return saved, synset
+
+
+def _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, history, progress,
+           callback) -> int | None:
+    """The method's steps ``start .. cfg.iterations - 1`` in the loop
+    (:class:`vdfast.engine.loop.Loop`): history, callback and logger every window, checkpoints
+    every ``cfg.checkpoint_every`` iterations, at the end and on a signal, the profiler. Returns
+    the iteration of the last checkpoint (None: none)."""
+    device = dist.device
+    state = m.setup(synset, store, cfg, device)
+    if state.get("bank") is not None:  # DM's network bank: size, build time, cache use
+        history["dm_bank"] = state["bank"].report()
+    if start > 0:
+        m.load_state_dict(state, saved["method"])
+    if ck is not None and dist.main:  # room for a checkpoint beside the last and the result
+        size = _nbytes(synset.state_dict()) + _nbytes(m.state_dict(state)) + (1 << 16)
+        checkpoint.preflight(out, 2 * size + _nbytes(synset.state_dict()) - ck.nbytes(),
+                             f"{cfg.method} ipc {cfg.ipc}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    history["memory_before_loop_mb"] = memory_now_mb(device)  # the loop's own share: peak - this
+    pending = []
+    if saved is not None:  # the window the checkpoint fell into: its losses so far
+        own = dist.main or not m.partial_loss  # partial losses: summed once, from rank 0's copy
+        pending = [torch.tensor(v if own else 0.0, device=device) for v in saved.get("pending", [])]
+
+    def on_window(done, vals, dt):
+        history["loss"] += vals
+        history["seconds_per_it"].append(dt)
+        history["at_iteration"].append(done)
+        log.debug("%s iteration %d/%d: loss %.6g, %.1f ms/it", cfg.method, done,
+                  cfg.iterations, vals[-1], 1e3 * dt)
+        if callback is not None and dist.main:
+            callback({"iteration": done, "iterations": cfg.iterations, "loss": vals,
+                      "seconds_per_it": dt, "synset": synset})
+
+    def save(done, pending):
+        history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0,
+                                        peak_memory_mb(device))
+        if dist.main:  # every process holds the same synset
+            _checkpoint(ck, synset, m, state, gen, done, history, ident, pending)
+
+    prof = profiling.LoopProfiler(cfg.profile, start, out, device, dist.rank, dist.world,
+                                  title=f"{cfg.method} ipc {cfg.ipc} on {store.name}")
+    run = loop.Loop(total=cfg.iterations, start=start, desc=f"{cfg.method} ipc{cfg.ipc}",
+                    progress=progress, dist=dist, partial=m.partial_loss, pending=pending,
+                    on_window=on_window, profiler=prof, every=cfg.checkpoint_every,
+                    save=save if ck is not None else None,
+                    last_saved=start if saved is not None else None,
+                    on_nan=lambda done, last: _nan_error(cfg, m, done, last, ck))
+    run.run(lambda it: m.step(synset, state, gen))
+    if hasattr(m, "finalize"):  # e.g. MTT records its learned student step size
+        m.finalize(synset, state)
+    history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0, peak_memory_mb(device))
+    if prof.summary is not None:
+        history["profile"] = prof.summary
+        if dist.main:
+            say(profiling.headline(prof.summary))
+    return run.last_saved
+
+
+def _save_result(out, ck, synset, m, gen, history, ident, cfg, preset, store, last_saved):
+    """``out/synset``, ``config.json``, ``metrics.json`` (and, for a method without steps, its
+    checkpoint); a full disk says which checkpoint is intact."""
+    try:
+        synset.save(out / "synset")
+        (out / "config.json").write_text(json.dumps({"vdfast": __version__, "preset": preset,
+                                                     "data": store.describe(), **cfg.to_dict()},
+                                                    indent=1))
+        _write_metrics(out, {"history": _summary(history)})
+        if last_saved is None:  # non-iterative methods: the result is the checkpoint
+            _checkpoint(ck, synset, m, {}, gen, history["iterations"], history, ident)
+    except Exception as e:
+        if checkpoint.is_disk_full(e, out):
+            kept = (f"the checkpoint of iteration {last_saved} in {ck.path} is intact; "
+                    if last_saved is not None else "")
+            raise checkpoint.DiskFullError(out, f"the result was not written completely; {kept}"
+                                                f"free some space, then run the same command "
+                                                f"again (it resumes)") from e
+        raise
 
 
 def _nan_error(cfg, m, done, last_saved, ck):
@@ -344,18 +351,6 @@ def _read_synset(path: Path, device):
         raise checkpoint.CheckpointError(f"cannot read the checkpoint's synset {path} "
                                          f"({type(e).__name__}: {e}); pass --no-resume to start "
                                          f"over, or another --out") from e
-
-
-def _stop_requested(dist, at_window: bool) -> int:
-    """The pending SIGINT/SIGTERM number (0: none). On N processes they agree at a window's end
-    (the loop's sync point), so every process stops at the same iteration."""
-    sig = checkpoint.interrupt_requested()
-    if not dist.active:
-        return sig
-    if not at_window:
-        return 0
-    flag = dist.all_reduce_(torch.tensor([1.0 if sig else 0.0], device=dist.device))
-    return (sig or 15) if float(flag) > 0 else 0
 
 
 def _nbytes(obj) -> int:

@@ -216,7 +216,6 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
 
 def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentum, weight_decay,
                    net_cfg, seed, device, progress, shard) -> list[Path]:
-    from vdfast.ops import normalize_clips
     from vdfast.progress import bar
 
     training = {"epochs": epochs, "lr": lr, "batch": batch, "momentum": momentum,
@@ -246,7 +245,6 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
         return paths
 
     u8, labels = store.tensors("train", device)
-    n = u8.shape[0]
     with bar(total=len(todo) * epochs, desc=f"experts {out_dir.name}", unit="ep",
              enable=progress) as pb:
         for i in todo:
@@ -291,28 +289,54 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
             net = net.to(device).train()
             opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                                   weight_decay=weight_decay)
-            for e in range(start, epochs):
-                s = _epoch_seed(seed, i, e)
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(s)).to(device)
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(s)  # dropout draws, inside the fork: the caller's RNG is untouched
-                    for b in range(0, n, batch):
-                        idx = perm[b:b + batch]
-                        x = normalize_clips(u8[idx], store.mean, store.std)
-                        loss = F.cross_entropy(net(x), labels[idx])
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                row = flatten_params(net)
-                _write_row(tpath, e + 1, row)
-                sums = header.get("rows_sha256")
-                if sums is not None:  # sidecars of older buffers have none: they go on without
-                    header["rows_sha256"] = sums[:e + 1] + [_row_sha(row)]
-                header.update(epochs_done=e + 1, complete=e + 1 == epochs,
-                              final_train_loss=float(loss.detach()))
-                _write_json(jpath, header)
-                pb.update(1)
-                pb.set_postfix(expert=i, loss=f"{float(loss.detach()):.3f}", refresh=False)
+            _expert_loop(net, opt, u8, labels, store, i, seed, batch, epochs, start, device,
+                         tpath, jpath, header, pb, alone=shard[1] == 1)
+    return paths
+
+
+def _expert_loop(net, opt, u8, labels, store, i, seed, batch, epochs, start, device, tpath, jpath,
+                 header, pb, alone: bool = True) -> None:
+    """Expert ``i``'s epochs ``start .. epochs - 1`` (:class:`vdfast.engine.loop.Loop`, one step
+    per epoch): after each, its parameters are written as the trajectory's next row and the sidecar
+    records the epoch (the expert's checkpoint). ``alone`` (one process): a SIGINT / SIGTERM stops
+    after the epoch's row; processes sharing a buffer train different experts and cannot agree on
+    a step, so they finish theirs and the run stops at its next checkpoint."""
+    from vdfast.engine.loop import Loop
+    from vdfast.ops import normalize_clips
+
+    n = u8.shape[0]
+    last = {}
+
+    def epoch(e):
+        s = _epoch_seed(seed, i, e)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(s)).to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(s)  # dropout draws, inside the fork: the caller's RNG is untouched
+            for b in range(0, n, batch):
+                idx = perm[b:b + batch]
+                x = normalize_clips(u8[idx], store.mean, store.std)
+                loss = F.cross_entropy(net(x), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return loss.detach()
+
+    def save(done, pending):
+        row = flatten_params(net)
+        _write_row(tpath, done, row)
+        sums = header.get("rows_sha256")
+        if sums is not None:  # sidecars of older buffers have none: they go on without
+            header["rows_sha256"] = sums[:done] + [_row_sha(row)]
+        header.update(epochs_done=done, complete=done == epochs, final_train_loss=last["loss"])
+        _write_json(jpath, header)
+
+    def on_window(done, vals, dt):
+        last["loss"] = vals[-1]
+
+    # experts are split across processes without communication: each process runs its own loop
+    Loop(total=epochs, start=start, unit="ep", bar=pb, window=1, every=1, save=save,
+         on_window=on_window, postfix=lambda v: {"expert": i, "loss": f"{v:.3f}"},
+         stop_on_signal=alone, what=f"expert {i} epoch").run(epoch)
     return paths
 
 

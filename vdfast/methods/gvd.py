@@ -138,6 +138,22 @@ def _load_train_state(path: Path | None, modules: dict, opt, gen: torch.Generato
     return s["step"]
 
 
+def _train_loop(train_step, steps: int, start: int, desc: str, metric: str, g, dist, progress,
+                state: Path | None, modules: dict, opt, gen: torch.Generator) -> None:
+    """A training stage's steps ``start .. steps - 1`` (:class:`vdfast.engine.loop.Loop`): the
+    loss shown every 50 steps, the resumable state (:func:`_save_train_state`, written by the main
+    process) saved every ``g.checkpoint_every`` steps and on SIGINT / SIGTERM."""
+    from vdfast.engine.loop import Loop
+
+    def save(done, pending):
+        if dist.main:
+            _save_train_state(state, modules, opt, gen, done)
+
+    Loop(total=steps, start=start, desc=desc, unit="step", progress=progress, dist=dist, window=50,
+         partial=True, postfix=lambda v: {metric: f"{v:.4f}"}, every=g.checkpoint_every,
+         save=None if state is None else save, save_at_end=False, what=f"{desc} step").run(train_step)
+
+
 def _stop(step: int, what: str, dist, save) -> None:
     """At a training step's end: on SIGINT / SIGTERM (one process) save and stop."""
     from vdfast.engine import checkpoint
@@ -244,21 +260,17 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
     mine = _share(dist, g.ae_batch, "ae_batch")
     params = list(ae.parameters())
     ae.train()
-    with bar(total=g.ae_steps, initial=step, desc="gvd autoencoder", unit="step", enable=progress) as pb:
-        while step < g.ae_steps:
-            x = frames_batch(g.ae_batch)[mine]
-            loss = F.mse_loss(ae.decoder(ae.encoder(x)), x) * (x.shape[0] / g.ae_batch)
-            opt.zero_grad(set_to_none=True)
-            dist.backward_(loss, params)
-            opt.step()
-            step += 1
-            pb.update(1)
-            if step % 50 == 0:
-                pb.set_postfix(mse=f"{float(loss.detach()):.4f}", refresh=False)
-            if state is not None and dist.main and g.checkpoint_every and step % g.checkpoint_every == 0:
-                _save_train_state(state, {"model": ae}, opt, gen, step)
-            _stop(step, "gvd autoencoder step", dist, None if state is None else
-                  lambda: _save_train_state(state, {"model": ae}, opt, gen, step))
+
+    def train_step(_):
+        x = frames_batch(g.ae_batch)[mine]
+        loss = F.mse_loss(ae.decoder(ae.encoder(x)), x) * (x.shape[0] / g.ae_batch)
+        opt.zero_grad(set_to_none=True)
+        dist.backward_(loss, params)
+        opt.step()
+        return loss.detach()
+
+    _train_loop(train_step, g.ae_steps, step, "gvd autoencoder", "mse", g, dist, progress, state,
+                {"model": ae}, opt, gen)
     ae.eval()
     with torch.no_grad():
         z = torch.cat([ae.encode_raw(frames_batch(g.ae_batch)) for _ in range(max(1, 1024 // g.ae_batch))])
@@ -411,26 +423,22 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
     mine = _share(dist, g.gen_batch, "gen_batch")
     params = list(net.parameters())
     net.train()
-    with bar(total=g.gen_steps, initial=step, desc="gvd generator", unit="step", enable=progress) as pb:
-        while step < g.gen_steps:
-            loss = generator_batch_loss(net, x_all, y_all, ab, g, gen, mine)
-            for pg in opt.param_groups:
-                pg["lr"] = g.gen_lr * _lr_factor(step, g.gen_steps, warmup, g.lr_schedule)
-            opt.zero_grad(set_to_none=True)
-            dist.backward_(loss, params)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            with torch.no_grad():
-                for pe, p in zip(ema.parameters(), net.parameters()):
-                    pe.lerp_(p, 1.0 - g.ema)
-            step += 1
-            pb.update(1)
-            if step % 50 == 0:
-                pb.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
-            if state is not None and dist.main and g.checkpoint_every and step % g.checkpoint_every == 0:
-                _save_train_state(state, {"model": net, "ema": ema}, opt, gen, step)
-            _stop(step, "gvd generator step", dist, None if state is None else
-                  lambda: _save_train_state(state, {"model": net, "ema": ema}, opt, gen, step))
+
+    def train_step(step):
+        loss = generator_batch_loss(net, x_all, y_all, ab, g, gen, mine)
+        for pg in opt.param_groups:
+            pg["lr"] = g.gen_lr * _lr_factor(step, g.gen_steps, warmup, g.lr_schedule)
+        opt.zero_grad(set_to_none=True)
+        dist.backward_(loss, params)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1.0 - g.ema)
+        return loss.detach()
+
+    _train_loop(train_step, g.gen_steps, step, "gvd generator", "loss", g, dist, progress, state,
+                {"model": net, "ema": ema}, opt, gen)
     if final is not None and dist.main:
         _atomic_save(ema.state_dict(), final)
     return ema.eval()

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from vdfast.data.store import ClipPool, ClipStore
+from vdfast.engine.loop import Loop
 from vdfast.memory import auto_chunk
 from vdfast.methods.base import Method, reinit_
 from vdfast.methods.dm import embed
@@ -152,21 +153,25 @@ def learn_static(store: ClipStore, spc: int, method: str = "dm", iterations: int
     # DC: the paper's (outer, inner) loops by images per class; the network trains on the still
     # images between outer steps (plain SGD, lr 0.01, batch 256)
     outer, inner = dc.dc_loops(spc) if dc is not None else (1, 0)
-    from vdfast.progress import bar
 
-    with bar(total=iterations, desc=f"static memory ({method})", unit="it",
-             enable=progress and dist.main) as pb:
-        for _ in range(iterations):
-            reinit_(net, gen)
-            for ol in range(outer):
-                opt.zero_grad(set_to_none=True)
-                _static_step(net, pool, store, x, labels, classes, spc, batch_real, gen, dc, chunk)
-                dist.sum_grads_([x])
-                opt.step()
-                if ol < outer - 1:
-                    dc.train_epochs(net, x.detach(), labels, inner, 256, 0.01, gen)
-            pb.update(1)
+    def step(_):
+        reinit_(net, gen)
+        for ol in range(outer):
+            opt.zero_grad(set_to_none=True)
+            _static_step(net, pool, store, x, labels, classes, spc, batch_real, gen, dc, chunk)
+            dist.sum_grads_([x])
+            opt.step()
+            if ol < outer - 1:
+                dc.train_epochs(net, x.detach(), labels, inner, 256, 0.01, gen)
+
+    _loop(iterations, f"static memory ({method})", progress, dist).run(step)
     return x.detach().contiguous()
+
+
+def _loop(iterations: int, desc: str, progress: bool, dist) -> Loop:
+    """Static learning's loop: a stage of a method's ``init``, so no checkpoints of its own and no
+    stop on a signal (the run stops at the distillation loop's first checkpoint after it)."""
+    return Loop(total=iterations, desc=desc, progress=progress, dist=dist, stop_on_signal=False)
 
 
 def _static_step(net, pool, store, x, labels, classes: range, spc, batch_real, gen, dc, chunk=0):
@@ -194,7 +199,6 @@ def _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, ite
     regenerates network ``schedule(seed, K, i)`` and matches its cached real frame means, built
     ``chunk`` frames per forward (0: all at once)."""
     from vdfast.methods import dm_bank
-    from vdfast.progress import bar
 
     key = dm_bank.bank_key(store, "convnet2d", net_cfg, K, M, seed, dtype, device)
     frames = lambda u8, g, rows, total: random_frames(u8, store.mean, store.std, g,  # noqa: E731
@@ -207,18 +211,18 @@ def _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, ite
 
         say(bank.describe().replace("dm bank", "static memory dm bank", 1))
     own = slice(classes.start * spc, classes.stop * spc)
-    with bar(total=iterations, desc="static memory (dm, bank)", unit="it",
-             enable=progress and dist.main) as pb:
-        for i in range(iterations):
-            k = dm_bank.schedule(seed, K, i)
-            reinit_(net, dm_bank.network_generator(seed, k, device))
-            opt.zero_grad(set_to_none=True)
-            loss = dm_bank.bank_dm_loss(bank.means(k), classes, net.embed(x[own]), labels[own],
-                                        store.num_classes)
-            loss.backward(inputs=[x])
-            dist.sum_grads_([x])
-            opt.step()
-            pb.update(1)
+
+    def step(i):
+        k = dm_bank.schedule(seed, K, i)
+        reinit_(net, dm_bank.network_generator(seed, k, device))
+        opt.zero_grad(set_to_none=True)
+        loss = dm_bank.bank_dm_loss(bank.means(k), classes, net.embed(x[own]), labels[own],
+                                    store.num_classes)
+        loss.backward(inputs=[x])
+        dist.sum_grads_([x])
+        opt.step()
+
+    _loop(iterations, "static memory (dm, bank)", progress, dist).run(step)
     return x.detach().contiguous()
 
 
