@@ -337,7 +337,6 @@ def _expert_loop(net, opt, u8, labels, store, i, seed, batch, epochs, start, dev
     Loop(total=epochs, start=start, unit="ep", bar=pb, window=1, every=1, save=save,
          on_window=on_window, postfix=lambda v: {"expert": i, "loss": f"{v:.3f}"},
          stop_on_signal=alone, what=f"expert {i} epoch").run(epoch)
-    return paths
 
 
 def _differences(a: dict, b: dict) -> str:
