@@ -262,12 +262,21 @@ void blend_static_dynamic_bwd_cpu(const at::Tensor& grad, const at::Tensor& dyn,
 
 }  // namespace
 
+// One schema per kernel. The forward has a CPU (here) and a CUDA kernel
+// (csrc/cuda/blend_static_dynamic_cuda.cu). The backwards differ by design: the CPU's one kernel
+// writes every gradient (parameter partials included); the GPU writes per-video plane and dynamic
+// gradients (bwd_planes, bwd_dyn, CUDA only) and leaves the reductions to torch.
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("blend_static_dynamic_fwd_cpu(Tensor planes, Tensor dynamic, Tensor wd, Tensor bias, "
-        "Tensor sidx, Tensor didx, Tensor(a!) out) -> ()",
-        &blend_static_dynamic_fwd_cpu);
-  m.def("blend_static_dynamic_bwd_cpu(Tensor grad, Tensor dynamic, Tensor wd, Tensor sidx, "
+  m.def("blend_static_dynamic_fwd(Tensor planes, Tensor dynamic, Tensor wd, Tensor bias, "
+        "Tensor sidx, Tensor didx, Tensor(a!) out) -> ()");
+  m.def("blend_static_dynamic_bwd(Tensor grad, Tensor dynamic, Tensor wd, Tensor sidx, "
         "Tensor didx, Tensor(a!)? grad_planes, Tensor(b!)? grad_dynamic, Tensor(c!)? grad_wd, "
-        "Tensor(d!)? grad_bias) -> ()",
-        &blend_static_dynamic_bwd_cpu);
+        "Tensor(d!)? grad_bias) -> ()");
+  m.def("blend_static_dynamic_bwd_dyn(Tensor grad, Tensor wd, Tensor(a!) grad_dynamic) -> ()");
+  m.def("blend_static_dynamic_bwd_planes(Tensor grad, Tensor(a!) grad_planes) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(vdfast, CPU, m) {
+  m.impl("blend_static_dynamic_fwd", &blend_static_dynamic_fwd_cpu);
+  m.impl("blend_static_dynamic_bwd", &blend_static_dynamic_bwd_cpu);
 }

@@ -164,10 +164,15 @@ void dm_loss_bwd_cpu(at::Tensor grad, at::Tensor labels, at::Tensor diff, at::Te
 
 }  // namespace
 
+// One schema per kernel; this CPU kernel and the CUDA one (csrc/cuda/dm_loss_cuda.cu) implement
+// it, and the dispatcher picks by the tensors' device.
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("dm_loss_fwd_cpu(Tensor real, Tensor real_labels, Tensor syn, Tensor syn_labels, "
-        "Tensor(a!) diff, Tensor(b!) cnt, Tensor(c!) loss) -> ()",
-        &dm_loss_fwd_cpu);
-  m.def("dm_loss_bwd_cpu(Tensor(a!) grad, Tensor labels, Tensor diff, Tensor scale) -> ()",
-        &dm_loss_bwd_cpu);
+  m.def("dm_loss_fwd(Tensor real, Tensor real_labels, Tensor syn, Tensor syn_labels, "
+        "Tensor(a!) diff, Tensor(b!) cnt, Tensor(c!) loss) -> ()");
+  m.def("dm_loss_bwd(Tensor(a!) grad, Tensor labels, Tensor diff, Tensor scale) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(vdfast, CPU, m) {
+  m.impl("dm_loss_fwd", &dm_loss_fwd_cpu);
+  m.impl("dm_loss_bwd", &dm_loss_bwd_cpu);
 }

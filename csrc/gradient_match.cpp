@@ -109,10 +109,14 @@ void gradient_match_bwd_cpu(std::vector<at::Tensor> real, std::vector<at::Tensor
 
 }  // namespace
 
+// One schema per kernel, implemented here for CPU and in csrc/cuda/gradient_match_cuda.cu for CUDA.
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("gradient_match_fwd_cpu(Tensor[] real, Tensor[] syn, Tensor(a!) stats) -> ()",
-        &gradient_match_fwd_cpu);
-  m.def("gradient_match_bwd_cpu(Tensor[] real, Tensor[] syn, Tensor coef, Tensor(a!)[] grad_real, "
-        "Tensor(b!)[] grad_syn) -> ()",
-        &gradient_match_bwd_cpu);
+  m.def("gradient_match_fwd(Tensor[] real, Tensor[] syn, Tensor(a!) stats) -> ()");
+  m.def("gradient_match_bwd(Tensor[] real, Tensor[] syn, Tensor coef, Tensor(a!)[] grad_real, "
+        "Tensor(b!)[] grad_syn) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(vdfast, CPU, m) {
+  m.impl("gradient_match_fwd", &gradient_match_fwd_cpu);
+  m.impl("gradient_match_bwd", &gradient_match_bwd_cpu);
 }

@@ -87,8 +87,10 @@ void guided_step_fwd_cpu(const at::Tensor& x, const at::Tensor& eps, const at::T
 
 }  // namespace
 
+// One schema, implemented here for CPU and in csrc/cuda/guided_step_cuda.cu for CUDA.
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("guided_step_fwd_cpu(Tensor x, Tensor eps, Tensor guide, Tensor lam, Tensor? noise, "
-        "float a, float b, float c0, float c1, float s, bool ddim, Tensor(a!) out) -> ()",
-        &guided_step_fwd_cpu);
+  m.def("guided_step_fwd(Tensor x, Tensor eps, Tensor guide, Tensor lam, Tensor? noise, "
+        "float a, float b, float c0, float c1, float s, bool ddim, Tensor(a!) out) -> ()");
 }
+
+TORCH_LIBRARY_IMPL(vdfast, CPU, m) { m.impl("guided_step_fwd", &guided_step_fwd_cpu); }

@@ -92,8 +92,13 @@ void normalize_clips_apply_cpu(at::Tensor clips, at::Tensor scale, at::Tensor sh
 
 }  // namespace
 
+// One schema per kernel, implemented here for CPU and in csrc/cuda/normalize_clips_cuda.cu for CUDA.
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("normalize_clips_stats_cpu(Tensor clips, Tensor(a!) sums) -> ()", &normalize_clips_stats_cpu);
-  m.def("normalize_clips_apply_cpu(Tensor clips, Tensor scale, Tensor shift, Tensor(a!) out) -> ()",
-        &normalize_clips_apply_cpu);
+  m.def("normalize_clips_stats(Tensor clips, Tensor(a!) sums) -> ()");
+  m.def("normalize_clips_apply(Tensor clips, Tensor scale, Tensor shift, Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(vdfast, CPU, m) {
+  m.impl("normalize_clips_stats", &normalize_clips_stats_cpu);
+  m.impl("normalize_clips_apply", &normalize_clips_apply_cpu);
 }

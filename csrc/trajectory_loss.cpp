@@ -91,9 +91,14 @@ void trajectory_loss_bwd_cpu(at::Tensor s, at::Tensor a, at::Tensor t, at::Tenso
 
 }  // namespace
 
+// One schema per kernel, implemented here for CPU and in csrc/cuda/trajectory_loss_cuda.cu for CUDA.
 TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("trajectory_loss_fwd_cpu(Tensor s, Tensor a, Tensor t, Tensor(a!) sums) -> ()", &trajectory_loss_fwd_cpu);
-  m.def("trajectory_loss_bwd_cpu(Tensor s, Tensor a, Tensor t, Tensor coef, Tensor(a!) gs, "
-        "Tensor(b!) ga, Tensor(c!) gt) -> ()",
-        &trajectory_loss_bwd_cpu);
+  m.def("trajectory_loss_fwd(Tensor s, Tensor a, Tensor t, Tensor(a!) sums) -> ()");
+  m.def("trajectory_loss_bwd(Tensor s, Tensor a, Tensor t, Tensor coef, Tensor(a!) gs, "
+        "Tensor(b!) ga, Tensor(c!) gt) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(vdfast, CPU, m) {
+  m.impl("trajectory_loss_fwd", &trajectory_loss_fwd_cpu);
+  m.impl("trajectory_loss_bwd", &trajectory_loss_bwd_cpu);
 }

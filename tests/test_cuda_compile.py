@@ -149,22 +149,109 @@ def test_objects_link_into_one_extension(compiled):
     assert not clash, f"symbols defined by both the CUDA and the C++ objects: {sorted(clash)[:10]}"
 
 
-def test_schemas_declare_written_outputs():
-    """Every ``m.def`` schema in the CUDA and C++ sources parses, and each op's CPU and CUDA
-    twins agree on which arguments they write (``Tensor(a!)``)."""
+CPP_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
+
+
+def _registrations():
+    """(schemas by kernel name with the file defining each, [(file, dispatch key, name, C++ fn)])
+    from the ``m.def`` and ``TORCH_LIBRARY_IMPL`` blocks of every source."""
     import re
 
-    schemas = {}
-    for path in SOURCES + sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))):
+    defs, impls = {}, []
+    for path in SOURCES + CPP_SOURCES:
         text = open(path).read()
         for m in re.finditer(r'm\.def\(((?:\s*"[^"]*")+)', text):
             s = "".join(re.findall(r'"([^"]*)"', m.group(1)))
             assert "(" in s, f"{os.path.basename(path)}: schema inferred from C++ for {s!r}; " \
                              f"write it out, with Tensor(a!) for written outputs"
-            schemas[s.split("(")[0]] = torch._C.parse_schema("vdfast::" + s)
-    for name, sch in schemas.items():
-        if name.endswith("_cpu") and name[:-4] + "_cuda" in schemas:
-            twin = schemas[name[:-4] + "_cuda"]
-            written = lambda x: [a.name for a in x.arguments  # noqa: E731
-                                 if a.alias_info is not None and a.alias_info.is_write]
-            assert written(sch) and written(twin), name
+            name = s.split("(")[0]
+            assert name not in defs, f"{name} defined twice ({os.path.basename(defs[name][1])}, " \
+                                     f"{os.path.basename(path)}): one schema per kernel"
+            defs[name] = (torch._C.parse_schema("vdfast::" + s), path)
+        for blk in re.finditer(r"TORCH_LIBRARY_IMPL\(vdfast,\s*(\w+),\s*m\)\s*\{(.*?)\}", text, re.S):
+            for name, fn in re.findall(r'm\.impl\("(\w+)",\s*&(\w+)\)', blk.group(2)):
+                impls.append((path, blk.group(1), name, fn))
+    return defs, impls
+
+
+def _cpp_param_types(path: str, fn: str) -> list[str]:
+    """The schema types of C++ function ``fn``'s parameters, as defined in ``path``."""
+    import re
+
+    text = open(path).read()
+    m = re.search(r"\bvoid\s+" + fn + r"\s*\(([^)]*)\)\s*\{", text)
+    assert m, f"{os.path.basename(path)}: no definition of {fn}"
+    params, depth, cur = [], 0, ""
+    for ch in m.group(1):
+        depth += ch == "<"
+        depth -= ch == ">"
+        if ch == "," and depth == 0:
+            params.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    params.append(cur)
+    kinds = []
+    for p in (p.strip() for p in params if p.strip()):
+        if "optional<" in p and "Tensor" in p:
+            kinds.append("Tensor?")
+        elif "vector<at::Tensor>" in p or "TensorList" in p:
+            kinds.append("Tensor[]")
+        elif "Tensor" in p:
+            kinds.append("Tensor")
+        else:
+            kinds.append({"double": "float", "bool": "bool", "int64_t": "int"}[p.split()[-2]])
+    return kinds
+
+
+def _schema_types(schema) -> list[str]:
+    names = {"Tensor": "Tensor", "Optional[Tensor]": "Tensor?", "List[Tensor]": "Tensor[]",
+             "float": "float", "bool": "bool", "int": "int"}
+    return [names[str(a.type)] for a in schema.arguments]
+
+
+def test_schemas_declare_written_outputs():
+    """Every ``m.def`` schema in the CUDA and C++ sources parses, each kernel name is defined once
+    (in ``csrc/<op>.cpp``, so a build without CUDA has every schema), and every kernel that returns
+    nothing declares the arguments it writes (``Tensor(a!)``)."""
+    defs, _ = _registrations()
+    assert defs, "no schemas found"
+    for name, (sch, path) in defs.items():
+        if name == "cuda_archs":  # the build's own facts, CUDA builds only
+            assert os.path.basename(path) == "build_info_cuda.cu"
+            continue
+        assert os.path.dirname(path) == os.path.join(ROOT, "csrc"), \
+            f"{name}: kernel schemas live in csrc/<op>.cpp, not in {os.path.basename(path)}"
+        written = [a.name for a in sch.arguments if a.alias_info is not None and a.alias_info.is_write]
+        assert sch.returns or written, f"{name} returns nothing and declares no written output"
+
+
+def test_kernels_register_per_dispatch_key():
+    """The CPU kernels register under ``TORCH_LIBRARY_IMPL(vdfast, CPU, m)`` in ``csrc/*.cpp``,
+    the CUDA ones under ``CUDA`` in ``csrc/cuda/*.cu``, each for a defined schema and with a C++
+    signature matching it (argument for argument: a mismatch would only fail when a CUDA build
+    loads), and every kernel schema has at least one implementation."""
+    defs, impls = _registrations()
+    assert any(k == "CPU" for _, k, _, _ in impls) and any(k == "CUDA" for _, k, _, _ in impls)
+    seen = set()
+    for path, key, name, fn in impls:
+        where = os.path.basename(path)
+        assert key == ("CUDA" if path.endswith(".cu") else "CPU"), f"{where}: {name} under {key}"
+        assert name in defs, f"{where}: m.impl of {name}, which no source defines"
+        assert (name, key) not in seen, f"{name}: two {key} kernels"
+        seen.add((name, key))
+        assert _cpp_param_types(path, fn) == _schema_types(defs[name][0]), \
+            f"{where}: {fn}'s parameters do not match the schema of {name}: {defs[name][0]}"
+    unimplemented = set(defs) - {n for n, _ in seen} - {"cuda_archs"}
+    assert not unimplemented, f"schemas without a kernel: {sorted(unimplemented)}"
+
+
+def test_signature_check_catches_a_mismatch(tmp_path):
+    src = tmp_path / "k.cu"
+    src.write_text("void k_cuda(at::Tensor x, const std::optional<at::Tensor>& y, double a,\n"
+                   "            std::vector<at::Tensor> zs) {\n}\n")
+    assert _cpp_param_types(str(src), "k_cuda") == ["Tensor", "Tensor?", "float", "Tensor[]"]
+    sch = torch._C.parse_schema("vdfast::k(Tensor x, Tensor? y, float a, Tensor(a!)[] zs) -> ()")
+    assert _schema_types(sch) == ["Tensor", "Tensor?", "float", "Tensor[]"]
+    sch2 = torch._C.parse_schema("vdfast::k(Tensor x, Tensor y, float a, Tensor(a!)[] zs) -> ()")
+    assert _schema_types(sch2) != _cpp_param_types(str(src), "k_cuda")

@@ -10,7 +10,7 @@ import torch
 
 import vdfast.ops  # noqa: F401  (registers every op)
 from vdfast.ops.dispatch import (OPS, _triton_import_reason, compiled_extension, cuda_arch_reason,
-                                 status_table)
+                                 missing_kernels, status_table)
 from vdfast.ops.dm_loss import dm_loss
 from vdfast.reference.dm_loss import dm_loss as ref_dm_loss
 
@@ -114,11 +114,23 @@ def test_check_runs_under_no_grad_and_inference_mode(broken_cpp, gen):
 
 def test_stale_build_is_refused(monkeypatch, gen):
     o = OPS["dm_loss"]
-    monkeypatch.setitem(o.impls, "cpp", replace(o.impls["cpp"], kernels=("dm_loss_fwd_cpu",
-                                                                          "dm_loss_gone_cpu")))
+    monkeypatch.setitem(o.impls, "cpp", replace(o.impls["cpp"], kernels=("dm_loss_fwd",
+                                                                          "dm_loss_gone")))
     real, rl, syn, sl = _inputs(gen)
     why = o.why_not("cpp", [real, syn], explicit=True)
-    assert any("dm_loss_gone_cpu" in r and "stale" in r for r in why)
+    assert any("dm_loss_gone" in r and "stale" in r for r in why)
+    assert not any("dm_loss_fwd" in r for r in why)
+
+
+def test_kernels_are_checked_per_dispatch_key():
+    """One schema per kernel: the cpp backend needs its CPU kernel, the cuda backend its CUDA
+    kernel (a kernel defined but without a CPU implementation is missing for cpp)."""
+    assert missing_kernels(("dm_loss_fwd", "dm_loss_bwd"), "CPU") == []
+    # the GPU's per-video backward has a schema in every build, a kernel only on CUDA
+    assert missing_kernels(("blend_static_dynamic_bwd_dyn",), "CPU") == ["blend_static_dynamic_bwd_dyn"]
+    import vdfast._C as C
+    want = [] if C.WITH_CUDA else ["dm_loss_fwd"]
+    assert missing_kernels(("dm_loss_fwd",), "CUDA") == want
 
 
 def test_cuda_arch_reason():

@@ -190,12 +190,10 @@ void blend_static_dynamic_bwd_planes_cuda(const at::Tensor& grad, const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("blend_static_dynamic_fwd_cuda(Tensor planes, Tensor dynamic, Tensor wd, Tensor bias, "
-        "Tensor sidx, Tensor didx, Tensor(a!) out) -> ()",
-        &blend_static_dynamic_fwd_cuda);
-  m.def("blend_static_dynamic_bwd_dyn_cuda(Tensor grad, Tensor wd, Tensor(a!) grad_dynamic) -> ()",
-        &blend_static_dynamic_bwd_dyn_cuda);
-  m.def("blend_static_dynamic_bwd_planes_cuda(Tensor grad, Tensor(a!) grad_planes) -> ()",
-        &blend_static_dynamic_bwd_planes_cuda);
+// The schemas are defined once, in csrc/blend_static_dynamic.cpp; these are their CUDA kernels
+// (the per-video backwards bwd_dyn and bwd_planes have no CPU kernel).
+TORCH_LIBRARY_IMPL(vdfast, CUDA, m) {
+  m.impl("blend_static_dynamic_fwd", &blend_static_dynamic_fwd_cuda);
+  m.impl("blend_static_dynamic_bwd_dyn", &blend_static_dynamic_bwd_dyn_cuda);
+  m.impl("blend_static_dynamic_bwd_planes", &blend_static_dynamic_bwd_planes_cuda);
 }

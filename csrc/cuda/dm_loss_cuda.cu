@@ -6,12 +6,14 @@
 // atomics. Consecutive rows of one class (the usual class-sorted real batch) are summed in a
 // register first, so a sorted batch costs one atomic per class run instead of one per row.
 // The diff kernel turns sums into diff = mean_real - mean_syn and per-block partial sums of
-// diff**2 (the launcher adds the partials). Backward: grad[i, :] = scale[label_i] * diff[label_i, :].
+// diff**2 (added up on the device after the kernels). Backward: grad[i, :] = scale[label_i] * diff[label_i, :].
 // Rows whose label lies outside [0, nc) are ignored (and get a zero gradient): checking would
 // need a host synchronisation.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -93,23 +95,31 @@ __global__ void dm_loss_bwd_kernel(scalar_t* __restrict__ grad, const int64_t* _
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// real [Nr, D], syn [Ns, D] (unit column stride); sums [2, nc, D] and cnt [2, nc] zeroed;
-// diff [nc, D]; partial [nc, cdiv(D, kCols)]. Accumulator dtype: float64 for float64, else float32.
+// real [Nr, D], syn [Ns, D] (unit column stride); labels int64. Writes diff [nc, D], cnt [2, nc]
+// and loss [] in the accumulator dtype (float64 for float64, else float32): the schema of
+// csrc/dm_loss.cpp. The class sums [2, nc, D] and the per-block partial sums of diff**2
+// [nc, cdiv(D, kCols)] are scratch allocated here; loss is the sum of the partials.
 void dm_loss_fwd_cuda(at::Tensor real, at::Tensor real_labels, at::Tensor syn, at::Tensor syn_labels,
-                      at::Tensor sums, at::Tensor cnt, at::Tensor diff, at::Tensor partial) {
+                      at::Tensor diff, at::Tensor cnt, at::Tensor loss) {
   TORCH_CHECK(real.is_cuda() && syn.is_cuda(), "dm_loss_fwd_cuda: CUDA tensors only");
   TORCH_CHECK(real.stride(1) == 1 && syn.stride(1) == 1, "dm_loss: unit column stride required");
-  TORCH_CHECK(sums.is_contiguous() && cnt.is_contiguous() && diff.is_contiguous() &&
-              partial.is_contiguous(), "dm_loss_fwd_cuda: outputs must be contiguous");
+  TORCH_CHECK(cnt.is_contiguous() && diff.is_contiguous(), "dm_loss_fwd_cuda: outputs must be contiguous");
+  TORCH_CHECK(diff.scalar_type() == cnt.scalar_type() && diff.scalar_type() == loss.scalar_type(),
+              "dm_loss: output dtypes differ");
   const int64_t nc = diff.size(0), D = real.size(1);
-  TORCH_CHECK(partial.size(1) == cdiv(D, kCols), "dm_loss_fwd_cuda: partial must be [nc, cdiv(D, 256)]");
-  if (D == 0) return;
-  TORCH_CHECK(cdiv(D, kCols) <= 65535, "dm_loss: at most 65535 * 256 feature columns");
   const c10::cuda::OptionalCUDAGuard guard(real.device());
+  cnt.zero_();
+  if (D == 0) {
+    loss.zero_();
+    return;
+  }
+  TORCH_CHECK(cdiv(D, kCols) <= 65535, "dm_loss: at most 65535 * 256 feature columns");
+  at::Tensor sums = at::zeros({2, nc, D}, diff.options());
+  at::Tensor partial = at::empty({nc, cdiv(D, kCols)}, diff.options());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "dm_loss_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    TORCH_CHECK(sums.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
+    TORCH_CHECK(diff.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
                 "dm_loss_fwd_cuda: accumulator dtype");
     acc_t* sp = sums.data_ptr<acc_t>();
     acc_t* cp = cnt.data_ptr<acc_t>();
@@ -130,6 +140,7 @@ void dm_loss_fwd_cuda(at::Tensor real, at::Tensor real_labels, at::Tensor syn, a
                                                             partial.data_ptr<acc_t>(), D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  loss.copy_(partial.sum());
 }
 
 // grad [N, D] contiguous (feature dtype); diff [nc, D] and scale [nc] in the accumulator dtype.
@@ -154,10 +165,8 @@ void dm_loss_bwd_cuda(at::Tensor grad, at::Tensor labels, at::Tensor diff, at::T
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("dm_loss_fwd_cuda(Tensor real, Tensor real_labels, Tensor syn, Tensor syn_labels, "
-        "Tensor(a!) sums, Tensor(b!) cnt, Tensor(c!) diff, Tensor(d!) partial) -> ()",
-        &dm_loss_fwd_cuda);
-  m.def("dm_loss_bwd_cuda(Tensor(a!) grad, Tensor labels, Tensor diff, Tensor scale) -> ()",
-        &dm_loss_bwd_cuda);
+// The schemas are defined once, in csrc/dm_loss.cpp; these are their CUDA kernels.
+TORCH_LIBRARY_IMPL(vdfast, CUDA, m) {
+  m.impl("dm_loss_fwd", &dm_loss_fwd_cuda);
+  m.impl("dm_loss_bwd", &dm_loss_bwd_cuda);
 }

@@ -128,10 +128,8 @@ void gradient_match_bwd_cuda(std::vector<at::Tensor> real, std::vector<at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("gradient_match_fwd_cuda(Tensor[] real, Tensor[] syn, Tensor(a!) stats) -> ()",
-        &gradient_match_fwd_cuda);
-  m.def("gradient_match_bwd_cuda(Tensor[] real, Tensor[] syn, Tensor coef, Tensor(a!)[] grad_real, "
-        "Tensor(b!)[] grad_syn) -> ()",
-        &gradient_match_bwd_cuda);
+// The schemas are defined once, in csrc/gradient_match.cpp; these are their CUDA kernels.
+TORCH_LIBRARY_IMPL(vdfast, CUDA, m) {
+  m.impl("gradient_match_fwd", &gradient_match_fwd_cuda);
+  m.impl("gradient_match_bwd", &gradient_match_bwd_cuda);
 }

@@ -93,8 +93,5 @@ void guided_step_fwd_cuda(const at::Tensor& x, const at::Tensor& eps, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("guided_step_fwd_cuda(Tensor x, Tensor eps, Tensor guide, Tensor lam, Tensor? noise, "
-        "float a, float b, float c0, float c1, float s, bool ddim, Tensor(a!) out) -> ()",
-        &guided_step_fwd_cuda);
-}
+// The schema is defined once, in csrc/guided_step.cpp; this is its CUDA kernel.
+TORCH_LIBRARY_IMPL(vdfast, CUDA, m) { m.impl("guided_step_fwd", &guided_step_fwd_cuda); }

@@ -4,11 +4,12 @@
 // uint8 [N, T, H, W, C] (any strides) -> [N, C, T, H, W]: out = scale[c] * x + shift[c]. The
 // input has 256 values per channel, so each block first builds a per-channel lookup table in
 // shared memory (computed in double) and then only gathers. The stats kernel writes exact
-// per-block integer sums of x and x^2 per channel; the launcher adds them and folds the batch
+// per-block integer sums of x and x^2 per channel, added up here; the Python side folds the batch
 // statistics into scale/shift.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -98,19 +99,24 @@ int64_t pixel_blocks(int64_t P) {
   return cdiv(P, kBlock);
 }
 
-// partial [N, cdiv(T*H*W, 1024), C, 2] int64: per-block sums of x and x^2 per channel.
-void normalize_clips_stats_cuda(at::Tensor clips, at::Tensor partial) {
+// sums [C, 2] int64: sums of x and x^2 per channel (exact; the schema of csrc/normalize_clips.cpp).
+// Blocks write their own partial sums [N, cdiv(T*H*W, 1024), C, 2] (scratch), added up here.
+void normalize_clips_stats_cuda(at::Tensor clips, at::Tensor sums) {
   const Geom g = geom(clips);
   const int64_t N = clips.size(0), P = g.T * g.H * g.W;
-  TORCH_CHECK(partial.is_contiguous() && partial.scalar_type() == at::kLong &&
-              partial.numel() == N * cdiv(P, kBlock) * g.C * 2,
-              "normalize_clips_stats_cuda: partial must be int64 [N, cdiv(T*H*W, 1024), C, 2]");
-  if (partial.numel() == 0) return;
+  TORCH_CHECK(sums.scalar_type() == at::kLong && sums.dim() == 2 && sums.size(0) == g.C &&
+              sums.size(1) == 2, "normalize_clips_stats_cuda: sums must be int64 [C, 2]");
   const c10::cuda::OptionalCUDAGuard guard(clips.device());
+  if (N * P * g.C == 0) {
+    sums.zero_();
+    return;
+  }
+  at::Tensor partial = at::empty({N, pixel_blocks(P), g.C, 2}, sums.options());
   dim3 grid(N, pixel_blocks(P));
   normalize_clips_stats_kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       clips.data_ptr<uint8_t>(), g, reinterpret_cast<long long*>(partial.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  sums.copy_(partial.sum(at::IntArrayRef{0, 1}));
 }
 
 // out [N, C, T, H, W] contiguous; scale/shift float64 [C] on the same device.
@@ -139,8 +145,8 @@ void normalize_clips_apply_cuda(at::Tensor clips, at::Tensor scale, at::Tensor s
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("normalize_clips_stats_cuda(Tensor clips, Tensor(a!) partial) -> ()", &normalize_clips_stats_cuda);
-  m.def("normalize_clips_apply_cuda(Tensor clips, Tensor scale, Tensor shift, Tensor(a!) out) -> ()",
-        &normalize_clips_apply_cuda);
+// The schemas are defined once, in csrc/normalize_clips.cpp; these are their CUDA kernels.
+TORCH_LIBRARY_IMPL(vdfast, CUDA, m) {
+  m.impl("normalize_clips_stats", &normalize_clips_stats_cuda);
+  m.impl("normalize_clips_apply", &normalize_clips_apply_cuda);
 }

@@ -2,11 +2,12 @@
 // vdfast/reference/trajectory_loss.py for the truth. Light headers (see csrc/cuda/dm_loss_cuda.cu).
 //
 // Forward: each block reduces kThreads * kPerThread elements to partial sums of (s - t)^2 and
-// (a - t)^2 (the launcher adds the partials: deterministic). Backward: one elementwise pass with
+// (a - t)^2 (added up after the kernel, in float64: deterministic). Backward: one elementwise pass with
 // coef = (2 g / den, -2 g num / den^2). Inputs are 1-D with any stride.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -77,24 +78,29 @@ void check(const at::Tensor& s, const at::Tensor& a, const at::Tensor& t) {
               "trajectory_loss: dtypes differ");
 }
 
-// partial [cdiv(P, 2048), 2] in the accumulator dtype (float64 for float64 inputs, else float32).
-void trajectory_loss_fwd_cuda(at::Tensor s, at::Tensor a, at::Tensor t, at::Tensor partial) {
+// sums [2] float64 (num, den; the schema of csrc/trajectory_loss.cpp). Blocks write partial sums
+// [cdiv(P, 2048), 2] in the accumulator dtype (float64 for float64 inputs, else float32; scratch),
+// added up here in float64.
+void trajectory_loss_fwd_cuda(at::Tensor s, at::Tensor a, at::Tensor t, at::Tensor sums) {
   check(s, a, t);
   const int64_t n = s.numel();
-  TORCH_CHECK(partial.is_contiguous() && partial.numel() == 2 * cdiv(n, kBlock),
-              "trajectory_loss_fwd_cuda: partial must be [cdiv(P, 2048), 2]");
-  if (n == 0) return;
+  TORCH_CHECK(sums.numel() == 2 && sums.scalar_type() == at::kDouble,
+              "trajectory_loss_fwd_cuda: sums must be float64 [2]");
   const c10::cuda::OptionalCUDAGuard guard(s.device());
+  if (n == 0) {
+    sums.zero_();
+    return;
+  }
+  at::Tensor partial = at::empty({cdiv(n, kBlock), 2}, s.options().dtype(at::toOpMathType(s.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "trajectory_loss_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    TORCH_CHECK(partial.scalar_type() == c10::CppTypeToScalarType<acc_t>::value,
-                "trajectory_loss_fwd_cuda: accumulator dtype");
     trajectory_loss_fwd_kernel<scalar_t, acc_t><<<cdiv(n, kBlock), kThreads, 0,
                                                   c10::cuda::getCurrentCUDAStream()>>>(
         s.data_ptr<scalar_t>(), s.stride(0), a.data_ptr<scalar_t>(), a.stride(0),
         t.data_ptr<scalar_t>(), t.stride(0), n, partial.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  sums.copy_(partial.sum(0, false, at::kDouble));
 }
 
 // coef [2] in the accumulator dtype; gs/ga/gt contiguous [P] of the input dtype, or empty to skip.
@@ -119,10 +125,8 @@ void trajectory_loss_bwd_cuda(at::Tensor s, at::Tensor a, at::Tensor t, at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(vdfast, m) {
-  m.def("trajectory_loss_fwd_cuda(Tensor s, Tensor a, Tensor t, Tensor(a!) partial) -> ()",
-        &trajectory_loss_fwd_cuda);
-  m.def("trajectory_loss_bwd_cuda(Tensor s, Tensor a, Tensor t, Tensor coef, Tensor(a!) gs, "
-        "Tensor(b!) ga, Tensor(c!) gt) -> ()",
-        &trajectory_loss_bwd_cuda);
+// The schemas are defined once, in csrc/trajectory_loss.cpp; these are their CUDA kernels.
+TORCH_LIBRARY_IMPL(vdfast, CUDA, m) {
+  m.impl("trajectory_loss_fwd", &trajectory_loss_fwd_cuda);
+  m.impl("trajectory_loss_bwd", &trajectory_loss_bwd_cuda);
 }

@@ -28,20 +28,18 @@ only the first derivative of the blend.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 
-from vdfast.ops.dispatch import FLOATS, fused_backward, op
+from vdfast.ops.dispatch import FLOATS, fused_backward, kernel_fake, new_out, op
 
 __all__ = ["blend_static_dynamic", "static_planes", "blend_decomposed"]
 
+
 def _new(shape, like: torch.Tensor) -> torch.Tensor:
-    """Uninitialised output; NaN-filled under VDFAST_NAN_FILL=1 so unwritten elements show."""
-    if os.environ.get("VDFAST_NAN_FILL") == "1":
-        return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+    """Uninitialised output of ``like``'s dtype and device (NaN-filled under VDFAST_NAN_FILL=1)."""
+    return new_out(shape, like.dtype, like.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,12 +87,32 @@ def blend_decomposed(static, dynamic, weight, bias, static_idx, dynamic_idx):
 #                -> (grad_planes, grad_dyn, grad_wd, grad_bias), None where not needed
 # all tensors contiguous: planes [Ns, K, Co, H, W], dyn [Nd, T, H, W], wd [Co, 27], bias [Co]
 # ---------------------------------------------------------------------------------------------
-def _ext_fwd(suffix, planes, dyn, wd, bias, sidx, didx):
+def _ext_fwd(planes, dyn, wd, bias, sidx, didx):
+    """cpp and cuda: one compiled kernel, the CPU or the CUDA one by the tensors' device."""
     N, Co, (Nd, T, H, W) = sidx.numel(), wd.shape[0], dyn.shape
     out = _new((N, Co, T, H, W), dyn)
-    getattr(torch.ops.vdfast, f"blend_static_dynamic_fwd_{suffix}")(planes, dyn, wd, bias, sidx,
-                                                                    didx, out)
+    torch.ops.vdfast.blend_static_dynamic_fwd(planes, dyn, wd, bias, sidx, didx, out)
     return out
+
+
+@kernel_fake("blend_static_dynamic_fwd")
+def _(planes, dynamic, wd, bias, sidx, didx, out):
+    return None  # writes out in place
+
+
+@kernel_fake("blend_static_dynamic_bwd")
+def _(grad, dynamic, wd, sidx, didx, grad_planes, grad_dynamic, grad_wd, grad_bias):
+    return None  # writes the gradients given in place
+
+
+@kernel_fake("blend_static_dynamic_bwd_dyn")
+def _(grad, wd, grad_dynamic):
+    return None
+
+
+@kernel_fake("blend_static_dynamic_bwd_planes")
+def _(grad, grad_planes):
+    return None
 
 
 def _cpp_bwd(grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn, need_params):
@@ -104,16 +122,16 @@ def _cpp_bwd(grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn, need_param
     gd = _new(dyn.shape, dyn) if need_dyn else None
     gw = _new(wd.shape, wd) if need_params else None
     gb = _new((Co,), wd) if need_params else None
-    torch.ops.vdfast.blend_static_dynamic_bwd_cpu(grad, dyn, wd, sidx, didx, gp, gd, gw, gb)
+    torch.ops.vdfast.blend_static_dynamic_bwd(grad, dyn, wd, sidx, didx, gp, gd, gw, gb)
     return gp, gd, gw, gb
 
 
 def _cuda_bwd_planes(grad, gp_n):
-    torch.ops.vdfast.blend_static_dynamic_bwd_planes_cuda(grad, gp_n)
+    torch.ops.vdfast.blend_static_dynamic_bwd_planes(grad, gp_n)
 
 
 def _cuda_bwd_dyn(grad, wd, gd_n):
-    torch.ops.vdfast.blend_static_dynamic_bwd_dyn_cuda(grad, wd, gd_n)
+    torch.ops.vdfast.blend_static_dynamic_bwd_dyn(grad, wd, gd_n)
 
 
 def _per_video_bwd(bwd_planes, bwd_dyn, grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn,
@@ -184,34 +202,72 @@ def _triton_bwd_dyn(grad, wd, gd_n):
         ACC=acc)
 
 
-_CPP = (functools.partial(_ext_fwd, "cpu"), _cpp_bwd)
-_CUDA = (functools.partial(_ext_fwd, "cuda"),
-         functools.partial(_per_video_bwd, _cuda_bwd_planes, _cuda_bwd_dyn))
-_TRITON = (_triton_fwd, functools.partial(_per_video_bwd, _triton_bwd_planes, _triton_bwd_dyn))
+_LAUNCHERS = {"cpp": (_ext_fwd, _cpp_bwd),
+              "cuda": (_ext_fwd, functools.partial(_per_video_bwd, _cuda_bwd_planes, _cuda_bwd_dyn)),
+              "triton": (_triton_fwd,
+                         functools.partial(_per_video_bwd, _triton_bwd_planes, _triton_bwd_dyn))}
 
 
-class _BlendFused(torch.autograd.Function):
-    """planes [Ns, K, Co, H, W], dyn [Nd, T, H, W], wd [Co, 27], bias [Co] -> [N, Co, T, H, W]."""
-
-    @staticmethod
-    def forward(ctx, planes, dyn, wd, bias, sidx, didx, launchers):
-        ctx.save_for_backward(dyn, wd, sidx, didx)
-        ctx.launchers = launchers
-        ctx.plane_shape = planes.shape
-        return launchers[0](planes, dyn, wd, bias, sidx, didx)
-
-    @staticmethod
-    @fused_backward("blend_static_dynamic")
-    def backward(ctx, grad):
-        dyn, wd, sidx, didx = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        Ns, K = ctx.plane_shape[:2]
-        gp, gd, gw, gb = ctx.launchers[1](grad.contiguous(), dyn, wd, sidx, didx, Ns, K, need[0],
-                                          need[1], need[2] or need[3])
-        return gp, gd, gw, gb, None, None, None
+# ---------------------------------------------------------------------------------------------
+# the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
+# planes [Ns, K, Co, H, W], dyn [Nd, T, H, W], wd [Co, 27], bias [Co] -> [N, Co, T, H, W]
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("vdfast::blend_static_dynamic", mutates_args=())
+def _blend_op(planes: torch.Tensor, dyn: torch.Tensor, wd: torch.Tensor, bias: torch.Tensor,
+              sidx: torch.Tensor, didx: torch.Tensor, backend: str) -> torch.Tensor:
+    """The fused forward on ``backend``."""
+    return _LAUNCHERS[backend][0](planes, dyn, wd, bias, sidx, didx)
 
 
-def _blend_fused(launchers, static, dynamic, weight, bias, static_idx, dynamic_idx):
+@_blend_op.register_fake
+def _(planes, dyn, wd, bias, sidx, didx, backend):
+    Nd, T, H, W = dyn.shape
+    return dyn.new_empty((sidx.shape[0], wd.shape[0], T, H, W))
+
+
+@torch.library.custom_op("vdfast::blend_static_dynamic_grad", mutates_args=())
+def _blend_grad_op(grad: torch.Tensor, dyn: torch.Tensor, wd: torch.Tensor, sidx: torch.Tensor,
+                   didx: torch.Tensor, Ns: int, K: int, need_planes: bool, need_dyn: bool,
+                   need_params: bool, backend: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused backward: gradients to planes, dyn, wd and bias (empty where not needed)."""
+    grads = _LAUNCHERS[backend][1](grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn,
+                                   need_params)
+    return tuple(dyn.new_empty(0) if g is None else g for g in grads)
+
+
+@_blend_grad_op.register_fake
+def _(grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn, need_params, backend):
+    Nd, T, H, W = dyn.shape
+    Co = wd.shape[0]
+    shapes = ((Ns, K, Co, H, W) if need_planes else (0,), dyn.shape if need_dyn else (0,),
+              wd.shape if need_params else (0,), (Co,) if need_params else (0,))
+    dtypes = (dyn.dtype, dyn.dtype, wd.dtype, wd.dtype)
+    return tuple(dyn.new_empty(sh, dtype=dt) for sh, dt in zip(shapes, dtypes))
+
+
+def _setup_context(ctx, inputs, output):
+    planes, dyn, wd, bias, sidx, didx, backend = inputs
+    ctx.save_for_backward(dyn, wd, sidx, didx)
+    ctx.plane_shape = planes.shape
+    ctx.backend = backend
+
+
+@fused_backward("blend_static_dynamic")
+def _backward(ctx, grad):
+    dyn, wd, sidx, didx = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    Ns, K = ctx.plane_shape[:2]
+    gp, gd, gw, gb = _blend_grad_op(grad.contiguous(), dyn, wd, sidx, didx, Ns, K, bool(need[0]),
+                                    bool(need[1]), bool(need[2] or need[3]), ctx.backend)
+    return (gp if need[0] else None, gd if need[1] else None, gw if need[2] else None,
+            gb if need[3] else None, None, None, None)
+
+
+_blend_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _blend_fused(backend, static, dynamic, weight, bias, static_idx, dynamic_idx):
     Ns, C, H, W = static.shape
     Nd, T = dynamic.shape[:2]
     Co = weight.shape[0]
@@ -220,8 +276,8 @@ def _blend_fused(launchers, static, dynamic, weight, bias, static_idx, dynamic_i
     wd = weight[:, C].reshape(Co, 27).contiguous()
     if bias is None:
         bias = torch.zeros(Co, dtype=weight.dtype, device=weight.device)
-    return _BlendFused.apply(planes, dyn, wd, bias.contiguous(), static_idx.contiguous(),
-                             dynamic_idx.contiguous(), launchers)
+    return _blend_op(planes, dyn, wd, bias.contiguous(), static_idx.contiguous(),
+                     dynamic_idx.contiguous(), backend)
 
 
 def _reference_backend(static, dynamic, weight, bias, static_idx, dynamic_idx):
@@ -229,13 +285,13 @@ def _reference_backend(static, dynamic, weight, bias, static_idx, dynamic_idx):
 
 
 _op = op("blend_static_dynamic")
-_op.register("cuda", functools.partial(_blend_fused, _CUDA), devices=("cuda",),
-             kernels=("blend_static_dynamic_fwd_cuda", "blend_static_dynamic_bwd_dyn_cuda",
-                      "blend_static_dynamic_bwd_planes_cuda"))
-_op.register("triton", functools.partial(_blend_fused, _TRITON), devices=("cuda",))
-_op.register("cpp", functools.partial(_blend_fused, _CPP), devices=("cpu",),
+_op.register("cuda", functools.partial(_blend_fused, "cuda"), devices=("cuda",),
+             kernels=("blend_static_dynamic_fwd", "blend_static_dynamic_bwd_dyn",
+                      "blend_static_dynamic_bwd_planes"))
+_op.register("triton", functools.partial(_blend_fused, "triton"), devices=("cuda",))
+_op.register("cpp", functools.partial(_blend_fused, "cpp"), devices=("cpu",),
              dtypes=(torch.float32, torch.float64),
-             kernels=("blend_static_dynamic_fwd_cpu", "blend_static_dynamic_bwd_cpu"))
+             kernels=("blend_static_dynamic_fwd", "blend_static_dynamic_bwd"))
 _op.register("reference", _reference_backend, devices=("cpu", "cuda"), dtypes=FLOATS,
              double_backward=True)
 

@@ -19,6 +19,14 @@ on smaller inputs.
 
 Nothing here imports Triton or the compiled extension at ``import vdfast`` time; the probes run on
 first use and remember their answer.
+
+How a fused backend runs: the op's fused forward and backward are ``torch.library.custom_op``\ s
+(``torch.ops.vdfast.<op>``, taking the backend's name as their last argument) with fake kernels
+and a registered autograd formula, so ``torch.compile`` captures them whole. The cpp and cuda
+backends call the same compiled kernels (``torch.ops.vdfast.<op>_fwd`` ..., one schema each, a CPU
+and a CUDA kernel): the dispatcher runs the one for the tensors' device. The choice below is
+traceable (the probes are constants while torch.compile traces; the first-call check and logging
+are eager-only), so a compiled graph holds the backend chosen at trace time.
 """
 from __future__ import annotations
 
@@ -51,6 +59,7 @@ def compiled_extension():
         from vdfast import _C  # noqa: F401
     except Exception as e:  # ImportError, or an undefined symbol after a torch upgrade
         return None, f"vdfast._C not importable ({type(e).__name__}: {e}); rebuild with `make install`"
+    _register_kernel_fakes()
     return _C, None
 
 
@@ -95,9 +104,74 @@ def cuda_arch_reason(capability: tuple[int, int], archs: Sequence[int]) -> str |
     return None
 
 
-def missing_kernels(names: Sequence[str]) -> list[str]:
-    """The compiled kernels among ``names`` that ``torch.ops.vdfast`` lacks (a stale build)."""
-    return [n for n in names if not hasattr(torch.ops.vdfast, n)]
+# the dispatch key whose kernels a compiled backend runs: one schema per kernel name, with a CPU
+# kernel (csrc/<op>.cpp) and a CUDA one (csrc/cuda/<op>_cuda.cu); the dispatcher picks by device
+DISPATCH_KEY = {"cpp": "CPU", "cuda": "CUDA"}
+
+
+def has_kernel(name: str, dispatch_key: str) -> bool:
+    """Whether ``torch.ops.vdfast.<name>`` exists and has a kernel for ``dispatch_key``."""
+    return (hasattr(torch.ops.vdfast, name)
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"vdfast::{name}", dispatch_key))
+
+
+@torch.compiler.assume_constant_result
+def missing_kernels(names: Sequence[str], dispatch_key: str = "CPU") -> list[str]:
+    """The compiled kernels among ``names`` that ``torch.ops.vdfast`` lacks for ``dispatch_key``
+    (a stale build). A constant while torch.compile traces."""
+    return [n for n in names if not has_kernel(n, dispatch_key)]
+
+
+# ---------------------------------------------------------------------------------------------
+# what every op file shares: outputs, accumulator dtypes, fake kernels, the fused backends' calls
+# ---------------------------------------------------------------------------------------------
+def new_out(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """Uninitialised output; under VDFAST_NAN_FILL=1 filled with NaN (integers: their minimum) so
+    unwritten elements show."""
+    if os.environ.get("VDFAST_NAN_FILL") == "1":
+        fill = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The fused backends' accumulator dtype for inputs of ``dtype``: float64 for float64, else
+    float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+KERNEL_FAKES: dict[str, Callable] = {}
+_FAKES_REGISTERED: set[str] = set()
+
+
+def kernel_fake(name: str):
+    """Decorator: ``fn`` is the fake (meta) kernel of the compiled kernel ``torch.ops.vdfast.<name>``
+    (shapes and dtypes only: a kernel that writes its outputs in place returns None), so FakeTensor
+    and torch.compile can trace it. Registered once ``vdfast._C`` is imported."""
+    def deco(fn):
+        KERNEL_FAKES[name] = fn
+        if compiled_extension.cache_info().currsize and compiled_extension()[0] is not None:
+            _register_kernel_fakes()
+        return fn
+    return deco
+
+
+def _register_kernel_fakes() -> None:
+    for name, fn in KERNEL_FAKES.items():
+        if name not in _FAKES_REGISTERED and hasattr(torch.ops.vdfast, name):
+            torch.library.register_fake(f"vdfast::{name}", fn)
+            _FAKES_REGISTERED.add(name)
+
+
+def fused(custom_op: Callable, backend: str, post: Callable | None = None) -> Callable:
+    """The ``fn`` a fused backend registers: ``custom_op(*args, backend)`` (a
+    ``torch.library.custom_op`` that takes the backend's name last), its result passed through
+    ``post`` (e.g. the first of several outputs)."""
+    def run(*args):
+        out = custom_op(*args, backend)
+        return out if post is None else post(out)
+    run.__name__ = f"{getattr(custom_op, '__name__', 'op')}[{backend}]"
+    return run
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,6 +221,14 @@ PROBES: dict[str, Callable[[], str | None]] = {
 }
 
 
+@torch.compiler.assume_constant_result
+def probe(name: str) -> str | None:
+    """Why backend kind ``name`` is unavailable on this machine (None: usable). While torch.compile
+    traces, its answer is taken as a constant (the probes import modules and remember answers,
+    which a graph cannot hold)."""
+    return PROBES[name]()
+
+
 def backend_reasons() -> dict[str, str | None]:
     """Global availability of each backend kind (None = usable)."""
     return {name: PROBES[name]() for name in ORDER}
@@ -156,8 +238,9 @@ def backend_reasons() -> dict[str, str | None]:
 # the backward of a fused op: first order only, and loud about it
 # ---------------------------------------------------------------------------------------------
 def fused_backward(op_name: str):
-    """Decorator for the ``backward`` of a fused op's ``autograd.Function``: it runs where autograd
-    builds no graph (``create_graph=False``: grad mode is off), and refuses to run where a graph is
+    """Decorator for the backward of a fused op (its custom op's ``register_autograd``): it runs
+    where autograd builds no graph (``create_graph=False``: grad mode is off), and refuses to run
+    where a graph is
     being built through it (``create_graph=True``), since its result would be a constant there and
     any second derivative through the op silently wrong.
     ``torch``'s ``once_differentiable`` only raises when the incoming gradient requires grad:
@@ -197,7 +280,8 @@ class Impl:
     # the automatic choice skips this backend when the first input has fewer elements (measured
     # slower than the reference there); an explicit request still runs it
     auto_min_numel: int = 0
-    # the compiled kernels (torch.ops.vdfast.<name>) it calls: a build without them is stale
+    # the compiled kernels (torch.ops.vdfast.<name>) it calls, each needing a kernel for this
+    # backend's dispatch key (DISPATCH_KEY): a build without them is stale
     kernels: tuple[str, ...] = ()
 
 
@@ -337,7 +421,7 @@ class Op:
         if impl is None:
             return [f"{self.name} has no {name} implementation"]
         reasons = []
-        glob = PROBES[name]()
+        glob = probe(name)
         if glob:
             reasons.append(glob)
         t0 = tensors[0]
@@ -356,7 +440,7 @@ class Op:
         if needs_double_backward and not impl.double_backward:
             reasons.append("no double backward (create_graph=True needs the reference)")
         if impl.kernels and not glob:
-            missing = missing_kernels(impl.kernels)
+            missing = missing_kernels(impl.kernels, DISPATCH_KEY.get(name, "CPU"))
             if missing:
                 reasons.append(f"vdfast._C lacks {', '.join(missing)} (stale build: rebuild with "
                                f"`make install`)")
@@ -377,7 +461,7 @@ class Op:
         (else ``VDFAST_BACKEND``) with the reasons when it cannot. While a profiler records, the
         returned ``fn`` runs as the range ``vdfast.<op>[<backend>]`` (:mod:`vdfast.profiling`)."""
         impl = self._select(tensors, backend, needs_double_backward, **kw)
-        if not recording():
+        if torch.compiler.is_compiling() or not recording():  # a compiled graph has no ranges
             return impl
         label = f"vdfast.{self.name}[{impl.name}]"
 
@@ -412,7 +496,8 @@ class Op:
                     reasons = [f"demoted by its first-call check: {demoted}"]
             if not reasons:
                 key = (tensors[0].device.type, tensors[0].dtype, b)
-                if skipped and key not in self._logged:
+                # (not while torch.compile traces: a graph cannot log; the eager call logs)
+                if skipped and key not in self._logged and not torch.compiler.is_compiling():
                     self._logged.add(key)
                     log.info("%s on %s/%s uses %s; skipped %s", self.name, key[0], key[1], b,
                              "; ".join(f"{n}: {', '.join(r)}" for n, r in skipped))

@@ -6,61 +6,45 @@ Backends: ``cuda`` (``csrc/cuda/dm_loss_cuda.cu``), ``triton`` (``kernels/dm_los
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from vdfast.ops.dispatch import fused_backward, op
+from vdfast.ops.dispatch import acc_dtype as _acc
+from vdfast.ops.dispatch import fused, fused_backward, kernel_fake, op
+from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import dm_loss as _ref
 
 _OP = op("dm_loss")
-_BLOCK_CUDA = 256  # columns per CUDA block of the diff kernel (csrc/cuda/dm_loss_cuda.cu: kCols)
-
-
-def _out(shape, dtype, device):
-    """Uninitialised output; NaN-filled under VDFAST_NAN_FILL=1 so unwritten elements show."""
-    if os.environ.get("VDFAST_NAN_FILL") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
 # launchers: fwd(real, rl, syn, sl, nc) -> (loss, diff [nc, D], cnt [2, nc]);
 #            bwd(n, dtype, labels, diff, scale [nc]) -> grad [n, D]
+# cpp and cuda call the same compiled kernels; the dispatcher runs the CPU or the CUDA one by the
+# tensors' device.
 # ---------------------------------------------------------------------------------------------
-def _fwd_cpp(real, rl, syn, sl, nc):
+def _fwd_ext(real, rl, syn, sl, nc):
     acc = _acc(real.dtype)
     diff = _out((nc, real.shape[1]), acc, real.device)
     cnt = _out((2, nc), acc, real.device)
     loss = _out((), acc, real.device)
-    torch.ops.vdfast.dm_loss_fwd_cpu(real, rl, syn, sl, diff, cnt, loss)
+    torch.ops.vdfast.dm_loss_fwd(real, rl, syn, sl, diff, cnt, loss)
     return loss, diff, cnt
 
 
-def _bwd_cpp(n, dtype, labels, diff, scale):
+def _bwd_ext(n, dtype, labels, diff, scale):
     grad = _out((n, diff.shape[1]), dtype, diff.device)
-    torch.ops.vdfast.dm_loss_bwd_cpu(grad, labels, diff, scale)
+    torch.ops.vdfast.dm_loss_bwd(grad, labels, diff, scale)
     return grad
 
 
-def _fwd_cuda(real, rl, syn, sl, nc):
-    acc, dev, D = _acc(real.dtype), real.device, real.shape[1]
-    sums = torch.zeros((2, nc, D), dtype=acc, device=dev)
-    cnt = torch.zeros((2, nc), dtype=acc, device=dev)
-    diff = _out((nc, D), acc, dev)
-    partial = _out((nc, -(-D // _BLOCK_CUDA)), acc, dev)
-    torch.ops.vdfast.dm_loss_fwd_cuda(real, rl, syn, sl, sums, cnt, diff, partial)
-    return partial.sum(), diff, cnt
+@kernel_fake("dm_loss_fwd")
+def _(real, real_labels, syn, syn_labels, diff, cnt, loss):
+    return None  # writes diff, cnt and loss in place
 
 
-def _bwd_cuda(n, dtype, labels, diff, scale):
-    grad = _out((n, diff.shape[1]), dtype, diff.device)
-    torch.ops.vdfast.dm_loss_bwd_cuda(grad, labels, diff, scale)
-    return grad
+@kernel_fake("dm_loss_bwd")
+def _(grad, labels, diff, scale):
+    return None  # writes grad in place
 
 
 _MAX_RUNS = 4  # a forward tile spanning at most this many labels sums its rows per label first
@@ -108,35 +92,72 @@ def _bwd_triton(n, dtype, labels, diff, scale):
     return grad
 
 
-class _DMLoss(torch.autograd.Function):
-    """Fused forward; the backward is a gather of the saved class-mean differences, itself not
-    differentiable (``dispatch.fused_backward`` raises under create_graph): double backward
-    needs ``backend="reference"``."""
-
-    @staticmethod
-    def forward(ctx, real, real_labels, syn, syn_labels, num_classes, fwd, bwd):
-        loss, diff, cnt = fwd(real, real_labels, syn, syn_labels, num_classes)
-        ctx.save_for_backward(real_labels, syn_labels, diff, cnt)
-        ctx.bwd = bwd
-        ctx.meta = (real.shape[0], real.dtype, syn.shape[0], syn.dtype)
-        return loss.to(real.dtype)
-
-    @staticmethod
-    @fused_backward("dm_loss")
-    def backward(ctx, g):
-        rl, sl, diff, cnt = ctx.saved_tensors
-        nr, dtr, ns, dts = ctx.meta
-        # d loss / d real_i = 2 diff[c_i] / n_real[c_i]; d / d syn_j = -2 diff[c_j] / n_syn[c_j]
-        scale = 2.0 * g.to(diff.dtype) / cnt.clamp_min(1.0)
-        gr = ctx.bwd(nr, dtr, rl, diff, scale[0].contiguous()) if ctx.needs_input_grad[0] else None
-        gs = ctx.bwd(ns, dts, sl, diff, (-scale[1]).contiguous()) if ctx.needs_input_grad[2] else None
-        return gr, None, gs, None, None, None, None
+_LAUNCHERS = {"cpp": (_fwd_ext, _bwd_ext), "cuda": (_fwd_ext, _bwd_ext),
+              "triton": (_fwd_triton, _bwd_triton)}
 
 
-def _fused(fwd, bwd):
-    def run(real, rl, syn, sl, nc):
-        return _DMLoss.apply(real, rl, syn, sl, nc, fwd, bwd)
-    return run
+# ---------------------------------------------------------------------------------------------
+# the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("vdfast::dm_loss", mutates_args=())
+def _dm_loss_op(real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor,
+                syn_labels: torch.Tensor, num_classes: int,
+                backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused forward on ``backend`` (cuda, triton or cpp): the loss in the features' dtype, and
+    what the backward needs, diff [nc, D] (class-mean differences) and cnt [2, nc] (class counts,
+    real then synthetic), in the accumulator dtype."""
+    loss, diff, cnt = _LAUNCHERS[backend][0](real, real_labels, syn, syn_labels, num_classes)
+    return loss.to(real.dtype), diff, cnt
+
+
+@_dm_loss_op.register_fake
+def _(real, real_labels, syn, syn_labels, num_classes, backend):
+    acc = _acc(real.dtype)
+    return (real.new_empty(()), real.new_empty((num_classes, real.shape[1]), dtype=acc),
+            real.new_empty((2, num_classes), dtype=acc))
+
+
+@torch.library.custom_op("vdfast::dm_loss_grad", mutates_args=())
+def _dm_loss_grad_op(labels: torch.Tensor, diff: torch.Tensor, scale: torch.Tensor, n: int,
+                     dtype: torch.dtype, backend: str) -> torch.Tensor:
+    """The fused backward of one side: ``grad[i] = scale[labels[i]] * diff[labels[i]]``, [n, D]
+    of ``dtype``."""
+    return _LAUNCHERS[backend][1](n, dtype, labels, diff, scale)
+
+
+@_dm_loss_grad_op.register_fake
+def _(labels, diff, scale, n, dtype, backend):
+    return diff.new_empty((n, diff.shape[1]), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    real, real_labels, syn, syn_labels, _, backend = inputs
+    _, diff, cnt = output
+    ctx.save_for_backward(real_labels, syn_labels, diff, cnt)
+    ctx.mark_non_differentiable(diff, cnt)
+    ctx.meta = (real.shape[0], real.dtype, syn.shape[0], syn.dtype, backend)
+
+
+@fused_backward("dm_loss")
+def _backward(ctx, g, _g_diff, _g_cnt):
+    """A gather of the saved class-mean differences, itself not differentiable (raises under
+    create_graph): double backward needs ``backend="reference"``."""
+    rl, sl, diff, cnt = ctx.saved_tensors
+    nr, dtr, ns, dts, backend = ctx.meta
+    # d loss / d real_i = 2 diff[c_i] / n_real[c_i]; d / d syn_j = -2 diff[c_j] / n_syn[c_j]
+    scale = 2.0 * g.to(diff.dtype) / cnt.clamp_min(1.0)
+    gr = _dm_loss_grad_op(rl, diff, scale[0].contiguous(), nr, dtr, backend) \
+        if ctx.needs_input_grad[0] else None
+    gs = _dm_loss_grad_op(sl, diff, (-scale[1]).contiguous(), ns, dts, backend) \
+        if ctx.needs_input_grad[2] else None
+    return gr, None, gs, None, None, None
+
+
+_dm_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _loss(out):
+    return out[0]
 
 
 def _check(real_feat, real_labels, syn_feat, syn_labels, num_classes):
@@ -199,11 +220,11 @@ def dm_loss(real_feat: torch.Tensor, real_labels: torch.Tensor, syn_feat: torch.
 
 
 _OP.register("reference", _ref.dm_loss, devices=("cpu", "cuda"), double_backward=True)
-_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",),
-             kernels=("dm_loss_fwd_cpu", "dm_loss_bwd_cpu"))
-_OP.register("triton", _fused(_fwd_triton, _bwd_triton), devices=("cuda",))
-_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",),
-             kernels=("dm_loss_fwd_cuda", "dm_loss_bwd_cuda"))
+_OP.register("cpp", fused(_dm_loss_op, "cpp", _loss), devices=("cpu",),
+             kernels=("dm_loss_fwd", "dm_loss_bwd"))
+_OP.register("triton", fused(_dm_loss_op, "triton", _loss), devices=("cuda",))
+_OP.register("cuda", fused(_dm_loss_op, "cuda", _loss), devices=("cuda",),
+             kernels=("dm_loss_fwd", "dm_loss_bwd"))
 
 
 def _check_inputs(device, dtype, gen):

@@ -8,44 +8,36 @@ Each fused backend provides ``fwd(real, syn, stats)`` (per row <r, s>, ||r||^2, 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from vdfast.ops.dispatch import fused_backward, op
+from vdfast.ops.dispatch import acc_dtype as _acc
+from vdfast.ops.dispatch import fused_backward, kernel_fake, op
+from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import gradient_match as _ref
 
 _OP = op("gradient_match")
 
 
-def _out(shape, dtype, device):
-    """Uninitialised output; NaN-filled under VDFAST_NAN_FILL=1 so unwritten elements show."""
-    if os.environ.get("VDFAST_NAN_FILL") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # ---------------------------------------------------------------------------------------------
-# backends (lists of contiguous [out, K] matrices)
+# backends (lists of contiguous [out, K] matrices); cpp and cuda call the same compiled kernels
+# (the dispatcher runs the CPU or the CUDA one by device)
 # ---------------------------------------------------------------------------------------------
-def _fwd_cpp(real, syn, stats):
-    torch.ops.vdfast.gradient_match_fwd_cpu(real, syn, stats)
+def _fwd_ext(real, syn, stats):
+    torch.ops.vdfast.gradient_match_fwd(real, syn, stats)
 
 
-def _bwd_cpp(real, syn, coef, grad_real, grad_syn):
-    torch.ops.vdfast.gradient_match_bwd_cpu(real, syn, coef, grad_real, grad_syn)
+def _bwd_ext(real, syn, coef, grad_real, grad_syn):
+    torch.ops.vdfast.gradient_match_bwd(real, syn, coef, grad_real, grad_syn)
 
 
-def _fwd_cuda(real, syn, stats):
-    torch.ops.vdfast.gradient_match_fwd_cuda(real, syn, stats)
+@kernel_fake("gradient_match_fwd")
+def _(real, syn, stats):
+    return None  # writes stats in place
 
 
-def _bwd_cuda(real, syn, coef, grad_real, grad_syn):
-    torch.ops.vdfast.gradient_match_bwd_cuda(real, syn, coef, grad_real, grad_syn)
+@kernel_fake("gradient_match_bwd")
+def _(real, syn, coef, grad_real, grad_syn):
+    return None  # writes the gradient lists in place
 
 
 def _block(t):
@@ -80,56 +72,98 @@ def _bwd_triton(real, syn, coef, grad_real, grad_syn):
         first += rows
 
 
-class _GradientMatch(torch.autograd.Function):
-    """Fused forward and backward. The backward is first order (``dispatch.fused_backward``): DC
-    needs only d loss / d syn_grads, after which autograd continues through syn_grads' own
-    (create_graph) graph."""
-
-    @staticmethod
-    def forward(ctx, n, eps, kernels, *tensors):
-        fwd, bwd, stats_dtype = kernels
-        real, syn = list(tensors[:n]), list(tensors[n:])
-        rows = sum(r.shape[0] for r in real)
-        stats = _out((rows, 3), stats_dtype(syn[0].dtype), syn[0].device)
-        fwd(real, syn, stats)
-        dot, rr, ss = stats.double().unbind(1)
-        nr, ns = rr.sqrt(), ss.sqrt()
-        den = nr * ns + eps
-        ctx.save_for_backward(*real, *syn, dot, nr, ns, den)
-        ctx.n, ctx.bwd, ctx.cdtype = n, bwd, stats.dtype  # coef in the stats dtype
-        return (1 - dot / den).sum().to(syn[0].dtype)
-
-    @staticmethod
-    @fused_backward("gradient_match")
-    def backward(ctx, g):
-        n = ctx.n
-        saved = ctx.saved_tensors
-        real, syn = list(saved[:n]), list(saved[n:2 * n])
-        dot, nr, ns, den = saved[2 * n:]
-        g = g.double()
-        # d/ds (1 - <r,s>/den) = -r/den + <r,s> ||r|| s / (den^2 ||s||)  (the norm's gradient at
-        # a zero row is taken as 0, as torch.norm's)
-        a = -g / den
-        b_s = torch.where(ns > 0, g * dot * nr / (den * den * ns.clamp_min(1e-300)), 0.0)
-        b_r = torch.where(nr > 0, g * dot * ns / (den * den * nr.clamp_min(1e-300)), 0.0)
-        coef = torch.stack([a, b_s, a, b_r], dim=1).to(ctx.cdtype).contiguous()
-        need_r = any(ctx.needs_input_grad[3:3 + n])
-        need_s = any(ctx.needs_input_grad[3 + n:])
-        grad_real = [_out(r.shape, r.dtype, r.device) for r in real] if need_r else []
-        grad_syn = [_out(s.shape, s.dtype, s.device) for s in syn] if need_s else []
-        ctx.bwd(real, syn, coef, grad_real, grad_syn)
-        return (None, None, None, *(grad_real or [None] * n), *(grad_syn or [None] * n))
+# (fwd, bwd, the dtype of the row sums and backward coefficients for an input dtype)
+_LAUNCHERS = {"cpp": (_fwd_ext, _bwd_ext, lambda dtype: torch.float64),
+              "cuda": (_fwd_ext, _bwd_ext, _acc), "triton": (_fwd_triton, _bwd_triton, _acc)}
 
 
-def _fused(fwd, bwd, stats_dtype=_acc):
-    """``stats_dtype(input dtype)``: the dtype of the row sums and backward coefficients."""
+# ---------------------------------------------------------------------------------------------
+# the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("vdfast::gradient_match", mutates_args=())
+def _gradient_match_op(real: list[torch.Tensor], syn: list[torch.Tensor], eps: float,
+                       backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused forward on ``backend`` over contiguous [out, K] matrices: the distance in the
+    gradients' dtype and the per-row stats [rows, 3] (<r, s>, ||r||^2, ||s||^2) in the backend's
+    stats dtype."""
+    fwd, _, stats_dtype = _LAUNCHERS[backend]
+    rows = sum(r.shape[0] for r in real)
+    stats = _out((rows, 3), stats_dtype(syn[0].dtype), syn[0].device)
+    fwd(real, syn, stats)
+    dot, nr, ns, den = _row_terms(stats, eps)
+    return (1 - dot / den).sum().to(syn[0].dtype), stats
+
+
+@_gradient_match_op.register_fake
+def _(real, syn, eps, backend):
+    rows = sum(r.shape[0] for r in real)
+    return (syn[0].new_empty(()),
+            syn[0].new_empty((rows, 3), dtype=_LAUNCHERS[backend][2](syn[0].dtype)))
+
+
+def _row_terms(stats, eps):
+    dot, rr, ss = stats.double().unbind(1)
+    nr, ns = rr.sqrt(), ss.sqrt()
+    return dot, nr, ns, nr * ns + eps
+
+
+@torch.library.custom_op("vdfast::gradient_match_grad", mutates_args=())
+def _gradient_match_grad_op(real: list[torch.Tensor], syn: list[torch.Tensor], coef: torch.Tensor,
+                            need_real: bool, need_syn: bool,
+                            backend: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The fused backward: the gradients to ``real`` and ``syn`` (an empty list where not needed)
+    from the per-row coefficients ``coef`` [rows, 4]."""
+    grad_real = [_out(r.shape, r.dtype, r.device) for r in real] if need_real else []
+    grad_syn = [_out(s.shape, s.dtype, s.device) for s in syn] if need_syn else []
+    _LAUNCHERS[backend][1](real, syn, coef, grad_real, grad_syn)
+    return grad_real, grad_syn
+
+
+@_gradient_match_grad_op.register_fake
+def _(real, syn, coef, need_real, need_syn, backend):
+    return ([torch.empty_like(r) for r in real] if need_real else [],
+            [torch.empty_like(s) for s in syn] if need_syn else [])
+
+
+def _setup_context(ctx, inputs, output):
+    real, syn, eps, backend = inputs
+    _, stats = output
+    ctx.save_for_backward(*real, *syn, stats)
+    ctx.mark_non_differentiable(stats)
+    ctx.n, ctx.eps, ctx.backend = len(real), eps, backend
+
+
+@fused_backward("gradient_match")
+def _backward(ctx, g, _g_stats):
+    """First order: DC needs only d loss / d syn_grads, after which autograd continues through
+    syn_grads' own (create_graph) graph."""
+    n = ctx.n
+    saved = ctx.saved_tensors
+    real, syn, stats = list(saved[:n]), list(saved[n:2 * n]), saved[2 * n]
+    dot, nr, ns, den = _row_terms(stats, ctx.eps)
+    g = g.double()
+    # d/ds (1 - <r,s>/den) = -r/den + <r,s> ||r|| s / (den^2 ||s||)  (the norm's gradient at
+    # a zero row is taken as 0, as torch.norm's)
+    a = -g / den
+    b_s = torch.where(ns > 0, g * dot * nr / (den * den * ns.clamp_min(1e-300)), 0.0)
+    b_r = torch.where(nr > 0, g * dot * ns / (den * den * nr.clamp_min(1e-300)), 0.0)
+    coef = torch.stack([a, b_s, a, b_r], dim=1).to(stats.dtype).contiguous()  # the stats dtype
+    need_r, need_s = any(ctx.needs_input_grad[0]), any(ctx.needs_input_grad[1])  # per tensor
+    grad_real, grad_syn = _gradient_match_grad_op(real, syn, coef, need_r, need_s, ctx.backend)
+    return (grad_real if need_r else [None] * n, grad_syn if need_s else [None] * n, None, None)
+
+
+_gradient_match_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _fused(backend):
     def run(real_grads, syn_grads, eps):
         pairs = [(r, s) for r, s in zip(real_grads, syn_grads) if r.dim() >= 2]
         if not pairs:
             return syn_grads[0].new_zeros(()) if len(syn_grads) else torch.zeros(())
         real = [r.reshape(r.shape[0], -1).contiguous() for r, _ in pairs]
         syn = [s.reshape(s.shape[0], -1).contiguous() for _, s in pairs]
-        return _GradientMatch.apply(len(real), float(eps), (fwd, bwd, stats_dtype), *real, *syn)
+        return _gradient_match_op(real, syn, float(eps), backend)[0]
     return run
 
 
@@ -177,11 +211,11 @@ def gradient_match(real_grads, syn_grads, backend: str | None = None, *, eps: fl
 
 
 _OP.register("reference", _ref.gradient_match, devices=("cpu", "cuda"), double_backward=True)
-_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp, lambda dtype: torch.float64), devices=("cpu",),
-             kernels=("gradient_match_fwd_cpu", "gradient_match_bwd_cpu"))
-_OP.register("triton", _fused(_fwd_triton, _bwd_triton), devices=("cuda",))
-_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",),
-             kernels=("gradient_match_fwd_cuda", "gradient_match_bwd_cuda"))
+_OP.register("cpp", _fused("cpp"), devices=("cpu",),
+             kernels=("gradient_match_fwd", "gradient_match_bwd"))
+_OP.register("triton", _fused("triton"), devices=("cuda",))
+_OP.register("cuda", _fused("cuda"), devices=("cuda",),
+             kernels=("gradient_match_fwd", "gradient_match_bwd"))
 
 
 def _check_inputs(device, dtype, gen):

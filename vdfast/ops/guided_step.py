@@ -23,14 +23,13 @@ reference and an explicit fused backend raises.
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import NamedTuple, Sequence
 
 import torch
 
-from vdfast.ops.dispatch import FLOATS, op
+from vdfast.ops.dispatch import FLOATS, kernel_fake, op
+from vdfast.ops.dispatch import new_out as _new_out_like
 from vdfast.reference.guided_step import guided_step as _ref_guided_step
 
 __all__ = ["guided_step", "frame_decay", "StepCoefs"]
@@ -101,21 +100,23 @@ def _scalars(coefs, sampler: str) -> tuple[float, float, float, float, float]:
 
 
 def _new_out(x):
-    """Uninitialised output; NaN-filled under VDFAST_NAN_FILL=1 so unwritten elements show."""
-    if os.environ.get("VDFAST_NAN_FILL") == "1":
-        return torch.full_like(x, float("nan"))
-    return torch.empty_like(x)
+    """Uninitialised output like ``x`` (NaN-filled under VDFAST_NAN_FILL=1)."""
+    return _new_out_like(x.shape, x.dtype, x.device)
 
 
 # ---------------------------------------------------------------------------------------------
 # backends: fn(x, eps, guide, lam, noise, coefs, sampler, out) -> out
 # ---------------------------------------------------------------------------------------------
-def _ext(suffix, x, eps, guide, lam, noise, coefs, sampler, out):
+def _ext(x, eps, guide, lam, noise, coefs, sampler, out):
+    """cpp and cuda: one compiled kernel, the CPU or the CUDA one by the tensors' device."""
     a, b, c0, c1, s = _scalars(coefs, sampler)
-    out = _new_out(x) if out is None else out
-    getattr(torch.ops.vdfast, f"guided_step_fwd_{suffix}")(x, eps, guide, lam, noise, a, b, c0,
-                                                           c1, s, sampler == "ddim", out)
-    return out
+    torch.ops.vdfast.guided_step_fwd(x, eps, guide, lam, noise, a, b, c0, c1, s, sampler == "ddim",
+                                     out)
+
+
+@kernel_fake("guided_step_fwd")
+def _(x, eps, guide, lam, noise, a, b, c0, c1, s, ddim, out):
+    return None  # writes out in place
 
 
 def _split(v: float) -> tuple[float, float]:
@@ -132,9 +133,8 @@ def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
     from vdfast.ops.dispatch import interpreter_sizes
     B, F = x.shape[:2]
     CHW = math.prod(x.shape[2:])  # x[0, 0] would fail on an empty batch
-    out = _new_out(x) if out is None else out
     if x.numel() == 0:
-        return out
+        return
     scal = [h for v in _scalars(coefs, sampler) for h in _split(v)]
     block = min(triton.next_power_of_2(CHW), 4096 if interpreter_sizes(x) else 1024)
     grid = (B * F, triton.cdiv(CHW, block))
@@ -143,7 +143,30 @@ def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
         GUIDE_PER_FRAME=guide.dim() == 5, HAS_NOISE=noise is not None and sampler == "ddpm",
         DDIM=sampler == "ddim", BLOCK=block,
         ACC=tl.float64 if x.dtype == torch.float64 else tl.float32)
-    return out
+
+
+_LAUNCHERS = {"cpp": _ext, "cuda": _ext, "triton": _triton}
+
+
+@torch.library.custom_op("vdfast::guided_step", mutates_args=("out",))
+def _guided_step_op(x: torch.Tensor, eps: torch.Tensor, guide: torch.Tensor, lam: torch.Tensor,
+                    noise: torch.Tensor | None, coefs: list[float], sampler: str, out: torch.Tensor,
+                    backend: str) -> None:
+    """The fused step on ``backend``, written into ``out`` (forward only)."""
+    _LAUNCHERS[backend](x, eps, guide, lam, noise, coefs, sampler, out)
+
+
+@_guided_step_op.register_fake
+def _(x, eps, guide, lam, noise, coefs, sampler, out, backend):
+    return None
+
+
+def _fused(backend):
+    def run(x, eps, guide, lam, noise, coefs, sampler, out):
+        out = _new_out(x) if out is None else out
+        _guided_step_op(x, eps, guide, lam, noise, [float(c) for c in coefs], sampler, out, backend)
+        return out
+    return run
 
 
 def _reference(x, eps, guide, lam, noise, coefs, sampler, out):
@@ -161,12 +184,11 @@ def _forward_only(*tensors, **kw) -> list[str]:
 
 
 _op = op("guided_step")
-_op.register("cuda", functools.partial(_ext, "cuda"), devices=("cuda",),
-             extra_check=_forward_only, kernels=("guided_step_fwd_cuda",))
-_op.register("triton", _triton, devices=("cuda",), extra_check=_forward_only)
-_op.register("cpp", functools.partial(_ext, "cpu"), devices=("cpu",),
-             dtypes=(torch.float32, torch.float64), extra_check=_forward_only,
-             kernels=("guided_step_fwd_cpu",))
+_op.register("cuda", _fused("cuda"), devices=("cuda",), extra_check=_forward_only,
+             kernels=("guided_step_fwd",))
+_op.register("triton", _fused("triton"), devices=("cuda",), extra_check=_forward_only)
+_op.register("cpp", _fused("cpp"), devices=("cpu",), dtypes=(torch.float32, torch.float64),
+             extra_check=_forward_only, kernels=("guided_step_fwd",))
 _op.register("reference", _reference, devices=("cpu", "cuda"), dtypes=FLOATS)
 
 

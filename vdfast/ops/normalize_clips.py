@@ -11,24 +11,15 @@ Each backend provides two steps, and the arithmetic between them lives here, onc
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
-from vdfast.ops.dispatch import op
+from vdfast.ops.dispatch import fused, kernel_fake, op
+from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import normalize_clips as _ref
 
 _OP = op("normalize_clips")
 OUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _out(shape, dtype, device):
-    """Uninitialised output; under VDFAST_NAN_FILL=1 filled with NaN (integers: their minimum)
-    so unwritten elements show."""
-    if os.environ.get("VDFAST_NAN_FILL") == "1":
-        fill = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min
-        return torch.full(shape, fill, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def affine(mean: torch.Tensor, std: torch.Tensor, sums: torch.Tensor | None, count: int):
@@ -52,28 +43,25 @@ def affine(mean: torch.Tensor, std: torch.Tensor, sums: torch.Tensor | None, cou
 # ---------------------------------------------------------------------------------------------
 # backends: stats(clips) -> int64 [C, 2]; apply(clips, scale f64 [C], shift f64 [C], out)
 # ---------------------------------------------------------------------------------------------
-def _stats_cpp(clips):
-    sums = torch.empty((clips.shape[-1], 2), dtype=torch.int64)
-    torch.ops.vdfast.normalize_clips_stats_cpu(clips, sums)
+# cpp and cuda call the same compiled kernels; the dispatcher runs the CPU or the CUDA one by device
+def _stats_ext(clips):
+    sums = torch.empty((clips.shape[-1], 2), dtype=torch.int64, device=clips.device)
+    torch.ops.vdfast.normalize_clips_stats(clips, sums)
     return sums
 
 
-def _apply_cpp(clips, scale, shift, out):
-    torch.ops.vdfast.normalize_clips_apply_cpu(clips, scale, shift, out)
+def _apply_ext(clips, scale, shift, out):
+    torch.ops.vdfast.normalize_clips_apply(clips, scale, shift, out)
 
 
-_BLOCK_CUDA = 1024  # positions per CUDA block (csrc/cuda/normalize_clips_cuda.cu: kBlock)
+@kernel_fake("normalize_clips_stats")
+def _(clips, sums):
+    return None  # writes sums in place
 
 
-def _stats_cuda(clips):
-    N, T, H, W, C = clips.shape
-    part = _out((N, -(-(T * H * W) // _BLOCK_CUDA), C, 2), torch.int64, clips.device)
-    torch.ops.vdfast.normalize_clips_stats_cuda(clips, part)
-    return part.sum(dim=(0, 1))
-
-
-def _apply_cuda(clips, scale, shift, out):
-    torch.ops.vdfast.normalize_clips_apply_cuda(clips, scale, shift, out)
+@kernel_fake("normalize_clips_apply")
+def _(clips, scale, shift, out):
+    return None  # writes out in place
 
 
 def _block(t):
@@ -129,15 +117,35 @@ def _cached_stats(mean: tuple, std: tuple, device: str):
             torch.tensor(std, dtype=torch.float64, device=device))
 
 
-def _fused(stats, apply):
+_LAUNCHERS = {"cpp": (_stats_ext, _apply_ext), "cuda": (_stats_ext, _apply_ext),
+              "triton": (_stats_triton, _apply_triton)}
+
+
+@torch.library.custom_op("vdfast::normalize_clips", mutates_args=())
+def _normalize_clips_op(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                        standardize: bool, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
+    """The fused op on ``backend``; ``mean``, ``std``: float64 [C] on the clips' device."""
+    stats, apply = _LAUNCHERS[backend]
+    N, T, H, W, C = clips.shape
+    sums = stats(clips) if standardize else None
+    scale, shift = affine(mean, std, sums, N * T * H * W)
+    out = _out((N, C, T, H, W), out_dtype, clips.device)
+    apply(clips, scale.contiguous(), shift.contiguous(), out)
+    return out
+
+
+@_normalize_clips_op.register_fake
+def _(clips, mean, std, standardize, out_dtype, backend):
+    N, T, H, W, C = clips.shape
+    return clips.new_empty((N, C, T, H, W), dtype=out_dtype)
+
+
+def _fused(backend):
+    op_call = fused(_normalize_clips_op, backend)
+
     def run(clips, mean, std, standardize, out_dtype):
-        N, T, H, W, C = clips.shape
         mean, std = _channel_stats(mean, std, clips.device)
-        sums = stats(clips) if standardize else None
-        scale, shift = affine(mean, std, sums, N * T * H * W)
-        out = _out((N, C, T, H, W), out_dtype, clips.device)
-        apply(clips, scale.contiguous(), shift.contiguous(), out)
-        return out
+        return op_call(clips, mean, std, standardize, out_dtype)
     return run
 
 
@@ -186,11 +194,11 @@ def normalize_clips(clips: torch.Tensor, mean, std, standardize: bool = False,
 
 
 _OP.register("reference", _ref.normalize_clips, devices=("cpu", "cuda"), dtypes=OUT_DTYPES)
-_OP.register("cpp", _fused(_stats_cpp, _apply_cpp), devices=("cpu",), dtypes=OUT_DTYPES,
-             kernels=("normalize_clips_stats_cpu", "normalize_clips_apply_cpu"))
-_OP.register("triton", _fused(_stats_triton, _apply_triton), devices=("cuda",), dtypes=OUT_DTYPES)
-_OP.register("cuda", _fused(_stats_cuda, _apply_cuda), devices=("cuda",), dtypes=OUT_DTYPES,
-             kernels=("normalize_clips_stats_cuda", "normalize_clips_apply_cuda"))
+_OP.register("cpp", _fused("cpp"), devices=("cpu",), dtypes=OUT_DTYPES,
+             kernels=("normalize_clips_stats", "normalize_clips_apply"))
+_OP.register("triton", _fused("triton"), devices=("cuda",), dtypes=OUT_DTYPES)
+_OP.register("cuda", _fused("cuda"), devices=("cuda",), dtypes=OUT_DTYPES,
+             kernels=("normalize_clips_stats", "normalize_clips_apply"))
 
 
 def _check_inputs(device, dtype, gen):

@@ -6,26 +6,14 @@ Backends: ``cuda`` (``csrc/cuda/trajectory_loss_cuda.cu``), ``triton`` (``kernel
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from vdfast.ops.dispatch import fused_backward, op
+from vdfast.ops.dispatch import acc_dtype as _acc
+from vdfast.ops.dispatch import fused, fused_backward, kernel_fake, op
+from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import trajectory_loss as _ref
 
 _OP = op("trajectory_loss")
-_BLOCK_CUDA = 2048  # elements per CUDA block of the forward (csrc/cuda/trajectory_loss_cuda.cu: kBlock)
-
-
-def _out(shape, dtype, device):
-    """Uninitialised output; NaN-filled under VDFAST_NAN_FILL=1 so unwritten elements show."""
-    if os.environ.get("VDFAST_NAN_FILL") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _grads(s, need):
@@ -34,30 +22,36 @@ def _grads(s, need):
 
 
 # ---------------------------------------------------------------------------------------------
-# launchers: fwd(s, a, t) -> sums [2] (num, den); bwd(s, a, t, coef [2], need) -> 3 grads/None
+# launchers: fwd(s, a, t) -> sums [2] float64 (num, den); bwd(s, a, t, coef [2], need) -> 3 grads
+# (empty where not needed). cpp and cuda call the same compiled kernels (the dispatcher runs the
+# CPU or the CUDA one by device); they differ in the coefficients' dtype.
 # ---------------------------------------------------------------------------------------------
-def _fwd_cpp(s, a, t):
+def _fwd_ext(s, a, t):
     sums = _out((2,), torch.float64, s.device)
-    torch.ops.vdfast.trajectory_loss_fwd_cpu(s, a, t, sums)
+    torch.ops.vdfast.trajectory_loss_fwd(s, a, t, sums)
     return sums
 
 
 def _bwd_cpp(s, a, t, coef, need):
     gs, ga, gt = _grads(s, need)
-    torch.ops.vdfast.trajectory_loss_bwd_cpu(s, a, t, coef.double(), gs, ga, gt)
+    torch.ops.vdfast.trajectory_loss_bwd(s, a, t, coef.double(), gs, ga, gt)
     return gs, ga, gt
-
-
-def _fwd_cuda(s, a, t):
-    part = _out((-(-s.numel() // _BLOCK_CUDA), 2), _acc(s.dtype), s.device)
-    torch.ops.vdfast.trajectory_loss_fwd_cuda(s, a, t, part)
-    return part.sum(0, dtype=torch.float64)
 
 
 def _bwd_cuda(s, a, t, coef, need):
     gs, ga, gt = _grads(s, need)
-    torch.ops.vdfast.trajectory_loss_bwd_cuda(s, a, t, coef.to(_acc(s.dtype)), gs, ga, gt)
+    torch.ops.vdfast.trajectory_loss_bwd(s, a, t, coef.to(_acc(s.dtype)), gs, ga, gt)
     return gs, ga, gt
+
+
+@kernel_fake("trajectory_loss_fwd")
+def _(s, a, t, sums):
+    return None  # writes sums in place
+
+
+@kernel_fake("trajectory_loss_bwd")
+def _(s, a, t, coef, gs, ga, gt):
+    return None  # writes the non-empty gradients in place
 
 
 def _block(t):
@@ -90,35 +84,67 @@ def _bwd_triton(s, a, t, coef, need):
     return gs, ga, gt
 
 
-class _TrajectoryLoss(torch.autograd.Function):
-    """Fused forward and backward; the backward is not itself differentiable
-    (``dispatch.fused_backward`` raises under create_graph): double backward needs
+_LAUNCHERS = {"cpp": (_fwd_ext, _bwd_cpp), "cuda": (_fwd_ext, _bwd_cuda),
+              "triton": (_fwd_triton, _bwd_triton)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("vdfast::trajectory_loss", mutates_args=())
+def _trajectory_loss_op(s: torch.Tensor, a: torch.Tensor, t: torch.Tensor,
+                        backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused forward on ``backend`` (1-D inputs): the loss in the inputs' dtype and the float64
+    sums [2] (||s - t||^2, ||a - t||^2) the backward needs."""
+    sums = _LAUNCHERS[backend][0](s, a, t)
+    return (sums[0] / sums[1]).to(s.dtype), sums
+
+
+@_trajectory_loss_op.register_fake
+def _(s, a, t, backend):
+    return s.new_empty(()), s.new_empty((2,), dtype=torch.float64)
+
+
+@torch.library.custom_op("vdfast::trajectory_loss_grad", mutates_args=())
+def _trajectory_loss_grad_op(s: torch.Tensor, a: torch.Tensor, t: torch.Tensor, coef: torch.Tensor,
+                             need_s: bool, need_a: bool, need_t: bool,
+                             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused backward, ``coef`` = (2 g / den, -2 g num / den^2) in float64: the gradients to s,
+    a and t (each an empty tensor where not needed)."""
+    return tuple(_LAUNCHERS[backend][1](s, a, t, coef, (need_s, need_a, need_t)))
+
+
+@_trajectory_loss_grad_op.register_fake
+def _(s, a, t, coef, need_s, need_a, need_t, backend):
+    return tuple(s.new_empty(s.shape if n else (0,)) for n in (need_s, need_a, need_t))
+
+
+def _setup_context(ctx, inputs, output):
+    s, a, t, backend = inputs
+    _, sums = output
+    ctx.save_for_backward(s, a, t, sums)
+    ctx.mark_non_differentiable(sums)
+    ctx.backend = backend
+
+
+@fused_backward("trajectory_loss")
+def _backward(ctx, g, _g_sums):
+    """Fused and first order (raises under create_graph): double backward needs
     ``backend="reference"``."""
-
-    @staticmethod
-    def forward(ctx, s, a, t, fwd, bwd):
-        sums = fwd(s, a, t)
-        ctx.save_for_backward(s, a, t, sums)
-        ctx.bwd = bwd
-        return (sums[0] / sums[1]).to(s.dtype)
-
-    @staticmethod
-    @fused_backward("trajectory_loss")
-    def backward(ctx, g):
-        s, a, t, sums = ctx.saved_tensors
-        num, den = sums[0], sums[1]
-        g = g.double()
-        coef = torch.stack([2 * g / den, -2 * g * num / (den * den)])
-        need = tuple(bool(x) for x in ctx.needs_input_grad[:3])
-        gs, ga, gt = ctx.bwd(s, a, t, coef, need)
-        return (gs if need[0] else None, ga if need[1] else None, gt if need[2] else None,
-                None, None)
+    s, a, t, sums = ctx.saved_tensors
+    num, den = sums[0], sums[1]
+    g = g.double()
+    coef = torch.stack([2 * g / den, -2 * g * num / (den * den)])
+    need = tuple(bool(x) for x in ctx.needs_input_grad[:3])
+    grads = _trajectory_loss_grad_op(s, a, t, coef, *need, ctx.backend)
+    return tuple(gr if n else None for gr, n in zip(grads, need)) + (None,)
 
 
-def _fused(fwd, bwd):
-    def run(s, a, t):
-        return _TrajectoryLoss.apply(s, a, t, fwd, bwd)
-    return run
+_trajectory_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _loss(out):
+    return out[0]
 
 
 def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Tensor,
@@ -162,12 +188,12 @@ def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Te
 
 _OP.register("reference", _ref.trajectory_loss, devices=("cpu", "cuda"), double_backward=True)
 # below ~64k parameters the reference is faster on a CPU: the fused call's fixed ~35 us (autograd
-# Function, allocations) outweighs one pass over the vectors (BENCHMARKS.md, "crossover")
-_OP.register("cpp", _fused(_fwd_cpp, _bwd_cpp), devices=("cpu",), auto_min_numel=65536,
-             kernels=("trajectory_loss_fwd_cpu", "trajectory_loss_bwd_cpu"))
-_OP.register("triton", _fused(_fwd_triton, _bwd_triton), devices=("cuda",))
-_OP.register("cuda", _fused(_fwd_cuda, _bwd_cuda), devices=("cuda",),
-             kernels=("trajectory_loss_fwd_cuda", "trajectory_loss_bwd_cuda"))
+# op dispatch, allocations) outweighs one pass over the vectors (BENCHMARKS.md, "crossover")
+_OP.register("cpp", fused(_trajectory_loss_op, "cpp", _loss), devices=("cpu",),
+             auto_min_numel=65536, kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
+_OP.register("triton", fused(_trajectory_loss_op, "triton", _loss), devices=("cuda",))
+_OP.register("cuda", fused(_trajectory_loss_op, "cuda", _loss), devices=("cuda",),
+             kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
 
 
 def _check_inputs(device, dtype, gen):
