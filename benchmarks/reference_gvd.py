@@ -7,7 +7,7 @@ same per-instance noise; the difference is the update: the scheduler's scalars r
 ``alphas_cumprod`` tensor every step, the predicted clean latent, the posterior mean and the mode
 guidance as separate tensor expressions, the guidance applied frame by frame in a Python loop (the
 frame's coefficient read back to the host), then the noise added: the unfused DDPM update of
-spec/gvd.md that :func:`vdfast.ops.guided_step` fuses.
+docs/gvd.md that :func:`vdfast.ops.guided_step` fuses.
 """
 from __future__ import annotations
 

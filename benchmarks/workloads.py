@@ -29,7 +29,7 @@ def _w(nc: int, frames: int, size: int, ipc: int, **kw) -> dict:
     return {"nc": nc, "frames": frames, "size": size, "ipc": ipc, **PUBLISHED, **kw}
 
 
-# the datasets' published conventions (spec/methods.md, spec/datasets.md): 16 x 112² for the
+# the datasets' published conventions: 16 x 112² for the
 # UCF101-based sets and HMDB51, 8 x 64² for Kinetics-400 and SSv2
 WORKLOADS = {
     "miniucf-ipc1": _w(50, 16, 112, 1),

@@ -13,6 +13,7 @@ truncated; a full disk is a real tmpfs where this machine lets the test mount on
 raised inside the write otherwise (both run where they can).
 """
 import json
+import logging
 import os
 import signal
 import socket
@@ -140,7 +141,7 @@ KILLS = [("synset", 1, 0), ("files", 1, 0), ("manifest", 1, 2),
          ("swapped", 2, 4)]
 
 
-def test_kill_at_each_step_of_a_checkpoint_write_resumes_exactly(reference, tmp_path, capsys):
+def test_kill_at_each_step_of_a_checkpoint_write_resumes_exactly(reference, tmp_path, caplog):
     """Outcome: resumed exactly, for a SIGKILL between every two steps of the write (synset
     written / all files written and fsynced / manifest written / newest moved aside / new one
     swapped in), in the first checkpoint (nothing earlier: a fresh start, or the whole .tmp moved
@@ -153,9 +154,10 @@ def test_kill_at_each_step_of_a_checkpoint_write_resumes_exactly(reference, tmp_
         rc, o, e = finish(p)
         assert rc == -signal.SIGKILL, (step, nth, rc, e)
         out = tmp_path / f"{step}-{nth}"
-        capsys.readouterr()
-        assert_exact(resume(out), reference)
-        said = capsys.readouterr().out
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="vdfast"):
+            assert_exact(resume(out), reference)
+        said = "\n".join(r.getMessage() for r in caplog.records)
         if frm:
             assert f"resuming dm from iteration {frm} " in said, (step, nth, said)
         else:
@@ -194,17 +196,19 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_damaged_newest_checkpoint_falls_back_and_resumes_exactly(reference, tmp_path, capsys,
+def test_damaged_newest_checkpoint_falls_back_and_resumes_exactly(reference, tmp_path, caplog,
                                                                  damage):
     """Outcome: resumed exactly, from the previous checkpoint (iteration 2), with a warning that
     names the damaged file."""
     out = tmp_path / "run"
     _run_to_4(out)
     DAMAGE[damage](out / "checkpoint")
-    capsys.readouterr()
-    assert_exact(resume(out), reference)
-    said = capsys.readouterr().out
-    assert "warning:" in said and str(out / "checkpoint") in said and "resuming dm from iteration 2" in said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vdfast"):
+        assert_exact(resume(out), reference)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert any(str(out / "checkpoint") in w for w in warned) and "resuming dm from iteration 2" in said
 
 
 def test_both_checkpoints_damaged_is_refused_clearly(tmp_path, capsys):

@@ -5,7 +5,7 @@ from vdfast.models import ConvNet2D, ConvNet3D, build_student, count_params
 
 
 def test_convnet3d_published_shapes():
-    # spec/methods.md: 2048-d at 16x112², 256-d at 8x64², ~3.65 M parameters for 50 classes
+    # the published sizes: 2048-d at 16x112², 256-d at 8x64², ~3.65 M parameters for 50 classes
     net = ConvNet3D(50, 16, 112)
     assert net.feat_dim == 2048
     assert abs(count_params(net) - 3.65e6) < 0.01e6

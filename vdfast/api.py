@@ -23,7 +23,6 @@ from vdfast import profiling
 from vdfast.config import ConfigError, DistillConfig, EvalConfig, from_dict, resolve
 from vdfast.data.store import ClipStore, StoreError
 from vdfast.engine import checkpoint, loop
-from vdfast.progress import say
 from vdfast.synsets import Synset, load
 from vdfast.version import __version__
 
@@ -231,7 +230,7 @@ def _resume(ck, dist, ident, resume, out, cfg, gen):
     synset = _read_synset(found.path / "synset", dist.device)
     saved["iteration"] = found.iteration
     gen.set_state(saved["gen"])
-    say(f"resuming {cfg.method} from iteration {found.iteration} ({found.path})")
+    log.info(f"resuming {cfg.method} from iteration {found.iteration} ({found.path})")
     return saved, synset
 
 
@@ -290,7 +289,7 @@ def _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, histo
     if prof.summary is not None:
         history["profile"] = prof.summary
         if dist.main:
-            say(profiling.headline(prof.summary))
+            log.info(profiling.headline(prof.summary))
     return run.last_saved
 
 
@@ -328,7 +327,7 @@ def _find_checkpoint(ck, dist):
     """The newest whole checkpoint (rank 0 first: it may finish a swap a kill interrupted)."""
     found = None
     if dist.main:
-        found = ck.load(warn=lambda msg: say(f"warning: {msg}"))
+        found = ck.load(warn=log.warning)
     dist.barrier()
     if not dist.main:
         found = ck.load(warn=lambda msg: None)

@@ -5,13 +5,16 @@ flag, and its help is the field's doc): ``--lr-img`` is ``DistillConfig.lr_img``
 ``NetConfig.width``, ``--eval-epochs`` is ``EvalConfig.epochs``; ``vdfast prepare``'s flags are
 ``PrepareConfig``'s fields. Unset flags take the preset's value. ``vdfast distill --config
 RUN/config.json`` repeats a run from its saved config (flags given beside it override the file).
-argparse lives here only; the library functions take explicit parameters.
+argparse lives here only; the library functions take explicit parameters. The library reports
+through :mod:`logging` (loggers under ``vdfast``); :func:`configure_logging` prints those records
+as the command's lines (``--debug``: DEBUG records too).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -177,6 +180,27 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+class _Print(logging.Handler):
+    """vdfast's log records as the command's lines on stdout (``sys.stdout`` looked up at each
+    record, so a redirected stdout is followed); warnings and errors prefixed ``warning:``."""
+
+    def emit(self, record):
+        try:
+            msg = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        print(("warning: " if record.levelno >= logging.WARNING else "") + msg, flush=True)
+
+
+def configure_logging(debug: bool = False) -> None:
+    """Print the ``vdfast`` loggers' INFO records (DEBUG with ``debug``); idempotent."""
+    root = logging.getLogger("vdfast")
+    if not any(isinstance(h, _Print) for h in root.handlers):
+        root.addHandler(_Print())
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
 def main(argv=None) -> int:
     """The ``vdfast`` command. Errors print one line ``vdfast: error: ...`` and return non-zero
     (2: a bad option, 1: anything else); ``--debug`` anywhere (or ``VDFAST_DEBUG=1``) re-raises
@@ -188,6 +212,7 @@ def main(argv=None) -> int:
     debug = "--debug" in argv or os.environ.get("VDFAST_DEBUG", "0") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
+    configure_logging(debug)
     from vdfast.engine.checkpoint import Interrupted
 
     try:

@@ -1,6 +1,6 @@
 """Evaluation: fresh students trained on a synthetic set, tested on the real test split.
 
-The published protocol (spec/methods.md): SGD (momentum 0.9, weight decay 5e-4, lr 0.01), ``epochs``
+The published protocol: SGD (momentum 0.9, weight decay 5e-4, lr 0.01), ``epochs``
 epochs with the learning rate divided by 10 at half, batch 256, each batch standardised by its own
 scalar mean and std (train and test alike), mean +- std over N students. vdfast reports the FINAL
 accuracy of each student; no checkpoint or learning rate is chosen on the test set. The accuracy is

@@ -1,4 +1,7 @@
-"""Progress bars (tqdm: rate and ETA) and plain messages; ``VDFAST_PROGRESS=0`` turns bars off."""
+"""Progress bars (tqdm: rate and ETA); ``VDFAST_PROGRESS=0`` turns them off.
+
+Messages go through :mod:`logging` (loggers under ``vdfast``); the CLI prints them
+(:func:`vdfast.cli.configure_logging`), a program using the library configures its own handlers."""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +24,3 @@ def bar(total: int | None, desc: str, unit: str = "it", enable: bool = True, ini
     finally:
         pb.close()
 
-
-def say(msg: str) -> None:
-    print(msg, flush=True)

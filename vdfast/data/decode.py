@@ -1,6 +1,6 @@
 """Decode one fixed-length clip from a video file (PyAV) or a folder of frames (PIL).
 
-Clip convention (the one behind the published video-distillation numbers, see spec/datasets.md):
+Clip convention (the one behind the published video-distillation numbers):
 
 * **Sampling** (:func:`sample_indices`): ``frames`` indices with a constant ``gap`` (default 4).  When
   the video is too short for that span, ``gap = max(1, num_frames // frames)`` instead.  The clip is

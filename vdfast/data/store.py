@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +36,8 @@ import torch
 from vdfast.config import ConfigError, PrepareConfig
 from vdfast.profiling import traced
 from vdfast.version import __version__
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -451,21 +454,19 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
 
 
 def _print_report(meta: dict, problems):
-    from vdfast.progress import say
-
     c = meta["counts"]
     k = meta.get("test_clips", 1)
-    say(f"store {meta['name']}: {len(meta['classes'])} classes, {sum(c['train'])} train / "
-        f"{sum(c['test'])} test videos" + (f" x {k} clips" if k > 1 else "") +
-        f" of {meta['frames']}x{meta['size']}x{meta['size']} "
-        f"(decoder {meta['decoder']}, {meta['decode_frames_per_s'] or 0:.0f} frames/s)")
+    log.info(f"store {meta['name']}: {len(meta['classes'])} classes, {sum(c['train'])} train / "
+             f"{sum(c['test'])} test videos" + (f" x {k} clips" if k > 1 else "") +
+             f" of {meta['frames']}x{meta['size']}x{meta['size']} "
+             f"(decoder {meta['decoder']}, {meta['decode_frames_per_s'] or 0:.0f} frames/s)")
     for title, rows in (("listing problems", problems), ("skipped (not decodable)", meta["skipped"]),
                         ("short (looped)", meta["short"])):
         if rows:
-            say(f"  {title}: {len(rows)}")
+            log.info(f"  {title}: {len(rows)}")
             for entry, why in list(rows)[:20]:
-                say(f"    {entry}: {why}")
+                log.info(f"    {entry}: {why}")
             if len(rows) > 20:
-                say(f"    ... {len(rows) - 20} more in store.json")
+                log.info(f"    ... {len(rows) - 20} more in store.json")
     if meta["empty"]:
-        say(f"  EMPTY classes: {', '.join(meta['empty'])}")
+        log.info(f"  EMPTY classes: {', '.join(meta['empty'])}")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import struct
 from pathlib import Path
@@ -46,6 +47,8 @@ import torch.nn.functional as F
 
 from vdfast.data.store import ClipStore
 from vdfast.version import __version__
+
+log = logging.getLogger(__name__)
 
 EXPERT_FORMAT = 1
 TENSOR = "trajectory"
@@ -264,10 +267,8 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
                 except Exception:  # truncated: safetensors cannot map it
                     ok = False
                 if not ok:
-                    from vdfast.progress import say
-
-                    say(f"warning: {tpath} does not match the row checksums in {jpath.name} (the "
-                        f"file is damaged or truncated); expert {i} restarts from epoch 0")
+                    log.warning(f"{tpath} does not match the row checksums in {jpath.name} (the "
+                                f"file is damaged or truncated); expert {i} restarts from epoch 0")
                     start = 0
             if start > 0:
                 last = rows[start]

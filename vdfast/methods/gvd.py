@@ -1,4 +1,4 @@
-"""GVD: guiding video diffusion (spec/gvd.md). Non-iterative: all the work is in ``init``.
+"""GVD: guiding video diffusion (docs/gvd.md). Non-iterative: all the work is in ``init``.
 
 Stages, each cached in its own folder ``<workdir>/<stage>-<key>`` where ``key`` hashes the stage's
 settings and those of the stages it uses (another setting = another folder, never a stale reuse):
@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,9 @@ from vdfast.distributed import Dist
 from vdfast.engine.train import class_probability, soft_labels, train_stats, train_teacher
 from vdfast.methods.base import Method
 from vdfast.methods.gvd_sample import instance_generator, kmeans, noise_schedule, sample
-from vdfast.progress import bar, say
+from vdfast.progress import bar
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GVD", "train_autoencoder", "encode_train", "train_generator", "discover_modes",
            "generate", "train_teacher", "soft_labels", "data_identity"]
@@ -124,7 +127,7 @@ def _load_train_state(path: Path | None, modules: dict, opt, gen: torch.Generato
     vdfast, replaced atomically) still resumes."""
     if path is None:
         return 0
-    found = _train_ckpt(path).load(warn=lambda msg: say(f"warning: {msg}"))
+    found = _train_ckpt(path).load(warn=log.warning)
     if found is not None:
         s = _load_cached(found.path / "state.pt")
     elif path.exists():
@@ -383,9 +386,9 @@ def start_from(net, path: str, ckpt: Path | None = None, progress: bool = True) 
     if ckpt is not None:
         (ckpt / "init_report.json").write_text(json.dumps(rep, indent=1))
     if progress:
-        say(f"gvd generator: {len(rep['loaded'])} tensors from {path} ({rep['format']}), "
-            f"{len(rep['skipped'])} of the source skipped, {len(rep['not_in_source'])} of the "
-            f"generator's {len(net.state_dict())} left at their initialisation"
+        log.info(f"gvd generator: {len(rep['loaded'])} tensors from {path} ({rep['format']}), "
+                 f"{len(rep['skipped'])} of the source skipped, {len(rep['not_in_source'])} of the "
+                 f"generator's {len(net.state_dict())} left at their initialisation"
             + (f" (report: {ckpt / 'init_report.json'})" if ckpt else ""))
     return rep
 
@@ -689,7 +692,7 @@ class GVD(Method):
         if teacher is not None:  # how to rebuild the teacher (evaluation.teacher_of) without the cache
             meta["gvd"]["teacher"] = {k: ids["teacher"][k] for k in ("net", "epochs", "seed", "eval")}
         if work.root is None:
-            say("gvd: no workdir (--gvd-workdir): stages are neither cached nor resumable")
+            log.info("gvd: no workdir (--gvd-workdir): stages are neither cached nor resumable")
         return GeneratedSynset(videos.to(device), labels.to(device), store.classes, store.mean,
                                store.std, soft_labels=None if soft is None else soft.to(device),
                                latents=z.to(device) if g.keep_latents else None,

@@ -1,4 +1,4 @@
-"""GVD's sampling pieces: the DDPM schedule, guided DDPM/DDIM samplers, K-means (spec/gvd.md).
+"""GVD's sampling pieces: the DDPM schedule, guided DDPM/DDIM samplers, K-means (docs/gvd.md).
 
 Everything here is independent of where the model and the modes come from, so it is tested on its
 own (tests/test_gvd_sample.py):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -43,6 +44,8 @@ from vdfast.methods.dm import embed
 from vdfast.models import ConvNet2D
 from vdfast.ops import dm_loss, normalize_clips
 from vdfast.version import __version__
+
+log = logging.getLogger(__name__)
 
 STATIC_FORMAT = 1
 STATIC_LR = {"dm": 1.0, "dc": 0.1}   # the image methods' usual pixel learning rates
@@ -207,9 +210,7 @@ def _learn_static_bank(store, net, pool, x, labels, classes, spc, opt, dist, ite
     bank = dm_bank.build_bank(key, classes, device, fn, cache, progress=progress and dist.main,
                               desc=f"static dm bank ({K} networks)")
     if dist.main:
-        from vdfast.progress import say
-
-        say(bank.describe().replace("dm bank", "static memory dm bank", 1))
+        log.info(bank.describe().replace("dm bank", "static memory dm bank", 1))
     own = slice(classes.start * spc, classes.stop * spc)
 
     def step(i):
@@ -366,9 +367,7 @@ def get_static(store: ClipStore, cfg, spc: int, device="cpu", progress: bool = F
         try:
             return load_static(where, store, spc, device)[0]
         except StaticMemoryError as e:  # a damaged cache entry is learned again, not used
-            from vdfast.progress import say
-
-            say(f"warning: {e}; learning the static memory again")
+            log.warning(f"{e}; learning the static memory again")
     static = learn_static(store, spc, method=s.static_method, iterations=s.static_iterations,
                           lr=settings["lr"], batch_real=s.static_batch_real, width=s.static_width,
                           depth=s.static_depth, norm=s.static_norm, seed=cfg.seed, device=device,

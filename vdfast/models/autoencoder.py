@@ -1,4 +1,4 @@
-"""Frame autoencoders for GVD's latent space (spec/gvd.md, "Generator").
+"""Frame autoencoders for GVD's latent space (docs/gvd.md).
 
 * :class:`FrameAutoencoder`: a small convolutional encoder/decoder applied to each frame
   independently: RGB in [-1, 1] ``[N, 3, H, W]`` <-> a 4-channel latent ``[N, 4, H/d, W/d]``

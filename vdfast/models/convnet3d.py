@@ -1,7 +1,7 @@
 """ConvNet3D, the network of every published video-distillation table, and the 2-D ConvNet used
 for still images (static learning).
 
-ConvNet3D (spec/methods.md): ``depth`` blocks of ``Conv3d(k=(3,7,7), stride=(1,2,2), pad=(1,3,3))
+ConvNet3D (the video-distillation papers' network): ``depth`` blocks of ``Conv3d(k=(3,7,7), stride=(1,2,2), pad=(1,3,3))
 -> [norm] -> ReLU -> MaxPool3d``; pool 1 is (1,2,2), the others 2x2x2; widths ``w, 2w, 2w, ...``
 (64 -> 128 -> 128 by default); no normalisation by default. ``embed`` flattens the last block (2048-d
 at 16x112², 256-d at 8x64²). The head: AvgPool3d((2,2,2), stride 1) when H > 64 else (2,1,1),

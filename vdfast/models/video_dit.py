@@ -1,4 +1,4 @@
-"""A class-conditional latent video diffusion transformer in the style of Latte (spec/gvd.md).
+"""A class-conditional latent video diffusion transformer in the style of Latte (docs/gvd.md).
 
 Input: per-frame latents, frame-major ``[B, F, C, h, w]`` (the layout of
 :func:`vdfast.ops.guided_step`). Each frame is cut into ``patch x patch`` patches (tokens); the

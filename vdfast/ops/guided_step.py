@@ -1,4 +1,4 @@
-"""guided_step: one GVD denoising update, fused (spec/gvd.md, "Guided sampling").
+"""guided_step: one GVD denoising update, fused (see docs/gvd.md).
 
 A step reads the latent, the model output (predicted noise), the guide and, for DDPM, the noise
 once, and writes the next latent once (the plain-PyTorch form makes ~8 passes over the latent).

@@ -1,4 +1,4 @@
-"""One guided denoising step of GVD (spec/gvd.md, "Guided sampling"), written for readability.
+"""One guided denoising step of GVD (docs/gvd.md), written for readability.
 The truth every fast path of :func:`vdfast.ops.guided_step` is tested against.
 
 Latents are frame-major ``[B, F, C, h, w]``; ``model_out`` is the predicted noise (epsilon).

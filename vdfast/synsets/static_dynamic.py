@@ -1,6 +1,6 @@
 """StaticDynamicSynset: videos made of a frozen still image and a learnable dynamic memory.
 
-Static-dynamic disentanglement (spec/methods.md). Tensors (class-major throughout):
+Static-dynamic disentanglement (CVPR 2024; docs/s2d.md). Tensors (class-major throughout):
 
 * ``static``  ``[nc * spc, C, H, W]`` the static memory (a buffer: frozen, never learned here);
 * ``dynamic`` ``[nc * dpc, T, 1, H, W]`` the dynamic memory (learnable, N(0, 1) at init);
