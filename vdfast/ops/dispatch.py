@@ -240,9 +240,8 @@ def backend_reasons() -> dict[str, str | None]:
 def fused_backward(op_name: str):
     """Decorator for the backward of a fused op (its custom op's ``register_autograd``): it runs
     where autograd builds no graph (``create_graph=False``: grad mode is off), and refuses to run
-    where a graph is
-    being built through it (``create_graph=True``), since its result would be a constant there and
-    any second derivative through the op silently wrong.
+    where a graph is being built through it (``create_graph=True``), since its result would be a
+    constant there and any second derivative through the op silently wrong.
     ``torch``'s ``once_differentiable`` only raises when the incoming gradient requires grad:
     ``grad(loss + other, x, create_graph=True)`` with a scalar loss got a second derivative without
     the op's part (measured: half the true one for ``dm_loss`` plus a square)."""

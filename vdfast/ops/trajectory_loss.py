@@ -187,8 +187,8 @@ def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Te
 
 
 _OP.register("reference", _ref.trajectory_loss, devices=("cpu", "cuda"), double_backward=True)
-# below ~64k parameters the reference is faster on a CPU: the fused call's fixed ~35 us (autograd
-# op dispatch, allocations) outweighs one pass over the vectors (BENCHMARKS.md, "crossover")
+# below ~64k parameters the reference is faster on a CPU: the fused call's fixed cost (the custom
+# op's dispatch, allocations) outweighs one pass over the vectors (BENCHMARKS.md, "crossover")
 _OP.register("cpp", fused(_trajectory_loss_op, "cpp", _loss), devices=("cpu",),
              auto_min_numel=65536, kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
 _OP.register("triton", fused(_trajectory_loss_op, "triton", _loss), devices=("cuda",))
