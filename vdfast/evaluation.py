@@ -213,8 +213,8 @@ def train_students(net, sources: list[Source], cfg: EvalConfig, epochs: int,
     for each alone (one SGD over the stacked weights is per element, so per student; dropout from
     ``net.rng_states``). The sources must have the same length (and clip shape). Returns each
     student's final training loss."""
+    from vdfast.engine.loop import Loop
     from vdfast.models.batched import BatchedConvNet3D, group_batches
-    from vdfast.progress import bar
 
     k = net.n
     if len(sources) != k or len(gens) != k:
@@ -231,20 +231,22 @@ def train_students(net, sources: list[Source], cfg: EvalConfig, epochs: int,
     dev = sources[0].x.device
     net.train()
     losses = torch.zeros(k)
-    with bar(total=epochs, desc=desc, unit="ep", enable=progress) as pb:
-        for _ in range(epochs):
-            perms = [torch.randperm(n, generator=g).to(dev) for g in gens]
-            for s in range(steps):
-                x, y = _gather(sources, [p[s * cfg.batch:(s + 1) * cfg.batch] for p in perms])
-                if cfg.standardize:
-                    x = _standardize_each(x)
-                losses = _students_loss(net(group_batches(x, channels_last)), y, soft,
-                                        cfg.soft_temperature)
-                opt.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                opt.step()
-            sched.step()
-            pb.update(1)
+
+    def epoch(_):
+        nonlocal losses
+        perms = [torch.randperm(n, generator=g).to(dev) for g in gens]
+        for s in range(steps):
+            x, y = _gather(sources, [p[s * cfg.batch:(s + 1) * cfg.batch] for p in perms])
+            if cfg.standardize:
+                x = _standardize_each(x)
+            losses = _students_loss(net(group_batches(x, channels_last)), y, soft,
+                                    cfg.soft_temperature)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+        sched.step()
+
+    Loop(total=epochs, desc=desc, unit="ep", progress=progress, stop_on_signal=False).run(epoch)
     return losses.detach().double().tolist()
 
 

@@ -92,8 +92,8 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
     batch (:class:`~vdfast.models.RowDropout`); the same training as one process up to float
     summation order, every process ending with the same ``net``. Not with batch normalisation
     (per-process batch statistics): refused."""
+    from vdfast.engine.loop import Loop
     from vdfast.models import RowDropout
-    from vdfast.progress import bar
 
     dp = dist if dist is not None and dist.active else None
     if dp is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
@@ -108,30 +108,33 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
     steps = math.ceil(n / cfg.batch)
     net.train()
     loss = torch.zeros(())
-    try:
-        with bar(total=epochs, desc=desc, unit="ep", enable=progress and (dp is None or dp.main)) as pb:
-            for _ in range(epochs):
-                perm = torch.randperm(n, generator=gen).to(source.x.device)
-                for s in range(steps):
-                    idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
-                    total = 0
-                    if dp is not None:  # this process's rows (maybe none: zeros, same RNG draws)
-                        rows, total = dp.shard(idx.numel()), idx.numel()
-                        for m in drops:
-                            m.split = (rows.start, rows.stop, total)
-                        idx = idx[rows.start:rows.stop]
-                    x, y = source.batch(idx)
-                    if cfg.standardize:
-                        x = standardize_batch(x, dp)
-                    loss = student_loss(net(x), y, soft, cfg.soft_temperature, total)
-                    opt.zero_grad(set_to_none=True)
-                    if dp is not None:
-                        dp.backward_(loss, params)
-                    else:
-                        loss.backward()
-                    opt.step()
-                sched.step()
-                pb.update(1)
+
+    def epoch(_):
+        nonlocal loss
+        perm = torch.randperm(n, generator=gen).to(source.x.device)
+        for s in range(steps):
+            idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
+            total = 0
+            if dp is not None:  # this process's rows (maybe none: zeros, same RNG draws)
+                rows, total = dp.shard(idx.numel()), idx.numel()
+                for m in drops:
+                    m.split = (rows.start, rows.stop, total)
+                idx = idx[rows.start:rows.stop]
+            x, y = source.batch(idx)
+            if cfg.standardize:
+                x = standardize_batch(x, dp)
+            loss = student_loss(net(x), y, soft, cfg.soft_temperature, total)
+            opt.zero_grad(set_to_none=True)
+            if dp is not None:
+                dp.backward_(loss, params)
+            else:
+                loss.backward()
+            opt.step()
+        sched.step()
+
+    try:  # one epoch a step; no host sync, no checkpoint (a student is retrained, not resumed)
+        Loop(total=epochs, desc=desc, unit="ep", progress=progress, dist=dp,
+             stop_on_signal=False).run(epoch)
     finally:
         for m in drops:
             m.split = None
