@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.vdfast-installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test bench smoke clean
+.PHONY: install run test test-fast bench smoke clean
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the suite without the long end-to-end runs (marked slow): a few minutes, for the edit-test loop
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+# the bundled benchmarks at their full sizes (BENCHMARKS.md says which figures came from where)
+bench: install
+	$(VENV)/bin/vdfast bench
 
 # tiny benchmark runs (CI): every fused op against its reference, one iteration of dm, s2d-dm, mtt,
 # s2d-mtt and GVD generation against their reference-style loops, and the decoders

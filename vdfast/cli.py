@@ -1,4 +1,4 @@
-"""The command line: ``vdfast prepare | distill | eval | preview | info``.
+"""The command line: ``vdfast prepare | distill | eval | experts | preview | bench | info``.
 
 Flags map one-to-one onto config fields (generated from the dataclasses, so a new field is a new
 flag, and its help is the field's doc): ``--lr-img`` is ``DistillConfig.lr_img``, ``--net-width`` is
