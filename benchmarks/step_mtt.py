@@ -98,7 +98,7 @@ def setup(method: str, w: dict, device, tmp, unroll: str | None = None, experts:
     syn = m.init(store, cfg, device, gen)
     state = m.setup(syn, store, cfg, device)
     mc = cfg.mtt
-    ref = ReferenceMTT(ex.build_net(state["buffer"].net), trajectories,
+    ref = ReferenceMTT(ex.build_net(state.buffer.net), trajectories,
                        reference_synset(method, syn, cfg, device), mc.lr_lr, mc.lr_teacher,
                        cfg.momentum, mc.syn_steps, mc.expert_epochs, mc.max_start_epoch,
                        mc.batch_syn, device)
@@ -114,7 +114,7 @@ def build(method: str, w: dict, device, tmp) -> StepCase:
             providers.append(("reference-style loop", ref.step))
         name = "vdfast" if unroll is None else f"vdfast (unroll={unroll})"
         providers.append((name, lambda m=m, syn=syn, state=state, gen=gen: m.step(syn, state, gen)))
-        p = state["buffer"].num_params
+        p = state.buffer.num_params
         extra[name] = {"buffer_host_mb": 2 * p * 4 / 2**20, "num_params": p}
     extra["reference-style loop"] = {"buffer_host_mb": EXPERTS * (EPOCHS + 1) * p * 4 / 2**20,
                                      "num_params": p}

@@ -103,7 +103,7 @@ def test_dc_step_matches_per_class_reference(gen):
 
     net = ConvNet3D(12, 8, 32, width=4, depth=cfg.net.depth).eval()
     reinit_(net, g_ref)
-    real_u8, real_y = state["pool"].sample(3, g_ref)
+    real_u8, real_y = state.pool.sample(3, g_ref)
     real = normalize_clips(real_u8, store.mean, store.std)
     x = before.clone().requires_grad_(True)
     ref = reference_loss(net, real, real_y, x, syn.labels, 12)
@@ -150,7 +150,7 @@ def test_dc_inner_loop_trains_the_network(gen, batched):
     state = m.setup(syn, store, cfg, "cpu")
     loss = m.step(syn, state, gen)
     assert torch.isfinite(loss) and loss > 0
-    assert (state["outer"], state["inner"]) == (2, 2)
+    assert (state.outer, state.inner) == (2, 2)
 
 
 def test_dc_refuses_batch_norm(gen):

@@ -212,13 +212,13 @@ m.dist = dist
 gen = torch.Generator().manual_seed(0)
 syn = m.init(store, cfg, "cpu", gen)
 state = m.setup(syn, store, cfg, "cpu")
-state["opt"].step = lambda: None   # the step leaves the summed gradients and moves nothing
+state.opt.step = lambda: None   # the step leaves the summed gradients and moves nothing
 loss = m.step(syn, state, gen)
 total = loss.clone()
 dist.all_reduce_(total)
 if dist.main:
-    torch.save({"grad": torch.cat([p.grad.flatten() for p in state["params"]]).double(),
-                "net_grad": torch.cat([p.grad.flatten() for p in state["nets"][0].parameters()]).double(),
+    torch.save({"grad": torch.cat([p.grad.flatten() for p in state.params]).double(),
+                "net_grad": torch.cat([p.grad.flatten() for p in state.nets[0].parameters()]).double(),
                 "loss": total.double()}, sys.argv[1])
 if dist.active:
     torch.distributed.barrier()

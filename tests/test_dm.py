@@ -34,7 +34,7 @@ def test_dm_step_matches_per_class_reference(gen):
 
     net = ConvNet3D(12, 8, 32, width=8, depth=2)
     reinit_(net, g_ref)
-    real_u8, real_labels = state["pool"].sample(3, g_ref)
+    real_u8, real_labels = state.pool.sample(3, g_ref)
     x = before.clone().requires_grad_(True)
     ref = per_class_loop_loss(net, real_u8, real_labels, x, syn.labels, 12, store.mean, store.std)
     ref.backward()

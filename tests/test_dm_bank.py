@@ -37,7 +37,7 @@ def test_bank_equals_standard_dm_with_the_same_draws(store, method):
     syn_bank = m_bank.init(store, bank_cfg, "cpu", torch.Generator().manual_seed(0))
     st_std = m_std.setup(syn_std, store, std_cfg, "cpu")
     st_bank = m_bank.setup(syn_bank, store, bank_cfg, "cpu")
-    assert st_bank["bank"].cache == "memory" and st_bank["bank"].K == iters
+    assert st_bank.bank.cache == "memory" and st_bank.bank.K == iters
     start = [p.detach().clone() for g in syn_bank.param_groups(bank_cfg) for p in g["params"]]
     run_gen = torch.Generator().manual_seed(0)
     order = [dm_bank.schedule(5, iters, i) for i in range(iters)]

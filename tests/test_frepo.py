@@ -87,7 +87,7 @@ def test_learnable_labels_get_gradients_and_soft_labels_follow(gen):
     assert syn.label_targets.grad is not None and syn.label_targets.grad.abs().sum() > 0
     assert not torch.equal(syn.label_targets.detach(), y0)
     assert not torch.equal(syn.data.detach(), x0)
-    torch.testing.assert_close(syn.soft_labels, torch.softmax(syn.label_targets.detach() / state["tau"], 1))
+    torch.testing.assert_close(syn.soft_labels, torch.softmax(syn.label_targets.detach() / state.tau, 1))
     torch.testing.assert_close(syn.soft_labels.sum(1), torch.ones(12))
 
 
@@ -109,11 +109,11 @@ def test_labels_are_saved_and_loaded(gen, tmp_path):
 
 def test_pool_resets_and_ages(gen):
     store, cfg, m, syn, state = _setup(gen)   # pool 2, reset every 3 updates, staggered start
-    assert state["age"] == [0, 1]
+    assert state.age == [0, 1]
     for _ in range(4):
         m.step(syn, state, gen)
     # model 0 took steps 1 and 3 (age 2), model 1 took 2 and 4 (1 + 2 = 3: reset to fresh)
-    assert state["age"] == [2, 0] and state["fresh"] == [False, True]
+    assert state.age == [2, 0] and state.fresh == [False, True]
 
 
 def test_frepo_reduces_its_loss_on_held_out_nets(gen):

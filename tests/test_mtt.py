@@ -95,13 +95,13 @@ def test_step_matches_reference_and_updates_synset_and_lr(store, buffer_dir, gen
     state = m.setup(syn, store, cfg, "cpu")
     before = syn.data.detach().clone()
     draws = torch.Generator()
-    draws.set_state(state["draw"].get_state())
+    draws.set_state(state.draw.get_state())
     loss = m.step(syn, state, gen)
     e = int(torch.randint(3, (1,), generator=draws))
     s = int(torch.randint(2, (1,), generator=draws))
-    assert state["last"] == (e, s)
+    assert state.last == (e, s)
 
-    buf = state["buffer"]
+    buf = state.buffer
     start, target = buf.pair(e, s, s + 1)
     x = before.clone().requires_grad_(True)
     lr = torch.tensor(cfg.mtt.lr_teacher, requires_grad=True)
@@ -110,7 +110,7 @@ def test_step_matches_reference_and_updates_synset_and_lr(store, buffer_dir, gen
     torch.testing.assert_close(loss, ref.detach(), **TOL[torch.float32])
     # SGD with momentum, first step: p <- p - lr * grad
     torch.testing.assert_close(syn.data.detach(), before - 100.0 * gx, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(state["syn_lr"].detach(), lr.detach() - 1e-3 * glr, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(state.syn_lr.detach(), lr.detach() - 1e-3 * glr, rtol=1e-5, atol=1e-7)
 
 
 def test_all_experts_and_start_epochs_are_used(store, buffer_dir, gen):
@@ -121,7 +121,7 @@ def test_all_experts_and_start_epochs_are_used(store, buffer_dir, gen):
     seen = set()
     for _ in range(24):
         m.step(syn, state, gen)
-        seen.add(state["last"])
+        seen.add(state.last)
     assert seen == {(e, s) for e in range(3) for s in range(2)}
 
 
@@ -132,11 +132,11 @@ def test_short_run_lowers_the_matching_loss(store, buffer_dir, gen):
     m = get("mtt")
     syn = m.init(store, cfg, "cpu", gen)
     state = m.setup(syn, store, cfg, "cpu")
-    buf = state["buffer"]
+    buf = state.buffer
     net = build_net(buf.net).eval()
 
     def total():
-        lr = state["syn_lr"].detach()
+        lr = state.syn_lr.detach()
         out = 0.0
         for e in range(3):
             for s in range(2):
@@ -159,11 +159,11 @@ def test_checkpoint_keeps_learned_lr_and_draws(store, buffer_dir, gen):
     for _ in range(2):
         m.step(syn, state, gen)
     saved = m.state_dict(state)
-    assert syn.meta["syn_lr"] == pytest.approx(float(state["syn_lr"].detach()))
-    assert float(state["syn_lr"].detach()) != cfg.mtt.lr_teacher
+    assert syn.meta["syn_lr"] == pytest.approx(float(state.syn_lr.detach()))
+    assert float(state.syn_lr.detach()) != cfg.mtt.lr_teacher
     fresh = m.setup(syn, store, cfg, "cpu")
     m.load_state_dict(fresh, saved)
-    assert float(fresh["syn_lr"].detach()) == float(state["syn_lr"].detach())
+    assert float(fresh.syn_lr.detach()) == float(state.syn_lr.detach())
     assert m.draw(fresh) == m.draw(state)
 
 
@@ -246,7 +246,7 @@ def test_recompute_step_updates_like_the_graph_step(store, buffer_dir, gen):
         syn = m.init(store, cfg, "cpu", torch.Generator().manual_seed(0))
         state = m.setup(syn, store, cfg, "cpu")
         losses = [m.step(syn, state, torch.Generator().manual_seed(1)) for _ in range(2)]
-        results.append((torch.stack(losses), syn.data.detach().clone(), state["syn_lr"].detach()))
+        results.append((torch.stack(losses), syn.data.detach().clone(), state.syn_lr.detach()))
     (l1, x1, a1), (l2, x2, a2) = results
     torch.testing.assert_close(l2, l1, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(x2, x1, rtol=1e-4, atol=1e-5)

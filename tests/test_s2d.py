@@ -177,7 +177,7 @@ def test_s2d_dm_updates_only_dynamic_and_integrator(gen):
     assert torch.equal(after["static"], before["static"])
     for k in ("dynamic", "weight", "bias"):
         assert not torch.equal(after[k], before[k]), k
-    assert [g["momentum"] for g in state["opt"].param_groups] == [0.95, 0.95]
+    assert [g["momentum"] for g in state.opt.param_groups] == [0.95, 0.95]
 
 
 def test_cli_distill_s2d_flags(tmp_path):
@@ -210,14 +210,14 @@ def test_s2d_mtt_meta_gradient_through_the_fused_blend(tmp_path, gen):
     m = get("s2d-mtt")
     syn = m.init(store, cfg, "cpu", gen)
     state = m.setup(syn, store, cfg, "cpu")
-    start, target = state["buffer"].pair(0, 0, 1)
+    start, target = state.buffer.pair(0, 0, 1)
     sidx, didx = syn.pairing_indices(deterministic=True)
     grads = {}
     for backend in ("cpp", "reference"):
         syn.zero_grad(set_to_none=True)
         videos, labels = syn.videos(deterministic=True, backend=backend)
-        params = [p.detach().requires_grad_() for p in unflatten(start, state["buffer"].layout)]
-        params = unroll(state["net"], state["names"], params, videos, labels,
+        params = [p.detach().requires_grad_() for p in unflatten(start, state.buffer.layout)]
+        params = unroll(state.net, state.names, params, videos, labels,
                         torch.tensor(0.05), 2)
         trajectory_loss(torch.cat([p.reshape(-1) for p in params]), start, target).backward()
         grads[backend] = [t.grad.clone() for t in (syn.dynamic, syn.weight, syn.bias)]
@@ -227,7 +227,7 @@ def test_s2d_mtt_meta_gradient_through_the_fused_blend(tmp_path, gen):
     before = syn.dynamic.detach().clone()
     loss = m.step(syn, state, gen)
     assert torch.isfinite(loss) and not torch.equal(before, syn.dynamic.detach())
-    assert state["opt"].param_groups[0]["lr"] == cfg.s2d.lr_dynamic  # the builtin preset's
+    assert state.opt.param_groups[0]["lr"] == cfg.s2d.lr_dynamic  # the builtin preset's
     assert resolve("published", method="s2d-mtt").s2d.optim("mtt")[:2] == (1e4, 1e-3)
 
 

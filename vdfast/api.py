@@ -242,8 +242,7 @@ def _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, histo
     the iteration of the last checkpoint (None: none)."""
     device = dist.device
     state = m.setup(synset, store, cfg, device)
-    if state.get("bank") is not None:  # DM's network bank: size, build time, cache use
-        history["dm_bank"] = state["bank"].report()
+    history.update(m.report(state))  # e.g. DM's network bank: size, build time, cache use
     if start > 0:
         m.load_state_dict(state, saved["method"])
     if ck is not None and dist.main:  # room for a checkpoint beside the last and the result
@@ -283,8 +282,7 @@ def _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, histo
                     last_saved=start if saved is not None else None,
                     on_nan=lambda done, last: _nan_error(cfg, m, done, last, ck))
     run.run(lambda it: m.step(synset, state, gen))
-    if hasattr(m, "finalize"):  # e.g. MTT records its learned student step size
-        m.finalize(synset, state)
+    m.finalize(synset, state)  # e.g. MTT records its learned student step size
     history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0, peak_memory_mb(device))
     if prof.summary is not None:
         history["profile"] = prof.summary
@@ -303,7 +301,7 @@ def _save_result(out, ck, synset, m, gen, history, ident, cfg, preset, store, la
                                                     indent=1))
         _write_metrics(out, {"history": _summary(history)})
         if last_saved is None:  # non-iterative methods: the result is the checkpoint
-            _checkpoint(ck, synset, m, {}, gen, history["iterations"], history, ident)
+            _checkpoint(ck, synset, m, None, gen, history["iterations"], history, ident)
     except Exception as e:
         if checkpoint.is_disk_full(e, out):
             kept = (f"the checkpoint of iteration {last_saved} in {ck.path} is intact; "
@@ -384,7 +382,8 @@ def _checkpoint(ck, synset, m, state, gen, iteration, history, ident, pending=()
         synset.save(d / "synset")
         checkpoint.fault_point("synset")
         torch.save({"iteration": iteration, "history": history, "gen": gen.get_state(),
-                    "pending": list(pending), "method": m.state_dict(state) if state else {}},
+                    "pending": list(pending),
+                    "method": m.state_dict(state) if state is not None else {}},
                    d / "state.pt")
 
     ck.save(iteration, write, identity=ident)

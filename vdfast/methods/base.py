@@ -1,8 +1,10 @@
 """What a method is: a parametrisation x an objective.
 
 Each method exposes ``init(store, cfg, device, gen) -> Synset`` and, when it iterates,
-``setup(synset, store, cfg, device) -> state`` and ``step(synset, state, gen) -> loss``. The loop,
-evaluation, checkpointing and the progress bar live once, in :mod:`vdfast.api`, never here.
+``setup(synset, store, cfg, device) -> state`` (a dataclass of the method's own: its networks,
+optimizers, real-data pool ...) and ``step(synset, state, gen) -> loss``. The API calls exactly
+the hooks :class:`Method` declares. The loop, checkpointing and the progress bar live once, in
+:mod:`vdfast.engine.loop` and :mod:`vdfast.api`, never here.
 """
 from __future__ import annotations
 
@@ -41,18 +43,32 @@ class Method:
 
         return make(self.parametrization, store, cfg, device, method=self.full_name, dist=self.dist)
 
-    def setup(self, synset, store: ClipStore, cfg, device) -> dict:
-        return {}
+    def setup(self, synset, store: ClipStore, cfg, device):
+        """The state of an iterative method's steps (a dataclass of the method's); called once
+        before the first step, and again when a run resumes (then :meth:`load_state_dict`)."""
+        raise NotImplementedError(f"method {self.name} does not iterate (iterative = False): "
+                                  f"its synset is made in init")
 
-    def step(self, synset, state: dict, gen: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+    def step(self, synset, state, gen: torch.Generator) -> torch.Tensor:
+        """One optimisation step of the synset; the loss as a detached scalar tensor (never read
+        back to the host here: the loop reads a window of them at once)."""
+        raise NotImplementedError(f"method {self.name} does not iterate (iterative = False)")
 
-    def state_dict(self, state: dict) -> dict:
+    def state_dict(self, state) -> dict:
         """What a checkpoint must keep of ``state`` besides the synset (optimizer moments ...)."""
         return {}
 
-    def load_state_dict(self, state: dict, saved: dict) -> None:
-        pass
+    def load_state_dict(self, state, saved: dict) -> None:
+        """Restore what :meth:`state_dict` returned into a fresh ``setup`` state."""
+
+    def finalize(self, synset, state) -> None:
+        """After the last step: record in ``synset`` what evaluation needs of the run (MTT: its
+        learned student step size). Nothing by default."""
+
+    def report(self, state) -> dict:
+        """Entries the run's history keeps beside the losses (DM's network bank:
+        ``{"dm_bank": ...}``). Nothing by default."""
+        return {}
 
 
 @torch.no_grad()

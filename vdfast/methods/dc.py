@@ -185,6 +185,29 @@ def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, 
             opt.step()
 
 
+@dataclasses.dataclass
+class DCState:
+    """What DC's steps share: the real clips of this process's classes, the network (redrawn each
+    step, trained on the synset between outer steps), the synset's optimizer and the loops."""
+
+    pool: ClipPool
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    classes: range                # this process's block of classes
+    own: slice                    # its synthetic rows, in class-major order
+    dist: object                  # a vdfast.distributed.Dist
+    params: list                  # the synset's learnable tensors
+    outer: int
+    inner: int
+    batch_real: int
+    batch_train: int
+    lr_net: float
+    batched: bool
+    order: torch.Tensor | None    # class-major order of the synthetic videos (None: identity)
+    mean: tuple
+    std: tuple
+
+
 def _check_norm(cfg, method: str):
     if cfg.net.norm == "batch":
         raise ValueError(f"{method} does not support --net-norm batch (per-class or synthetic-only "
@@ -225,49 +248,48 @@ class DC(Method):
         groups = synset.param_groups(dataclasses.replace(cfg, lr_img=cfg.dc.lr_img))
         opt = torch.optim.SGD(groups, momentum=cfg.momentum)
         ipc = int(counts[0])
-        return {"pool": ClipPool(store, "train", device, classes=classes), "net": net, "opt": opt,
-                "classes": classes, "own": slice(classes.start * ipc, classes.stop * ipc),
-                "dist": dist, "params": [p for g in groups for p in g["params"]],
-                "outer": outer, "inner": inner, "batch_real": cfg.dc.batch_real,
-                "batch_train": cfg.dc.batch_train, "lr_net": cfg.dc.lr_net, "batched": cfg.dc.batched,
-                # class-major order of the synthetic videos (identity for pixel synsets)
-                "order": None if torch.equal(order, torch.arange(len(order))) else order.to(device),
-                "mean": store.mean, "std": store.std}
+        return DCState(pool=ClipPool(store, "train", device, classes=classes), net=net, opt=opt,
+                       classes=classes, own=slice(classes.start * ipc, classes.stop * ipc),
+                       dist=dist, params=[p for g in groups for p in g["params"]],
+                       outer=outer, inner=inner, batch_real=cfg.dc.batch_real,
+                       batch_train=cfg.dc.batch_train, lr_net=cfg.dc.lr_net, batched=cfg.dc.batched,
+                       order=None if torch.equal(order, torch.arange(len(order))) else order.to(device),
+                       mean=store.mean, std=store.std)
 
     def step(self, synset, state, gen):
-        net, opt, pool = state["net"], state["opt"], state["pool"]
+        net, opt, pool = state.net, state.opt, state.pool
         reinit_(net, gen)
         params = [p for p in net.parameters() if p.requires_grad]
         total = None
-        for ol in range(state["outer"]):
-            real_u8, _ = pool.sample(state["batch_real"], gen)
+        for ol in range(state.outer):
+            real_u8, _ = pool.sample(state.batch_real, gen)
             videos, labels = synset.videos()
-            if state["order"] is not None:
-                videos, labels = videos[state["order"]], labels[state["order"]]
-            own, classes = state["own"], state["classes"]
+            if state.order is not None:
+                videos, labels = videos[state.order], labels[state.order]
+            own, classes = state.own, state.classes
             leaf = videos[own].detach().requires_grad_(True)  # this process's classes
             loss = dc_loss(net, real_u8, leaf, len(classes), params, backward=True,
-                           batched=state["batched"], first_class=classes.start,
-                           real_transform=lambda u: normalize_clips(u, state["mean"], state["std"]))
+                           batched=state.batched, first_class=classes.start,
+                           real_transform=lambda u: normalize_clips(u, state.mean, state.std))
             grad = leaf.grad
             if leaf.shape[0] != videos.shape[0]:  # other processes' classes: their share
                 grad = torch.zeros_like(videos)
                 grad[own] = leaf.grad
             opt.zero_grad(set_to_none=True)
             videos.backward(grad)
-            state["dist"].sum_grads_(state["params"])
+            state.dist.sum_grads_(state.params)
             opt.step()
             total = loss if total is None else total + loss
-            if ol < state["outer"] - 1 and state["inner"] > 0:
+            if ol < state.outer - 1 and state.inner > 0:
                 with torch.no_grad():
                     x, y = synset.videos()
                 with span("vdfast.dc.inner_train"):
-                    train_epochs(net, x.detach(), y, state["inner"], state["batch_train"],
-                                 state["lr_net"], gen)
-        return total / state["outer"]
+                    train_epochs(net, x.detach(), y, state.inner, state.batch_train,
+                                 state.lr_net, gen)
+        return total / state.outer
 
     def state_dict(self, state):
-        return {"opt": state["opt"].state_dict()}
+        return {"opt": state.opt.state_dict()}
 
     def load_state_dict(self, state, saved):
-        state["opt"].load_state_dict(saved["opt"])
+        state.opt.load_state_dict(saved["opt"])

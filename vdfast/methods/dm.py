@@ -14,7 +14,11 @@ distances in one fused ``dm_loss``. Nothing in ``step`` reads a value back to th
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
+import torch.nn as nn
 
 from vdfast.data.store import ClipPool
 from vdfast.memory import auto_chunk
@@ -22,6 +26,9 @@ from vdfast.methods.base import Method, reinit_
 from vdfast.models import build
 from vdfast.ops import dm_loss, normalize_clips
 from vdfast.profiling import span
+
+if TYPE_CHECKING:
+    from vdfast.distributed import Dist
 
 
 def embed(net, x: torch.Tensor, chunk: int = 0, transform=None) -> torch.Tensor:
@@ -36,19 +43,40 @@ def embed(net, x: torch.Tensor, chunk: int = 0, transform=None) -> torch.Tensor:
     return torch.cat([net.embed(f(x[i:i + chunk])) for i in range(0, x.shape[0], chunk)])
 
 
+@dataclass
+class DMState:
+    """What DM's steps share: the real clips of this process's classes, the random network, the
+    synset's optimizer, and DM's network bank when one is used."""
+
+    pool: ClipPool
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    chunk: int                    # real clips per embedding forward (0: all at once)
+    batch_real: int
+    mean: tuple
+    std: tuple
+    dist: Dist
+    own: torch.Tensor | None      # this process's synthetic rows (None: all of them)
+    params: list                  # the synset's learnable tensors (their gradients summed)
+    bank: object = None           # a vdfast.methods.dm_bank.Bank (None: a new network each step)
+    bank_seed: int = 0
+    bank_it: int = 0              # the bank's schedule position (saved in checkpoints)
+
+
 class DM(Method):
     name = "dm"
     iterative = True
     shardable = True  # classes split across processes (see vdfast.distributed)
     class_sharded = True
 
-    def setup(self, synset, store, cfg, device):
+    def setup(self, synset, store, cfg, device) -> DMState:
         state = self._setup(synset, store, cfg, device)
         if cfg.dm_bank:  # the bank of random networks with cached real means (vdfast.methods.dm_bank)
             from vdfast.methods import dm_bank
 
-            state.update(dm_bank.setup_dm(self, store, cfg, device, state["net"], state["pool"],
-                                          state["pool"].classes, state["chunk"], state["dist"].main))
+            state.bank = dm_bank.setup_dm(self, store, cfg, device, state.net, state.pool,
+                                          state.pool.classes, state.chunk, state.dist.main)
+            state.bank_seed = cfg.seed
         return state
 
     def _setup(self, synset, store, cfg, device):
@@ -65,41 +93,44 @@ class DM(Method):
         # clips per embedding forward: cache-sized on a CPU, from the free memory on a GPU
         chunk = auto_chunk(net, (3, store.frames, store.size, store.size), device,
                            total=len(classes) * cfg.batch_real, requested=cfg.embed_chunk)
-        return {"pool": ClipPool(store, "train", device, classes=classes), "net": net, "opt": opt,
-                "chunk": chunk,
-                "batch_real": cfg.batch_real, "mean": store.mean, "std": store.std, "dist": dist,
-                "own": None if len(own) == len(labels) else own,
-                "params": [p for g in groups for p in g["params"]]}
+        return DMState(pool=ClipPool(store, "train", device, classes=classes), net=net, opt=opt,
+                       chunk=chunk, batch_real=cfg.batch_real, mean=store.mean, std=store.std,
+                       dist=dist, own=None if len(own) == len(labels) else own,
+                       params=[p for g in groups for p in g["params"]])
 
-    def step(self, synset, state, gen):
-        net, opt, pool = state["net"], state["opt"], state["pool"]
-        if "bank" in state:  # the real side read from the bank; draws nothing from gen
+    def step(self, synset, state: DMState, gen):
+        net, opt, pool = state.net, state.opt, state.pool
+        if state.bank is not None:  # the real side read from the bank; draws nothing from gen
             from vdfast.methods.dm_bank import real_means
 
             real_feat, real_labels = real_means(state)
         else:
             reinit_(net, gen)
-            real_u8, real_labels = pool.sample(state["batch_real"], gen)
+            real_u8, real_labels = pool.sample(state.batch_real, gen)
             with torch.no_grad(), span("vdfast.dm.embed_real"):  # normalised one chunk at a time
-                real_feat = embed(net, real_u8, state["chunk"],
-                                  lambda u: normalize_clips(u, state["mean"], state["std"]))
+                real_feat = embed(net, real_u8, state.chunk,
+                                  lambda u: normalize_clips(u, state.mean, state.std))
         syn, syn_labels = synset.videos()
-        if state["own"] is not None:  # this process's classes only
-            syn, syn_labels = syn[state["own"]], syn_labels[state["own"]]
+        if state.own is not None:  # this process's classes only
+            syn, syn_labels = syn[state.own], syn_labels[state.own]
         with span("vdfast.dm.embed_syn"):
             syn_feat = embed(net, syn)
         loss = dm_loss(real_feat.to(syn_feat.dtype), real_labels, syn_feat, syn_labels, pool.num_classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        state["dist"].sum_grads_(state["params"])
+        state.dist.sum_grads_(state.params)
         opt.step()
         return loss.detach()
 
-    def state_dict(self, state):
-        extra = {"bank_it": state["bank_it"]} if "bank" in state else {}
-        return {"opt": state["opt"].state_dict(), **extra}
+    def state_dict(self, state: DMState):
+        extra = {"bank_it": state.bank_it} if state.bank is not None else {}
+        return {"opt": state.opt.state_dict(), **extra}
 
-    def load_state_dict(self, state, saved):
-        state["opt"].load_state_dict(saved["opt"])
-        if "bank" in state:
-            state["bank_it"] = saved["bank_it"]
+    def load_state_dict(self, state: DMState, saved):
+        state.opt.load_state_dict(saved["opt"])
+        if state.bank is not None:
+            state.bank_it = saved["bank_it"]
+
+    def report(self, state: DMState) -> dict:
+        """The network bank's size, build time and cache use (when DM runs with a bank)."""
+        return {"dm_bank": state.bank.report()} if state.bank is not None else {}

@@ -397,16 +397,16 @@ def dm_means_fn(net, store, pool, classes: range, M: int, seed: int, device, chu
     return means
 
 
-def setup_dm(m, store, cfg, device, net, pool, classes: range, chunk: int, progress: bool) -> dict:
-    """The bank state of a DM run (``dm``, ``s2d-dm``): built or read from the cache
-    (:func:`cache_root` of the run's directory). Returns ``{"bank", "bank_seed", "bank_it"}``."""
+def setup_dm(m, store, cfg, device, net, pool, classes: range, chunk: int, progress: bool):
+    """The bank of a DM run (``dm``, ``s2d-dm``): built or read from the cache
+    (:func:`cache_root` of the run's directory); DM keeps it in its state with the run's seed."""
     c = cfg.net
     key = bank_key(store, "convnet3d", {"width": c.width, "depth": c.depth, "norm": c.norm},
                    cfg.dm_bank, cfg.dm_bank_clips, cfg.seed, cfg.dm_bank_dtype, device)
     fn = dm_means_fn(net, store, pool, classes, cfg.dm_bank_clips, cfg.seed, device, chunk)
     bank = build_bank(key, classes, device, fn, cache_root(m.run_dir), progress=progress,
                       desc=f"dm bank ({cfg.dm_bank} networks)")
-    return {"bank": bank, "bank_seed": cfg.seed, "bank_it": 0}
+    return bank
 
 
 def real_means(state) -> tuple[torch.Tensor, torch.Tensor]:
@@ -415,9 +415,9 @@ def real_means(state) -> tuple[torch.Tensor, torch.Tensor]:
     global labels (one row per class: the mean of one row is itself)."""
     from vdfast.methods.base import reinit_
 
-    bank = state["bank"]
-    k = schedule(state["bank_seed"], bank.K, state["bank_it"])
-    reinit_(state["net"], network_generator(state["bank_seed"], k, bank.device))
-    state["bank_it"] += 1
+    bank = state.bank
+    k = schedule(state.bank_seed, bank.K, state.bank_it)
+    reinit_(state.net, network_generator(state.bank_seed, k, bank.device))
+    state.bank_it += 1
     means = bank.means(k)
     return means, torch.arange(bank.classes.start, bank.classes.stop, device=means.device)

@@ -112,6 +112,31 @@ def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.5 * (out - y).pow(2).sum(1).mean()
 
 
+@dataclasses.dataclass
+class FRePoState:
+    """What FRePo's steps share: the real clips, the pool of networks with their optimizers and
+    ages (a network is redrawn when it reaches ``reset_every`` steps), the synset's optimizer and
+    its lr schedule."""
+
+    pool: ClipPool
+    nets: list
+    net_opts: list
+    dist: object                  # a vdfast.distributed.Dist
+    rows: int                     # real rows of the whole batch (all processes)
+    params: list                  # the synset's learnable tensors (labels included when learned)
+    age: list                     # steps each pool network has trained
+    fresh: list                   # whether each network is to be redrawn before its next use
+    next: int                     # the network the next step uses
+    opt: torch.optim.Optimizer
+    sched: object
+    nc: int
+    per_class: int
+    cfg: object                   # the run's FRePoConfig
+    tau: float                    # label temperature of the evaluation soft labels
+    mean: tuple
+    std: tuple
+
+
 class FRePo(Method):
     name = "frepo"
     iterative = True
@@ -153,91 +178,91 @@ class FRePo(Method):
         nets = [build_net(store, cfg, device) for _ in range(fc.pool_size)]
         net_opts = [torch.optim.Adam(n.parameters(), lr=fc.lr_net) for n in nets]
         per_class = max(1, fc.batch_real // nc)
-        return {"pool": ClipPool(store, "train", device, classes=dist.shard(nc)), "nets": nets,
-                "net_opts": net_opts, "dist": dist, "rows": per_class * nc,
-                "params": [p for g in groups for p in g["params"]],
-                "age": [i * fc.reset_every // fc.pool_size for i in range(fc.pool_size)],
-                "fresh": [True] * fc.pool_size, "next": 0, "opt": opt, "sched": sched,
-                "nc": nc, "per_class": per_class, "cfg": fc,
-                "tau": label_temperature(nc, fc.label_confidence),
-                "mean": store.mean, "std": store.std}
+        return FRePoState(pool=ClipPool(store, "train", device, classes=dist.shard(nc)), nets=nets,
+                          net_opts=net_opts, dist=dist, rows=per_class * nc,
+                          params=[p for g in groups for p in g["params"]],
+                          age=[i * fc.reset_every // fc.pool_size for i in range(fc.pool_size)],
+                          fresh=[True] * fc.pool_size, next=0, opt=opt, sched=sched,
+                          nc=nc, per_class=per_class, cfg=fc,
+                          tau=label_temperature(nc, fc.label_confidence),
+                          mean=store.mean, std=store.std)
 
     def _targets(self, synset, labels, state):
-        if state["cfg"].learn_labels:
+        if state.cfg.learn_labels:
             return synset.label_targets
-        return centered_onehot(labels, state["nc"])
+        return centered_onehot(labels, state.nc)
 
     def _ready(self, state, i, gen):
-        if state["fresh"][i]:
-            reinit_(state["nets"][i], gen)
-            state["net_opts"][i].state.clear()
-            state["fresh"][i] = False
+        if state.fresh[i]:
+            reinit_(state.nets[i], gen)
+            state.net_opts[i].state.clear()
+            state.fresh[i] = False
 
     def step(self, synset, state, gen):
-        fc, nets = state["cfg"], state["nets"]
-        i = state["next"]
-        state["next"] = (i + 1) % len(nets)
+        fc, nets = state.cfg, state.nets
+        i = state.next
+        state.next = (i + 1) % len(nets)
         self._ready(state, i, gen)
         net = nets[i]
 
-        real_u8, real_labels = state["pool"].sample(state["per_class"], gen)
+        real_u8, real_labels = state.pool.sample(state.per_class, gen)
         with torch.no_grad(), span("vdfast.frepo.embed_real"):
-            feat_t = net.embed(normalize_clips(real_u8, state["mean"], state["std"]))
+            feat_t = net.embed(normalize_clips(real_u8, state.mean, state.std))
         videos, labels = synset.videos()
         targets = self._targets(synset, labels, state)
-        dist = state["dist"]
+        dist = state.dist
         n = videos.shape[0]
         own = dist.shard(n)  # this process embeds its block of synthetic videos; all see all features
         with span("vdfast.frepo.embed_syn"):
             feat_s = dist.gather_rows(net.embed(videos[own.start:own.stop]), n)
         pred = krr_predict(feat_t, feat_s, targets, fc.reg)
         # this process's real rows' share of the batch mean; the margin term once (rank 0)
-        loss = pred.shape[0] / state["rows"] * frepo_loss(pred, real_labels, targets, labels,
+        loss = pred.shape[0] / state.rows * frepo_loss(pred, real_labels, targets, labels,
                                                           margin_weight=0.0)
         if fc.learn_labels and fc.margin_weight > 0 and dist.main:
             loss = loss + fc.margin_weight * label_margin_loss(targets, labels, fc.label_margin)
-        opt = state["opt"]
+        opt = state.opt
         opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=state["params"])
-        dist.sum_grads_(state["params"])
+        loss.backward(inputs=state.params)
+        dist.sum_grads_(state.params)
         opt.step()
-        state["sched"].step()
+        state.sched.step()
 
         with torch.no_grad():
             x, y = synset.videos()
             x = x.detach()
             y_t = self._targets(synset, y, state).detach()
             if fc.learn_labels:
-                synset.soft_labels = torch.softmax(y_t / state["tau"], dim=1)
+                synset.soft_labels = torch.softmax(y_t / state.tau, dim=1)
         with span("vdfast.frepo.pool_train"):
             for j in (range(len(nets)) if fc.train_all else [i]):
                 self._ready(state, j, gen)
-                nopt = state["net_opts"][j]
+                nopt = state.net_opts[j]
                 # data-parallel over the synthetic videos: this block's share of the mean, summed
                 nloss = len(own) / n * _mse(nets[j](x[own.start:own.stop]), y_t[own.start:own.stop])
                 nopt.zero_grad(set_to_none=True)
                 nloss.backward()
                 dist.sum_grads_(list(nets[j].parameters()))
                 nopt.step()
-                state["age"][j] += 1
-                if state["age"][j] >= fc.reset_every:
-                    state["age"][j], state["fresh"][j] = 0, True
+                state.age[j] += 1
+                if state.age[j] >= fc.reset_every:
+                    state.age[j], state.fresh[j] = 0, True
         return loss.detach()
 
     def state_dict(self, state):
-        return {"opt": state["opt"].state_dict(), "sched": state["sched"].state_dict(),
-                "nets": [n.state_dict() for n in state["nets"]],
-                "net_opts": [o.state_dict() for o in state["net_opts"]],
-                "age": list(state["age"]), "fresh": list(state["fresh"]), "next": state["next"]}
+        return {"opt": state.opt.state_dict(), "sched": state.sched.state_dict(),
+                "nets": [n.state_dict() for n in state.nets],
+                "net_opts": [o.state_dict() for o in state.net_opts],
+                "age": list(state.age), "fresh": list(state.fresh), "next": state.next}
 
     def load_state_dict(self, state, saved):
-        state["opt"].load_state_dict(saved["opt"])
-        state["sched"].load_state_dict(saved["sched"])
-        for n, sd in zip(state["nets"], saved["nets"]):
+        state.opt.load_state_dict(saved["opt"])
+        state.sched.load_state_dict(saved["sched"])
+        for n, sd in zip(state.nets, saved["nets"]):
             n.load_state_dict(sd)
-        for o, sd in zip(state["net_opts"], saved["net_opts"]):
+        for o, sd in zip(state.net_opts, saved["net_opts"]):
             o.load_state_dict(sd)
-        state["age"], state["fresh"], state["next"] = list(saved["age"]), list(saved["fresh"]), saved["next"]
+        state.age, state.fresh, state.next = list(saved["age"]), list(saved["fresh"]), saved["next"]
 
 
 def attach_labels(synset, confidence: float = 0.9):

@@ -237,13 +237,38 @@ def prepare_buffer(store, cfg, device, progress: bool = True, dist=None) -> Expe
     return buf
 
 
+@dataclasses.dataclass
+class MTTState:
+    """What MTT's steps share: the expert buffer, the functional student, the synset's optimizer
+    and the learnable student step size (with its own optimizer when ``mtt.learn_lr``)."""
+
+    buffer: ExpertBuffer
+    net: torch.nn.Module
+    names: list                   # the student's parameter names, in the buffer's layout order
+    opt: torch.optim.Optimizer
+    opt_lr: torch.optim.Optimizer | None
+    syn_lr: torch.Tensor          # the student's step size (a leaf when it is learned)
+    draw: torch.Generator         # expert / start epoch draws, on the host
+    device: torch.device
+    synset: object
+    syn_steps: int
+    expert_epochs: int
+    max_start: int
+    batch_syn: int
+    unroll: str
+    chunk: int
+    dist: object                  # a vdfast.distributed.Dist
+    params: list                  # the synset's learnable tensors
+    last: tuple | None = None     # (expert, start epoch) of the last step
+
+
 class MTT(Method):
     name = "mtt"
     iterative = True
     shardable = True  # with mtt.unroll = "recompute": each step's videos split across processes
     partial_loss = False  # every process computes the whole trajectory loss
 
-    def setup(self, synset, store, cfg, device):
+    def setup(self, synset, store, cfg, device) -> MTTState:
         from vdfast.distributed import Dist
 
         device = torch.device(device)
@@ -266,61 +291,60 @@ class MTT(Method):
         syn_lr = torch.tensor(m.lr_teacher, device=device, requires_grad=m.learn_lr)
         opt_lr = torch.optim.SGD([syn_lr], lr=m.lr_lr, momentum=0.5) if m.learn_lr else None
         draw = torch.Generator().manual_seed(cfg.seed + 0x4D5454)  # expert/start draws, on the host
-        return {"buffer": buf, "net": net, "names": names, "opt": opt, "opt_lr": opt_lr,
-                "syn_lr": syn_lr, "draw": draw, "device": device, "synset": synset,
-                "syn_steps": m.syn_steps, "expert_epochs": m.expert_epochs,
-                "max_start": m.max_start_epoch, "batch_syn": m.batch_syn, "last": None,
-                "unroll": m.unroll, "chunk": m.chunk, "dist": dist,
-                "params": [p for g in groups for p in g["params"]]}
+        return MTTState(buffer=buf, net=net, names=names, opt=opt, opt_lr=opt_lr, syn_lr=syn_lr,
+                        draw=draw, device=device, synset=synset, syn_steps=m.syn_steps,
+                        expert_epochs=m.expert_epochs, max_start=m.max_start_epoch,
+                        batch_syn=m.batch_syn, unroll=m.unroll, chunk=m.chunk, dist=dist,
+                        params=[p for g in groups for p in g["params"]])
 
     def draw(self, state) -> tuple[int, int]:
         """(expert, start epoch) for the next iteration, from the state's CPU generator."""
-        g = state["draw"]
-        e = int(torch.randint(len(state["buffer"]), (1,), generator=g))
-        s = int(torch.randint(state["max_start"], (1,), generator=g))
+        g = state.draw
+        e = int(torch.randint(len(state.buffer), (1,), generator=g))
+        s = int(torch.randint(state.max_start, (1,), generator=g))
         return e, s
 
     def step(self, synset, state, gen):
         e, s = self.draw(state)
-        state["last"] = (e, s)
-        buf = state["buffer"]
+        state.last = (e, s)
+        buf = state.buffer
         with span("vdfast.mtt.expert_pair"):
-            start, target = buf.pair(e, s, s + state["expert_epochs"])
-        dev = state["device"]
+            start, target = buf.pair(e, s, s + state.expert_epochs)
+        dev = state.device
         syn, labels = synset.videos()
         start = start.to(dev, syn.dtype, non_blocking=True)
         target = target.to(dev, syn.dtype, non_blocking=True)
-        state["opt"].zero_grad(set_to_none=True)
-        if state["opt_lr"] is not None:
-            state["opt_lr"].zero_grad(set_to_none=True)
-        if state["unroll"] == "recompute":
+        state.opt.zero_grad(set_to_none=True)
+        if state.opt_lr is not None:
+            state.opt_lr.zero_grad(set_to_none=True)
+        if state.unroll == "recompute":
             with span("vdfast.mtt.meta_gradient"):  # the unroll and its pull-back, step by step
-                loss, gx, glr = meta_gradient(state["net"], state["names"], start, target,
-                                              buf.layout, syn, labels, state["syn_lr"],
-                                              state["syn_steps"], state["batch_syn"], gen,
-                                              state["chunk"], state["dist"])
+                loss, gx, glr = meta_gradient(state.net, state.names, start, target,
+                                              buf.layout, syn, labels, state.syn_lr,
+                                              state.syn_steps, state.batch_syn, gen,
+                                              state.chunk, state.dist)
             if syn.requires_grad:
                 syn.backward(gx)
-            state["dist"].sum_grads_(state["params"])  # each process pulled back its own videos
-            if state["opt_lr"] is not None:
-                state["syn_lr"].grad = glr
+            state.dist.sum_grads_(state.params)  # each process pulled back its own videos
+            if state.opt_lr is not None:
+                state.syn_lr.grad = glr
         else:
             params = [p.detach().requires_grad_() for p in unflatten(start, buf.layout)]
             with span("vdfast.mtt.unroll"):
-                params = unroll(state["net"], state["names"], params, syn, labels,
-                                state["syn_lr"], state["syn_steps"], state["batch_syn"], gen,
-                                state["chunk"])
+                params = unroll(state.net, state.names, params, syn, labels,
+                                state.syn_lr, state.syn_steps, state.batch_syn, gen,
+                                state.chunk)
             student = torch.cat([p.reshape(-1) for p in params])
             loss = trajectory_loss(student, start, target)
             loss.backward()
-        state["opt"].step()
-        if state["opt_lr"] is not None:
-            state["opt_lr"].step()
+        state.opt.step()
+        if state.opt_lr is not None:
+            state.opt_lr.step()
         return loss.detach()
 
     def learned_lr(self, state) -> float:
         """The student step size learned so far (reads it back to the host)."""
-        return float(state["syn_lr"].detach())
+        return float(state.syn_lr.detach())
 
     def finalize(self, synset, state) -> None:
         """Record the learned step size in the synset (``meta["syn_lr"]``): the evaluation protocol
@@ -328,21 +352,21 @@ class MTT(Method):
         synset.meta["syn_lr"] = self.learned_lr(state)
 
     def state_dict(self, state):
-        out = {"opt": state["opt"].state_dict(), "syn_lr": state["syn_lr"].detach().cpu(),
-               "draw": state["draw"].get_state()}
-        if state["opt_lr"] is not None:
-            out["opt_lr"] = state["opt_lr"].state_dict()
-        if state.get("synset") is not None:
-            self.finalize(state["synset"], state)
+        out = {"opt": state.opt.state_dict(), "syn_lr": state.syn_lr.detach().cpu(),
+               "draw": state.draw.get_state()}
+        if state.opt_lr is not None:
+            out["opt_lr"] = state.opt_lr.state_dict()
+        if state.synset is not None:
+            self.finalize(state.synset, state)
         return out
 
     def load_state_dict(self, state, saved):
-        state["opt"].load_state_dict(saved["opt"])
+        state.opt.load_state_dict(saved["opt"])
         with torch.no_grad():
-            state["syn_lr"].copy_(saved["syn_lr"])
-        state["draw"].set_state(saved["draw"])
-        if state["opt_lr"] is not None and "opt_lr" in saved:
-            state["opt_lr"].load_state_dict(saved["opt_lr"])
+            state.syn_lr.copy_(saved["syn_lr"])
+        state.draw.set_state(saved["draw"])
+        if state.opt_lr is not None and "opt_lr" in saved:
+            state.opt_lr.load_state_dict(saved["opt_lr"])
 
 
 __all__ = ["MTT", "unroll", "meta_gradient", "step_indices", "prepare_buffer", "default_buffer_dir"]
