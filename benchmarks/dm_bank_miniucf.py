@@ -45,10 +45,10 @@ def main(argv=None):
             t = time.perf_counter()
             m.step(syn, st, g)
             ts.append(time.perf_counter() - t)
-        per_clip = st["bank"].build_seconds / w["nc"]
+        per_clip = st.bank.build_seconds / w["nc"]
         real_side = per_clip * w["nc"] * w["batch_real"]
         print(f"{a.workload} {method}: bank iteration median {statistics.median(ts):.2f} s "
-              f"({', '.join(f'{x:.2f}' for x in ts)}); bank build {st['bank'].build_seconds:.2f} s "
+              f"({', '.join(f'{x:.2f}' for x in ts)}); bank build {st.bank.build_seconds:.2f} s "
               f"for 1 network over {w['nc']} clips = {per_clip:.3f} s/clip, so one standard "
               f"iteration's real side ({w['nc']} x {w['batch_real']} clips) ~ {real_side:.0f} s",
               flush=True)

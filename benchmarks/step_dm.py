@@ -73,7 +73,7 @@ def setup(method: str, w: dict, device, store=None, s2d: dict | None = None, ban
 def build(method: str, w: dict, device, tmp) -> StepCase:
     store, _, m, syn, state, gen, ref = setup(method, w, device)
     _, _, mb, synb, stb, genb, _ = setup(method, w, device, store=store, bank=BANK_K, reference=False)
-    per_net = stb["bank"].build_seconds / stb["bank"].K
+    per_net = stb.bank.build_seconds / stb.bank.K
     return StepCase([("reference-style loop", ref.step), ("vdfast", lambda: m.step(syn, state, gen)),
                      ("bank (--dm-bank)", lambda: mb.step(synb, stb, genb))],
                     extra={"bank (--dm-bank)": {"bank_build_s_per_network": per_net}})
