@@ -2,9 +2,10 @@
 import pytest
 import torch
 
+from tolerances import fused_op_env, needs_backend as _needs  # noqa: F401 (fused_op_env: autouse)
 from tolerances import TOL, assert_close, reduction_close
 from vdfast.ops import BackendUnavailable
-from vdfast.ops.dispatch import compiled_extension, op
+from vdfast.ops.dispatch import op
 from vdfast.ops.dm_loss import dm_loss
 from vdfast.reference.dm_loss import dm_loss as ref_dm_loss
 from vdfast.reference.dm_loss import dm_loss_loop
@@ -12,19 +13,6 @@ from vdfast.reference.dm_loss import dm_loss_loop
 FUSED = ["cpp", "triton"]
 # (Nr, Ns, D, num_classes): batch 1, odd D, more classes than rows, a D above one tile
 SHAPES = [(1, 1, 1, 1), (1, 1, 37, 3), (20, 6, 37, 5), (64, 10, 129, 7)]
-
-
-@pytest.fixture(autouse=True)
-def _nan_outputs(monkeypatch):
-    monkeypatch.setenv("VDFAST_NAN_FILL", "1")
-    monkeypatch.delenv("VDFAST_BACKEND", raising=False)
-
-
-def _needs(backend):
-    if backend == "cpp" and compiled_extension()[0] is None:
-        pytest.skip(compiled_extension()[1])
-    if backend == "triton":
-        pytest.importorskip("triton")
 
 
 def _inputs(gen, nr, ns, d, nc, dtype=torch.float64):

@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tolerances import fused_op_env, needs_backend as _needs  # noqa: F401 (fused_op_env: autouse)
 from tolerances import assert_close, reduction_close
 from vdfast.ops import BackendUnavailable
-from vdfast.ops.dispatch import compiled_extension, op
+from vdfast.ops.dispatch import op
 from vdfast.ops.gradient_match import gradient_match
 from vdfast.reference.gradient_match import gradient_match as ref
 
@@ -15,19 +16,6 @@ FUSED = ["cpp", "triton"]
 SHAPES = [(4, 3, 3, 5, 5), (6, 2, 3, 3), (5, 37), (4,), (1, 1)]
 # Triton 3.6's interpreter turns the kernel's run-time loop bound into an int via a 1-element array
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def _nan_outputs(monkeypatch):
-    monkeypatch.setenv("VDFAST_NAN_FILL", "1")
-    monkeypatch.delenv("VDFAST_BACKEND", raising=False)
-
-
-def _needs(backend):
-    if backend == "cpp" and compiled_extension()[0] is None:
-        pytest.skip(compiled_extension()[1])
-    if backend == "triton":
-        pytest.importorskip("triton")
 
 
 def _grads(gen, shapes=SHAPES, dtype=torch.float64):

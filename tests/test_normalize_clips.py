@@ -2,9 +2,10 @@
 import pytest
 import torch
 
+from tolerances import fused_op_env, needs_backend as _needs  # noqa: F401 (fused_op_env: autouse)
 from tolerances import assert_close, reduction_close
 from vdfast.ops import BackendUnavailable
-from vdfast.ops.dispatch import compiled_extension, op
+from vdfast.ops.dispatch import op
 from vdfast.ops.normalize_clips import affine, normalize_clips
 from vdfast.reference.normalize_clips import normalize_clips as ref
 
@@ -12,19 +13,6 @@ FUSED = ["cpp", "triton"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # (N, T, H, W): batch 1, T in {1, 7}, 37x37
 SHAPES = [(1, 1, 37, 37), (2, 7, 37, 37), (1, 7, 5, 3)]
-
-
-@pytest.fixture(autouse=True)
-def _nan_outputs(monkeypatch):
-    monkeypatch.setenv("VDFAST_NAN_FILL", "1")
-    monkeypatch.delenv("VDFAST_BACKEND", raising=False)
-
-
-def _needs(backend):
-    if backend == "cpp" and compiled_extension()[0] is None:
-        pytest.skip(compiled_extension()[1])
-    if backend == "triton":
-        pytest.importorskip("triton")
 
 
 def _clips(gen, n, t, h, w, c=3):

@@ -3,27 +3,15 @@ gradients to student, start and target)."""
 import pytest
 import torch
 
+from tolerances import fused_op_env, needs_backend as _needs  # noqa: F401 (fused_op_env: autouse)
 from tolerances import assert_close, reduction_close
 from vdfast.ops import BackendUnavailable
-from vdfast.ops.dispatch import compiled_extension, op
+from vdfast.ops.dispatch import op
 from vdfast.ops.trajectory_loss import trajectory_loss
 from vdfast.reference.trajectory_loss import trajectory_loss as ref
 
 FUSED = ["cpp", "triton"]
 SIZES = [1, 37, 3001]
-
-
-@pytest.fixture(autouse=True)
-def _nan_outputs(monkeypatch):
-    monkeypatch.setenv("VDFAST_NAN_FILL", "1")
-    monkeypatch.delenv("VDFAST_BACKEND", raising=False)
-
-
-def _needs(backend):
-    if backend == "cpp" and compiled_extension()[0] is None:
-        pytest.skip(compiled_extension()[1])
-    if backend == "triton":
-        pytest.importorskip("triton")
 
 
 def _inputs(gen, p, dtype=torch.float64):

@@ -6,7 +6,7 @@ extension -> reference, the first whose ``why_not`` is empty. A backend measured
 reference below some size registers that size (``auto_min_numel``): the automatic choice skips it
 on smaller inputs.
 
-* Automatic choice falls back quietly and logs the reasons once per (op, device, dtype).
+* Automatic choice falls back quietly and logs the reasons once per (op, device, dtype) at DEBUG level.
 * A safety net for backends that have never met this machine: the first automatic use of a fused
   backend per (op, backend, device, dtype) runs it and the reference on a small seeded input of
   the op's (``Op.check_with``), forward and gradients; on an exception or a mismatch the backend is
@@ -498,8 +498,8 @@ class Op:
                 # (not while torch.compile traces: a graph cannot log; the eager call logs)
                 if skipped and key not in self._logged and not torch.compiler.is_compiling():
                     self._logged.add(key)
-                    log.info("%s on %s/%s uses %s; skipped %s", self.name, key[0], key[1], b,
-                             "; ".join(f"{n}: {', '.join(r)}" for n, r in skipped))
+                    log.debug("%s on %s/%s uses %s; skipped %s", self.name, key[0], key[1], b,
+                              "; ".join(f"{n}: {', '.join(r)}" for n, r in skipped))
                 return self.impls[b]
             skipped.append((b, reasons))
         raise BackendUnavailable(f"{self.name}: no backend can run these inputs: {skipped}")
