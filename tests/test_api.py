@@ -109,6 +109,7 @@ def test_bad_inputs_fail_before_work(small, tmp_path):
         resolve("builtin", **{"eval.student": "resnet"})
 
 
+@pytest.mark.slow
 def test_cli_distill_eval_preview_info(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["distill", "--method", "herding", "--ipc", "1", "--out", str(out), "--net-width", "8",

@@ -140,6 +140,7 @@ def test_l2_flusher_writes_twice_the_l2_outside_the_timed_region():
     assert sorted(cold)[25] >= 0.9 * sorted(warm)[25], (cold, warm)
 
 
+@pytest.mark.slow
 def test_peak_memory_in_a_child_process_sees_the_allocation():
     # a step allocating ~64 MiB on the CPU, measured in a fresh process (the parent holds more)
     hold = torch.ones(64 * 2**20 // 4)  # noqa: F841  (the parent's RSS must not leak into the child's)

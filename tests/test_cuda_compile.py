@@ -124,6 +124,7 @@ def test_flags_are_setup_pys():
     assert any(f.startswith("-gencode=arch=compute_90") for f in flags)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("src", SOURCES, ids=[os.path.basename(s) for s in SOURCES])
 def test_cu_compiles(src, compiled):
     res = compiled[src][1]
@@ -137,6 +138,7 @@ def _strong_symbols(path: str, dynamic: bool = False) -> set[str]:
             and p[1] in "TDBR"}
 
 
+@pytest.mark.slow
 def test_objects_link_into_one_extension(compiled):
     so, res = compiled["link"]
     assert all(r.returncode == 0 for k, (o, r) in compiled.items() if k != "link")

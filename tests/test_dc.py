@@ -113,6 +113,7 @@ def test_dc_step_matches_per_class_reference(gen):
     torch.testing.assert_close(syn.data.detach(), before - cfg.dc.lr_img * x.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dc_reduces_matching_loss_on_held_out_nets(gen):
     # per-iteration losses are noisy (new network, new real batch); measure DC's distance on ALL
     # real training clips under fixed held-out random networks instead. From noise, so that there

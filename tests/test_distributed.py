@@ -13,6 +13,8 @@ import torch
 import vdfast
 from vdfast.distributed import Dist
 
+pytestmark = pytest.mark.slow  # real multi-process runs (2 gloo ranks)
+
 pytest.importorskip("accelerate")
 
 ARGS = ["--method", "dm", "--ipc", "2", "--iterations", "6", "--batch-real", "3", "--net-width", "8",

@@ -239,6 +239,7 @@ def _launch(out, nproc, args, cache):
     return r.stdout
 
 
+@pytest.mark.slow
 def test_two_ranks_build_their_classes_and_give_the_one_rank_synset(tmp_path):
     pytest.importorskip("accelerate")
     args = ["--method", "dm", "--ipc", "2", "--iterations", "4", "--batch-real", "3",

@@ -141,6 +141,7 @@ KILLS = [("synset", 1, 0), ("files", 1, 0), ("manifest", 1, 2),
          ("swapped", 2, 4)]
 
 
+@pytest.mark.slow
 def test_kill_at_each_step_of_a_checkpoint_write_resumes_exactly(reference, tmp_path, caplog):
     """Outcome: resumed exactly, for a SIGKILL between every two steps of the write (synset
     written / all files written and fsynced / manifest written / newest moved aside / new one
@@ -284,6 +285,7 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_real_tmpfs_keeps_the_last_checkpoint(reference, tmpfs, tmp_path, capsys):
     """Outcome: refused clearly ("disk full at PATH", the checkpoint of iteration 2 intact), then,
     with space freed, resumed exactly. The disk fills for real (a filler file written at the
@@ -312,6 +314,7 @@ def test_a_too_small_disk_is_refused_before_the_work(tmp_path, capsys):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_disk_full_raised_inside_the_write(reference, tmp_path):
     """Outcome: refused clearly, then resumed exactly: ENOSPC raised between two steps of the
     write (where no tmpfs can be mounted, this is the disk-full case)."""
@@ -322,6 +325,7 @@ def test_disk_full_raised_inside_the_write(reference, tmp_path):
 
 
 # --------------------------------------------------------------------------- signals
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_signal_saves_at_the_next_iteration_and_resumes_exactly(reference, tmp_path, capsys,
                                                                sig, code):
@@ -347,6 +351,7 @@ HOLD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cmd", ["distill", "experts", "prepare"])
 def test_second_run_on_one_out_is_refused_at_once(tmp_path, capsys, cmd):
     """Outcome: refused clearly, naming the holder's pid and host; once the holder is gone the
@@ -369,6 +374,7 @@ def test_second_run_on_one_out_is_refused_at_once(tmp_path, capsys, cmd):
         pass
 
 
+@pytest.mark.slow
 def test_two_real_runs_at_once_one_is_refused(tmp_path):
     """Outcome: refused clearly: two real distillations started together on one --out; one
     finishes, the other is refused at once (before its first iteration), so no result is mixed."""
@@ -441,6 +447,7 @@ def test_bad_option_is_one_line_without_traceback(tmp_path, capsys, name):
     assert_refused(rc, o, e, needle)
 
 
+@pytest.mark.slow
 def test_bad_options_in_real_processes_and_debug_traceback(tmp_path):
     """The same from a real ``vdfast`` process (a representative few), and ``--debug`` /
     ``VDFAST_DEBUG=1`` bringing the traceback back."""

@@ -33,6 +33,7 @@ print(kib("VmHWM") - base)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's VmHWM reset")
 @pytest.mark.parametrize("n,frames,size,width", [(16, 8, 64, 64), (32, 8, 64, 64), (4, 16, 112, 64)])
 def test_model_matches_measured_cpu_peak(n, frames, size, width):

@@ -94,6 +94,7 @@ def test_static_memory_file_round_trip_and_checks(tmp_path):
     assert torch.equal(load_static(tmp_path / "mem")[0], 2 * s)
 
 
+@pytest.mark.slow
 def test_static_memory_written_by_two_processes_at_once(tmp_path):
     """The processes of an N-process s2d run each learn the same static memory and write it to
     the same cache: concurrent writers must neither fail nor leave a partial or stray folder."""

@@ -151,6 +151,7 @@ def _compile_sm90(launches, cache):
     return res.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BENCHES))
 def test_gpu_launches_compile_for_sm90(name, monkeypatch, tmp_path):
     monkeypatch.setenv("VDFAST_TRITON_GPU_SIZES", "1")
