@@ -297,7 +297,13 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
 
         sd = load_file(str(p))
     else:
-        sd = torch.load(p, map_location="cpu")
+        try:  # tensors and plain containers only: a pickle from elsewhere runs no code here
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"gvd.generator_init={path!r} cannot be read as weights "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                             f"pass a .safetensors file, a vdfast gen_final.pt or a diffusers "
+                             f"Latte folder") from e
         sd = sd.get("ema", sd.get("model", sd)) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict):
         raise ValueError(f"gvd.generator_init={path!r} is not a state dict")
