@@ -7,6 +7,8 @@ import torch
 
 import vdfast
 
+pytestmark = pytest.mark.slow  # real multi-process runs (2 gloo ranks)
+
 pytest.importorskip("accelerate")
 
 from test_distributed import _launch, launch_script  # noqa: E402  (the torchrun launchers)
@@ -51,8 +53,6 @@ from vdfast.config import GVDConfig
 from vdfast.distributed import setup
 from vdfast.methods.gvd import _share, build_generator, generator_batch_loss
 from vdfast.methods.gvd_sample import noise_schedule
-
-pytestmark = pytest.mark.slow  # real multi-process runs (2 gloo ranks)
 dist = setup(torch.device("cpu"))
 g = GVDConfig(generator="tiny", gen_batch=6, train_timesteps=50, min_snr=5.0, prediction="v")
 torch.manual_seed(0)
