@@ -168,6 +168,20 @@ def is_disk_full(e: BaseException, where=None) -> bool:
             probe.unlink()
 
 
+def load_cached(path, device="cpu", redo: str = "that stage is recomputed"):
+    """A cached file of tensors (weights, a sampled chunk), read with ``weights_only=True`` (no
+    code unpickled); a damaged one raises :class:`CheckpointError` naming it and what deleting it
+    does (``redo``)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {first}); delete it and run "
+                              f"again ({redo})") from e
+
+
 def atomic_write(path, write: Callable[[Path], None]) -> Path:
     """Write one file whole or not at all: ``write(tmp)`` fills a temporary file beside ``path``,
     which is fsynced and renamed over ``path`` (the directory fsynced too). A full disk removes
@@ -508,5 +522,5 @@ _handlers: dict[int, object] = {}
 
 
 __all__ = ["Checkpointer", "Loaded", "CheckpointError", "DiskFullError", "RunLock", "RunLockedError",
-           "OutDirError", "Interrupted", "preflight", "ensure_dir", "atomic_write", "sha256_file",
-           "handle_signals", "interrupt_requested", "is_disk_full"]
+           "OutDirError", "Interrupted", "preflight", "ensure_dir", "atomic_write", "load_cached",
+           "sha256_file", "handle_signals", "interrupt_requested", "is_disk_full"]

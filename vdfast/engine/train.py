@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vdfast.engine import checkpoint
 from vdfast.ops import normalize_clips
 
 
@@ -143,19 +144,6 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
 
 
 # ----------------------------------------------------------------------- teacher and soft labels
-def _load_weights(path: Path, device):
-    """A cached teacher's state dict, read without unpickling code; a damaged file is named with
-    what to do."""
-    from vdfast.engine.checkpoint import CheckpointError
-
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {first}); delete it and run "
-                              f"again (the teacher is trained again)") from e
-
-
 def train_teacher(store, net_cfg, eval_cfg, epochs: int, seed: int, device,
                   cache: Path | None = None, progress: bool = True, dist=None):
     """A ConvNet3D (``net_cfg``) trained on ``store``'s full real train split for ``epochs`` with
@@ -177,7 +165,7 @@ def train_teacher(store, net_cfg, eval_cfg, epochs: int, seed: int, device,
     if dp is not None:  # load only where every process can (workdirs on other machines: train)
         have = int(dp.all_reduce_(torch.tensor(float(have), device=dp.device))) == dp.world
     if have:
-        net.load_state_dict(_load_weights(f, device))
+        net.load_state_dict(checkpoint.load_cached(f, device, "the teacher is trained again"))
         return net.eval()
     x, y = store.tensors("train", device)
     ecfg = dataclasses.replace(eval_cfg, epochs=epochs)

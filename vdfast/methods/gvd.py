@@ -94,15 +94,10 @@ def _atomic_save(obj, path: Path):
 
 
 def _load_cached(path: Path, device="cpu"):
-    """A cached stage file (weights, a sampled chunk), read without unpickling code; a damaged
-    one is named with what to do."""
-    from vdfast.engine.checkpoint import CheckpointError
+    """A cached stage file (:func:`vdfast.engine.checkpoint.load_cached`)."""
+    from vdfast.engine.checkpoint import load_cached
 
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                              f"delete it and run again (that stage is recomputed)") from e
+    return load_cached(path, device)
 
 
 def _train_ckpt(path: Path | None):
