@@ -320,3 +320,28 @@ def test_evaluation_students_split_across_ranks_give_the_one_rank_report(tmp_pat
     for name in a1:
         assert a2[name] == pytest.approx(a1[name], abs=1e-9), name
         assert all(0.0 < a <= 1.0 or 0.0 < a <= 100.0 for a in a1[name])  # every student ran
+
+
+LATE_RANK = """
+import sys, time
+import torch.distributed as td
+import vdfast
+from vdfast import distributed
+
+dist = distributed.setup(vdfast.api.pick_device("cpu"))
+if dist.rank == 1:
+    time.sleep(4)  # rank 0 could init and save a non-iterative run before rank 1 looks at --out
+res = vdfast.distill(method="random", ipc=1, out=sys.argv[1], progress=False)
+assert res.rank == dist.rank
+td.barrier()
+"""
+
+
+def test_a_late_rank_starts_the_run_with_the_others_not_resumes_it(tmp_path):
+    """Whether ``--out`` holds a checkpoint is decided before any process writes: a rank that
+    reaches the check after rank 0 has already saved a (non-iterative) run does not resume it
+    alone while the others go on (that left the ranks in different collectives, a hang)."""
+    script = tmp_path / "late.py"
+    script.write_text(LATE_RANK)
+    launch_script(script, 2, tmp_path / "run", timeout=90)
+    assert (tmp_path / "run" / "synset").is_dir()

@@ -211,7 +211,9 @@ def _distill(store, cfg, m, dist, out, preset, resume, progress, callback) -> Re
 def _resume(ck, dist, ident, resume, out, cfg, gen):
     """(the saved state, the synset) of ``out``'s checkpoint when the run resumes from it, else
     (None, None); ``--no-resume`` clears it. ``gen`` continues from the saved generator."""
-    if not ck.exists():
+    exists = ck.exists()
+    dist.barrier()  # every process looked before any writes (rank 0 may save before rank 1 looks)
+    if not exists:
         return None, None
     if not resume:
         if dist.main:

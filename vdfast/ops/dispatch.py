@@ -20,7 +20,7 @@ on smaller inputs.
 Nothing here imports Triton or the compiled extension at ``import vdfast`` time; the probes run on
 first use and remember their answer.
 
-How a fused backend runs: the op's fused forward and backward are ``torch.library.custom_op``\ s
+How a fused backend runs: the op's fused forward and backward are ``torch.library.custom_op`` ops
 (``torch.ops.vdfast.<op>``, taking the backend's name as their last argument) with fake kernels
 and a registered autograd formula, so ``torch.compile`` captures them whole. The cpp and cuda
 backends call the same compiled kernels (``torch.ops.vdfast.<op>_fwd`` ..., one schema each, a CPU
