@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from videos import decoded_index, make_hmdb51, make_kinetics, make_ucf101, nearest_class
 
 import vdfast
@@ -86,6 +87,35 @@ def test_cli_prepare_then_distill(tmp_path, capsys):
     assert vdfast.load(tmp_path / "r" / "synset").classes == made.classes
     with pytest.raises(StoreError, match="not a prepared store"):
         vdfast.distill(made.root)
+
+
+def test_a_run_on_a_prepared_store_repeats_from_its_config_json(tmp_path, capsys):
+    """config.json records where the store is: ``--config`` alone finds it again; a store that is
+    gone, or another store in its place, is a one-line error asking for --data."""
+    made = make_ucf101(tmp_path / "ucf")
+    vdfast.prepare(made.root, tmp_path / "s", frames=4, size=16)
+    run = ["--method", "random", "--net-width", "4", "--net-depth", "1", "--no-evaluate",
+           "--no-preview"]
+    assert main(["distill", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "a"), *run]) == 0
+    cfg = tmp_path / "a" / "config.json"
+    assert json.loads(cfg.read_text())["data"]["path"] == str((tmp_path / "s").resolve())
+    assert main(["distill", "--config", str(cfg), "--out", str(tmp_path / "b"), "--no-evaluate",
+                 "--no-preview"]) == 0
+    a, b = (vdfast.load(tmp_path / r / "synset") for r in "ab")
+    assert torch.equal(a.data, b.data) and b.classes == made.classes
+    capsys.readouterr()
+    (tmp_path / "s").rename(tmp_path / "moved")
+    vdfast.prepare(made.root, tmp_path / "s", frames=4, size=8)  # another store in its place
+    for expect in ("is not the one the run distilled", "holds no store now"):
+        rc = main(["distill", "--config", str(cfg), "--out", str(tmp_path / "c"), "--no-evaluate"])
+        err = capsys.readouterr().err
+        assert rc == 2 and expect in err and "--data STORE" in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
+        if (tmp_path / "s").exists():
+            (tmp_path / "s").rename(tmp_path / "other")  # then: nothing at the recorded path
+    # --data beside --config: the moved store
+    assert main(["distill", "--config", str(cfg), "--data", str(tmp_path / "moved"), "--out",
+                 str(tmp_path / "d"), "--no-evaluate", "--no-preview"]) == 0
 
 
 def test_prepare_stores_random_test_clips_per_video(tmp_path):

@@ -293,13 +293,22 @@ def _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, histo
     return run.last_saved
 
 
+def _data_record(store) -> dict:
+    """What ``config.json`` says of the data: the store's description, and where a prepared store
+    is (absolute), so ``--config`` finds it again."""
+    d = store.describe()
+    if store.path is not None:
+        d["path"] = str(Path(store.path).resolve())
+    return d
+
+
 def _save_result(out, ck, synset, m, gen, history, ident, cfg, preset, store, last_saved):
     """``out/synset``, ``config.json``, ``metrics.json`` (and, for a method without steps, its
     checkpoint); a full disk says which checkpoint is intact."""
     try:
         synset.save(out / "synset")
         (out / "config.json").write_text(json.dumps({"vdfast": __version__, "preset": preset,
-                                                     "data": store.describe(), **cfg.to_dict()},
+                                                     "data": _data_record(store), **cfg.to_dict()},
                                                     indent=1))
         _write_metrics(out, {"history": _summary(history)})
         if last_saved is None:  # non-iterative methods: the result is the checkpoint

@@ -260,9 +260,13 @@ def _describe(e: Exception) -> str:
             f"please report it)")
 
 
+def _short(d: dict) -> str:
+    return ", ".join(f"{k} {d.get(k)}" for k in ("name", "classes", "frames", "size", "train", "test"))
+
+
 def _saved_run(path) -> dict:
-    """A run's saved ``config.json`` as ``preset``, ``data`` (only the embedded dataset can be found
-    again: a store's path is not recorded, so another needs --data) and ``options`` (the config's
+    """A run's saved ``config.json`` as ``preset``, ``data`` (``builtin``, or the prepared store's
+    recorded path), ``store`` (the store's saved description) and ``options`` (the config's
     fields, as overrides). :class:`ConfigError` naming the first key that is not an option."""
     path = Path(path)
     try:
@@ -282,6 +286,8 @@ def _saved_run(path) -> dict:
         out["data"] = data
     elif isinstance(data, dict):
         out["store"] = data
+        if data.get("path"):
+            out["data"] = data["path"]
     fields = {f.name: f for f in dataclasses.fields(DistillConfig)}
     for k, v in d.items():
         if k not in fields:
@@ -351,12 +357,17 @@ def _run(args) -> int:
 
         saved = _saved_run(args.config) if args.config else {}
         args.preset = args.preset or saved.get("preset") or "auto"
-        if args.data is None and "store" in saved:
-            st = saved["store"]
-            raise ConfigError(f"--config {args.config}: the run distilled the store {st.get('name')!r} "
-                              f"({st.get('classes')} classes, {st.get('frames')} frames at "
-                              f"{st.get('size')}px); config.json does not record where it is: pass "
-                              f"--data STORE")
+        st = saved.get("store")
+        if args.data is None and st is not None:
+            what = (f"the run distilled the store {st.get('name')!r} ({st.get('classes')} classes, "
+                    f"{st.get('frames')} frames at {st.get('size')}px)")
+            if "data" not in saved:
+                raise ConfigError(f"--config {args.config}: {what}; config.json does not record "
+                                  f"where it is: pass --data STORE")
+            if not (Path(saved["data"]) / "store.json").exists():
+                raise ConfigError(f"--config {args.config}: {what} at {saved['data']}, which holds "
+                                  f"no store now: pass --data STORE")
+        from_file = args.data is None and st is not None
         args.data = args.data or saved.get("data") or "builtin"
         o = {**saved.get("options", {}), **_overrides(args)}
         method, ipc = o.pop("method", "dm"), o.pop("ipc", 1)
@@ -364,6 +375,10 @@ def _run(args) -> int:
         resolve(args.preset if args.preset != "auto" else
                 ("builtin" if args.data == "builtin" else "published"), method=method, ipc=ipc, **o)
         store = vdfast.open_data(args.data)
+        if from_file and {k: v for k, v in st.items() if k != "path"} != store.describe():
+            raise ConfigError(f"--config {args.config}: the store at {args.data} is not the one the "
+                              f"run distilled (then {_short(st)}, now {_short(store.describe())}); "
+                              f"pass --data STORE")
         out = Path(args.out or f"runs/{store.name}-{method}-ipc{ipc}")
         res = vdfast.distill(store, method=method, ipc=ipc, out=out, resume=args.resume,
                              preset=args.preset, **o)
