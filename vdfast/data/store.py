@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from vdfast.config import ConfigError, PrepareConfig
+from vdfast.engine.checkpoint import atomic_save_npy
 from vdfast.profiling import traced
 from vdfast.version import __version__
 
@@ -427,11 +428,9 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                     if info.get("short"):
                         short.append([it.path, f"{info['num_frames']} frames < {frames}: looped"])
                 arr = (np.concatenate(clips) if clips else np.zeros((0, frames, size, size, 3), np.uint8))
-                tmp = out / s / f"{c:04d}.tmp.npy"
-                np.save(tmp, arr)
                 (out / s / f"{c:04d}.json").write_text(json.dumps(
                     {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short}))
-                os.replace(tmp, out / s / f"{c:04d}.npy")
+                atomic_save_npy(out / s / f"{c:04d}.npy", arr)
     finally:
         if pool:
             pool.shutdown()

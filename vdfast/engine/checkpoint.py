@@ -204,6 +204,17 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def atomic_save_npy(path, arr) -> Path:
+    """:func:`atomic_write` of a numpy array as ``.npy`` (through a file object: ``np.save`` given
+    a path would append ``.npy`` to the temporary name)."""
+    import numpy as np
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+    return atomic_write(path, write)
+
+
 def tree_bytes(path) -> int:
     p = Path(path)
     if not p.exists():

@@ -49,6 +49,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vdfast.engine.checkpoint import atomic_save_npy, atomic_write
 from vdfast.profiling import span
 from vdfast.version import __version__
 
@@ -257,7 +258,7 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
                 continue
             t0 = time.perf_counter()
             rows = means_fn(k).to("cpu", getattr(torch, dtype)).numpy()
-            _save_npy(chunk(k), rows)
+            atomic_save_npy(chunk(k), rows)
             secs += time.perf_counter() - t0
             built += 1
             if built % 8 == 0:  # the time so far survives a kill
@@ -325,15 +326,7 @@ def _record_seconds(meta_file: Path, block: str, secs: float) -> None:
 
 
 def _write_json(f: Path, d: dict) -> None:
-    tmp = f.with_name(f"{f.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(d, indent=1, default=str))
-    os.replace(tmp, f)
-
-
-def _save_npy(f: Path, a: np.ndarray) -> None:
-    tmp = f.with_name(f"{f.stem}.tmp-{os.getpid()}.npy")
-    np.save(tmp, a)
-    os.replace(tmp, f)
+    atomic_write(f, lambda tmp: tmp.write_text(json.dumps(d, indent=1, default=str)))
 
 
 def _diff_keys(a: dict, b: dict) -> str:
