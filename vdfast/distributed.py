@@ -89,7 +89,7 @@ class Dist:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device] if self.device.type == "cuda" else None
-        ddp = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        ddp = DistributedDataParallel(module, device_ids=ids, **_no_buffer_sync())
         ddp.register_comm_hook(None, _sum_hook)
         return ddp
 
@@ -104,6 +104,18 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
+
+
+def _no_buffer_sync() -> dict:
+    """DDP's option not to broadcast rank 0's buffers before every forward (every rank's are the
+    same): ``forward_sync_buffers=False`` where torch has it (``broadcast_buffers`` is deprecated
+    there), else ``broadcast_buffers=False``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers": False}
 
 
 def _sum_hook(group, bucket):
