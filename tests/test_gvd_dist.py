@@ -63,9 +63,11 @@ with torch.no_grad():  # leave adaLN-zero's start so every parameter gets a grad
     for p in net.parameters():
         p.add_(0.05 * torch.randn(p.shape))
 params = list(net.parameters())
-loss = generator_batch_loss(net, x, y, noise_schedule("linear", 50).float(), g,
+model = dist.data_parallel(net)  # DistributedDataParallel on 2 ranks, summing the gradients
+assert isinstance(model, torch.nn.parallel.DistributedDataParallel) == dist.active
+loss = generator_batch_loss(model, x, y, noise_schedule("linear", 50).float(), g,
                             torch.Generator().manual_seed(1), _share(dist, g.gen_batch, "gen_batch"))
-dist.backward_(loss, params)
+loss.backward()
 if dist.main:
     torch.save(torch.cat([p.grad.flatten() for p in params]).double(), sys.argv[1])
 if dist.active:  # leave together: a rank exiting under a live gloo group can abort
@@ -75,8 +77,9 @@ if dist.active:  # leave together: a rank exiting under a live gloo group can ab
 
 
 def test_data_parallel_gradient_equals_the_one_process_gradient(tmp_path):
-    """The generator's batch split over 2 gloo ranks (3 rows each): the summed gradient is the
-    1-process gradient of the whole batch."""
+    """The generator's batch split over 2 gloo ranks (3 rows each), through the DDP wrapper of
+    Dist.data_parallel: the summed gradient is the 1-process gradient of the whole batch (DDP's
+    default averaging would give half of it)."""
     script = tmp_path / "grad.py"
     script.write_text(GRAD)
     for n in (1, 2):
@@ -84,3 +87,56 @@ def test_data_parallel_gradient_equals_the_one_process_gradient(tmp_path):
     g1, g2 = torch.load(tmp_path / "g1.pt"), torch.load(tmp_path / "g2.pt")
     assert g1.abs().max() > 0 and (g1 != 0).float().mean() > 0.9
     torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-7)
+
+
+RESUME = """
+import dataclasses, sys, torch
+from pathlib import Path
+from vdfast.config import GVDConfig
+from vdfast.data.store import ClipStore
+from vdfast.distributed import setup
+from vdfast.methods.gvd import train_autoencoder, train_generator
+dist = setup(torch.device("cpu"))
+root = Path(sys.argv[1])
+store = ClipStore.builtin(train_per_class=2, test_per_class=1, frames=4, size=16)
+lat = {lab: torch.randn(5, 4, 4, 4, 4, generator=torch.Generator().manual_seed(i)).half()
+       for i, lab in enumerate("abc")}
+g = GVDConfig(generator="tiny", ae_width=4, ae_steps=4, ae_batch=4, gen_steps=4, gen_batch=4,
+              train_timesteps=20, steps=3, checkpoint_every=1)
+half = dataclasses.replace(g, ae_steps=2, gen_steps=2)  # warm-up 1 step, constant lr: 2 + 2 = 4
+
+
+def both(cfg, name):
+    ae = train_autoencoder(store, cfg, 0, "cpu", root / name / "ae", progress=False, dist=dist)
+    gen = train_generator(lat, cfg, 0, "cpu", root / name / "gen", progress=False, dist=dist)
+    return ae.state_dict(), gen.state_dict()
+
+
+straight = both(g, "straight")
+both(half, "part")  # stopped after 2 of 4 steps: remove the finished stages' weights, resume
+dist.barrier()
+if dist.main:
+    (root / "part" / "ae" / "ae_final.pt").unlink()
+    (root / "part" / "gen" / "gen_final.pt").unlink()
+dist.barrier()
+resumed = both(g, "part")
+for a, b in zip(straight, resumed):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume differs"
+if dist.main:  # the files hold the plain modules' state dicts (no DDP "module." prefix)
+    for f, sd in (("ae/ae_final.pt", straight[0]), ("gen/gen_final.pt", straight[1])):
+        saved = torch.load(root / "part" / f)
+        assert saved.keys() == sd.keys() and all(torch.equal(saved[k], sd[k]) for k in sd), f
+if dist.active:
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+"""
+
+
+def test_two_rank_stages_resume_from_their_checkpoints(tmp_path):
+    """The autoencoder and the generator trained data-parallel on 2 ranks (DDP) for 2 of 4 steps,
+    then resumed from their step checkpoints, end where 4 uninterrupted steps end (the weights, the
+    generator's EMA, the optimiser and the data RNG restored into the plain modules before they
+    are wrapped), and the cached weights are the plain modules' state dicts."""
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME)
+    launch_script(script, 2, tmp_path / "runs", timeout=240)

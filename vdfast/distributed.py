@@ -15,6 +15,12 @@ integrator get the full sum), so every rank takes the identical optimizer step a
 synset — there is nothing to gather and a checkpoint is written by rank 0 alone. The random draws
 (network init, real-clip keys for ALL classes) come from a generator seeded identically on every
 rank, so the result does not depend on the number of processes beyond float summation order.
+
+Module training (GVD's autoencoder and generator, the teacher, the evaluation's full-train-set
+student) is data-parallel through ``DistributedDataParallel`` (:meth:`Dist.data_parallel`): every
+process draws the whole batch alike, takes its block of rows (:meth:`Dist.shard`), and its loss is
+its rows' share of the batch's loss; DDP's bucketed all-reduce sums the gradients during the
+backward. The distillation methods instead sum the synset's gradients (:meth:`Dist.sum_grads_`).
 """
 from __future__ import annotations
 
@@ -65,16 +71,27 @@ class Dist:
             g.copy_(flat[o:o + g.numel()].view_as(g))
             o += g.numel()
 
-    def backward_(self, loss: torch.Tensor, params) -> None:
-        """Backward of this process's share of a data-parallel loss, then the gradients of
-        ``params`` summed across processes (missing gradients count as zeros, so every process
-        sends the same buffer)."""
-        loss.backward()
-        if self.active:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            self.sum_grads_(params)
+    def data_parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` for data-parallel training on these processes: on one process the module
+        itself; on N, wrapped in ``torch.nn.parallel.DistributedDataParallel`` (gloo on CPUs, the
+        process's GPU on CUDA) whose gradient all-reduce, in buckets overlapping the backward, SUMS
+        the processes' gradients (:func:`_sum_hook`; DDP's own reduction averages them). Each
+        process's loss is its share of the whole batch's loss (its rows' sum / the batch's rows),
+        so the summed gradient is the 1-process gradient of the batch up to float summation order.
+
+        Every process must run the wrapper's forward and backward at every step, also with no rows
+        (a zero-row forward gives zero gradients); parameters and buffers are taken from rank 0
+        when wrapping (identical on every rank here) and buffers are not broadcast again. Train,
+        save, load and copy (EMA) ``module`` itself, not the wrapper: its state dict has no
+        ``module.`` prefix."""
+        if not self.active:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device] if self.device.type == "cuda" else None
+        ddp = DistributedDataParallel(module, device_ids=ids, **_no_buffer_sync())
+        ddp.register_comm_hook(None, _sum_hook)
+        return ddp
 
     def gather_rows(self, part: torch.Tensor, n: int) -> torch.Tensor:
         """The ``[n, ...]`` tensor whose rows :meth:`shard` ``(n)`` are ``part`` on each rank, on
@@ -87,6 +104,32 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
+
+
+def _no_buffer_sync() -> dict:
+    """DDP's option not to broadcast rank 0's buffers before every forward (every rank's are the
+    same): ``forward_sync_buffers=False`` where torch has it (``broadcast_buffers`` is deprecated
+    there), else ``broadcast_buffers=False``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers": False}
+
+
+def _sum_hook(group, bucket):
+    """A DDP communication hook: the bucket's gradients summed over the processes (no division by
+    the world size, which DDP's default hook applies)."""
+    fut = torch.distributed.all_reduce(bucket.buffer(), group=group, async_op=True).get_future()
+    return fut.then(lambda f: f.value()[0])
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module a :meth:`Dist.data_parallel` wrapper trains (``module`` itself when not one)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 def _block(rank: int, world: int, n: int) -> range:

@@ -88,11 +88,13 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
     the final training loss.
 
     With ``dist`` of N processes (all calling this with the same ``net`` and ``gen``) the training
-    is data-parallel: each process takes its block of rows of every batch, the batch's
-    standardisation statistics and the gradients are summed, dropout masks are drawn for the whole
-    batch (:class:`~vdfast.models.RowDropout`); the same training as one process up to float
-    summation order, every process ending with the same ``net``. Not with batch normalisation
-    (per-process batch statistics): refused."""
+    is data-parallel: each process takes its block of rows of every batch (maybe none), the
+    batch's standardisation statistics are summed, ``net`` runs wrapped in
+    ``DistributedDataParallel`` whose all-reduce sums the gradients
+    (:meth:`~vdfast.distributed.Dist.data_parallel`), dropout masks are drawn for the whole batch
+    (:class:`~vdfast.models.RowDropout`); the same training as one process up to float summation
+    order, every process ending with the same ``net``. Not with batch normalisation (per-process
+    batch statistics): refused."""
     from vdfast.engine.loop import Loop
     from vdfast.models import RowDropout
 
@@ -108,6 +110,7 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
     n = len(source)
     steps = math.ceil(n / cfg.batch)
     net.train()
+    model = dp.data_parallel(net) if dp is not None else net  # net itself on one process
     loss = torch.zeros(())
 
     def epoch(_):
@@ -116,7 +119,8 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
         for s in range(steps):
             idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
             total = 0
-            if dp is not None:  # this process's rows (maybe none: zeros, same RNG draws)
+            if dp is not None:  # this process's rows (maybe none: the wrapper still runs forward
+                # and backward, zero gradients, the same RNG draws)
                 rows, total = dp.shard(idx.numel()), idx.numel()
                 for m in drops:
                     m.split = (rows.start, rows.stop, total)
@@ -124,12 +128,9 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
             x, y = source.batch(idx)
             if cfg.standardize:
                 x = standardize_batch(x, dp)
-            loss = student_loss(net(x), y, soft, cfg.soft_temperature, total)
+            loss = student_loss(model(x), y, soft, cfg.soft_temperature, total)
             opt.zero_grad(set_to_none=True)
-            if dp is not None:
-                dp.backward_(loss, params)
-            else:
-                loss.backward()
+            loss.backward()  # N processes: DDP sums the gradients during the backward
             opt.step()
         sched.step()
 

@@ -20,8 +20,9 @@ instance's noise comes from a generator seeded by (seed, label name, slot): a st
 classes in another order gives the same modes and the same videos per label.
 
 Several processes (``self.dist``): the autoencoder, the generator and the teacher train
-data-parallel (each rank computes its rows of every batch, the gradients are summed: the same
-training as one process; the teacher's dropout masks are drawn for the whole batch); rank 0
+data-parallel (each rank computes its rows of every batch through ``DistributedDataParallel``,
+whose all-reduce sums the gradients: the same training as one process; the teacher's dropout masks
+are drawn for the whole batch; caches and checkpoints hold the plain modules' weights); rank 0
 computes the latents and modes first and the others load them from the workdir after a barrier
 (without a workdir every rank computes them); then sampling is sharded by class
 (``Dist.shard``) and the ranks' rows are summed into the whole set on every rank.
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from vdfast.data.store import ClipStore
-from vdfast.distributed import Dist
+from vdfast.distributed import Dist, unwrap
 from vdfast.engine.train import class_probability, soft_labels, train_stats, train_teacher
 from vdfast.methods.base import Method
 from vdfast.methods.gvd_sample import instance_generator, kmeans, noise_schedule, sample
@@ -217,7 +218,8 @@ def build_autoencoder(g, channels: int = 3):
 
 def _share(dist, batch: int, what: str) -> slice:
     """This process's rows of a ``batch`` every process draws alike (data-parallel training: each
-    computes its rows' share of the batch loss, :meth:`Dist.sum_grads_` adds the shares)."""
+    computes its rows' share of the batch loss, :meth:`Dist.data_parallel`'s all-reduce adds the
+    shares' gradients)."""
     rows = dist.shard(batch)
     if not len(rows):
         raise ValueError(f"gvd {what} ({batch}) is smaller than the {dist.world} processes; "
@@ -225,12 +227,25 @@ def _share(dist, batch: int, what: str) -> slice:
     return slice(rows.start, rows.stop)
 
 
+class _Reconstruct(torch.nn.Module):
+    """``decoder(encoder(x))`` of an autoencoder as a module's forward (what the autoencoder's
+    training step runs, wrapped by :meth:`Dist.data_parallel`)."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, x):
+        return self.ae.decoder(self.ae.encoder(x))
+
+
 def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None = None,
                       progress: bool = True, dist=None):
     """The frame autoencoder of config ``g`` (GVDConfig) trained on random TRAIN frames (MSE),
     then its latent ``scale`` set to 1 / std of the training latents. Resumes from ``ckpt/ae.pt``.
     With ``dist`` (N processes, all calling this) each process computes its share of every batch
-    and the gradients are summed: the same training as one process; the main one writes ``ckpt``."""
+    through a ``DistributedDataParallel`` wrapper that sums the gradients: the same training as
+    one process; the main one writes ``ckpt`` (the autoencoder's own state dict)."""
     dist = dist or Dist()
     ae = _seeded(lambda: build_autoencoder(g), seed * 7 + 3).to(device)
     if g.autoencoder:
@@ -256,14 +271,14 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
         return _to_unit(torch.from_numpy(u8)).to(device)
 
     mine = _share(dist, g.ae_batch, "ae_batch")
-    params = list(ae.parameters())
     ae.train()
+    recon = dist.data_parallel(_Reconstruct(ae))  # after the resume: every rank holds its weights
 
     def train_step(_):
         x = frames_batch(g.ae_batch)[mine]
-        loss = F.mse_loss(ae.decoder(ae.encoder(x)), x) * (x.shape[0] / g.ae_batch)
+        loss = F.mse_loss(recon(x), x) * (x.shape[0] / g.ae_batch)
         opt.zero_grad(set_to_none=True)
-        dist.backward_(loss, params)
+        loss.backward()  # N processes: the DDP wrapper sums the gradients
         opt.step()
         return loss.detach()
 
@@ -349,7 +364,7 @@ def generator_batch_loss(net, x_all: torch.Tensor, y_all: torch.Tensor, ab: torc
     """This process's share of one training batch's loss: the whole batch (clips, timesteps,
     class dropout, noise) is drawn from ``gen`` alike in every process, ``mine`` selects this
     process's rows, and their loss is weighted by rows / batch, so the shares sum to the loss of
-    the whole batch."""
+    the whole batch. ``net``: the VideoDiT, or its :meth:`Dist.data_parallel` wrapper."""
     n = x_all.shape[0]
     idx = torch.randint(n, (g.gen_batch,), generator=gen)
     t = torch.randint(g.train_timesteps, (g.gen_batch,), generator=gen)
@@ -357,7 +372,7 @@ def generator_batch_loss(net, x_all: torch.Tensor, y_all: torch.Tensor, ab: torc
     noise = torch.randn((g.gen_batch,) + tuple(x_all.shape[1:]), generator=gen)
     idx, t, drop, noise = (v[mine].to(x_all.device) for v in (idx, t, drop, noise))
     x0 = x_all[idx].float()
-    y = torch.where(drop, torch.full_like(y_all[idx], net.null_class), y_all[idx])
+    y = torch.where(drop, torch.full_like(y_all[idx], unwrap(net).null_class), y_all[idx])
     a = ab[t].view(-1, 1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     with torch.autocast("cuda", torch.bfloat16, enabled=x_t.is_cuda):  # bf16 matmuls on GPU
@@ -419,15 +434,15 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
     step = _load_train_state(state, {"model": net, "ema": ema}, opt, gen)
     warmup = max(1, min(500, g.gen_steps // 20))
     mine = _share(dist, g.gen_batch, "gen_batch")
-    params = list(net.parameters())
     net.train()
+    model = dist.data_parallel(net)  # after the resume; the EMA and the checkpoints use net itself
 
     def train_step(step):
-        loss = generator_batch_loss(net, x_all, y_all, ab, g, gen, mine)
+        loss = generator_batch_loss(model, x_all, y_all, ab, g, gen, mine)
         for pg in opt.param_groups:
             pg["lr"] = g.gen_lr * _lr_factor(step, g.gen_steps, warmup, g.lr_schedule)
         opt.zero_grad(set_to_none=True)
-        dist.backward_(loss, params)
+        loss.backward()  # N processes: the DDP wrapper sums the gradients
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
