@@ -32,7 +32,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from vdfast.ops.dispatch import FLOATS, fused_backward, kernel_fake, new_out, op
+from vdfast.ops.dispatch import FLOATS, fused, fused_backward, fused_grad, kernel_fake, new_out, op
 
 __all__ = ["blend_static_dynamic", "static_planes", "blend_decomposed"]
 
@@ -246,6 +246,9 @@ def _(grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn, need_params, back
     return tuple(dyn.new_empty(sh, dtype=dt) for sh, dt in zip(shapes, dtypes))
 
 
+_blend_grad = fused_grad(_blend_grad_op)  # the op under compile, its function in eager
+
+
 def _setup_context(ctx, inputs, output):
     planes, dyn, wd, bias, sidx, didx, backend = inputs
     ctx.save_for_backward(dyn, wd, sidx, didx)
@@ -258,13 +261,14 @@ def _backward(ctx, grad):
     dyn, wd, sidx, didx = ctx.saved_tensors
     need = ctx.needs_input_grad
     Ns, K = ctx.plane_shape[:2]
-    gp, gd, gw, gb = _blend_grad_op(grad.contiguous(), dyn, wd, sidx, didx, Ns, K, bool(need[0]),
+    gp, gd, gw, gb = _blend_grad(grad.contiguous(), dyn, wd, sidx, didx, Ns, K, bool(need[0]),
                                     bool(need[1]), bool(need[2] or need[3]), ctx.backend)
     return (gp if need[0] else None, gd if need[1] else None, gw if need[2] else None,
             gb if need[3] else None, None, None, None)
 
 
 _blend_op.register_autograd(_backward, setup_context=_setup_context)
+_RUN = {b: fused(_blend_op, b) for b in _LAUNCHERS}  # what each backend calls
 
 
 def _blend_fused(backend, static, dynamic, weight, bias, static_idx, dynamic_idx):
@@ -276,8 +280,8 @@ def _blend_fused(backend, static, dynamic, weight, bias, static_idx, dynamic_idx
     wd = weight[:, C].reshape(Co, 27).contiguous()
     if bias is None:
         bias = torch.zeros(Co, dtype=weight.dtype, device=weight.device)
-    return _blend_op(planes, dyn, wd, bias.contiguous(), static_idx.contiguous(),
-                     dynamic_idx.contiguous(), backend)
+    return _RUN[backend](planes, dyn, wd, bias.contiguous(), static_idx.contiguous(),
+                         dynamic_idx.contiguous())
 
 
 def _reference_backend(static, dynamic, weight, bias, static_idx, dynamic_idx):

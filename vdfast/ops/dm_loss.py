@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, kernel_fake, op
+from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import dm_loss as _ref
 
@@ -130,6 +130,9 @@ def _(labels, diff, scale, n, dtype, backend):
     return diff.new_empty((n, diff.shape[1]), dtype=dtype)
 
 
+_dm_loss_grad = fused_grad(_dm_loss_grad_op)  # the op under compile, its function in eager
+
+
 def _setup_context(ctx, inputs, output):
     real, real_labels, syn, syn_labels, _, backend = inputs
     _, diff, cnt = output
@@ -146,9 +149,9 @@ def _backward(ctx, g, _g_diff, _g_cnt):
     nr, dtr, ns, dts, backend = ctx.meta
     # d loss / d real_i = 2 diff[c_i] / n_real[c_i]; d / d syn_j = -2 diff[c_j] / n_syn[c_j]
     scale = 2.0 * g.to(diff.dtype) / cnt.clamp_min(1.0)
-    gr = _dm_loss_grad_op(rl, diff, scale[0].contiguous(), nr, dtr, backend) \
+    gr = _dm_loss_grad(rl, diff, scale[0].contiguous(), nr, dtr, backend) \
         if ctx.needs_input_grad[0] else None
-    gs = _dm_loss_grad_op(sl, diff, (-scale[1]).contiguous(), ns, dts, backend) \
+    gs = _dm_loss_grad(sl, diff, (-scale[1]).contiguous(), ns, dts, backend) \
         if ctx.needs_input_grad[2] else None
     return gr, None, gs, None, None, None
 

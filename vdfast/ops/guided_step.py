@@ -28,7 +28,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from vdfast.ops.dispatch import FLOATS, kernel_fake, op
+from vdfast.ops.dispatch import FLOATS, fused, kernel_fake, op
 from vdfast.ops.dispatch import new_out as _new_out_like
 from vdfast.reference.guided_step import guided_step as _ref_guided_step
 
@@ -162,9 +162,11 @@ def _(x, eps, guide, lam, noise, coefs, sampler, out, backend):
 
 
 def _fused(backend):
+    op_call = fused(_guided_step_op, backend)
+
     def run(x, eps, guide, lam, noise, coefs, sampler, out):
         out = _new_out(x) if out is None else out
-        _guided_step_op(x, eps, guide, lam, noise, [float(c) for c in coefs], sampler, out, backend)
+        op_call(x, eps, guide, lam, noise, [float(c) for c in coefs], sampler, out)
         return out
     return run
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, kernel_fake, op
+from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import trajectory_loss as _ref
 
@@ -119,6 +119,9 @@ def _(s, a, t, coef, need_s, need_a, need_t, backend):
     return tuple(s.new_empty(s.shape if n else (0,)) for n in (need_s, need_a, need_t))
 
 
+_trajectory_loss_grad = fused_grad(_trajectory_loss_grad_op)  # the op under compile, its function in eager
+
+
 def _setup_context(ctx, inputs, output):
     s, a, t, backend = inputs
     _, sums = output
@@ -136,7 +139,7 @@ def _backward(ctx, g, _g_sums):
     g = g.double()
     coef = torch.stack([2 * g / den, -2 * g * num / (den * den)])
     need = tuple(bool(x) for x in ctx.needs_input_grad[:3])
-    grads = _trajectory_loss_grad_op(s, a, t, coef, *need, ctx.backend)
+    grads = _trajectory_loss_grad(s, a, t, coef, *need, ctx.backend)
     return tuple(gr if n else None for gr, n in zip(grads, need)) + (None,)
 
 
