@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tolerances import fused_op_env, needs_backend  # noqa: F401 (fused_op_env: autouse)
 import vdfast.ops  # noqa: F401
-from vdfast.ops.dispatch import OPS, _forward_and_grads, through_custom_ops
+from vdfast.ops.dispatch import OPS, _forward_and_grads, _tensors, through_custom_ops
 
 BACKENDS = ["cpp", "triton"]
 NAMES = sorted(OPS)
@@ -54,9 +54,7 @@ def test_each_path_runs_where_meant(name):
     needs_backend("cpp")
     public, args, kwargs = _case(name)
     run = lambda: _forward_and_grads(public, args, kwargs, "cpp")  # noqa: E731
-    has_grad = OPS[name].check is not None and any(
-        t.requires_grad for t in args if torch.is_tensor(t)) or any(
-        isinstance(a, list) and any(t.requires_grad for t in a) for a in args)
+    has_grad = any(t.requires_grad for t in _tensors(args))
     eager = _vdfast_events(run)
     with through_custom_ops():
         custom = _vdfast_events(run)

@@ -330,16 +330,42 @@ def fused(custom_op: Callable, backend: str, post: Callable | None = None) -> Ca
     return run
 
 
-def fused_grad(grad_op: Callable) -> Callable:
-    """What a fused op's backward calls for its gradient custom op ``grad_op``: the op (under the
-    custom op's own autograd formula: torch.compile, a dispatch mode, :func:`through_custom_ops`),
-    or its implementation directly inside the eager path's backward."""
+def fused_grad(grad_op: Callable, triton_grad_op: Callable | None = None) -> Callable:
+    """What a fused op's backward calls for its gradient custom op ``grad_op`` (its last argument
+    the backend's name): the op (under the custom op's own autograd formula: torch.compile, a
+    dispatch mode, :func:`through_custom_ops`), or its implementation directly inside the eager
+    path's backward. For the backend ``"triton"``, ``triton_grad_op`` (:func:`triton_variant`)."""
+    ops = {"triton": triton_grad_op or grad_op}
+    impls = {name: o._init_fn for name, o in ops.items()}
     impl = grad_op._init_fn
 
     def call(*args):
-        return impl(*args) if getattr(_DIRECT, "on", False) else grad_op(*args)
+        if getattr(_DIRECT, "on", False):
+            return impls.get(args[-1], impl)(*args)
+        return ops.get(args[-1], grad_op)(*args)
     call.__name__ = getattr(grad_op, "__name__", "grad_op")
     return call
+
+
+def triton_variant(custom_op):
+    """``custom_op`` again as ``torch.library.triton_op("<its name>_triton")``: the same
+    implementation (called with the backend ``"triton"``: its launchers call the kernels through
+    ``torch.library.wrap_triton``), the same fake and the same autograd formula. Under
+    torch.compile, AOT autograd then traces the kernels themselves into the graph
+    (``triton_kernel_wrapper_functional``: inductor compiles and schedules them as user kernels)
+    instead of one opaque op. In eager mode (and in the custom op's own eager call) the kernels
+    launch directly (triton_op turns ``wrap_triton`` off there)."""
+    schema = custom_op._opoverload._schema
+    mutates = tuple(a.name for a in schema.arguments
+                    if a.alias_info is not None and a.alias_info.is_write)
+    top = torch.library.triton_op(f"{custom_op._qualname}_triton", custom_op._init_fn,
+                                  mutates_args=mutates)
+    # the explicit fake, not triton_op's default (the implementation run on fake tensors): the
+    # same shapes without a kernel launch, so FakeTensor also works under TRITON_INTERPRET=1
+    top.register_fake(custom_op._abstract_fn)
+    if custom_op._backward_fn is not None:
+        top.register_autograd(custom_op._backward_fn, setup_context=custom_op._setup_context_fn)
+    return top
 
 
 @functools.lru_cache(maxsize=None)
