@@ -312,6 +312,10 @@ def parse_args(argv=None):
     p.add_argument("--markdown", default=None,
                    help="write the tables (device, copy bandwidth, versions, one table per op) here")
     p.add_argument("--compare", default=None, help="base JSON rows: print speed-ups")
+    p.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                   help="instead of the named workloads: the first one (of --workloads, else the "
+                        "bench's) with KEY set to each value (e.g. P=65536,131072,262144: where a "
+                        "backend's crossover with the reference lies)")
     p.add_argument("--overhead", default=None, metavar="BACKEND",
                    help="instead: each op's fixed cost per call on tiny inputs (CPU), BACKEND's "
                         "eager path vs its custom ops vs the reference (repeats default 2000)")
@@ -350,6 +354,10 @@ def main(benches: Sequence[Bench], argv=None) -> list[dict]:
         if a.workloads:
             names = a.workloads.split(",")
             workloads = {k: v for k, v in {**bench.workloads, **bench.smoke}.items() if k in names}
+        if a.sweep:
+            key, values = a.sweep.split("=", 1)
+            base = dict(next(iter(workloads.values()), {}))
+            workloads = {f"{key}={v}": {**base, key: int(v)} for v in values.split(",")}
         for name, shape in workloads.items():
             rows += run_case(bench, name, shape, device, dtype, provs, modes, repeats, warmup,
                              copy_gbps, env)

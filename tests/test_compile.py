@@ -84,7 +84,7 @@ def test_trajectory_loss_compiles_fullgraph(gen):
     backward runs inside the compiled backward, and the gradient reaches the synthetic step size
     through the student's own graph."""
     torch._dynamo.reset()
-    P = 70000  # above the cpp backend's automatic minimum (65536)
+    P = 140000  # above the cpp backend's automatic minimum (131072)
     start, target = torch.randn(P, generator=gen), torch.randn(P, generator=gen)
     g = torch.randn(P, generator=gen)
 

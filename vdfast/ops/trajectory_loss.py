@@ -195,10 +195,12 @@ def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Te
 
 
 _OP.register("reference", _ref.trajectory_loss, devices=("cpu", "cuda"), double_backward=True)
-# below ~64k parameters the reference is faster on a CPU: the fused call's fixed cost (the custom
-# op's dispatch, allocations) outweighs one pass over the vectors (BENCHMARKS.md, "crossover")
+# below ~128k parameters the reference is faster on a CPU (forward+backward: 0.65-0.73x at 64k-96k,
+# 1.0x at 128k, 1.5-2x from 160k; BENCHMARKS.md, "crossover"): the fused call's fixed cost (the
+# backward's coefficients, allocations, two kernel calls) outweighs one pass over the vectors;
+# from ~128k the reference's own time rises steeply
 _OP.register("cpp", fused(_trajectory_loss_op, "cpp", _loss), devices=("cpu",),
-             auto_min_numel=65536, kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
+             auto_min_numel=131072, kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
 _OP.register("triton", fused(_trajectory_loss_triton_op, "triton", _loss), devices=("cuda",))
 _OP.register("cuda", fused(_trajectory_loss_op, "cuda", _loss), devices=("cuda",),
              kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
