@@ -22,7 +22,10 @@ first use and remember their answer.
 
 How a fused backend runs: the op's fused forward and backward are ``torch.library.custom_op`` ops
 (``torch.ops.vdfast.<op>``, taking the backend's name as their last argument) with fake kernels
-and a registered autograd formula, so ``torch.compile`` captures them whole. The cpp and cuda
+and a registered autograd formula, so ``torch.compile`` captures them whole; the Triton backend's
+are ``torch.library.triton_op``'s of the same functions (``<op>_triton``: compile traces their
+kernels). In eager mode the same functions run without the custom-op machinery (:func:`fused`).
+The cpp and cuda
 backends call the same compiled kernels (``torch.ops.vdfast.<op>_fwd`` ..., one schema each, a CPU
 and a CUDA kernel): the dispatcher runs the one for the tensors' device. The choice below is
 traceable (the probes are constants while torch.compile traces; the first-call check and logging
