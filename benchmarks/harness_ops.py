@@ -34,6 +34,7 @@ import argparse
 import importlib.util
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -229,6 +230,66 @@ def markdown(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# the fused ops' fixed cost per call: the eager path against the custom-op path
+# ---------------------------------------------------------------------------------------------
+def overhead(backend: str = "cpu", repeats: int = 2000, warmup: int = 50,
+             names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32) -> list[dict]:
+    """Per op, on its first-call check's tiny input (``Op.check_with``; float32, CPU): the public
+    function with ``backend`` in eager mode (the direct path of ``dispatch.fused``), the same through
+    its custom ops (``dispatch.through_custom_ops()``: the path torch.compile captures), and the
+    reference; forward, plus backward where the input has gradients (``torch.autograd.grad`` of
+    the outputs' sum). Calls interleaved, median µs of ``repeats``."""
+    from vdfast.ops.dispatch import OPS, _tensors, through_custom_ops
+    import vdfast.ops  # noqa: F401
+
+    rows = []
+    for name in names or sorted(OPS):
+        o = OPS[name]
+        if backend not in o.impls or o.check is None:
+            continue
+        public, make = o.check
+        args, kwargs = make(torch.device("cpu"), dtype, torch.Generator().manual_seed(0))
+        leaves = [t for t in _tensors(args) if t.requires_grad]
+
+        def call(b, custom=False):
+            def run():
+                with through_custom_ops(custom):
+                    outs = [t for t in _tensors(public(*args, backend=b, **kwargs))
+                            if t.is_floating_point()]
+                    if leaves:
+                        torch.autograd.grad(sum(t.sum() for t in outs), leaves, allow_unused=True)
+            return run
+        calls = {"reference": call("reference"), f"{backend} eager": call(backend),
+                 f"{backend} custom op": call(backend, custom=True)}
+        times = {k: [] for k in calls}
+        for c in calls.values():
+            for _ in range(warmup):
+                c()
+        for _ in range(repeats):
+            for k, c in calls.items():
+                t0 = time.perf_counter()
+                c()
+                times[k].append((time.perf_counter() - t0) * 1e6)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append(dict(op=name, mode="fwd+bwd" if leaves else "fwd", backend=backend,
+                         repeats=repeats, **{f"{k} us": v for k, v in med.items()}))
+    return rows
+
+
+def overhead_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    b = rows[0]["backend"]
+    lines = [f"| op | mode | reference µs | {b} eager µs | {b} custom op µs | custom op - eager µs |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        e, c = r[f"{b} eager us"], r[f"{b} custom op us"]
+        lines.append(f"| {r['op']} | {r['mode']} | {r['reference us']:.1f} | {e:.1f} | {c:.1f} | "
+                     f"{c - e:.1f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv=None):
@@ -251,6 +312,13 @@ def parse_args(argv=None):
     p.add_argument("--markdown", default=None,
                    help="write the tables (device, copy bandwidth, versions, one table per op) here")
     p.add_argument("--compare", default=None, help="base JSON rows: print speed-ups")
+    p.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...",
+                   help="instead of the named workloads: the first one (of --workloads, else the "
+                        "bench's) with KEY set to each value (e.g. P=65536,131072,262144: where a "
+                        "backend's crossover with the reference lies)")
+    p.add_argument("--overhead", default=None, metavar="BACKEND",
+                   help="instead: each op's fixed cost per call on tiny inputs (CPU), BACKEND's "
+                        "eager path vs its custom ops vs the reference (repeats default 2000)")
     return p.parse_args(argv)
 
 
@@ -258,6 +326,12 @@ def main(benches: Sequence[Bench], argv=None) -> list[dict]:
     a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)  # also sets OpenMP's count for vdfast._C (same runtime)
+    if a.overhead:
+        rows = overhead(a.overhead, a.repeats or 2000, a.warmup if a.warmup is not None else 50,
+                        a.workloads.split(",") if a.workloads else None)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median µs of "
+              f"{a.repeats or 2000} interleaved calls\n\n" + overhead_markdown(rows))
+        return finish(rows, a.json, None)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() and not a.smoke else "cpu"))
     repeats = a.repeats or (10 if a.smoke else 25)
     warmup = a.warmup if a.warmup is not None else (2 if a.smoke else 5)
@@ -280,6 +354,10 @@ def main(benches: Sequence[Bench], argv=None) -> list[dict]:
         if a.workloads:
             names = a.workloads.split(",")
             workloads = {k: v for k, v in {**bench.workloads, **bench.smoke}.items() if k in names}
+        if a.sweep:
+            key, values = a.sweep.split("=", 1)
+            base = dict(next(iter(workloads.values()), {}))
+            workloads = {f"{key}={v}": {**base, key: int(v)} for v in values.split(",")}
         for name, shape in workloads.items():
             rows += run_case(bench, name, shape, device, dtype, provs, modes, repeats, warmup,
                              copy_gbps, env)

@@ -84,7 +84,7 @@ def test_trajectory_loss_compiles_fullgraph(gen):
     backward runs inside the compiled backward, and the gradient reaches the synthetic step size
     through the student's own graph."""
     torch._dynamo.reset()
-    P = 70000  # above the cpp backend's automatic minimum (65536)
+    P = 140000  # above the cpp backend's automatic minimum (131072)
     start, target = torch.randn(P, generator=gen), torch.randn(P, generator=gen)
     g = torch.randn(P, generator=gen)
 
@@ -114,3 +114,58 @@ def test_explicit_reference_backend_compiles_to_plain_torch(gen):
                       backend=_capturing(graphs, "aot_eager"))
     torch.testing.assert_close(f(real, syn), dm_loss(real, rl, syn, sl, 3, backend="reference"))
     assert not _vdfast_calls(graphs)
+
+
+def _aot_capturing(graphs):
+    """A torch.compile backend that keeps AOT autograd's forward and backward graphs (where a
+    triton_op shows as its kernels) and runs them eagerly (what ``aot_eager`` does)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+    return aot_autograd(fw_compiler=keep, bw_compiler=keep)
+
+
+def _kernel_nodes(graphs) -> int:
+    return sum("triton_kernel_wrapper" in str(n.target) for gm in graphs for n in gm.graph.nodes
+               if n.op == "call_function")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("inner", ["aot_eager", "inductor"])
+def test_triton_backend_compiles_into_its_kernels(inner, gen):
+    """On a GPU: a DM loss and an MTT outer loss on the triton backend compile fullgraph, with
+    the eager results; AOT autograd's forward and backward graphs hold the Triton kernels
+    themselves (the ops are torch.library.triton_op's), which inductor then compiles with the
+    graph (``inner="inductor"``: the same capture, compiled)."""
+    pytest.importorskip("triton")
+    torch._dynamo.reset()
+    dev = "cuda"
+    real = torch.randn(40, 96, generator=gen).to(dev)
+    rl = (torch.arange(40) % 5).to(dev)
+    sl = torch.arange(5).to(dev)
+    start, target = (torch.randn(5000, generator=gen).to(dev) for _ in range(2))
+    g = torch.randn(5000, generator=gen).to(dev)
+
+    def step(syn, lr):
+        a = dm_loss(real, rl, syn * 1.5, sl, 5, backend="triton")
+        b = trajectory_loss(start - lr * g, start, target, backend="triton")
+        return a + b
+
+    syn0 = torch.randn(5, 96, generator=gen).to(dev)
+    syn_e, lr_e = syn0.clone().requires_grad_(), torch.tensor(0.1, device=dev, requires_grad=True)
+    step(syn_e, lr_e).backward()
+    graphs = []
+    syn_c, lr_c = syn0.clone().requires_grad_(), torch.tensor(0.1, device=dev, requires_grad=True)
+    backend = _aot_capturing(graphs) if inner == "aot_eager" else "inductor"
+    loss_c = torch.compile(step, fullgraph=True, backend=backend)(syn_c, lr_c)
+    loss_c.backward()
+    if inner == "aot_eager":
+        assert len(graphs) == 2  # one forward, one backward graph
+        fw_kernels, bw_kernels = _kernel_nodes(graphs[:1]), _kernel_nodes(graphs[1:])
+        assert fw_kernels >= 4 and bw_kernels >= 2, (fw_kernels, bw_kernels)
+        assert not any(str(n.target).startswith("vdfast.") for gm in graphs
+                       for n in gm.graph.nodes if n.op == "call_function")
+    torch.testing.assert_close(syn_c.grad, syn_e.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lr_c.grad, lr_e.grad, rtol=1e-5, atol=1e-6)

@@ -30,9 +30,11 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.library import wrap_triton
 import torch.nn.functional as F
 
-from vdfast.ops.dispatch import FLOATS, fused_backward, kernel_fake, new_out, op
+from vdfast.ops.dispatch import (FLOATS, fused, fused_backward, fused_grad, kernel_fake, new_out, op,
+                                 triton_variant)
 
 __all__ = ["blend_static_dynamic", "static_planes", "blend_decomposed"]
 
@@ -175,9 +177,9 @@ def _triton_fwd(planes, dyn, wd, bias, sidx, didx):
     out = _new((N, Co, T, H, W), dyn)
     block, acc = _triton_meta(H * W, dyn)
     grid = (N * T, triton.cdiv(H * W, block))
-    _blend_static_dynamic_fwd_kernel[grid](planes, dyn, wd, bias, sidx, didx, out, planes.shape[1],
-                                           T, H, W, C_OUT=Co, CO_BLOCK=triton.next_power_of_2(Co),
-                                           BLOCK=block, ACC=acc)
+    wrap_triton(_blend_static_dynamic_fwd_kernel)[grid](
+        planes, dyn, wd, bias, sidx, didx, out, planes.shape[1], T, H, W, C_OUT=Co,
+        CO_BLOCK=triton.next_power_of_2(Co), BLOCK=block, ACC=acc)
     return out
 
 
@@ -187,7 +189,7 @@ def _triton_bwd_planes(grad, gp_n):
     from vdfast._kernels.blend_static_dynamic import _blend_static_dynamic_bwd_planes_kernel
     N, Co, T, H, W = grad.shape
     block, acc = _triton_meta(H * W, grad)
-    _blend_static_dynamic_bwd_planes_kernel[(N * Co, triton.cdiv(H * W, block))](
+    wrap_triton(_blend_static_dynamic_bwd_planes_kernel)[(N * Co, triton.cdiv(H * W, block))](
         grad, gp_n, gp_n.shape[1], T, H * W, C_OUT=Co, BLOCK=block, ACC=acc)
 
 
@@ -197,7 +199,7 @@ def _triton_bwd_dyn(grad, wd, gd_n):
     from vdfast._kernels.blend_static_dynamic import _blend_static_dynamic_bwd_kernel
     N, Co, T, H, W = grad.shape
     block, acc = _triton_meta(H * W, grad)
-    _blend_static_dynamic_bwd_kernel[(N * T, triton.cdiv(H * W, block))](
+    wrap_triton(_blend_static_dynamic_bwd_kernel)[(N * T, triton.cdiv(H * W, block))](
         grad, wd, gd_n, T, H, W, C_OUT=Co, CO_BLOCK=triton.next_power_of_2(Co), BLOCK=block,
         ACC=acc)
 
@@ -246,6 +248,12 @@ def _(grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn, need_params, back
     return tuple(dyn.new_empty(sh, dtype=dt) for sh, dt in zip(shapes, dtypes))
 
 
+# the Triton backend's ops: triton_ops (torch.compile traces their kernels), same functions
+_blend_grad_triton_op = triton_variant(_blend_grad_op)  # vdfast::blend_static_dynamic_grad_triton
+# what the backward calls: the op under compile, its function in eager
+_blend_grad = fused_grad(_blend_grad_op, _blend_grad_triton_op)
+
+
 def _setup_context(ctx, inputs, output):
     planes, dyn, wd, bias, sidx, didx, backend = inputs
     ctx.save_for_backward(dyn, wd, sidx, didx)
@@ -258,13 +266,15 @@ def _backward(ctx, grad):
     dyn, wd, sidx, didx = ctx.saved_tensors
     need = ctx.needs_input_grad
     Ns, K = ctx.plane_shape[:2]
-    gp, gd, gw, gb = _blend_grad_op(grad.contiguous(), dyn, wd, sidx, didx, Ns, K, bool(need[0]),
+    gp, gd, gw, gb = _blend_grad(grad.contiguous(), dyn, wd, sidx, didx, Ns, K, bool(need[0]),
                                     bool(need[1]), bool(need[2] or need[3]), ctx.backend)
     return (gp if need[0] else None, gd if need[1] else None, gw if need[2] else None,
             gb if need[3] else None, None, None, None)
 
 
 _blend_op.register_autograd(_backward, setup_context=_setup_context)
+_blend_triton_op = triton_variant(_blend_op)  # vdfast::blend_static_dynamic_triton
+_RUN = {b: fused(_blend_triton_op if b == "triton" else _blend_op, b) for b in _LAUNCHERS}
 
 
 def _blend_fused(backend, static, dynamic, weight, bias, static_idx, dynamic_idx):
@@ -276,8 +286,8 @@ def _blend_fused(backend, static, dynamic, weight, bias, static_idx, dynamic_idx
     wd = weight[:, C].reshape(Co, 27).contiguous()
     if bias is None:
         bias = torch.zeros(Co, dtype=weight.dtype, device=weight.device)
-    return _blend_op(planes, dyn, wd, bias.contiguous(), static_idx.contiguous(),
-                     dynamic_idx.contiguous(), backend)
+    return _RUN[backend](planes, dyn, wd, bias.contiguous(), static_idx.contiguous(),
+                         dynamic_idx.contiguous())
 
 
 def _reference_backend(static, dynamic, weight, bias, static_idx, dynamic_idx):

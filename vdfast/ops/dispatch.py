@@ -22,7 +22,10 @@ first use and remember their answer.
 
 How a fused backend runs: the op's fused forward and backward are ``torch.library.custom_op`` ops
 (``torch.ops.vdfast.<op>``, taking the backend's name as their last argument) with fake kernels
-and a registered autograd formula, so ``torch.compile`` captures them whole. The cpp and cuda
+and a registered autograd formula, so ``torch.compile`` captures them whole; the Triton backend's
+are ``torch.library.triton_op``'s of the same functions (``<op>_triton``: compile traces their
+kernels). In eager mode the same functions run without the custom-op machinery (:func:`fused`).
+The cpp and cuda
 backends call the same compiled kernels (``torch.ops.vdfast.<op>_fwd`` ..., one schema each, a CPU
 and a CUDA kernel): the dispatcher runs the one for the tensors' device. The choice below is
 traceable (the probes are constants while torch.compile traces; the first-call check and logging
@@ -30,9 +33,11 @@ are eager-only), so a compiled graph holds the backend chosen at trace time.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -109,10 +114,18 @@ def cuda_arch_reason(capability: tuple[int, int], archs: Sequence[int]) -> str |
 DISPATCH_KEY = {"cpp": "CPU", "cuda": "CUDA"}
 
 
+_HAS_KERNEL: set[tuple[str, str]] = set()  # kernels found (a registered kernel stays)
+
+
 def has_kernel(name: str, dispatch_key: str) -> bool:
     """Whether ``torch.ops.vdfast.<name>`` exists and has a kernel for ``dispatch_key``."""
-    return (hasattr(torch.ops.vdfast, name)
-            and torch._C._dispatch_has_kernel_for_dispatch_key(f"vdfast::{name}", dispatch_key))
+    if (name, dispatch_key) in _HAS_KERNEL:
+        return True
+    found = (hasattr(torch.ops.vdfast, name)
+             and torch._C._dispatch_has_kernel_for_dispatch_key(f"vdfast::{name}", dispatch_key))
+    if found:
+        _HAS_KERNEL.add((name, dispatch_key))
+    return found
 
 
 @torch.compiler.assume_constant_result
@@ -163,15 +176,199 @@ def _register_kernel_fakes() -> None:
             _FAKES_REGISTERED.add(name)
 
 
+# ---------------------------------------------------------------------------------------------
+# how a fused backend runs: its custom op under torch.compile, the same functions directly in eager
+# ---------------------------------------------------------------------------------------------
+# Going through ``torch.library.custom_op`` costs tens of microseconds per call in eager mode (the
+# Python dispatcher's redispatch, the disable-dynamo wrappers, pytree handling, and the same again
+# for the ``_grad`` op in the backward), as much as a GPU kernel takes. Eager calls therefore run
+# a ``torch.autograd.Function`` built once per custom op from the functions the custom op
+# registered (its implementation, ``setup_context`` and ``backward``), and that backward calls
+# the ``_grad`` op's implementation directly (:func:`fused_grad`). The custom ops run where
+# something must see them as ops: while torch.compile / torch.export trace, under a Python
+# dispatch mode (make_fx, FakeTensorMode, FlopCounterMode, a test's recorder), and under
+# :func:`through_custom_ops` (``VDFAST_EAGER_CUSTOM_OPS=1``). Both paths run the same launchers
+# in the same order: the results are bit-identical (``tests/test_dispatch_eager.py``).
+_FORCE_CUSTOM_OPS = [os.environ.get("VDFAST_EAGER_CUSTOM_OPS") == "1"]
+_DIRECT = threading.local()  # .on: an eager path's backward is running on this thread
+
+
+@contextlib.contextmanager
+def through_custom_ops(on: bool = True):
+    """Within the block, eager calls of the fused ops go through their custom ops (as under
+    torch.compile) instead of the direct eager path; ``VDFAST_EAGER_CUSTOM_OPS=1`` sets it for the
+    whole process. For tests and benchmarks of the custom-op path."""
+    prev = _FORCE_CUSTOM_OPS[0]
+    _FORCE_CUSTOM_OPS[0] = on
+    try:
+        yield
+    finally:
+        _FORCE_CUSTOM_OPS[0] = prev
+
+
+def _through_custom_op() -> bool:
+    return (_FORCE_CUSTOM_OPS[0] or torch.compiler.is_compiling()
+            or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._are_functorch_transforms_active())
+
+
+def _tensor_list_args(custom_op) -> tuple[bool, ...]:
+    """Per argument of ``custom_op``'s schema: whether it is a list of tensors."""
+    return tuple(isinstance(a.type, torch.ListType) and
+                 a.type.getElementType().isSubtypeOf(torch.TensorType.get())
+                 for a in custom_op._opoverload._schema.arguments)
+
+
+def _direct_backward(backward: Callable) -> Callable:
+    def run(ctx, *grads):
+        prev = getattr(_DIRECT, "on", False)
+        _DIRECT.on = True
+        try:
+            return backward(ctx, *grads)
+        finally:
+            _DIRECT.on = prev
+    return run
+
+
+def _bumping_versions(impl: Callable, mutated: Sequence[int]) -> Callable:
+    def run(*args):
+        out = impl(*args)
+        torch.autograd.graph.increment_version([args[i] for i in mutated if args[i] is not None])
+        return out
+    return run
+
+
+def _eager_function(custom_op) -> Callable:
+    """``apply(*args)``: ``custom_op``'s own implementation with its registered autograd formula
+    as a ``torch.autograd.Function`` (built once per op, remembered on the op). Lists of tensors
+    (``gradient_match``) are flattened for autograd and rebuilt for the op's functions, as the
+    custom op's autograd does; ``ctx.needs_input_grad`` has the custom op's structure. The
+    Function's forward takes ``ctx`` and calls ``setup_context`` itself: with a separate
+    ``setup_context``, ``Function.apply`` binds the arguments through ``inspect.signature`` on
+    every call (~10 us)."""
+    cached = getattr(custom_op, "_vdfast_eager", None)
+    if cached is not None:
+        return cached
+    impl, setup, backward = custom_op._init_fn, custom_op._setup_context_fn, custom_op._backward_fn
+    mutated = [i for i, a in enumerate(custom_op._opoverload._schema.arguments)
+               if a.alias_info is not None and a.alias_info.is_write]
+    if mutated:  # (guided_step's out) the custom op bumps their version counters: so does this
+        impl = _bumping_versions(impl, mutated)
+    if backward is None:  # no autograd formula (normalize_clips, guided_step): the function alone
+        custom_op._vdfast_eager = impl
+        return impl
+    backward = _direct_backward(backward)
+    lists = _tensor_list_args(custom_op)
+    name = custom_op._qualname.replace("::", "_")
+    if not any(lists):
+        def forward(ctx, *args):
+            out = impl(*args)
+            setup(ctx, args, out)
+            return out
+
+        fn = type(f"{name}_eager", (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+        def apply(*args):
+            if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+                return fn.apply(*args)
+            return impl(*args)
+    else:
+        def unflatten(flat, sizes):
+            args, i = [], 0
+            for n in sizes:
+                if n is None:
+                    args.append(flat[i])
+                    i += 1
+                else:
+                    args.append(list(flat[i:i + n]))
+                    i += n
+            return args
+
+        def forward(ctx, sizes, *flat):
+            args = tuple(unflatten(flat, sizes))
+            out = impl(*args)
+            ctx.vdfast_sizes = sizes
+            setup(ctx, args, out)
+            return out
+
+        def backward_flat(ctx, *grads):
+            sizes, needs = ctx.vdfast_sizes, ctx.needs_input_grad
+            ctx.needs_input_grad = tuple(unflatten(needs[1:], sizes))
+            try:
+                result = backward(ctx, *grads)
+            finally:
+                ctx.needs_input_grad = needs
+            flat = [None]
+            for n, g in zip(sizes, result):
+                flat.extend([g] if n is None else g)
+            return tuple(flat)
+
+        fn = type(f"{name}_eager", (torch.autograd.Function,), {
+            "forward": staticmethod(forward), "backward": staticmethod(backward_flat)})
+
+        def apply(*args):
+            if not (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)):
+                return impl(*args)
+            sizes = tuple(len(a) if is_list else None for a, is_list in zip(args, lists))
+            flat = [t for a, is_list in zip(args, lists) for t in (a if is_list else (a,))]
+            return fn.apply(sizes, *flat)
+    custom_op._vdfast_eager = apply
+    return apply
+
+
 def fused(custom_op: Callable, backend: str, post: Callable | None = None) -> Callable:
     """The ``fn`` a fused backend registers: ``custom_op(*args, backend)`` (a
-    ``torch.library.custom_op`` that takes the backend's name last), its result passed through
-    ``post`` (e.g. the first of several outputs)."""
+    ``torch.library.custom_op`` that takes the backend's name last, with its autograd formula
+    registered), its result passed through ``post`` (e.g. the first of several outputs). In eager
+    mode the same implementation and formula run as a plain ``torch.autograd.Function`` (see
+    above); while torch.compile traces, the custom op itself."""
     def run(*args):
-        out = custom_op(*args, backend)
+        if _through_custom_op():
+            out = custom_op(*args, backend)
+        else:  # built on the first eager call (the op's autograd formula is registered by then)
+            out = _eager_function(custom_op)(*args, backend)
         return out if post is None else post(out)
     run.__name__ = f"{getattr(custom_op, '__name__', 'op')}[{backend}]"
     return run
+
+
+def fused_grad(grad_op: Callable, triton_grad_op: Callable | None = None) -> Callable:
+    """What a fused op's backward calls for its gradient custom op ``grad_op`` (its last argument
+    the backend's name): the op (under the custom op's own autograd formula: torch.compile, a
+    dispatch mode, :func:`through_custom_ops`), or its implementation directly inside the eager
+    path's backward. For the backend ``"triton"``, ``triton_grad_op`` (:func:`triton_variant`)."""
+    ops = {"triton": triton_grad_op or grad_op}
+    impls = {name: o._init_fn for name, o in ops.items()}
+    impl = grad_op._init_fn
+
+    def call(*args):
+        if getattr(_DIRECT, "on", False):
+            return impls.get(args[-1], impl)(*args)
+        return ops.get(args[-1], grad_op)(*args)
+    call.__name__ = getattr(grad_op, "__name__", "grad_op")
+    return call
+
+
+def triton_variant(custom_op):
+    """``custom_op`` again as ``torch.library.triton_op("<its name>_triton")``: the same
+    implementation (called with the backend ``"triton"``: its launchers call the kernels through
+    ``torch.library.wrap_triton``), the same fake and the same autograd formula. Under
+    torch.compile, AOT autograd then traces the kernels themselves into the graph
+    (``triton_kernel_wrapper_functional``: inductor compiles and schedules them as user kernels)
+    instead of one opaque op. In eager mode (and in the custom op's own eager call) the kernels
+    launch directly (triton_op turns ``wrap_triton`` off there)."""
+    schema = custom_op._opoverload._schema
+    mutates = tuple(a.name for a in schema.arguments
+                    if a.alias_info is not None and a.alias_info.is_write)
+    top = torch.library.triton_op(f"{custom_op._qualname}_triton", custom_op._init_fn,
+                                  mutates_args=mutates)
+    # the explicit fake, not triton_op's default (the implementation run on fake tensors): the
+    # same shapes without a kernel launch, so FakeTensor also works under TRITON_INTERPRET=1
+    top.register_fake(custom_op._abstract_fn)
+    if custom_op._backward_fn is not None:
+        top.register_autograd(custom_op._backward_fn, setup_context=custom_op._setup_context_fn)
+    return top
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,9 +7,10 @@ Backends: ``cuda`` (``csrc/cuda/dm_loss_cuda.cu``), ``triton`` (``kernels/dm_los
 from __future__ import annotations
 
 import torch
+from torch.library import wrap_triton
 
 from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, kernel_fake, op
+from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op, triton_variant
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import dm_loss as _ref
 
@@ -68,14 +69,15 @@ def _fwd_triton(real, rl, syn, sl, nc):
             continue
         bn, bd = _tile(x)
         grid = (triton.cdiv(x.shape[0], bn), triton.cdiv(D, bd))
-        _dm_loss_fwd_kernel[grid](x, lab, sums[k], cnt[k], x.shape[0], D, nc, x.stride(0),
-                                  BLOCK_N=bn, BLOCK_D=bd, MAX_RUNS=_MAX_RUNS)
+        wrap_triton(_dm_loss_fwd_kernel)[grid](x, lab, sums[k], cnt[k], x.shape[0], D, nc,
+                                               x.stride(0), BLOCK_N=bn, BLOCK_D=bd,
+                                               MAX_RUNS=_MAX_RUNS)
     bd = min(triton.next_power_of_2(max(D, 1)), _tile(real)[1] * 2)
     diff = _out((nc, D), acc, dev)
     partial = _out((nc, triton.cdiv(D, bd)), acc, dev)
     if D > 0:
-        _dm_loss_diff_kernel[(nc, partial.shape[1])](sums[0], sums[1], cnt[0], cnt[1], diff, partial,
-                                                     D, BLOCK_D=bd)
+        wrap_triton(_dm_loss_diff_kernel)[(nc, partial.shape[1])](
+            sums[0], sums[1], cnt[0], cnt[1], diff, partial, D, BLOCK_D=bd)
     return partial.sum(), diff, cnt
 
 
@@ -87,7 +89,7 @@ def _bwd_triton(n, dtype, labels, diff, scale):
     grad = _out((n, D), dtype, diff.device)
     if n and D:
         bn, bd = _tile(diff)
-        _dm_loss_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(D, bd))](
+        wrap_triton(_dm_loss_bwd_kernel)[(triton.cdiv(n, bn), triton.cdiv(D, bd))](
             grad, labels, diff, scale, n, D, diff.shape[0], BLOCK_N=bn, BLOCK_D=bd)
     return grad
 
@@ -130,6 +132,12 @@ def _(labels, diff, scale, n, dtype, backend):
     return diff.new_empty((n, diff.shape[1]), dtype=dtype)
 
 
+# the Triton backend's ops: triton_ops (torch.compile traces their kernels), same functions
+_dm_loss_grad_triton_op = triton_variant(_dm_loss_grad_op)  # vdfast::dm_loss_grad_triton
+# what the backward calls: the op under compile, its function in eager
+_dm_loss_grad = fused_grad(_dm_loss_grad_op, _dm_loss_grad_triton_op)
+
+
 def _setup_context(ctx, inputs, output):
     real, real_labels, syn, syn_labels, _, backend = inputs
     _, diff, cnt = output
@@ -146,14 +154,15 @@ def _backward(ctx, g, _g_diff, _g_cnt):
     nr, dtr, ns, dts, backend = ctx.meta
     # d loss / d real_i = 2 diff[c_i] / n_real[c_i]; d / d syn_j = -2 diff[c_j] / n_syn[c_j]
     scale = 2.0 * g.to(diff.dtype) / cnt.clamp_min(1.0)
-    gr = _dm_loss_grad_op(rl, diff, scale[0].contiguous(), nr, dtr, backend) \
+    gr = _dm_loss_grad(rl, diff, scale[0].contiguous(), nr, dtr, backend) \
         if ctx.needs_input_grad[0] else None
-    gs = _dm_loss_grad_op(sl, diff, (-scale[1]).contiguous(), ns, dts, backend) \
+    gs = _dm_loss_grad(sl, diff, (-scale[1]).contiguous(), ns, dts, backend) \
         if ctx.needs_input_grad[2] else None
     return gr, None, gs, None, None, None
 
 
 _dm_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_dm_loss_triton_op = triton_variant(_dm_loss_op)  # vdfast::dm_loss_triton
 
 
 def _loss(out):
@@ -222,7 +231,7 @@ def dm_loss(real_feat: torch.Tensor, real_labels: torch.Tensor, syn_feat: torch.
 _OP.register("reference", _ref.dm_loss, devices=("cpu", "cuda"), double_backward=True)
 _OP.register("cpp", fused(_dm_loss_op, "cpp", _loss), devices=("cpu",),
              kernels=("dm_loss_fwd", "dm_loss_bwd"))
-_OP.register("triton", fused(_dm_loss_op, "triton", _loss), devices=("cuda",))
+_OP.register("triton", fused(_dm_loss_triton_op, "triton", _loss), devices=("cuda",))
 _OP.register("cuda", fused(_dm_loss_op, "cuda", _loss), devices=("cuda",),
              kernels=("dm_loss_fwd", "dm_loss_bwd"))
 

@@ -9,9 +9,10 @@ Each fused backend provides ``fwd(real, syn, stats)`` (per row <r, s>, ||r||^2, 
 from __future__ import annotations
 
 import torch
+from torch.library import wrap_triton
 
 from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused_backward, kernel_fake, op
+from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op, triton_variant
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import gradient_match as _ref
 
@@ -52,7 +53,8 @@ def _fwd_triton(real, syn, stats):
     for r, s in zip(real, syn):
         rows, K = r.shape
         if rows:
-            _gradient_match_fwd_kernel[(rows,)](r, s, stats[first:], K, BLOCK=_block(stats))
+            wrap_triton(_gradient_match_fwd_kernel)[(rows,)](r, s, stats[first:], K,
+                                                             BLOCK=_block(stats))
         first += rows
 
 
@@ -66,7 +68,7 @@ def _bwd_triton(real, syn, coef, grad_real, grad_syn):
         if rows and K:
             gr = grad_real[i] if grad_real else r
             gs = grad_syn[i] if grad_syn else s
-            _gradient_match_bwd_kernel[(rows, triton.cdiv(K, blk))](
+            wrap_triton(_gradient_match_bwd_kernel)[(rows, triton.cdiv(K, blk))](
                 r, s, coef[first:], gr, gs, K, WRITE_R=bool(grad_real), WRITE_S=bool(grad_syn),
                 BLOCK=blk)
         first += rows
@@ -125,6 +127,12 @@ def _(real, syn, coef, need_real, need_syn, backend):
             [torch.empty_like(s) for s in syn] if need_syn else [])
 
 
+# the Triton backend's ops: triton_ops (torch.compile traces their kernels), same functions
+_gradient_match_grad_triton_op = triton_variant(_gradient_match_grad_op)
+# what the backward calls: the op under compile, its function in eager
+_gradient_match_grad = fused_grad(_gradient_match_grad_op, _gradient_match_grad_triton_op)
+
+
 def _setup_context(ctx, inputs, output):
     real, syn, eps, backend = inputs
     _, stats = output
@@ -149,21 +157,29 @@ def _backward(ctx, g, _g_stats):
     b_r = torch.where(nr > 0, g * dot * ns / (den * den * nr.clamp_min(1e-300)), 0.0)
     coef = torch.stack([a, b_s, a, b_r], dim=1).to(stats.dtype).contiguous()  # the stats dtype
     need_r, need_s = any(ctx.needs_input_grad[0]), any(ctx.needs_input_grad[1])  # per tensor
-    grad_real, grad_syn = _gradient_match_grad_op(real, syn, coef, need_r, need_s, ctx.backend)
+    grad_real, grad_syn = _gradient_match_grad(real, syn, coef, need_r, need_s, ctx.backend)
     return (grad_real if need_r else [None] * n, grad_syn if need_s else [None] * n, None, None)
 
 
 _gradient_match_op.register_autograd(_backward, setup_context=_setup_context)
+_gradient_match_triton_op = triton_variant(_gradient_match_op)  # vdfast::gradient_match_triton
+
+
+def _distance(out):
+    return out[0]
 
 
 def _fused(backend):
+    op_call = fused(_gradient_match_triton_op if backend == "triton" else _gradient_match_op, backend,
+                    _distance)
+
     def run(real_grads, syn_grads, eps):
         pairs = [(r, s) for r, s in zip(real_grads, syn_grads) if r.dim() >= 2]
         if not pairs:
             return syn_grads[0].new_zeros(()) if len(syn_grads) else torch.zeros(())
         real = [r.reshape(r.shape[0], -1).contiguous() for r, _ in pairs]
         syn = [s.reshape(s.shape[0], -1).contiguous() for _, s in pairs]
-        return _gradient_match_op(real, syn, float(eps), backend)[0]
+        return op_call(real, syn, float(eps))
     return run
 
 

@@ -24,11 +24,13 @@ reference and an explicit fused backend raises.
 from __future__ import annotations
 
 import math
+import struct
 from typing import NamedTuple, Sequence
 
 import torch
+from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import FLOATS, kernel_fake, op
+from vdfast.ops.dispatch import FLOATS, fused, kernel_fake, op, triton_variant
 from vdfast.ops.dispatch import new_out as _new_out_like
 from vdfast.reference.guided_step import guided_step as _ref_guided_step
 
@@ -119,10 +121,16 @@ def _(x, eps, guide, lam, noise, a, b, c0, c1, s, ddim, out):
     return None  # writes out in place
 
 
+def _f32(v: float) -> float:
+    """v rounded to float32 (to nearest, as torch's conversion), without a tensor: the launcher
+    also runs while torch.compile traces the Triton op, where a tensor's value is unknown."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
 def _split(v: float) -> tuple[float, float]:
     """v as a float32 pair hi + lo (Triton passes Python floats as float32)."""
-    hi = float(torch.tensor(v, dtype=torch.float32))
-    return hi, float(torch.tensor(v - hi, dtype=torch.float32))
+    hi = _f32(v)
+    return hi, _f32(v - hi)
 
 
 def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
@@ -138,7 +146,7 @@ def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
     scal = [h for v in _scalars(coefs, sampler) for h in _split(v)]
     block = min(triton.next_power_of_2(CHW), 4096 if interpreter_sizes(x) else 1024)
     grid = (B * F, triton.cdiv(CHW, block))
-    _guided_step_fwd_kernel[grid](
+    wrap_triton(_guided_step_fwd_kernel)[grid](
         x, eps, guide, lam, noise if noise is not None else x, out, F, CHW, *scal,
         GUIDE_PER_FRAME=guide.dim() == 5, HAS_NOISE=noise is not None and sampler == "ddpm",
         DDIM=sampler == "ddim", BLOCK=block,
@@ -161,10 +169,15 @@ def _(x, eps, guide, lam, noise, coefs, sampler, out, backend):
     return None
 
 
+_guided_step_triton_op = triton_variant(_guided_step_op)  # vdfast::guided_step_triton
+
+
 def _fused(backend):
+    op_call = fused(_guided_step_triton_op if backend == "triton" else _guided_step_op, backend)
+
     def run(x, eps, guide, lam, noise, coefs, sampler, out):
         out = _new_out(x) if out is None else out
-        _guided_step_op(x, eps, guide, lam, noise, [float(c) for c in coefs], sampler, out, backend)
+        op_call(x, eps, guide, lam, noise, [float(c) for c in coefs], sampler, out)
         return out
     return run
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import fused, kernel_fake, op
+from vdfast.ops.dispatch import fused, kernel_fake, op, triton_variant
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import normalize_clips as _ref
 
@@ -84,7 +85,8 @@ def _stats_triton(clips):
     part = _out((N, nprog, C, 2), torch.int64, clips.device)
     if part.numel() == 0:
         return torch.zeros((C, 2), dtype=torch.int64, device=clips.device)
-    _normalize_clips_stats_kernel[(N, nprog)](clips, part, T, H, W, sN, sT, sH, sW, sC, C=C, BLOCK=blk)
+    wrap_triton(_normalize_clips_stats_kernel)[(N, nprog)](clips, part, T, H, W, sN, sT, sH, sW, sC,
+                                                           C=C, BLOCK=blk)
     return part.sum(dim=(0, 1))
 
 
@@ -97,7 +99,7 @@ def _apply_triton(clips, scale, shift, out):
         return
     acc = torch.float64 if out.dtype == torch.float64 else torch.float32
     blk = _block(clips)
-    _normalize_clips_fwd_kernel[(N, triton.cdiv(T * H * W, blk))](
+    wrap_triton(_normalize_clips_fwd_kernel)[(N, triton.cdiv(T * H * W, blk))](
         clips, out, scale.to(acc), shift.to(acc), T, H, W, sN, sT, sH, sW, sC, C=C, BLOCK=blk)
 
 
@@ -140,8 +142,12 @@ def _(clips, mean, std, standardize, out_dtype, backend):
     return clips.new_empty((N, C, T, H, W), dtype=out_dtype)
 
 
+_normalize_clips_triton_op = triton_variant(_normalize_clips_op)  # vdfast::normalize_clips_triton
+
+
 def _fused(backend):
-    op_call = fused(_normalize_clips_op, backend)
+    op_call = fused(_normalize_clips_triton_op if backend == "triton" else _normalize_clips_op,
+                    backend)
 
     def run(clips, mean, std, standardize, out_dtype):
         mean, std = _channel_stats(mean, std, clips.device)

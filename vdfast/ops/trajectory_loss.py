@@ -7,9 +7,10 @@ Backends: ``cuda`` (``csrc/cuda/trajectory_loss_cuda.cu``), ``triton`` (``kernel
 from __future__ import annotations
 
 import torch
+from torch.library import wrap_triton
 
 from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, kernel_fake, op
+from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op, triton_variant
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import trajectory_loss as _ref
 
@@ -66,8 +67,8 @@ def _fwd_triton(s, a, t):
     blk = _block(s)
     part = _out((triton.cdiv(s.numel(), blk), 2), _acc(s.dtype), s.device)
     if s.numel():
-        _trajectory_loss_fwd_kernel[(part.shape[0],)](s, a, t, part, s.numel(), s.stride(0),
-                                                      a.stride(0), t.stride(0), BLOCK=blk)
+        wrap_triton(_trajectory_loss_fwd_kernel)[(part.shape[0],)](
+            s, a, t, part, s.numel(), s.stride(0), a.stride(0), t.stride(0), BLOCK=blk)
     return part.sum(0, dtype=torch.float64)
 
 
@@ -78,7 +79,7 @@ def _bwd_triton(s, a, t, coef, need):
     gs, ga, gt = _grads(s, need)
     blk = _block(s)
     if s.numel():
-        _trajectory_loss_bwd_kernel[(triton.cdiv(s.numel(), blk),)](
+        wrap_triton(_trajectory_loss_bwd_kernel)[(triton.cdiv(s.numel(), blk),)](
             s, a, t, coef.to(_acc(s.dtype)), gs, ga, gt, s.numel(), s.stride(0), a.stride(0),
             t.stride(0), WRITE_S=need[0], WRITE_A=need[1], WRITE_T=need[2], BLOCK=blk)
     return gs, ga, gt
@@ -119,6 +120,12 @@ def _(s, a, t, coef, need_s, need_a, need_t, backend):
     return tuple(s.new_empty(s.shape if n else (0,)) for n in (need_s, need_a, need_t))
 
 
+# the Triton backend's ops: triton_ops (torch.compile traces their kernels), same functions
+_trajectory_loss_grad_triton_op = triton_variant(_trajectory_loss_grad_op)
+# what the backward calls: the op under compile, its function in eager
+_trajectory_loss_grad = fused_grad(_trajectory_loss_grad_op, _trajectory_loss_grad_triton_op)
+
+
 def _setup_context(ctx, inputs, output):
     s, a, t, backend = inputs
     _, sums = output
@@ -136,11 +143,12 @@ def _backward(ctx, g, _g_sums):
     g = g.double()
     coef = torch.stack([2 * g / den, -2 * g * num / (den * den)])
     need = tuple(bool(x) for x in ctx.needs_input_grad[:3])
-    grads = _trajectory_loss_grad_op(s, a, t, coef, *need, ctx.backend)
+    grads = _trajectory_loss_grad(s, a, t, coef, *need, ctx.backend)
     return tuple(gr if n else None for gr, n in zip(grads, need)) + (None,)
 
 
 _trajectory_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_trajectory_loss_triton_op = triton_variant(_trajectory_loss_op)  # vdfast::trajectory_loss_triton
 
 
 def _loss(out):
@@ -187,11 +195,13 @@ def trajectory_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Te
 
 
 _OP.register("reference", _ref.trajectory_loss, devices=("cpu", "cuda"), double_backward=True)
-# below ~64k parameters the reference is faster on a CPU: the fused call's fixed cost (the custom
-# op's dispatch, allocations) outweighs one pass over the vectors (BENCHMARKS.md, "crossover")
+# below ~128k parameters the reference is faster on a CPU (forward+backward: 0.65-0.73x at 64k-96k,
+# 1.0x at 128k, 1.5-2x from 160k; BENCHMARKS.md, "crossover"): the fused call's fixed cost (the
+# backward's coefficients, allocations, two kernel calls) outweighs one pass over the vectors;
+# from ~128k the reference's own time rises steeply
 _OP.register("cpp", fused(_trajectory_loss_op, "cpp", _loss), devices=("cpu",),
-             auto_min_numel=65536, kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
-_OP.register("triton", fused(_trajectory_loss_op, "triton", _loss), devices=("cuda",))
+             auto_min_numel=131072, kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
+_OP.register("triton", fused(_trajectory_loss_triton_op, "triton", _loss), devices=("cuda",))
 _OP.register("cuda", fused(_trajectory_loss_op, "cuda", _loss), devices=("cuda",),
              kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
 
