@@ -30,7 +30,7 @@ BENCH = Bench(
         "convnet3d_nc50_params": dict(P=3_650_000),   # ConvNet3D, 50 classes (16x112^2)
         "convnet3d_nc400_params": dict(P=3_900_000),  # ConvNet3D head for Kinetics-400
         "builtin_params": dict(P=316_044),             # ConvNet3D w32 d2, 12 classes (make run's)
-        # below the cpp backend's auto_min_numel (65536): where the reference is faster on a CPU
+        # below the cpp backend's auto_min_numel (131072): where the reference is faster on a CPU
         "small_params_16k": dict(P=16_384),
     },
     smoke={"smoke_p65k": dict(P=65_536)},
