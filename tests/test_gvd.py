@@ -59,7 +59,7 @@ def test_training_resumes_from_checkpoints(store, tmp_path):
     (tmp_path / "cut").mkdir()
     half = dataclasses.replace(G, ae_steps=2)
     train_autoencoder(store, half, 0, "cpu", tmp_path / "cut", progress=False)  # killed at step 2
-    (tmp_path / "cut" / "ae_final.pt").unlink()
+    (tmp_path / "cut" / "ae_final.safetensors").unlink()
     a_res = train_autoencoder(store, G, 0, "cpu", tmp_path / "cut", progress=False)
     for k, v in a_full.state_dict().items():
         torch.testing.assert_close(a_res.state_dict()[k], v, rtol=1e-6, atol=1e-7)
@@ -69,7 +69,7 @@ def test_training_resumes_from_checkpoints(store, tmp_path):
                              progress=False)
     (tmp_path / "gc").mkdir()
     train_generator(lat, dataclasses.replace(G, gen_steps=2), 0, "cpu", tmp_path / "gc", progress=False)
-    (tmp_path / "gc" / "gen_final.pt").unlink()
+    (tmp_path / "gc" / "gen_final.safetensors").unlink()
     g_res = train_generator(lat, dataclasses.replace(G, gen_steps=4), 0, "cpu", tmp_path / "gc",
                             progress=False)
     for k, v in g_full.state_dict().items():

@@ -56,7 +56,7 @@ def test_local_autoencoder_is_the_latent_space(vae_dir, tmp_path):
     # the stage cache: no trained autoencoder, the folder recorded in the ae stage's identity
     (ae_stage,) = (tmp_path / "w").glob("ae-*")
     assert str(d) in (ae_stage / "identity.json").read_text()
-    assert not list(ae_stage.glob("ae_final.pt"))
+    assert not list(ae_stage.glob("ae_final.*"))
 
 
 def test_missing_or_wrong_folder_says_what_to_do(tmp_path):

@@ -4,6 +4,7 @@ synset, with a shared workdir (rank 0 computes latents, modes and teacher, rank 
 without one (both compute them)."""
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import vdfast
 
@@ -33,10 +34,10 @@ def test_two_ranks_give_the_one_rank_generated_synset(tmp_path):
     # data-parallel training (each rank its half of every batch): the same stage keys, weights
     # equal but for float summation order, which Adam turns into steps of up to lr on
     # parameters whose gradient is ~0 (the exact gradient is tested below)
-    for stage, f, lr in (("ae", "ae_final.pt", 1e-3), ("gen", "gen_final.pt", 1e-3)):
+    for stage, f, lr in (("ae", "ae_final.safetensors", 1e-3), ("gen", "gen_final.safetensors", 1e-3)):
         (a,), (b,) = (list(w.glob(f"{stage}-*/{f}")) for w in (tmp_path / "w1", tmp_path / "w2"))
         assert a.parent.name == b.parent.name
-        wa, wb = torch.load(a), torch.load(b)
+        wa, wb = load_file(str(a)), load_file(str(b))
         diff = torch.cat([(wa[k].float() - wb[k].float()).abs().flatten() for k in wa])
         assert diff.max() <= 2 * lr * 4 and (diff > 1e-5).float().mean() < 0.05, (stage, diff.max())
     # each rank sampled its own block of classes into its own chunk folder
@@ -92,6 +93,7 @@ def test_data_parallel_gradient_equals_the_one_process_gradient(tmp_path):
 RESUME = """
 import dataclasses, sys, torch
 from pathlib import Path
+from safetensors.torch import load_file
 from vdfast.config import GVDConfig
 from vdfast.data.store import ClipStore
 from vdfast.distributed import setup
@@ -116,15 +118,15 @@ straight = both(g, "straight")
 both(half, "part")  # stopped after 2 of 4 steps: remove the finished stages' weights, resume
 dist.barrier()
 if dist.main:
-    (root / "part" / "ae" / "ae_final.pt").unlink()
-    (root / "part" / "gen" / "gen_final.pt").unlink()
+    (root / "part" / "ae" / "ae_final.safetensors").unlink()
+    (root / "part" / "gen" / "gen_final.safetensors").unlink()
 dist.barrier()
 resumed = both(g, "part")
 for a, b in zip(straight, resumed):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume differs"
 if dist.main:  # the files hold the plain modules' state dicts (no DDP "module." prefix)
-    for f, sd in (("ae/ae_final.pt", straight[0]), ("gen/gen_final.pt", straight[1])):
-        saved = torch.load(root / "part" / f)
+    for f, sd in (("ae/ae_final.safetensors", straight[0]), ("gen/gen_final.safetensors", straight[1])):
+        saved = load_file(str(root / "part" / f))
         assert saved.keys() == sd.keys() and all(torch.equal(saved[k], sd[k]) for k in sd), f
 if dist.active:
     torch.distributed.barrier()

@@ -309,7 +309,7 @@ class GVDConfig:
     ae_batch: int = _f(64, "frames per step")
     ae_lr: float = _f(2e-4, "autoencoder Adam learning rate")
     generator: str = _f("XL", "VideoDiT size: tiny | small | S | B | L | XL")
-    generator_init: str = _f("", "local weights to start from: a vdfast gen_final.pt or a diffusers "
+    generator_init: str = _f("", "local weights to start from: a vdfast gen_final.safetensors (or .pt) or a diffusers "
                                  "LatteTransformer3DModel folder (loaded where names and shapes match, "
                                  "report in the gen stage); empty: random initialisation")
     patch: int = _f(2, "generator patch size on the latents")

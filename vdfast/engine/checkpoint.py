@@ -182,6 +182,44 @@ def load_cached(path, device="cpu", redo: str = "that stage is recomputed"):
                               f"again ({redo})") from e
 
 
+def save_weights(path, state_dict) -> Path:
+    """A module's weights (``state_dict``) as one safetensors file, written atomically
+    (:func:`atomic_write`); read back with :func:`load_weights`."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def weights_file(folder, stem: str) -> Path | None:
+    """The weights file ``folder/<stem>.safetensors`` if it exists, else the ``<stem>.pt`` older
+    vdfast wrote there if that does (None: neither)."""
+    if folder is None:
+        return None
+    for suffix in (".safetensors", ".pt"):
+        f = Path(folder) / f"{stem}{suffix}"
+        if f.exists():
+            return f
+    return None
+
+
+def load_weights(path, device="cpu", redo: str = "that stage is recomputed") -> dict:
+    """The state dict in a file :func:`save_weights` wrote (or an older vdfast ``.pt``, through
+    :func:`load_cached`); a damaged file raises :class:`CheckpointError` naming it and what
+    deleting it does (``redo``)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return load_cached(path, device, redo)
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {first}); delete it and run "
+                              f"again ({redo})") from e
+
+
 def atomic_write(path, write: Callable[[Path], None]) -> Path:
     """Write one file whole or not at all: ``write(tmp)`` fills a temporary file beside ``path``,
     which is fsynced and renamed over ``path`` (the directory fsynced too). A full disk removes

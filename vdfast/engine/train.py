@@ -150,7 +150,7 @@ def train_teacher(store, net_cfg, eval_cfg, epochs: int, seed: int, device,
     """A ConvNet3D (``net_cfg``) trained on ``store``'s full real train split for ``epochs`` with
     the evaluation protocol's optimiser (``eval_cfg``); initialisation, dropout and batches drawn
     from ``seed`` alone, so the same settings give the same teacher (:func:`teacher_of` rebuilds
-    it when the cache is gone). ``cache``: a folder holding (or to hold) ``teacher.pt``. With
+    it when the cache is gone). ``cache``: a folder holding (or to hold) ``teacher.safetensors``. With
     ``dist`` (N processes, all calling this) it trains data-parallel (:func:`train_student`; not
     with batch normalisation: then every process trains it whole) and the main process writes
     ``cache``. Returned in eval mode."""
@@ -160,13 +160,13 @@ def train_teacher(store, net_cfg, eval_cfg, epochs: int, seed: int, device,
         torch.manual_seed(seed * 31 + 4)
         net = build(net_cfg, store)
     net = net.to(device)
-    f = cache / "teacher.pt" if cache else None
+    f = checkpoint.weights_file(cache, "teacher")
     dp = dist if dist is not None and dist.active and net_cfg.norm != "batch" else None
-    have = f is not None and f.exists()
+    have = f is not None
     if dp is not None:  # load only where every process can (workdirs on other machines: train)
         have = int(dp.all_reduce_(torch.tensor(float(have), device=dp.device))) == dp.world
     if have:
-        net.load_state_dict(checkpoint.load_cached(f, device, "the teacher is trained again"))
+        net.load_state_dict(checkpoint.load_weights(f, device, "the teacher is trained again"))
         return net.eval()
     x, y = store.tensors("train", device)
     ecfg = dataclasses.replace(eval_cfg, epochs=epochs)
@@ -175,11 +175,8 @@ def train_teacher(store, net_cfg, eval_cfg, epochs: int, seed: int, device,
         train_student(net, Source(x, y, store.mean, store.std), ecfg, epochs,
                       torch.Generator().manual_seed(seed * 31 + 6), desc="gvd teacher",
                       progress=progress and (dp is None or dp.main), dist=dp)
-    if f is not None and (dp is None or dp.main):
-        from vdfast.engine.checkpoint import atomic_write
-
-        state = net.state_dict()
-        atomic_write(f, lambda tmp: torch.save(state, tmp))
+    if cache is not None and (dp is None or dp.main):
+        checkpoint.save_weights(Path(cache) / "teacher.safetensors", net.state_dict())
     return net.eval()
 
 
@@ -264,7 +261,7 @@ class TeacherRecord:
     ``temperature``: the KL temperature its soft labels were made with (None: not recorded);
     ``select``: the candidates per instance the teacher chose among (1: no choice);
     ``recipe``: how to train the teacher again (``{"net", "epochs", "seed", "eval"}``; None: no
-    teacher); ``cache``: the folder of the run's cached teacher (``teacher.pt``) when it is still
+    teacher); ``cache``: the folder of the run's cached teacher (``teacher.safetensors``) when it is still
     there."""
 
     temperature: float | None = None
@@ -281,7 +278,7 @@ def teacher_record(synset) -> TeacherRecord:
     key = (info.get("stages") or {}).get("teacher")
     if info.get("workdir") and key:
         d = Path(info["workdir"]) / f"teacher-{key}"
-        cache = d if (d / "teacher.pt").exists() else None
+        cache = d if checkpoint.weights_file(d, "teacher") is not None else None
     tau = info.get("temperature")
     return TeacherRecord(None if tau is None else float(tau), int(info.get("select", 1)),
                          info.get("teacher") or None, cache)

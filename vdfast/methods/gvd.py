@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from vdfast.data.store import ClipStore
 from vdfast.distributed import Dist, unwrap
+from vdfast.engine import checkpoint
 from vdfast.engine.train import class_probability, soft_labels, train_stats, train_teacher
 from vdfast.methods.base import Method
 from vdfast.methods.gvd_sample import instance_generator, kmeans, noise_schedule, sample
@@ -89,24 +90,19 @@ class _Work:
 
 def _atomic_save(obj, path: Path):
     """``torch.save`` whole or not at all (fsynced, renamed into place)."""
-    from vdfast.engine.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    checkpoint.atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _load_cached(path: Path, device="cpu"):
     """A cached stage file (:func:`vdfast.engine.checkpoint.load_cached`)."""
-    from vdfast.engine.checkpoint import load_cached
-
-    return load_cached(path, device)
+    return checkpoint.load_cached(path, device)
 
 
 def _train_ckpt(path: Path | None):
     """The Checkpointer of a training stage's resumable state (``<stage>/ae-state/`` for the
     state once kept in ``<stage>/ae.pt``)."""
-    from vdfast.engine.checkpoint import Checkpointer
-
-    return None if path is None else Checkpointer(path.with_name(path.stem + "-state"), kind="gvd-train")
+    return None if path is None else checkpoint.Checkpointer(path.with_name(path.stem + "-state"),
+                                                             kind="gvd-train")
 
 
 def _save_train_state(path: Path, modules: dict, opt, gen: torch.Generator, step: int) -> None:
@@ -155,8 +151,6 @@ def _train_loop(train_step, steps: int, start: int, desc: str, metric: str, g, d
 
 def _stop(step: int, what: str, dist, save) -> None:
     """At a training step's end: on SIGINT / SIGTERM (one process) save and stop."""
-    from vdfast.engine import checkpoint
-
     sig = checkpoint.interrupt_requested()
     if sig and not dist.active:
         if save is not None:
@@ -252,9 +246,9 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
         return ae.eval()
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
-    final = ckpt / "ae_final.pt" if ckpt else None
-    if final is not None and final.exists():
-        ae.load_state_dict(_load_cached(final, device))
+    done = checkpoint.weights_file(ckpt, "ae_final")
+    if done is not None:
+        ae.load_state_dict(checkpoint.load_weights(done, device))
         return ae.eval()
     arrays = [a for _, a in _sorted_train(store)]
     offsets = np.cumsum([0] + [a.shape[0] for a in arrays])
@@ -288,8 +282,8 @@ def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None 
     with torch.no_grad():
         z = torch.cat([ae.encode_raw(frames_batch(g.ae_batch)) for _ in range(max(1, 1024 // g.ae_batch))])
         ae.scale.fill_(1.0 / float(z.std().clamp_min(1e-6)))
-    if final is not None and dist.main:
-        _atomic_save(ae.state_dict(), final)
+    if ckpt is not None and dist.main:
+        checkpoint.save_weights(ckpt / "ae_final.safetensors", ae.state_dict())
     return ae
 
 
@@ -319,9 +313,7 @@ def encode_train(ae, store: ClipStore, cache: Path | None = None) -> dict[str, t
     if f is not None:
         from safetensors.torch import save_file
 
-        from vdfast.engine.checkpoint import atomic_write
-
-        atomic_write(f, lambda tmp: save_file(lat, str(tmp)))
+        checkpoint.atomic_write(f, lambda tmp: save_file(lat, str(tmp)))
     return lat
 
 
@@ -419,9 +411,9 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
     net = _seeded(lambda: build_generator(g, labels, frames, lat_shape), seed * 7 + 4).to(device)
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
-    final = ckpt / "gen_final.pt" if ckpt else None
-    if final is not None and final.exists():
-        net.load_state_dict(_load_cached(final, device))
+    done = checkpoint.weights_file(ckpt, "gen_final")
+    if done is not None:
+        net.load_state_dict(checkpoint.load_weights(done, device))
         return net.eval()
     if g.generator_init:
         start_from(net, g.generator_init, ckpt if dist.main else None, progress)
@@ -452,8 +444,8 @@ def train_generator(latents: dict[str, torch.Tensor], g, seed: int, device, ckpt
 
     _train_loop(train_step, g.gen_steps, step, "gvd generator", "loss", g, dist, progress, state,
                 {"model": net, "ema": ema}, opt, gen)
-    if final is not None and dist.main:
-        _atomic_save(ema.state_dict(), final)
+    if ckpt is not None and dist.main:
+        checkpoint.save_weights(ckpt / "gen_final.safetensors", ema.state_dict())
     return ema.eval()
 
 
@@ -476,9 +468,7 @@ def discover_modes(latents: dict[str, torch.Tensor], k: int, iters: int, seed: i
     if f is not None:
         from safetensors.torch import save_file
 
-        from vdfast.engine.checkpoint import atomic_write
-
-        atomic_write(f, lambda tmp: save_file(out, str(tmp)))
+        checkpoint.atomic_write(f, lambda tmp: save_file(out, str(tmp)))
     return out
 
 

@@ -267,7 +267,8 @@ def _latte_names(sd: dict[str, torch.Tensor], channels: int, patch: int) -> dict
 def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict at ``path`` and its format: a diffusers ``LatteTransformer3DModel`` folder
     (``config.json`` + ``diffusion_pytorch_model.safetensors``; ``latte``), a ``.safetensors`` file
-    or a ``.pt`` file (a vdfast ``gen_final.pt``, or a dict with ``model``/``ema`` in it; ``vdfast``).
+    (a vdfast ``gen_final.safetensors``) or a ``.pt`` file (an older vdfast ``gen_final.pt``, or a
+    dict with ``model``/``ema`` in it; ``vdfast``).
     Local files only."""
     from pathlib import Path
 
@@ -291,7 +292,7 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
         return sd, "latte"
     if not p.is_file():
         raise FileNotFoundError(f"gvd.generator_init={path!r} does not exist; pass a vdfast "
-                                f"generator file (gen_final.pt) or a local diffusers Latte folder")
+                                f"generator file (gen_final.safetensors) or a local diffusers Latte folder")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -302,7 +303,7 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
         except Exception as e:
             raise ValueError(f"gvd.generator_init={path!r} cannot be read as weights "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                             f"pass a .safetensors file, a vdfast gen_final.pt or a diffusers "
+                             f"pass a .safetensors file (a vdfast gen_final.safetensors), a .pt or a diffusers "
                              f"Latte folder") from e
         sd = sd.get("ema", sd.get("model", sd)) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict):
