@@ -121,6 +121,7 @@ class FRePoState:
     pool: ClipPool
     nets: list
     net_opts: list
+    train_nets: list              # the nets as their own training step runs them (N processes: DDP)
     dist: object                  # a vdfast.distributed.Dist
     rows: int                     # real rows of the whole batch (all processes)
     params: list                  # the synset's learnable tensors (labels included when learned)
@@ -179,7 +180,8 @@ class FRePo(Method):
         net_opts = [torch.optim.Adam(n.parameters(), lr=fc.lr_net) for n in nets]
         per_class = max(1, fc.batch_real // nc)
         return FRePoState(pool=ClipPool(store, "train", device, classes=dist.shard(nc)), nets=nets,
-                          net_opts=net_opts, dist=dist, rows=per_class * nc,
+                          net_opts=net_opts, train_nets=[dist.data_parallel(n) for n in nets],
+                          dist=dist, rows=per_class * nc,
                           params=[p for g in groups for p in g["params"]],
                           age=[i * fc.reset_every // fc.pool_size for i in range(fc.pool_size)],
                           fresh=[True] * fc.pool_size, next=0, opt=opt, sched=sched,
@@ -238,11 +240,12 @@ class FRePo(Method):
             for j in (range(len(nets)) if fc.train_all else [i]):
                 self._ready(state, j, gen)
                 nopt = state.net_opts[j]
-                # data-parallel over the synthetic videos: this block's share of the mean, summed
-                nloss = len(own) / n * _mse(nets[j](x[own.start:own.stop]), y_t[own.start:own.stop])
+                # data-parallel over the synthetic videos: this block's share of the mean; the
+                # DDP wrapper sums the processes' gradients (Dist.data_parallel)
+                nloss = len(own) / n * _mse(state.train_nets[j](x[own.start:own.stop]),
+                                            y_t[own.start:own.stop])
                 nopt.zero_grad(set_to_none=True)
                 nloss.backward()
-                dist.sum_grads_(list(nets[j].parameters()))
                 nopt.step()
                 state.age[j] += 1
                 if state.age[j] >= fc.reset_every:
