@@ -150,7 +150,15 @@ def test_half_built_bank_resumes_from_its_finished_networks(store, tmp_path):
     fresh = dm_bank.build_bank(_key(store), range(12), "cpu", _means_fn(store), None)
     torch.testing.assert_close(b.data, fresh.data)
     meta = json.loads((folder / "bank.json").read_text())
-    assert meta["key"] == _key(store) and meta["build_seconds"]["c0-12"] > 0
+    seconds = json.loads((folder / "build_c0-12.json").read_text())["seconds"]
+    assert meta["key"] == _key(store) and seconds > 0
+    assert dm_bank.list_banks(tmp_path)[0]["build_seconds"] == seconds
+    # a bank.json of earlier vdfast kept the blocks' seconds itself: still read
+    (folder / "build_c0-12.json").unlink()
+    (folder / "bank.json").write_text(json.dumps({**meta, "build_seconds": {"c0-12": 2.5}}))
+    assert dm_bank.list_banks(tmp_path)[0]["build_seconds"] == 2.5
+    hit = dm_bank.build_bank(_key(store), range(12), "cpu", _means_fn(store), tmp_path)
+    assert hit.cache == "hit" and hit.build_seconds == 2.5
 
 
 def test_memory_mapped_bank_and_class_blocks_and_fp16(store, tmp_path):
@@ -248,8 +256,8 @@ def test_two_ranks_build_their_classes_and_give_the_one_rank_synset(tmp_path):
     out2 = _launch(tmp_path / "two", 2, args, tmp_path / "cache")
     assert "cache miss" in out2
     (folder,) = (tmp_path / "cache").glob("bank-*")
-    meta = json.loads((folder / "bank.json").read_text())
-    assert set(meta["build_seconds"]) == {"c0-6", "c6-12"}  # each rank built its own block
+    # each rank built its own block and recorded its time in its own file
+    assert {f.name for f in folder.glob("build_*.json")} == {"build_c0-6.json", "build_c6-12.json"}
     assert len(list(folder.glob("class_*.npy"))) == 12
     out1 = _launch(tmp_path / "one", 1, args, tmp_path / "cache")  # reads the 2 blocks' classes
     assert "cache hit" in out1

@@ -19,7 +19,9 @@ bank path with ``K = iterations`` and ``M = batch_real`` (tests/test_dm_bank.py 
 On disk (built once, reused by every run with the same key)::
 
     <cache>/bank-<hash>/bank.json          the key (train fingerprint, network, K, M, seed, dtype,
-                                           device type) and D, build seconds
+                                           device type)
+    <cache>/bank-<hash>/build_c0-12.json   the build seconds of a block of classes (one file per
+                                           block: the processes of a run each write their own)
     <cache>/bank-<hash>/class_0000.npy     [K, D] means of class 0 (bank dtype), memory-mapped
     <cache>/bank-<hash>/partial/k00012_c0-12.npy   a finished network's [C_block, D] while building
 
@@ -241,8 +243,7 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
             raise BankError(f"{folder} holds another bank ({_diff_keys(meta.get('key', {}), key)}); "
                             f"delete it")
         maps = [np.load(f, mmap_mode="r") for f in files]
-        secs = float(meta.get("build_seconds", {}).get(_block_name(classes), 0.0))
-        return finish(maps, secs, "hit", 0)
+        return finish(maps, _block_seconds(folder, _block_name(classes)), "hit", 0)
 
     partial = folder / "partial"
     partial.mkdir(parents=True, exist_ok=True)
@@ -250,7 +251,7 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
     block = _block_name(classes)
     chunk = lambda k: partial / f"k{k:05d}_{block}.npy"  # noqa: E731
     done = [k for k in range(K) if chunk(k).exists()]
-    secs = float(_read_meta(meta_file).get("build_seconds", {}).get(block, 0.0))
+    secs = _block_seconds(folder, block)
     built = 0
     with bar(total=K, initial=len(done), desc=desc, unit="net", enable=progress) as pb:
         for k in range(K):
@@ -262,9 +263,9 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
             secs += time.perf_counter() - t0
             built += 1
             if built % 8 == 0:  # the time so far survives a kill
-                _record_seconds(meta_file, block, secs)
+                _record_seconds(folder, block, secs)
             pb.update(1)
-    _record_seconds(meta_file, block, secs)
+    _record_seconds(folder, block, secs)
     # every network done: one [K, D] file per class, filled one network at a time (bounded memory)
     first = np.load(chunk(0), mmap_mode="r")
     D = int(first.shape[1])
@@ -303,7 +304,7 @@ def list_banks(root: str | os.PathLike | None = None) -> list[dict]:
                     "classes_done": len(list(d.glob("class_*.npy"))),
                     "classes": len(key.get("classes", [])),
                     "bytes": sum(f.stat().st_size for f in files),
-                    "build_seconds": sum(meta.get("build_seconds", {}).values())})
+                    "build_seconds": sum(_all_seconds(d, meta).values())})
     return out
 
 
@@ -319,10 +320,26 @@ def _read_meta(f: Path) -> dict:
     return {k: v for k, v in d.items() if k not in ("vdfast", "key")}
 
 
-def _record_seconds(meta_file: Path, block: str, secs: float) -> None:
-    d = json.loads(meta_file.read_text())
-    d.setdefault("build_seconds", {})[block] = round(secs, 3)
-    _write_json(meta_file, d)
+def _record_seconds(folder: Path, block: str, secs: float) -> None:
+    """This block's build time so far, in its own file (a shared one, read, changed and written by
+    N processes at once, loses one process's entry)."""
+    _write_json(folder / f"build_{block}.json", {"seconds": round(secs, 3)})
+
+
+def _all_seconds(folder: Path, meta: dict) -> dict[str, float]:
+    """``{block: build seconds}`` of a bank folder (and the ``build_seconds`` of a bank.json
+    written by older vdfast, for blocks without a file)."""
+    out = {k: float(v) for k, v in meta.get("build_seconds", {}).items()}
+    for f in folder.glob("build_*.json"):
+        try:
+            out[f.stem[len("build_"):]] = float(json.loads(f.read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _block_seconds(folder: Path, block: str) -> float:
+    return _all_seconds(folder, _read_meta(folder / "bank.json")).get(block, 0.0)
 
 
 def _write_json(f: Path, d: dict) -> None:
