@@ -83,8 +83,9 @@ class _Work:
         d = self.root / f"{name}-{_key(ident)}"
         d.mkdir(parents=True, exist_ok=True)
         f = d / "identity.json"
-        if not f.exists():
-            f.write_text(json.dumps(ident, indent=1, sort_keys=True, default=str))
+        if not f.exists():  # (N processes may write it at once: the same text, atomically)
+            text = json.dumps(ident, indent=1, sort_keys=True, default=str)
+            checkpoint.atomic_write(f, lambda tmp: tmp.write_text(text))
         return d
 
 
