@@ -40,7 +40,14 @@ def launch_script(script, nproc, *args, timeout=120):
            "--master_port", str(port), str(script), *map(str, args)]
     r = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
                        text=True, timeout=timeout)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.returncode == 0, failure(r)
+
+
+def failure(r) -> str:
+    """What a failed torchrun printed: the ranks' own output first (a rank's traceback or abort
+    message comes before torchrun's summary, which is the end of stderr)."""
+    return (f"exit {r.returncode}\n--- stdout (end)\n{r.stdout[-1500:]}\n--- stderr (start)\n"
+            f"{r.stderr[:3000]}\n--- stderr (end)\n{r.stderr[-1500:]}")
 
 
 def _launch(out, nproc, args=ARGS):
@@ -49,7 +56,7 @@ def _launch(out, nproc, args=ARGS):
            "--master_port", str(29500 + os.getpid() % 1000), "-m", "vdfast", "distill",
            "--out", str(out), *args]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, failure(r)
     return r.stdout
 
 
