@@ -33,8 +33,7 @@ import torch
 from torch.library import wrap_triton
 import torch.nn.functional as F
 
-from vdfast.ops.dispatch import (FLOATS, fused, fused_backward, fused_grad, kernel_fake, new_out, op,
-                                 triton_variant)
+from vdfast.ops.dispatch import FLOATS, fused, fused_backward, fused_grad, kernel_fake, new_out, op
 
 __all__ = ["blend_static_dynamic", "static_planes", "blend_decomposed"]
 
@@ -248,10 +247,8 @@ def _(grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn, need_params, back
     return tuple(dyn.new_empty(sh, dtype=dt) for sh, dt in zip(shapes, dtypes))
 
 
-# the Triton backend's ops: triton_ops (torch.compile traces their kernels), same functions
-_blend_grad_triton_op = triton_variant(_blend_grad_op)  # vdfast::blend_static_dynamic_grad_triton
-# what the backward calls: the op under compile, its function in eager
-_blend_grad = fused_grad(_blend_grad_op, _blend_grad_triton_op)
+# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+_blend_grad = fused_grad(_blend_grad_op)
 
 
 def _setup_context(ctx, inputs, output):
@@ -273,8 +270,7 @@ def _backward(ctx, grad):
 
 
 _blend_op.register_autograd(_backward, setup_context=_setup_context)
-_blend_triton_op = triton_variant(_blend_op)  # vdfast::blend_static_dynamic_triton
-_RUN = {b: fused(_blend_triton_op if b == "triton" else _blend_op, b) for b in _LAUNCHERS}
+_RUN = {b: fused(_blend_op, b) for b in _LAUNCHERS}
 
 
 def _blend_fused(backend, static, dynamic, weight, bias, static_idx, dynamic_idx):

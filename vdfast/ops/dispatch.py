@@ -320,9 +320,13 @@ def _eager_function(custom_op) -> Callable:
 def fused(custom_op: Callable, backend: str, post: Callable | None = None) -> Callable:
     """The ``fn`` a fused backend registers: ``custom_op(*args, backend)`` (a
     ``torch.library.custom_op`` that takes the backend's name last, with its autograd formula
-    registered), its result passed through ``post`` (e.g. the first of several outputs). In eager
-    mode the same implementation and formula run as a plain ``torch.autograd.Function`` (see
-    above); while torch.compile traces, the custom op itself."""
+    registered: call this after ``register_autograd``), its result passed through ``post`` (e.g.
+    the first of several outputs). For ``backend="triton"`` the op's :func:`triton_variant`. In
+    eager mode the same implementation and formula run as a plain ``torch.autograd.Function``
+    (see above); while torch.compile traces, the custom op itself."""
+    if backend == "triton":
+        custom_op = triton_variant(custom_op)
+
     def run(*args):
         if _through_custom_op():
             out = custom_op(*args, backend)
@@ -333,12 +337,12 @@ def fused(custom_op: Callable, backend: str, post: Callable | None = None) -> Ca
     return run
 
 
-def fused_grad(grad_op: Callable, triton_grad_op: Callable | None = None) -> Callable:
+def fused_grad(grad_op: Callable) -> Callable:
     """What a fused op's backward calls for its gradient custom op ``grad_op`` (its last argument
     the backend's name): the op (under the custom op's own autograd formula: torch.compile, a
     dispatch mode, :func:`through_custom_ops`), or its implementation directly inside the eager
-    path's backward. For the backend ``"triton"``, ``triton_grad_op`` (:func:`triton_variant`)."""
-    ops = {"triton": triton_grad_op or grad_op}
+    path's backward; for the backend ``"triton"``, its :func:`triton_variant`."""
+    ops = {"triton": triton_variant(grad_op)}
     impls = {name: o._init_fn for name, o in ops.items()}
     impl = grad_op._init_fn
 
@@ -357,7 +361,11 @@ def triton_variant(custom_op):
     torch.compile, AOT autograd then traces the kernels themselves into the graph
     (``triton_kernel_wrapper_functional``: inductor compiles and schedules them as user kernels)
     instead of one opaque op. In eager mode (and in the custom op's own eager call) the kernels
-    launch directly (triton_op turns ``wrap_triton`` off there)."""
+    launch directly (triton_op turns ``wrap_triton`` off there). Built once per op (remembered on
+    it), by :func:`fused` and :func:`fused_grad`."""
+    cached = getattr(custom_op, "_vdfast_triton", None)
+    if cached is not None:
+        return cached
     schema = custom_op._opoverload._schema
     mutates = tuple(a.name for a in schema.arguments
                     if a.alias_info is not None and a.alias_info.is_write)
@@ -368,6 +376,7 @@ def triton_variant(custom_op):
     top.register_fake(custom_op._abstract_fn)
     if custom_op._backward_fn is not None:
         top.register_autograd(custom_op._backward_fn, setup_context=custom_op._setup_context_fn)
+    custom_op._vdfast_triton = top
     return top
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.library import wrap_triton
 
 from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op, triton_variant
+from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import dm_loss as _ref
 
@@ -132,10 +132,8 @@ def _(labels, diff, scale, n, dtype, backend):
     return diff.new_empty((n, diff.shape[1]), dtype=dtype)
 
 
-# the Triton backend's ops: triton_ops (torch.compile traces their kernels), same functions
-_dm_loss_grad_triton_op = triton_variant(_dm_loss_grad_op)  # vdfast::dm_loss_grad_triton
-# what the backward calls: the op under compile, its function in eager
-_dm_loss_grad = fused_grad(_dm_loss_grad_op, _dm_loss_grad_triton_op)
+# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+_dm_loss_grad = fused_grad(_dm_loss_grad_op)
 
 
 def _setup_context(ctx, inputs, output):
@@ -162,7 +160,6 @@ def _backward(ctx, g, _g_diff, _g_cnt):
 
 
 _dm_loss_op.register_autograd(_backward, setup_context=_setup_context)
-_dm_loss_triton_op = triton_variant(_dm_loss_op)  # vdfast::dm_loss_triton
 
 
 def _loss(out):
@@ -231,7 +228,7 @@ def dm_loss(real_feat: torch.Tensor, real_labels: torch.Tensor, syn_feat: torch.
 _OP.register("reference", _ref.dm_loss, devices=("cpu", "cuda"), double_backward=True)
 _OP.register("cpp", fused(_dm_loss_op, "cpp", _loss), devices=("cpu",),
              kernels=("dm_loss_fwd", "dm_loss_bwd"))
-_OP.register("triton", fused(_dm_loss_triton_op, "triton", _loss), devices=("cuda",))
+_OP.register("triton", fused(_dm_loss_op, "triton", _loss), devices=("cuda",))
 _OP.register("cuda", fused(_dm_loss_op, "cuda", _loss), devices=("cuda",),
              kernels=("dm_loss_fwd", "dm_loss_bwd"))
 

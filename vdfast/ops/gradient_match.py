@@ -12,7 +12,7 @@ import torch
 from torch.library import wrap_triton
 
 from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op, triton_variant
+from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import gradient_match as _ref
 
@@ -127,10 +127,8 @@ def _(real, syn, coef, need_real, need_syn, backend):
             [torch.empty_like(s) for s in syn] if need_syn else [])
 
 
-# the Triton backend's ops: triton_ops (torch.compile traces their kernels), same functions
-_gradient_match_grad_triton_op = triton_variant(_gradient_match_grad_op)
-# what the backward calls: the op under compile, its function in eager
-_gradient_match_grad = fused_grad(_gradient_match_grad_op, _gradient_match_grad_triton_op)
+# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+_gradient_match_grad = fused_grad(_gradient_match_grad_op)
 
 
 def _setup_context(ctx, inputs, output):
@@ -162,7 +160,6 @@ def _backward(ctx, g, _g_stats):
 
 
 _gradient_match_op.register_autograd(_backward, setup_context=_setup_context)
-_gradient_match_triton_op = triton_variant(_gradient_match_op)  # vdfast::gradient_match_triton
 
 
 def _distance(out):
@@ -170,8 +167,7 @@ def _distance(out):
 
 
 def _fused(backend):
-    op_call = fused(_gradient_match_triton_op if backend == "triton" else _gradient_match_op, backend,
-                    _distance)
+    op_call = fused(_gradient_match_op, backend, _distance)
 
     def run(real_grads, syn_grads, eps):
         pairs = [(r, s) for r, s in zip(real_grads, syn_grads) if r.dim() >= 2]

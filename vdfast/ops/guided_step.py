@@ -30,7 +30,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import FLOATS, fused, kernel_fake, op, triton_variant
+from vdfast.ops.dispatch import FLOATS, fused, kernel_fake, op
 from vdfast.ops.dispatch import new_out as _new_out_like
 from vdfast.reference.guided_step import guided_step as _ref_guided_step
 
@@ -169,11 +169,8 @@ def _(x, eps, guide, lam, noise, coefs, sampler, out, backend):
     return None
 
 
-_guided_step_triton_op = triton_variant(_guided_step_op)  # vdfast::guided_step_triton
-
-
 def _fused(backend):
-    op_call = fused(_guided_step_triton_op if backend == "triton" else _guided_step_op, backend)
+    op_call = fused(_guided_step_op, backend)
 
     def run(x, eps, guide, lam, noise, coefs, sampler, out):
         out = _new_out(x) if out is None else out

@@ -15,7 +15,7 @@ import functools
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import fused, kernel_fake, op, triton_variant
+from vdfast.ops.dispatch import fused, kernel_fake, op
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import normalize_clips as _ref
 
@@ -142,12 +142,8 @@ def _(clips, mean, std, standardize, out_dtype, backend):
     return clips.new_empty((N, C, T, H, W), dtype=out_dtype)
 
 
-_normalize_clips_triton_op = triton_variant(_normalize_clips_op)  # vdfast::normalize_clips_triton
-
-
 def _fused(backend):
-    op_call = fused(_normalize_clips_triton_op if backend == "triton" else _normalize_clips_op,
-                    backend)
+    op_call = fused(_normalize_clips_op, backend)
 
     def run(clips, mean, std, standardize, out_dtype):
         mean, std = _channel_stats(mean, std, clips.device)

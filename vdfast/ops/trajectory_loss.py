@@ -10,7 +10,7 @@ import torch
 from torch.library import wrap_triton
 
 from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op, triton_variant
+from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
 from vdfast.ops.dispatch import new_out as _out
 from vdfast.reference import trajectory_loss as _ref
 
@@ -120,10 +120,8 @@ def _(s, a, t, coef, need_s, need_a, need_t, backend):
     return tuple(s.new_empty(s.shape if n else (0,)) for n in (need_s, need_a, need_t))
 
 
-# the Triton backend's ops: triton_ops (torch.compile traces their kernels), same functions
-_trajectory_loss_grad_triton_op = triton_variant(_trajectory_loss_grad_op)
-# what the backward calls: the op under compile, its function in eager
-_trajectory_loss_grad = fused_grad(_trajectory_loss_grad_op, _trajectory_loss_grad_triton_op)
+# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+_trajectory_loss_grad = fused_grad(_trajectory_loss_grad_op)
 
 
 def _setup_context(ctx, inputs, output):
@@ -148,7 +146,6 @@ def _backward(ctx, g, _g_sums):
 
 
 _trajectory_loss_op.register_autograd(_backward, setup_context=_setup_context)
-_trajectory_loss_triton_op = triton_variant(_trajectory_loss_op)  # vdfast::trajectory_loss_triton
 
 
 def _loss(out):
@@ -201,7 +198,7 @@ _OP.register("reference", _ref.trajectory_loss, devices=("cpu", "cuda"), double_
 # from ~128k the reference's own time rises steeply
 _OP.register("cpp", fused(_trajectory_loss_op, "cpp", _loss), devices=("cpu",),
              auto_min_numel=131072, kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
-_OP.register("triton", fused(_trajectory_loss_triton_op, "triton", _loss), devices=("cuda",))
+_OP.register("triton", fused(_trajectory_loss_op, "triton", _loss), devices=("cuda",))
 _OP.register("cuda", fused(_trajectory_loss_op, "cuda", _loss), devices=("cuda",),
              kernels=("trajectory_loss_fwd", "trajectory_loss_bwd"))
 
