@@ -177,9 +177,13 @@ def load_cached(path, device="cpu", redo: str = "that stage is recomputed"):
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {first}); delete it and run "
-                              f"again ({redo})") from e
+        raise _damaged(path, e, redo) from e
+
+
+def _damaged(path, e: Exception, redo: str) -> CheckpointError:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return CheckpointError(f"{path} is damaged ({type(e).__name__}: {first}); delete it and run "
+                           f"again ({redo})")
 
 
 def save_weights(path, state_dict) -> Path:
@@ -215,9 +219,7 @@ def load_weights(path, device="cpu", redo: str = "that stage is recomputed") -> 
     try:
         return load_file(str(path), device=str(device))
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {first}); delete it and run "
-                              f"again ({redo})") from e
+        raise _damaged(path, e, redo) from e
 
 
 def atomic_write(path, write: Callable[[Path], None]) -> Path:

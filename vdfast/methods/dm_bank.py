@@ -243,15 +243,16 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
             raise BankError(f"{folder} holds another bank ({_diff_keys(meta.get('key', {}), key)}); "
                             f"delete it")
         maps = [np.load(f, mmap_mode="r") for f in files]
-        return finish(maps, _block_seconds(folder, _block_name(classes)), "hit", 0)
+        return finish(maps, _all_seconds(folder, meta).get(_block_name(classes), 0.0), "hit", 0)
 
     partial = folder / "partial"
     partial.mkdir(parents=True, exist_ok=True)
-    _write_json(meta_file, {"vdfast": __version__, "key": key, **_read_meta(meta_file)})
+    old = _read_meta(meta_file)
+    _write_json(meta_file, {"vdfast": __version__, "key": key, **old})
     block = _block_name(classes)
     chunk = lambda k: partial / f"k{k:05d}_{block}.npy"  # noqa: E731
     done = [k for k in range(K) if chunk(k).exists()]
-    secs = _block_seconds(folder, block)
+    secs = _all_seconds(folder, old).get(block, 0.0)
     built = 0
     with bar(total=K, initial=len(done), desc=desc, unit="net", enable=progress) as pb:
         for k in range(K):
@@ -336,10 +337,6 @@ def _all_seconds(folder: Path, meta: dict) -> dict[str, float]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
-
-
-def _block_seconds(folder: Path, block: str) -> float:
-    return _all_seconds(folder, _read_meta(folder / "bank.json")).get(block, 0.0)
 
 
 def _write_json(f: Path, d: dict) -> None:
