@@ -139,10 +139,11 @@ class EvalConfig:
 class MTTConfig:
     """MTT (trajectory matching) and its expert buffers.
 
-    Published video settings at ipc 1 (the reference's MTT scripts): syn_steps 10, expert_epochs 1,
-    max_start_epoch 10, initial student lr 0.01 learned (``learn_lr``), the whole synset per step;
-    30 experts of 50 epochs, SGD lr 0.01 without momentum, batch 256. ``lr_img`` replaces the
-    top-level ``lr_img`` (DM's) for the pixels MTT optimises (the papers sweep 1e2-1e4)."""
+    Published video settings at ipc 1 (the S2D reference's ``sh/baseline/MTT.sh`` and README):
+    syn_steps 10, expert_epochs 1, max_start_epoch 10, initial student lr 0.01 learned
+    (``learn_lr``), the whole synset per step, pixel lr 1e5; 30 experts of 50 epochs, SGD lr 0.01
+    without momentum, batch 256. ``lr_img`` replaces the top-level ``lr_img`` (DM's) for the pixels
+    MTT optimises."""
 
     buffer: str = _f("", "expert directory; empty: buffers/<data>-<net>-<training> under $VDFAST_BUFFERS or "
                          "./buffers, trained on first use")
@@ -156,8 +157,10 @@ class MTTConfig:
     syn_steps: int = _f(10, "unrolled student steps per iteration")
     expert_epochs: int = _f(1, "target = expert epoch start + expert_epochs")
     max_start_epoch: int = _f(10, "start epoch drawn from [0, max_start_epoch)")
-    lr_img: float = _f(1000.0, "SGD learning rate of the synthetic pixels MTT optimises (replaces lr_img, "
-                               "DM's)")
+    # the S2D reference's video MTT (README: `bash MTT.sh 0 miniUCF101 1e5 1`, VPC 1); 1e3 is an
+    # image setting
+    lr_img: float = _f(1e5, "SGD learning rate of the synthetic pixels MTT optimises (replaces lr_img, "
+                            "DM's); 1e5: the video MTT setting")
     lr_lr: float = _f(1e-5, "learning rate of the learnable student step size")
     lr_teacher: float = _f(0.01, "initial student step size")
     learn_lr: bool = _f(True, "learn the student step size (syn_lr) along with the pixels")
@@ -379,7 +382,10 @@ class DistillConfig:
     method: str = _f("dm", "distillation method (see `vdfast info` or vdfast.methods.names())")
     ipc: int = _f(1, "synthetic videos per class")
     iterations: int = _f(5000, "synset updates (0: the initialisation itself)")
-    lr_img: float = _f(1.0, "SGD learning rate of the synthetic pixels (DM; other methods have their own)")
+    # the S2D reference's video DM (README: `bash DM.sh 0 miniUCF101 30 1`, VPC 1; sh/baseline/DM.sh:
+    # batch_real 64, 5000 iterations, momentum 0.5 as in DM); 1 is the image setting
+    lr_img: float = _f(30.0, "SGD learning rate of the synthetic pixels (DM; other methods have their own); "
+                             "30: the video DM setting")
     momentum: float = _f(0.5, "SGD momentum of the synthetic pixels")
     batch_real: int = _f(64, "real clips per class per iteration (DM)")
     embed_chunk: int = _f(0, "clips per embedding forward; 0: from free memory on a GPU, 16 on a CPU")
@@ -499,7 +505,7 @@ PRESETS: dict[str, dict] = {
         # MTT: 3 experts x 6 epochs (~1 min each on 2 cores); lr 0.05 because 0.01 without
         # momentum barely moves a 12-class expert in 6 epochs
         "mtt": {"num_experts": 3, "buffer_epochs": 6, "buffer_lr": 0.05, "buffer_batch": 64,
-                "max_start_epoch": 4, "lr_teacher": 0.05},
+                "max_start_epoch": 4, "lr_teacher": 0.05, "lr_img": 1000.0},
         # DC: ipc 1 -> 1 outer / 1 inner step per iteration; lr_img 1 (0.1, the image setting,
         # barely moves the pixels in 200 iterations)
         "dc": {"batch_real": 16, "batch_train": 64, "lr_img": 1.0},
@@ -524,6 +530,25 @@ PRESETS: dict[str, dict] = {
                 "teacher_epochs": 20},
     },
 }
+
+
+def _derived(base: str, **changes) -> dict:
+    """Preset ``base`` with ``changes`` (a section's dict updates that section's keys)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[base].items()}
+    for k, v in changes.items():
+        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
+    return out
+
+
+# Stores of 8 frames at 32x32 with tens of classes (the quality benchmark's CPU size,
+# benchmarks/quality.py on PhotoMotion): the builtin preset's budgets with a width-16 network
+# (a width-32 ConvNet3D costs ~4x the time of a student step on a 2-core CPU) and students of 150
+# epochs. Values tuned on PhotoMotion's validation split (split 2), never its test split.
+PRESETS["small"] = _derived(
+    "builtin", iterations=400, lr_img=30.0,
+    net={"width": 16, "depth": 2},
+    eval={"epochs": 150, "batch": 64, "full_epochs": 20},
+)
 
 
 # nested sections of DistillConfig: CLI prefix / override key -> dataclass

@@ -1,0 +1,417 @@
+"""The quality benchmark: does a distilled set beat what a user gets for free?
+
+    python benchmarks/quality.py                    # = vdfast bench --only quality (hours on a 2-core CPU)
+    python benchmarks/quality.py --smoke            # 3 classes, dm and random at ipc 1 (under a minute)
+    python benchmarks/quality.py --split val --methods dm --ipcs 1 --set lr_img=30   # tuning: never test
+    python benchmarks/quality.py --report           # rewrite the JSON's table, doc and plots only
+
+Every method (``--methods``) at every ipc (``--ipcs``) with every distillation seed (``--seeds``) is
+distilled on the PhotoMotion benchmark (``benchmarks/photomotion.py``: real photographs and footage in
+motion, written as real videos in the UCF101 layout and read through ``vdfast prepare``), then
+evaluated by ``--students`` fresh students each, with the coresets random real, herding and k-center
+at the same ipc beside them. The accuracy is each student's FINAL test accuracy (no choice on the
+test split); ``--split val`` evaluates on the validation videos carved from train instead (split 2
+of the dataset's lists), which is the split to tune on.
+
+Resumable: each finished (method, ipc, seed) appends its rows to ``WORKDIR/rows.jsonl`` and is
+skipped when the command is started again; an interrupted distillation resumes from its own
+checkpoint (``WORKDIR/<method>-ipc<k>-seed<s>/``). At the end (and after every job) it writes the
+JSON (``--json``: one row per method, ipc, seed and student, with the accuracy, the distillation and
+evaluation seconds, the data and the git SHA) and the document (``--doc``: the table and two plots,
+accuracy against ipc per method and accuracy against wall seconds).
+
+The size (``--frames``, ``--size``, ``--gap``, ``--preset``) defaults to the CPU one: 8 frames at 32²
+with the ``small`` preset. On a GPU the same harness runs at the published size with
+``--frames 16 --size 112 --preset published``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+METHODS = ("dm", "s2d-dm", "mtt", "s2d-mtt", "dc", "frepo", "gvd")
+CORESETS = ("random", "herding", "kcenter")
+# the names a row gets in the document and the order of its table
+ORDER = METHODS + CORESETS
+
+
+def _csv(s: str, cast=str) -> list:
+    return [cast(x) for x in s.split(",") if x.strip()]
+
+
+def _value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="3 classes, dm and random at ipc 1, 1 seed, "
+                                                        "1 student, in a temporary folder")
+    p.add_argument("--methods", default=",".join(ORDER), help="comma list (coresets included)")
+    p.add_argument("--ipcs", default="1,5,10")
+    p.add_argument("--seeds", default="0,1", help="distillation seeds (the students are seeded by them)")
+    p.add_argument("--students", type=int, default=3, help="students per (method, ipc, seed)")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="val: evaluate on the validation videos carved from train (for tuning)")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--gap", type=int, default=4)
+    p.add_argument("--preset", default="small", help="vdfast preset of every run (small: 8x32² stores)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (lr_img=30, mtt.lr_img=1e5; METHOD:KEY=VALUE "
+                        "for one method), repeatable")
+    p.add_argument("--dataset", default=os.path.join(ROOT, "data", "photomotion"),
+                   help="the PhotoMotion folder (written when missing)")
+    p.add_argument("--stores", default=os.path.join(ROOT, "stores"), help="where prepared stores go")
+    p.add_argument("--workdir", default=None, help="runs and rows.jsonl (default runs/quality-<split>)")
+    p.add_argument("--json", default=None,
+                   help="rows (default benchmarks/results/quality.json; quality_val.json for --split val)")
+    p.add_argument("--doc", default=None, help="table and plots (default docs/quality.md for the test "
+                                                "split, WORKDIR/quality.md otherwise)")
+    p.add_argument("--report", action="store_true", help="only rewrite the JSON, doc and plots")
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    if a.smoke:
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="vdfast-quality-smoke-")
+        a.methods, a.ipcs, a.seeds, a.students = "dm,random", "1", "0", 1
+        a.dataset, a.stores, a.workdir = (os.path.join(tmp, "photomotion"), os.path.join(tmp, "stores"),
+                                          os.path.join(tmp, "runs"))
+        a.json, a.doc = os.path.join(tmp, "quality.json"), os.path.join(tmp, "quality.md")
+        a.set = ["iterations=20", "eval.epochs=30"] + a.set  # the smoke's budget; --set still wins
+    a.methods, a.ipcs, a.seeds = _csv(a.methods), _csv(a.ipcs, int), _csv(a.seeds, int)
+    from vdfast.methods import names
+
+    unknown = [m for m in a.methods if m not in names()]
+    if unknown:
+        p.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(names())}")
+    a.overrides = {}
+    for s in a.set:
+        if "=" not in s:
+            p.error(f"--set {s!r}: expected KEY=VALUE")
+        k, v = s.split("=", 1)
+        method, _, key = k.rpartition(":")
+        a.overrides.setdefault(method or "*", {})[key] = _value(v)
+    a.workdir = a.workdir or os.path.join(ROOT, "runs", f"quality-{a.split}")
+    suffix = "" if a.split == "test" else "_val"
+    a.json = a.json or os.path.join(HERE, "results", f"quality{suffix}.json")
+    a.doc = a.doc or (os.path.join(ROOT, "docs", "quality.md") if a.split == "test"
+                      else os.path.join(a.workdir, "quality.md"))
+    return a
+
+
+# ---------------------------------------------------------------------------------------------
+# data: the PhotoMotion videos, prepared through `vdfast prepare` like any user's dataset
+# ---------------------------------------------------------------------------------------------
+def ensure_store(a) -> str:
+    """The prepared store of ``a``'s split and size (written, and the videos too, when missing)."""
+    import vdfast
+
+    if not os.path.isdir(os.path.join(a.dataset, "UCF-101")):
+        import photomotion
+
+        extra = dict(classes=3, train=6, test=3, val=2) if a.smoke else {}
+        print(f"writing the PhotoMotion videos to {a.dataset} ...", flush=True)
+        d = photomotion.generate(a.dataset, progress=_progress(), **extra)
+        print(f"  {d['videos']} videos of {d['classes']} classes in {d['seconds']} s", flush=True)
+    split = 1 if a.split == "test" else 2
+    name = f"photomotion-{a.frames}x{a.size}-g{a.gap}" + ("-val" if split == 2 else "")
+    store = os.path.join(a.stores, name)
+    if not os.path.exists(os.path.join(store, "store.json")):
+        vdfast.prepare(a.dataset, store, layout="ucf101", split=split, frames=a.frames, size=a.size,
+                       gap=a.gap, workers=min(2, os.cpu_count() or 1), progress=_progress())
+    return store
+
+
+def _progress() -> bool:
+    return os.environ.get("VDFAST_PROGRESS", "1") != "0"
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs
+# ---------------------------------------------------------------------------------------------
+def job_key(method: str, ipc: int, seed: int) -> str:
+    return f"{method}-ipc{ipc}-seed{seed}"
+
+
+def options(a, method: str) -> dict:
+    o = dict(a.overrides.get("*", {}))
+    o.update(a.overrides.get(method, {}))
+    return o
+
+
+def done_rows(path: str) -> dict[str, list[dict]]:
+    """Rows of the finished jobs in ``rows.jsonl``, by job key (a torn last line is ignored: that job
+    runs again)."""
+    out: dict[str, list[dict]] = {}
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[rec["job"]] = rec["rows"]
+    return out
+
+
+def eval_options(o: dict) -> dict:
+    """``vdfast.evaluate``'s keywords from a run's overrides: ``net.*`` (the student) and ``eval.*``."""
+    net = {k.split(".", 1)[1]: v for k, v in o.items() if k.startswith("net.")}
+    return {"net": net or None, **{k.split(".", 1)[1]: v for k, v in o.items() if k.startswith("eval.")}}
+
+
+def run_job(a, store: str, method: str, ipc: int, seed: int, meta: dict) -> list[dict]:
+    """Distill (resuming its checkpoint) and evaluate one (method, ipc, seed); one row per student."""
+    import vdfast
+
+    out = os.path.join(a.workdir, job_key(method, ipc, seed))
+    o = options(a, method)
+    t0 = time.perf_counter()
+    res = vdfast.distill(store, method=method, ipc=ipc, out=out, seed=seed, preset=a.preset,
+                         device=a.device, progress=_progress(), **o)
+    distill_s = time.perf_counter() - t0  # this command's share when the run resumed
+    t0 = time.perf_counter()
+    rep = vdfast.evaluate(res.synset, store, students=a.students, seed=seed, preset=a.preset,
+                          device=a.device, progress=_progress(), baselines=False, full=False,
+                          **eval_options(o))
+    eval_s = time.perf_counter() - t0
+    row = rep.rows[0]  # the synset's own row (with its soft labels when it has them)
+    hard = next((r for r in rep.rows if r.name.endswith("(hard labels)")), None)
+    rows = []
+    for i, acc in enumerate(row.accs):
+        r = {"method": method, "ipc": ipc, "seed": seed, "student": i, "accuracy": round(100 * acc, 2),
+             "distill_s": round(distill_s, 1), "eval_s": round(eval_s, 1),
+             "row": row.name, **meta}
+        if hard is not None:
+            r["accuracy_hard_labels"] = round(100 * hard.accs[i], 2)
+        if o:
+            r["options"] = o
+        rows.append(r)
+    return rows
+
+
+def full_train_row(a, store: str, meta: dict) -> list[dict]:
+    """The ceiling: students trained on the whole train split (the preset's full-data protocol)."""
+    import vdfast
+
+    o = options(a, "full")
+    res = vdfast.distill(store, method="random", ipc=1, progress=False, preset=a.preset,
+                         device=a.device, **o)
+    t0 = time.perf_counter()
+    rep = vdfast.evaluate(res.synset, store, students=1, preset=a.preset, device=a.device,
+                          progress=_progress(), baselines=False, full=True, **eval_options(o))
+    row = rep.row("full train set")
+    return [{"method": "full train set", "ipc": None, "seed": 0, "student": i,
+             "accuracy": round(100 * acc, 2), "distill_s": 0.0,
+             "eval_s": round(time.perf_counter() - t0, 1), "row": row.name, **meta}
+            for i, acc in enumerate(row.accs)]
+
+
+def _append(path: str, rec: dict) -> None:
+    """One fsynced line; after a torn last line (a kill mid-write) the record starts a line of its own."""
+    torn = False
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    with open(path, "a") as f:
+        f.write(("\n" if torn else "") + json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main(argv=None) -> list[dict]:
+    a = parse(argv)
+    os.makedirs(a.workdir, exist_ok=True)
+    rows_path = os.path.join(a.workdir, "rows.jsonl")
+    if a.report:
+        rows = [r for rs in done_rows(rows_path).values() for r in rs]
+        write_outputs(a, rows)
+        return rows
+    import harness
+    import torch
+
+    store = ensure_store(a)
+    meta = {"data": os.path.basename(store), "split": a.split, "preset": a.preset,
+            "git_sha": harness.versions()["git_sha"], "torch": torch.__version__,
+            "device": harness.device_name(torch.device("cuda" if a.device != "cpu" and
+                                                       torch.cuda.is_available() else "cpu"))}
+    done = done_rows(rows_path)
+    jobs = [("full", None, 0)] + [(m, ipc, s) for ipc in a.ipcs for m in a.methods for s in a.seeds]
+    todo = [j for j in jobs if (j[0] if j[0] == "full" else job_key(*j)) not in done]
+    print(f"quality benchmark on {store} ({a.split} split): {len(jobs) - len(todo)} of {len(jobs)} "
+          f"jobs done, {len(todo)} to run; rows in {rows_path}", flush=True)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="quality jobs",
+               disable=not _progress(), unit="job")
+    for method, ipc, seed in todo:
+        bar.set_postfix_str(f"{method} ipc {ipc} seed {seed}" if method != "full" else "full train set")
+        key = "full" if method == "full" else job_key(method, ipc, seed)
+        t0 = time.perf_counter()
+        rows = (full_train_row(a, store, meta) if method == "full"
+                else run_job(a, store, method, ipc, seed, meta))
+        _append(rows_path, {"job": key, "rows": rows})
+        done[key] = rows
+        accs = [r["accuracy"] for r in rows]
+        tqdm.write(f"{key}: {statistics.fmean(accs):.1f} ± {_std(accs):.1f} "
+                   f"({len(accs)} students, {time.perf_counter() - t0:.0f} s)")
+        write_outputs(a, [r for rs in done.values() for r in rs])
+        bar.update(1)
+    bar.close()
+    rows = [r for rs in done.values() for r in rs]
+    write_outputs(a, rows)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------------
+def _std(xs) -> float:
+    return statistics.pstdev(xs) if len(xs) > 1 else 0.0
+
+
+def summarize(rows: list[dict]) -> dict:
+    """(method, ipc) -> mean, std over every student of every seed, per-seed means, n, seconds."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["ipc"]), []).append(r)
+    out = {}
+    for k, rs in groups.items():
+        accs = [r["accuracy"] for r in rs]
+        seeds = sorted({r["seed"] for r in rs})
+        per_seed = [statistics.fmean([r["accuracy"] for r in rs if r["seed"] == s]) for s in seeds]
+        first = {s: next(r for r in rs if r["seed"] == s) for s in seeds}
+        out[k] = {"mean": statistics.fmean(accs), "std": _std(accs), "n": len(accs),
+                  "seeds": len(seeds), "per_seed": per_seed,
+                  "sem": _std(accs) / math.sqrt(len(accs)) if len(accs) > 1 else 0.0,
+                  "distill_s": statistics.fmean(first[s]["distill_s"] for s in seeds),
+                  "eval_s": statistics.fmean(first[s]["eval_s"] for s in seeds),
+                  "hard": (statistics.fmean(r["accuracy_hard_labels"] for r in rs)
+                           if all("accuracy_hard_labels" in r for r in rs) else None)}
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    s = summarize(rows)
+    ipcs = sorted({k[1] for k in s if k[1] is not None})
+    methods = sorted({k[0] for k in s if k[1] is not None},
+                     key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+    head = "| method | " + " | ".join(f"ipc {i}" for i in ipcs) + " |"
+    lines = [head, "|---|" + "---|" * len(ipcs)]
+    for m in methods:
+        cells = []
+        for i in ipcs:
+            v = s.get((m, i))
+            if v is None:
+                cells.append("")
+                continue
+            c = f"{v['mean']:.1f} ± {v['std']:.1f} ({v['seeds']}×{v['n'] // max(1, v['seeds'])})"
+            if v["hard"] is not None:
+                c += f"; hard labels {v['hard']:.1f}"
+            cells.append(c)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    full = s.get(("full train set", None))
+    if full:
+        lines.append(f"\nFull train set: {full['mean']:.1f} % ({full['n']} student).")
+    return "\n".join(lines)
+
+
+def seconds_table(rows: list[dict]) -> str:
+    s = summarize(rows)
+    lines = ["| method | ipc | distill s (per seed) | eval s (per seed) |", "|---|---|---|---|"]
+    for (m, i), v in sorted(((k, v) for k, v in s.items() if k[1] is not None),
+                            key=lambda kv: (ORDER.index(kv[0][0]) if kv[0][0] in ORDER else 99,
+                                            kv[0][1])):
+        lines.append(f"| {m} | {i} | {v['distill_s']:.0f} | {v['eval_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> str | None:
+    """Accuracy against ipc per method, and against the distillation's wall seconds."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    s = summarize(rows)
+    methods = sorted({k[0] for k in s if k[1] is not None},
+                     key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m in methods:
+        pts = sorted((k[1], v) for k, v in s.items() if k[0] == m and k[1] is not None)
+        style = "--" if m in CORESETS else "-"
+        ax1.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["sem"] for p in pts],
+                     fmt=style + "o", capsize=3, label=m)
+        ax2.scatter([max(1.0, p[1]["distill_s"]) for p in pts], [p[1]["mean"] for p in pts], label=m)
+    full = s.get(("full train set", None))
+    for ax in (ax1, ax2):
+        if full:
+            ax.axhline(full["mean"], color="grey", lw=0.8, ls=":", label="full train set")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    ax1.set_xlabel("videos per class (ipc)")
+    ax1.set_title("accuracy against ipc (mean ± s.e.m.)")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("distillation wall seconds (log)")
+    ax2.set_title("accuracy against distillation time")
+    ax1.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(a, rows: list[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    tmp = a.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"benchmark": "photomotion quality", "split": a.split, "rows": rows}, f, indent=1)
+    os.replace(tmp, a.json)
+    os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
+    png = os.path.splitext(a.doc)[0] + ".png"
+    drawn = plot(rows, png)
+    meta = rows[0] if rows else {}
+    cmd = "vdfast bench --only quality" + ("" if a.split == "test" else " --split val")
+    text = [
+        "# Quality: distilled sets against random real clips and herding",
+        "",
+        f"PhotoMotion ({meta.get('data', '?')}, {a.split} split), ConvNet3D students, preset "
+        f"`{meta.get('preset', a.preset)}`. Each cell: the FINAL test accuracy (%) of fresh students, "
+        f"mean ± std over every student of every distillation seed (seeds × students). Produced by "
+        f"`{cmd}` on {meta.get('device', '?')}, torch {meta.get('torch', '?')}, vdfast "
+        f"{meta.get('git_sha', '?')}; rows in `{os.path.relpath(a.json, ROOT)}`.",
+        "",
+        table(rows),
+        "",
+    ]
+    if drawn:
+        text += [f"![accuracy against ipc and against distillation time]({os.path.basename(png)})", ""]
+    text += ["Wall seconds of each run (distillation; evaluation of its students):", "",
+             seconds_table(rows), ""]
+    with open(a.doc + ".tmp", "w") as f:
+        f.write("\n".join(text))
+    os.replace(a.doc + ".tmp", a.doc)
+
+
+if __name__ == "__main__":
+    main()
