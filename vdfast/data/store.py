@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -298,6 +299,33 @@ class ClipPool:
 # --------------------------------------------------------------------------------------------
 # prepare: listing -> decode -> per-class arrays on disk, resumable, every skip reported
 # --------------------------------------------------------------------------------------------
+def _die_with_parent(parent: int) -> None:
+    """In a ``prepare --workers N`` pool worker: SIGKILL when the parent process dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), so a killed ``prepare`` (the OOM killer, ``kill PID``) leaves no
+    orphaned decoders; SIGINT ignored (Ctrl-C reaches the whole process group: the parent stops
+    the pool and reports once)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _decode_pool(workers: int) -> ProcessPoolExecutor:
+    """The decode workers of ``prepare``: they die with this process (:func:`_die_with_parent`)
+    and hold no copy of the store's run lock (closed at fork by
+    :mod:`vdfast.engine.checkpoint`)."""
+    return ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
 def _decode_one(args):
     from vdfast.data.decode import DecodeError, decode_clips
 
@@ -405,7 +433,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     todo = [(s, c) for s in SPLITS for c in range(len(listing.classes))
             if not (out / s / f"{c:04d}.npy").exists()]
     total = sum(len(by_key.get(k, [])) for k in todo)
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pool = _decode_pool(workers) if workers > 1 else None
     t0 = time.perf_counter()
     n_frames = 0
     try:
@@ -431,6 +459,11 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                 (out / s / f"{c:04d}.json").write_text(json.dumps(
                     {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short}))
                 atomic_save_npy(out / s / f"{c:04d}.npy", arr)
+    except BaseException:
+        if pool:  # Ctrl-C, a full disk ...: the queued files are not decoded first
+            pool.shutdown(wait=True, cancel_futures=True)
+            pool = None
+        raise
     finally:
         if pool:
             pool.shutdown()

@@ -434,7 +434,9 @@ class RunLock:
     A second :class:`RunLock` on the same directory, in any process, raises
     :class:`RunLockedError` at once, naming the holder's pid, host and command. The lock goes away
     with the process (a killed run leaves no stale lock); the file stays and is reused. ``flock`` is
-    per host: on some network file systems two hosts do not see each other's lock."""
+    per host: on some network file systems two hosts do not see each other's lock. A process
+    forked while the lock is held (a ``prepare --workers N`` pool worker) closes its copy of the
+    descriptor at once, so an orphaned child cannot keep the directory locked."""
 
     def __init__(self, directory, what: str = "run"):
         self.dir = Path(directory)
@@ -471,15 +473,36 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
+        _held.add(self)
         return self
 
     def __exit__(self, *exc):
+        _held.discard(self)
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing releases the flock
             self.fd = None
         return False
+
+
+_held: set[RunLock] = set()
+
+
+def _close_locks_in_child() -> None:
+    """After a fork: the child's copies of the held lock descriptors closed (a flock lives as long
+    as any descriptor of it is open; ``O_CLOEXEC`` only acts at ``exec``, not at ``fork``). The
+    parent's lock is unaffected."""
+    for lock in list(_held):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
 def ensure_dir(path) -> Path:

@@ -1,0 +1,112 @@
+"""Fault injection on the data side: ``prepare`` (kills, damaged or full store files, hostile split
+lists, odd file names), expert buffers (flipped bits, truncated files) and the CLI's early checks.
+
+Like ``tests/test_faults.py``, each case ends resumed exactly or refused clearly (one line
+``vdfast: error: ...`` naming the file or option); the videos are real (PyAV), the processes and
+kills are real.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from videos import class_color, make_ucf101, write_color_video
+
+import vdfast
+from vdfast.cli import main
+from vdfast.data.store import ClipStore, StoreError
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("one_thread")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "VDFAST_PROGRESS": "0"}
+SMALL = ["--frames", "4", "--gap", "1", "--size", "16"]
+
+
+def assert_refused(rc, out, err, *needles):
+    """One line, no traceback, non-zero, naming what it must."""
+    text = (out + err).strip()
+    assert rc not in (0, None), text
+    assert "Traceback" not in text, text
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("vdfast: error: "), text
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _fds(pid: int) -> list[str]:
+    """What the open descriptors of ``pid`` point to."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------- prepare: kills
+# a child: `vdfast prepare --workers 2` whose decoders note their pid and take 0.3 s per file
+SLOW_PREPARE = textwrap.dedent("""
+    import os, sys, time
+    import vdfast.data.store as store
+    real, pids = store._decode_one, sys.argv[1]
+    def slow(args):
+        open(os.path.join(pids, str(os.getpid())), "w").close()
+        time.sleep(0.3)
+        return real(args)
+    store._decode_one = slow
+    from vdfast.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_killed_prepare_leaves_no_workers_and_resumes(tmp_path, sig):
+    """Outcome: resumed. The main process of ``prepare --workers 2`` killed mid-decode (SIGKILL:
+    the OOM killer; SIGTERM: ``kill PID``): its pool workers die with it (none holds the store's
+    lock), and the same command run again finishes the store."""
+    made = make_ucf101(tmp_path / "ucf", groups=(1, 8, 9))
+    out, pids = tmp_path / "store", tmp_path / "pids"
+    pids.mkdir()
+    argv = ["prepare", made.root, "--out", str(out), "--workers", "2", *SMALL]
+    log = open(tmp_path / "log", "w")  # not a pipe: an orphaned worker would hold it open
+    p = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(pids), *argv], cwd=ROOT, env=ENV,
+                         stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while len(os.listdir(pids)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    workers = [int(n) for n in os.listdir(pids)]
+    assert len(workers) == 2, (tmp_path / "log").read_text()
+    for w in workers:  # no worker holds a descriptor of the store's lock
+        assert not [h for h in _fds(w) if h.endswith(".vdfast.lock")]
+    p.send_signal(getattr(signal, sig))
+    p.wait(timeout=30)
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    left = [w for w in workers if _alive(w)]
+    for w in left:  # do not leave them to the next test
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"pool workers {left} outlived their parent"
+    r = subprocess.run([sys.executable, "-m", "vdfast", *argv], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    store = ClipStore.open(out)
+    assert sum(store.counts("train")) + sum(store.counts("test")) // store.test_clips == len(made.items)
