@@ -110,3 +110,80 @@ def test_killed_prepare_leaves_no_workers_and_resumes(tmp_path, sig):
     assert r.returncode == 0, r.stdout + r.stderr
     store = ClipStore.open(out)
     assert sum(store.counts("train")) + sum(store.counts("test")) // store.test_clips == len(made.items)
+
+
+# --------------------------------------------------------------------------- prepare: store files
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                       capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    where = tmp_path / "tmpfs"
+    if not _mount_tmpfs(where, "2m"):
+        pytest.skip("this machine does not let the test mount a tmpfs (needs root)")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def ucf(tmp_path_factory):
+    return make_ucf101(tmp_path_factory.mktemp("ucf") / "ucf", groups=(1, 8))
+
+
+def test_disk_full_at_the_final_store_json_keeps_it_whole_and_resumes(ucf, tmpfs, monkeypatch,
+                                                                     capsys):
+    """Outcome: refused clearly, then resumed. The disk (a real tmpfs) fills just before the last
+    write of store.json: prepare fails with "disk full", store.json is still whole (the earlier,
+    incomplete one), and with space freed the same command finishes the store."""
+    from vdfast.engine import checkpoint
+
+    out, filler = tmpfs / "store", tmpfs / "filler"
+
+    def fill(name):
+        if name == "store.json":
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+    monkeypatch.setattr(checkpoint, "_after_step", fill)
+    rc = main(["prepare", ucf.root, "--out", str(out), *SMALL])
+    o, e = capsys.readouterr()
+    assert_refused(rc, o, e, "disk full at", "store.json")
+    assert json.loads((out / "store.json").read_text())["complete"] is False
+    monkeypatch.setattr(checkpoint, "_after_step", None)
+    filler.unlink()
+    assert main(["prepare", ucf.root, "--out", str(out), *SMALL]) == 0
+    assert ClipStore.open(out).meta["complete"]
+
+
+def test_damaged_store_json_is_named(ucf, tmp_path, capsys):
+    """Outcome: refused clearly: a truncated store.json (or class report) is named, with what
+    to delete, by prepare, by ClipStore.open and by distill --data."""
+    out = tmp_path / "store"
+    vdfast.prepare(ucf.root, out, frames=4, gap=1, size=16, progress=False)
+    meta = out / "store.json"
+    meta.write_text(meta.read_text()[:200])
+    with pytest.raises(StoreError, match=f"{meta} is damaged .*delete it"):
+        ClipStore.open(out)
+    capsys.readouterr()
+    for argv in (["prepare", ucf.root, "--out", str(out), *SMALL],
+                 ["distill", "--data", str(out), "--iterations", "1", "--no-evaluate"]):
+        rc = main(argv)
+        assert_refused(rc, *capsys.readouterr(), f"{meta} is damaged")
+    meta.unlink()  # what the message says: the finished classes are kept
+    (out / "train" / "0000.npy.tmp-12345").write_bytes(b"half")  # a write killed part-way
+    store = vdfast.prepare(ucf.root, out, frames=4, gap=1, size=16, progress=False)
+    assert sum(store.counts("train")) == len(ucf.train)
+    assert not list(out.rglob("*.tmp-*"))
+    rep = out / "train" / "0001.json"
+    rep.write_text("{")
+    with pytest.raises(StoreError, match="0001.json is damaged .*delete it and 0001.npy"):
+        store = ClipStore.open(out)
+        store.train_fingerprint()

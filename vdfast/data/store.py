@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from vdfast.config import ConfigError, PrepareConfig
-from vdfast.engine.checkpoint import atomic_save_npy
+from vdfast.engine.checkpoint import atomic_save_npy, atomic_write, fault_point
 from vdfast.profiling import traced
 from vdfast.version import __version__
 
@@ -100,7 +100,7 @@ class ClipStore:
         if not meta_file.exists():
             raise StoreError(f"{path} is not a vdfast store (no store.json); create one with "
                              f"`vdfast prepare SOURCE --out {path}`")
-        meta = json.loads(meta_file.read_text())
+        meta = read_meta(meta_file)
         if not meta.get("complete"):
             raise StoreError(f"store {path} is incomplete (prepare was interrupted); run the same "
                              f"`vdfast prepare ... --out {path}` again to resume it")
@@ -147,7 +147,7 @@ class ClipStore:
                 req = self.meta.get("request", {})
                 root = self.meta.get("root", req.get("source", ""))
                 for c, name in enumerate(self.classes):
-                    rep = json.loads((Path(self.path) / "train" / f"{c:04d}.json").read_text())
+                    rep = read_meta(Path(self.path) / "train" / f"{c:04d}.json")
                     per_class[name] = [_window_key(u, root) for u in rep["used"]]
                 ident = {"format": self.meta.get("format"), "layout": req.get("layout"),
                          "split": req.get("split"), "spec": req.get("spec")}
@@ -299,6 +299,31 @@ class ClipPool:
 # --------------------------------------------------------------------------------------------
 # prepare: listing -> decode -> per-class arrays on disk, resumable, every skip reported
 # --------------------------------------------------------------------------------------------
+def _write_json(path: Path, d: dict) -> None:
+    """``d`` as JSON at ``path``, whole or not at all (a full disk leaves the previous file)."""
+    text = json.dumps(d, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_meta(path) -> dict:
+    """A store's ``store.json`` (or a class report ``NNNN.json``); a damaged one raises
+    :class:`StoreError` naming it."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return d
+    except (ValueError, UnicodeDecodeError) as e:
+        if path.name == "store.json":
+            fix = (f"delete it and run the same `vdfast prepare ... --out {path.parent}` again (the "
+                   f"finished classes are kept)")
+        else:
+            fix = (f"delete it and {path.with_suffix('.npy').name}, then run the same `vdfast prepare "
+                   f"... --out {path.parent.parent}` again (that class is decoded again)")
+        raise StoreError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0]}); {fix}") from None
+
+
 def _die_with_parent(parent: int) -> None:
     """In a ``prepare --workers N`` pool worker: SIGKILL when the parent process dies (Linux
     ``prctl(PR_SET_PDEATHSIG)``), so a killed ``prepare`` (the OOM killer, ``kill PID``) leaves no
@@ -414,7 +439,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
             "classes": listing.classes, "spec": asdict(spec), "test_clips": test_clips}
     meta_file = out / "store.json"
     if meta_file.exists():
-        old = json.loads(meta_file.read_text())
+        old = read_meta(meta_file)
         asked = {"test_clips": 1, **old.get("request", {})}  # stores before test_clips held 1
         if {k: asked.get(k) for k in want} != want:
             raise StoreError(f"{out} already holds a store prepared with other settings "
@@ -424,12 +449,15 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "layout": listing.layout, "test_clips": test_clips,
             "root": os.path.abspath(source),  # what the window keys and the fingerprint are relative to
             "listing_problems": [list(p) for p in listing.problems], "complete": False}
-    meta_file.write_text(json.dumps(meta, indent=1))
+    _write_json(meta_file, meta)
 
     by_key: dict[tuple[str, int], list] = {}
     index = {c: i for i, c in enumerate(listing.classes)}
     for it in listing.items:
         by_key.setdefault((it.split, index[it.label]), []).append(it)
+    for s in SPLITS:  # temporary files of a killed write (this process holds the store's lock)
+        for tmp in (out / s).glob("*.tmp-*") if (out / s).is_dir() else ():
+            tmp.unlink(missing_ok=True)
     todo = [(s, c) for s in SPLITS for c in range(len(listing.classes))
             if not (out / s / f"{c:04d}.npy").exists()]
     total = sum(len(by_key.get(k, [])) for k in todo)
@@ -456,8 +484,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                     if info.get("short"):
                         short.append([it.path, f"{info['num_frames']} frames < {frames}: looped"])
                 arr = (np.concatenate(clips) if clips else np.zeros((0, frames, size, size, 3), np.uint8))
-                (out / s / f"{c:04d}.json").write_text(json.dumps(
-                    {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short}))
+                _write_json(out / s / f"{c:04d}.json",
+                            {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short})
                 atomic_save_npy(out / s / f"{c:04d}.npy", arr)
     except BaseException:
         if pool:  # Ctrl-C, a full disk ...: the queued files are not decoded first
@@ -472,7 +500,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     skipped, short, counts = [], [], {s: [] for s in SPLITS}
     for s in SPLITS:
         for c in range(len(listing.classes)):
-            rep = json.loads((out / s / f"{c:04d}.json").read_text())
+            rep = read_meta(out / s / f"{c:04d}.json")
             skipped += rep["skipped"]
             short += rep["short"]
             counts[s].append(len(rep["used"]))
@@ -480,7 +508,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     meta.update(complete=True, counts=counts, skipped=skipped, short=short, empty=empty,
                 decode_seconds=round(elapsed, 2), decoder=f"{dec[0]} ({dec[1]})",
                 decode_frames_per_s=round(n_frames / elapsed, 1) if elapsed > 0 and n_frames else None)
-    meta_file.write_text(json.dumps(meta, indent=1))
+    fault_point("store.json")
+    _write_json(meta_file, meta)
     _print_report(meta, listing.problems)
     return ClipStore.open(out)
 
