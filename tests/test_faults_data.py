@@ -187,3 +187,69 @@ def test_damaged_store_json_is_named(ucf, tmp_path, capsys):
     with pytest.raises(StoreError, match="0001.json is damaged .*delete it and 0001.npy"):
         store = ClipStore.open(out)
         store.train_fingerprint()
+
+
+# --------------------------------------------------------------------------- expert buffers
+MTT = {"num_experts": 2, "buffer_epochs": 3, "buffer_batch": 16, "max_start_epoch": 2,
+       "expert_epochs": 1, "syn_steps": 2, "buffer_lr": 0.01, "lr_teacher": 0.01}
+
+
+def _mtt_store():
+    return ClipStore.builtin(train_per_class=3, test_per_class=1, frames=4, size=16)
+
+
+def _mtt_run(store, buf, out=None, iterations=3):
+    return vdfast.distill(store, method="mtt", ipc=1, iterations=iterations, out=out,
+                          progress=False, checkpoint_every=0, **{"net.width": 4},
+                          mtt={**MTT, "buffer": str(buf)})
+
+
+def _buffer(tmp_path, store):
+    from vdfast.config import NetConfig
+    from vdfast.methods.experts import train_experts
+
+    train_experts(store, tmp_path / "buf", num_experts=2, epochs=3, batch=16,
+                  net_cfg=NetConfig(width=4, depth=2), progress=False)
+    return tmp_path / "buf"
+
+
+def test_flipped_bits_in_expert_rows_are_refused_naming_the_file(tmp_path):
+    """Outcome: refused clearly. One bit flipped in every saved row of an expert's trajectory
+    (the header intact): MTT refuses the first row it reads, naming the file, the epoch and what
+    to delete, instead of training on it; the untouched buffer gives the run it always gave."""
+    from vdfast.methods.experts import BufferError, _trajectory_bytes
+
+    store = _mtt_store()
+    buf = _buffer(tmp_path, store)
+    ref = _mtt_run(store, buf).synset.data.clone()
+    for f in sorted(buf.glob("*.safetensors")):
+        size, (rows, p) = _trajectory_bytes(f)
+        data = bytearray(f.read_bytes())
+        start = size - rows * p * 4
+        for r in range(rows):
+            data[start + r * p * 4 + 5] ^= 0x01  # the lowest bit of a mantissa byte
+        f.write_bytes(bytes(data))
+    with pytest.raises(BufferError, match=r"expert_000\d\.safetensors: the parameters of epoch \d "
+                                          r"do not match their sha256 .*delete expert_000\d\.json"):
+        _mtt_run(store, buf)
+    assert _mtt_run(store, _buffer(tmp_path / "again", store)).synset.data.equal(ref)
+
+
+@pytest.mark.parametrize("what", ["json", "safetensors"])
+def test_truncated_expert_file_is_named(tmp_path, what, caplog):
+    """Outcome: refused clearly by MTT (the file named, what to delete), and resumed by
+    ``vdfast experts``: a truncated sidecar there means that expert is trained again."""
+    from vdfast.methods.experts import BufferError, ExpertBuffer
+
+    store = _mtt_store()
+    buf = _buffer(tmp_path, store)
+    f = buf / f"expert_0001.{what}"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(BufferError, match=rf"{f} is damaged .*delete expert_0001.json and "
+                                          r"expert_0001.safetensors"):
+        ExpertBuffer(buf)
+    if what == "json":
+        caplog.clear()
+        _buffer(tmp_path, store)
+        assert f"{f} is damaged" in caplog.text and "expert 1 is trained again" in caplog.text
+        assert len(ExpertBuffer(buf)) == 2
