@@ -375,3 +375,47 @@ def test_registry_one_module_per_layout(tmp_path):
             "(frames); <class>/<video> or train|test/<class>/<video> files (folder). Pass --layout one of "
             "ucf101, miniucf, hmdb51, kinetics, ssv2, frames, folder (and --splits/--annotations DIR where "
             "it has annotation files)") in msg
+
+
+# --------------------------------------------------------------------------- hostile split lists
+
+def test_ucf101_lists_with_duplicates_overlap_and_bom(tmp_path):
+    """A line listed twice is used once; a video in both lists is kept in test only; a UTF-8 BOM
+    at the start of classInd.txt is dropped (class 1 kept, no label shifted). Each is reported."""
+    made = make_ucf101(tmp_path, groups=(1, 8))
+    sd = os.path.join(made.root, "ucfTrainTestlist")
+    ci = os.path.join(sd, "classInd.txt")
+    with open(ci, "rb") as f:
+        body = f.read()
+    with open(ci, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + body)
+    c0, c1 = made.classes[0], made.classes[1]
+    dup = f"{c0}/v_{c0}_g08_c01.avi 1\r\n"
+    both = f"{c1}/v_{c1}_g01_c01.avi 2\r\n"   # a test video (group 1) also in the train list
+    with open(os.path.join(sd, "trainlist01.txt"), "a") as f:
+        f.write(dup + dup + both)
+    lst = list_videos(made.root)
+    assert lst.classes == made.classes
+    check_matches(lst, made)
+    assert len({(it.path, it.split) for it in lst.items}) == len(lst.items)
+    text = problem_text(lst)
+    assert f"UCF-101/{c0}/v_{c0}_g08_c01.avi :: listed 3 times in the train list: used once" in text
+    assert f"UCF-101/{c1}/v_{c1}_g01_c01.avi :: in both the train and the test list: kept in test" in text
+
+
+def test_annotation_files_with_bom(tmp_path):
+    """Kinetics' CSVs and SSv2's JSON files with a UTF-8 BOM read as without one."""
+    for maker, names in ((make_kinetics, ("train.csv", "validate.csv")),
+                         (make_ssv2, ("something-something-v2-labels.json",
+                                      "something-something-v2-train.json",
+                                      "something-something-v2-validation.json"))):
+        made = maker(tmp_path / maker.__name__)
+        for dirpath, _, files in os.walk(made.root):
+            for n in files:
+                if n in names:
+                    p = os.path.join(dirpath, n)
+                    with open(p, "rb") as f:
+                        body = f.read()
+                    with open(p, "wb") as f:
+                        f.write(b"\xef\xbb\xbf" + body)
+        check_matches(list_videos(made.root, annotations=made.annotations), made)

@@ -90,7 +90,10 @@ def _has_files(p: str, exts: tuple[str, ...]) -> bool:
 
 
 def _read_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    """The lines of a text annotation file: a UTF-8 byte-order mark dropped (``utf-8-sig``); bytes
+    that are not UTF-8 kept as surrogates (``surrogateescape``), so a file name written in another
+    encoding still finds its file (``os`` functions encode it back to the same bytes)."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         return f.read().splitlines()
 
 
@@ -163,6 +166,46 @@ def add_item(items: list[VideoItem], problems: list[tuple[str, str]], entry: str
         problems.append((entry, f"missing file ({missing})"))
         return
     items.append(VideoItem(os.path.abspath(path), label, split))
+
+
+def check_items(listing: Listing, root: str) -> Listing:
+    """The listing with every video once: a video listed again in the same split is used once;
+    a video in both the train and the test list is kept in test only (a test video must never be
+    trained on: the evaluation would score videos the synset was distilled from). Each dropped
+    entry is reported in ``problems`` (``(path relative to root, reason)``)."""
+    first: dict[tuple[str, str], VideoItem] = {}
+    repeats: dict[tuple[str, str], int] = {}
+    test = {it.path for it in listing.items if it.split == "test"}
+    items, problems = [], list(listing.problems)
+    moved = []
+    for it in listing.items:
+        key = (it.path, it.split)
+        if key in first:
+            repeats[key] = repeats.get(key, 1) + 1
+            if it.label != first[key].label:
+                problems.append((_rel(it.path, root), f"listed again in the {it.split} list with label "
+                                 f"{it.label!r}; the first label {first[key].label!r} is used"))
+            continue
+        first[key] = it
+        if it.split == "train" and it.path in test:
+            moved.append(it)
+            continue
+        items.append(it)
+    for (path, split), n in repeats.items():
+        problems.append((_rel(path, root), f"listed {n} times in the {split} list: used once"))
+    for it in moved:
+        problems.append((_rel(it.path, root), "in both the train and the test list: kept in test only "
+                                              "(a test video is never trained on)"))
+    if len(items) == len(listing.items):
+        return listing
+    return Listing(listing.layout, listing.classes, items, problems)
+
+
+def _rel(path: str, root: str) -> str:
+    try:
+        return os.path.relpath(path, root).replace(os.sep, "/")
+    except ValueError:  # another drive (Windows)
+        return path
 
 
 def _restrict(listing: Listing, wanted: Sequence[str], what: str, keep_order: bool = False) -> Listing:
