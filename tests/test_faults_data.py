@@ -253,3 +253,49 @@ def test_truncated_expert_file_is_named(tmp_path, what, caplog):
         _buffer(tmp_path, store)
         assert f"{f} is damaged" in caplog.text and "expert 1 is trained again" in caplog.text
         assert len(ExpertBuffer(buf)) == 2
+
+
+# --------------------------------------------------------------------------- N processes
+FAIL_RANK = textwrap.dedent("""
+    import os, sys
+    from vdfast.methods.dm import DM
+    orig, calls = DM.step, [0]
+    def step(self, *a):
+        calls[0] += 1
+        if calls[0] == 3 and os.environ.get("RANK") == "1":
+            raise FloatingPointError("loss became NaN at iteration 3 (injected)")
+        return orig(self, *a)
+    DM.step = step
+    from vdfast.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_a_failed_rank_is_reported_by_the_survivor_without_a_timeout(tmp_path):
+    """Outcome: refused clearly, on both processes. Rank 1 of a 2-process distill fails at
+    iteration 3 while rank 0 waits in a collective: rank 1 prints its error, rank 0 prints one
+    line naming process 1 and its cause (no traceback), and neither waits for the group's
+    timeout (2 minutes here) in a barrier the other never reaches."""
+    import socket
+
+    pytest.importorskip("accelerate")
+    script = tmp_path / "fail.py"
+    script.write_text(FAIL_RANK)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**ENV, "ACCELERATE_USE_CPU": "1", "VDFAST_DIST_TIMEOUT_MIN": "2"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(port), str(script), "distill", "--out", str(tmp_path / "run"), "--method", "dm",
+           "--ipc", "1", "--iterations", "6", "--net-width", "4", "--batch-real", "2",
+           "--no-evaluate", "--no-preview"]
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+    assert time.time() - t0 < 100
+    assert r.returncode != 0
+    lines = [ln for ln in r.stdout.splitlines() + r.stderr.splitlines() if "vdfast: error" in ln]
+    assert "vdfast: error: loss became NaN at iteration 3 (injected)" in lines, r.stderr[-3000:]
+    assert ("vdfast: error: process 1 of 2 failed: loss became NaN at iteration 3 (injected); "
+            "this process stopped with it") in lines, r.stderr[-3000:]
+    assert not [ln for ln in r.stderr.splitlines() if ln.startswith("[rank")], r.stderr[:3000]

@@ -213,32 +213,39 @@ def main(argv=None) -> int:
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     configure_logging(debug)
+    from vdfast import distributed
     from vdfast.engine.checkpoint import Interrupted
 
+    failed = None  # this process's error line, for the other processes of an N-process run
     try:
         rc = _run(args)
-    except Interrupted as e:
+    except Interrupted as e:  # every process stops at the same iteration: they leave together
         if debug:
             raise
         print(e.message(), file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
+        failed = "interrupted"
         if debug:
             raise
         print("vdfast: interrupted; the last checkpoint, if one was written, is kept: run the same "
               "command again to resume", file=sys.stderr, flush=True)
         return 130
     except Exception as e:
+        failed = _describe(e)
         if debug:
             raise
-        print(f"vdfast: error: {_describe(e)}", file=sys.stderr, flush=True)
+        if not isinstance(e, _user_errors()):  # a collective ended by another process's failure
+            peer = distributed.peer_failure()
+            if peer:
+                failed = f"{peer}; this process stopped with it"
+        print(f"vdfast: error: {failed}", file=sys.stderr, flush=True)
         from vdfast.config import ConfigError
 
         return 2 if isinstance(e, ConfigError) else 1
     finally:
-        from vdfast import distributed
-
-        distributed.shutdown()  # N processes: leave the group together (a gloo rank exiting alone aborts)
+        # N processes: leave the group together after success, at once after a failure
+        distributed.shutdown(error=failed)
     return rc
 
 
