@@ -299,3 +299,32 @@ def test_a_failed_rank_is_reported_by_the_survivor_without_a_timeout(tmp_path):
     assert ("vdfast: error: process 1 of 2 failed: loss became NaN at iteration 3 (injected); "
             "this process stopped with it") in lines, r.stderr[-3000:]
     assert not [ln for ln in r.stderr.splitlines() if ln.startswith("[rank")], r.stderr[:3000]
+
+
+# --------------------------------------------------------------------------- early checks
+def test_eval_out_is_checked_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    """Outcome: refused clearly, before any student is trained: ``vdfast eval --out FILE``."""
+    import vdfast.evaluation
+
+    run = tmp_path / "run"
+    vdfast.distill(ClipStore.builtin(), method="random", ipc=1, out=run, progress=False)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setattr(vdfast.evaluation, "evaluate", lambda *a, **k: pytest.fail("evaluated first"))
+    capsys.readouterr()
+    rc = main(["eval", str(run / "synset"), "--out", str(afile)])
+    assert_refused(rc, *capsys.readouterr(), f"--out {afile} exists and is not a directory")
+
+
+def test_prepare_and_experts_check_free_space_first(ucf, tmpfs, capsys):
+    """Outcome: refused clearly, before any decoding or training: a store or a buffer that cannot
+    fit in the free space (a real 2 MiB tmpfs) is named with what it needs."""
+    rc = main(["prepare", ucf.root, "--out", str(tmpfs / "store"), "--frames", "16", "--size", "112"])
+    line = assert_refused(rc, *capsys.readouterr(), f"disk full at {tmpfs / 'store'}",
+                          "this prepare needs about", "MiB are free")
+    assert not list((tmpfs / "store").rglob("*.npy")), line
+    rc = main(["experts", "--data", "builtin", "--out", str(tmpfs / "buf"), "--net-width", "4",
+               "--mtt-num-experts", "30"])
+    assert_refused(rc, *capsys.readouterr(), f"disk full at {tmpfs / 'buf'}",
+                   "30 expert(s) needs about", "MiB are free", "another --out")
+    assert not list((tmpfs / "buf").glob("expert_*"))

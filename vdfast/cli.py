@@ -352,6 +352,10 @@ def _run(args) -> int:
         print(f"wrote {paths['gif']} and {paths['png']}")
         return 0
     if args.cmd == "eval":
+        if args.out is not None:  # before the evaluation, not after it
+            from vdfast.engine.checkpoint import preflight
+
+            preflight(args.out)
         o = _overrides(args)
         rep = vdfast.evaluate(args.synset, args.data, out=args.out, seed=args.seed, device=args.device,
                               preset=args.preset,

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from vdfast.config import ConfigError, PrepareConfig
-from vdfast.engine.checkpoint import atomic_save_npy, atomic_write, fault_point
+from vdfast.engine.checkpoint import atomic_save_npy, atomic_write, fault_point, preflight
 from vdfast.profiling import traced
 from vdfast.version import __version__
 
@@ -461,6 +461,11 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     todo = [(s, c) for s in SPLITS for c in range(len(listing.classes))
             if not (out / s / f"{c:04d}.npy").exists()]
     total = sum(len(by_key.get(k, [])) for k in todo)
+    clip_bytes = frames * size * size * 3
+    need = sum(len(by_key.get((s, c), [])) * (test_clips if s == "test" else 1) * clip_bytes + 4096
+               for s, c in todo)
+    preflight(out, need, "this prepare", why=f"{total} videos still to store, "
+                                              f"{clip_bytes / 2**10:.0f} KiB per clip", flag="--out")
     pool = _decode_pool(workers) if workers > 1 else None
     t0 = time.perf_counter()
     n_frames = 0

@@ -211,7 +211,8 @@ def expert_paths(out_dir, i: int) -> tuple[Path, Path]:
 def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int = 50,
                   lr: float = 0.01, batch: int = 256, momentum: float = 0.0,
                   weight_decay: float = 0.0, net_cfg=None, seed: int = 0, device="cpu",
-                  progress: bool = True, shard: tuple[int, int] = (0, 1)) -> list[Path]:
+                  progress: bool = True, shard: tuple[int, int] = (0, 1),
+                  flag: str = "--out") -> list[Path]:
     """Train ``num_experts`` ConvNet3D on ``store``'s train split; save every epoch's parameters.
 
     Defaults are the published buffer settings (SGD lr 0.01, no momentum, 50 epochs, batch 256,
@@ -225,7 +226,9 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
 
     Resumable: complete experts are skipped; an interrupted one continues after its last saved
     epoch (restarts when ``momentum > 0``). A directory holding experts made with other settings
-    raises :class:`BufferError`.
+    raises :class:`BufferError`. Before any training, the directory must be writable and hold
+    the free space of the trajectories still to write (else :class:`DiskFullError`, naming
+    ``flag``, the option that gave ``out_dir``).
 
     Args:
         store: the real data (uint8 clips; the whole train split is moved to ``device``).
@@ -244,15 +247,15 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
     net_cfg = net_cfg or NetConfig()
     device = torch.device(device)
     out_dir = Path(out_dir)
-    checkpoint.preflight(out_dir)
+    checkpoint.preflight(out_dir, flag=flag)
     # one writer per buffer: rank 0 of N processes holds the lock for all of them
     with checkpoint.RunLock(out_dir, "experts") if shard[0] == 0 else contextlib.nullcontext():
         return _train_experts(store, out_dir, num_experts, epochs, lr, batch, momentum,
-                              weight_decay, net_cfg, seed, device, progress, shard)
+                              weight_decay, net_cfg, seed, device, progress, shard, flag)
 
 
 def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentum, weight_decay,
-                   net_cfg, seed, device, progress, shard) -> list[Path]:
+                   net_cfg, seed, device, progress, shard, flag="--out") -> list[Path]:
     from vdfast.progress import bar
 
     training = {"epochs": epochs, "lr": lr, "batch": batch, "momentum": momentum,
@@ -287,6 +290,13 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
             todo.append(i)
     if not todo:
         return paths
+    from vdfast.engine import checkpoint
+
+    row = 4 * sum(p.numel() for p in build_net(net_h).parameters())
+    have = sum(t.stat().st_blocks * 512 for t in (expert_paths(out_dir, i)[0] for i in todo)
+               if t.exists())  # the rows on disk (a trajectory file is sparse until written)
+    checkpoint.preflight(out_dir, len(todo) * (epochs + 1) * row - have, f"{len(todo)} expert(s)",
+                         why=f"{epochs + 1} rows of {row / 2**20:.2f} MiB each", flag=flag)
 
     u8, labels = store.tensors("train", device)
     with bar(total=len(todo) * epochs, desc=f"experts {out_dir.name}", unit="ep",
