@@ -328,3 +328,33 @@ def test_prepare_and_experts_check_free_space_first(ucf, tmpfs, capsys):
     assert_refused(rc, *capsys.readouterr(), f"disk full at {tmpfs / 'buf'}",
                    "30 expert(s) needs about", "MiB are free", "another --out")
     assert not list((tmpfs / "buf").glob("expert_*"))
+
+
+# --------------------------------------------------------------------------- labels on results
+ARGS = ["distill", "--data", "builtin", "--method", "dm", "--ipc", "1", "--checkpoint-every", "2",
+        "--net-width", "4", "--batch-real", "2", "--no-evaluate", "--no-preview"]
+
+
+def test_finished_run_is_not_relabelled_with_fewer_iterations(tmp_path, capsys):
+    """Outcome: refused clearly: a finished 4-iteration run started again with --iterations 2
+    (its files would say 2 while the synset is iteration 4's); --iterations 4 still finds it done
+    and --no-resume starts over."""
+    out = tmp_path / "run"
+    assert main(ARGS + ["--iterations", "4", "--out", str(out)]) == 0
+    capsys.readouterr()
+    rc = main(ARGS + ["--iterations", "2", "--out", str(out)])
+    assert_refused(rc, *capsys.readouterr(), "checkpointed at iteration 4, past --iterations 2",
+                   "--no-resume")
+    assert json.loads((out / "metrics.json").read_text())["history"]["iterations"] == 4
+    assert main(ARGS + ["--iterations", "4", "--out", str(out)]) == 0
+    assert main(ARGS + ["--iterations", "2", "--out", str(out), "--no-resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["history"]["iterations"] == 2
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_nan_and_inf_learning_rates_are_refused(capsys, value, tmp_path):
+    """Outcome: refused clearly before any work: --lr-img nan / inf (a run with it saved an
+    all-NaN synset)."""
+    rc = main(ARGS + ["--iterations", "1", f"--lr-img={value}", "--out", str(tmp_path / "r")])
+    assert_refused(rc, *capsys.readouterr(), "lr_img must be > 0 and finite")
+    assert not (tmp_path / "r").exists()

@@ -311,6 +311,22 @@ def _saved_run(path) -> dict:
     return out
 
 
+def _check_not_past(out: Path, iterations: int) -> None:
+    """A :class:`ConfigError` when ``out`` holds a checkpoint of a later iteration than
+    ``iterations``: resuming it would label iteration N's synset with the smaller number."""
+    for d in (out / "checkpoint", out / "checkpoint.prev"):  # the newest that has a manifest
+        try:
+            done = int(json.loads((d / "manifest.json").read_text())["iteration"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if done > iterations:
+            raise ConfigError(f"{out} holds a run checkpointed at iteration {done}, past --iterations "
+                              f"{iterations} (its synset is iteration {done}'s); pass --iterations "
+                              f"{done} or more to use or continue it, --no-resume to start over, or "
+                              f"another --out")
+        return
+
+
 def _run(args) -> int:
     import vdfast
 
@@ -383,14 +399,16 @@ def _run(args) -> int:
         o = {**saved.get("options", {}), **_overrides(args)}
         method, ipc = o.pop("method", "dm"), o.pop("ipc", 1)
         # the options checked before the data is read (a large store takes a while to open)
-        resolve(args.preset if args.preset != "auto" else
-                ("builtin" if args.data == "builtin" else "published"), method=method, ipc=ipc, **o)
+        cfg = resolve(args.preset if args.preset != "auto" else
+                      ("builtin" if args.data == "builtin" else "published"), method=method, ipc=ipc, **o)
         store = vdfast.open_data(args.data)
         if from_file and {k: v for k, v in st.items() if k != "path"} != store.describe():
             raise ConfigError(f"--config {args.config}: the store at {args.data} is not the one the "
                               f"run distilled (then {_short(st)}, now {_short(store.describe())}); "
                               f"pass --data STORE")
         out = Path(args.out or f"runs/{store.name}-{method}-ipc{ipc}")
+        if args.resume:
+            _check_not_past(out, cfg.iterations)
         res = vdfast.distill(store, method=method, ipc=ipc, out=out, resume=args.resume,
                              preset=args.preset, **o)
         if res.rank != 0:  # other processes of a multi-process run: rank 0 reports
