@@ -358,3 +358,40 @@ def test_nan_and_inf_learning_rates_are_refused(capsys, value, tmp_path):
     rc = main(ARGS + ["--iterations", "1", f"--lr-img={value}", "--out", str(tmp_path / "r")])
     assert_refused(rc, *capsys.readouterr(), "lr_img must be > 0 and finite")
     assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------- names and encodings
+def test_file_names_that_are_not_utf8(tmp_path):
+    """Outcome: the store is prepared, exit 0. A train and a test video whose names are Latin-1
+    bytes (listed so in the UCF lists) are found and decoded (the test video's random windows
+    seeded by its bytes), a listed Latin-1 name that does not exist is reported by name, and a
+    strict UTF-8 stdout prints the report (the name escaped) instead of failing after the store
+    is written."""
+    made = make_ucf101(tmp_path / "ucf", groups=(1, 8))
+    c0 = made.classes[0]
+    sd, vd = Path(made.root) / "ucfTrainTestlist", Path(made.root) / "UCF-101" / c0
+    renamed = {}
+    for g in ("01", "08"):
+        old = f"v_{c0}_g{g}_c01.avi"
+        new = os.fsdecode(f"v_{c0}_g{g}_caf".encode() + b"\xe9.avi")
+        os.rename(vd / old, vd / new)
+        renamed[old] = new
+    for name in ("trainlist01.txt", "testlist01.txt"):
+        body = (sd / name).read_bytes()
+        for old, new in renamed.items():
+            body = body.replace(old.encode(), os.fsencode(new))
+        if name == "trainlist01.txt":
+            body += f"{c0}/v_{c0}_g09_".encode() + b"na\xefve.avi 1\r\n"
+        (sd / name).write_bytes(body)
+    out = tmp_path / "store"
+    env = {**ENV, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
+    r = subprocess.run([sys.executable, "-m", "vdfast", "prepare", made.root, "--out", str(out),
+                        *SMALL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "na\\udcefve.avi" in r.stdout and "missing file" in r.stdout, r.stdout
+    store = ClipStore.open(out)
+    assert store.meta["skipped"] == []
+    used = [u for s in ("train", "test")
+            for u in json.loads((out / s / "0000.json").read_text())["used"]]
+    assert sorted(Path(u).name for u in used if "caf" in u) == sorted(renamed.values())
+    assert store.counts("train")[0] == 1 and store.counts("test")[0] == store.test_clips

@@ -190,7 +190,12 @@ class _Print(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        print(("warning: " if record.levelno >= logging.WARNING else "") + msg, flush=True)
+        line = ("warning: " if record.levelno >= logging.WARNING else "") + msg
+        try:
+            print(line, flush=True)
+        except UnicodeEncodeError:  # a file name that is not UTF-8, or a strict ASCII stdout
+            enc = getattr(sys.stdout, "encoding", None) or "utf-8"
+            print(line.encode(enc, "backslashreplace").decode(enc), flush=True)
 
 
 def configure_logging(debug: bool = False) -> None:

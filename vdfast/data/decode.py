@@ -104,7 +104,9 @@ def sample_windows(num_frames: int, frames: int, gap: int, clips: int = 1, key: 
         return [idx] * clips, short
     g = _gap(num_frames, frames, gap)
     span = (frames - 1) * g + 1
-    seed = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "little")
+    # surrogateescape: a file name that is not UTF-8 (os gives its bytes back as surrogates) seeds
+    # with its own bytes; a UTF-8 name gives the same bytes, and so the same windows, as before
+    seed = int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:8], "little")
     starts = np.random.default_rng(seed).integers(0, num_frames - span + 1, size=clips)
     return [[int(a) + i * g for i in range(frames)] for a in starts], False
 
