@@ -171,7 +171,7 @@ def test_hmdb51_splits_beside_and_separate(tmp_path):
 
 def test_hmdb51_missing_splits(tmp_path):
     made = make_hmdb51(tmp_path, classes=("wave", "climb"), splits_dir="none")
-    with pytest.raises(LayoutError, match="--splits"):
+    with pytest.raises(LayoutError, match="--annotations DIR"):
         list_videos(made.root, "hmdb51")
     # without its split files it is just a folder of class folders
     assert detect_layout(made.root) == "folder"
@@ -373,7 +373,7 @@ def test_registry_one_module_per_layout(tmp_path):
             ".json (ssv2); train.csv/validate.csv with youtube_id (kinetics); testTrainMulti_7030_splits/"
             "<class>_test_split1.txt (hmdb51); <video_id>/<frame>.jpg with a video_id,label,split CSV/JSON "
             "(frames); <class>/<video> or train|test/<class>/<video> files (folder). Pass --layout one of "
-            "ucf101, miniucf, hmdb51, kinetics, ssv2, frames, folder (and --splits/--annotations DIR where "
+            "ucf101, miniucf, hmdb51, kinetics, ssv2, frames, folder (and --annotations DIR where "
             "it has annotation files)") in msg
 
 
@@ -419,3 +419,29 @@ def test_annotation_files_with_bom(tmp_path):
                     with open(p, "wb") as f:
                         f.write(b"\xef\xbb\xbf" + body)
         check_matches(list_videos(made.root, annotations=made.annotations), made)
+
+
+def test_listed_video_that_is_no_file_says_what_it_is(tmp_path):
+    """A listed video that is a folder, a dangling symbolic link or inside an unreadable folder is
+    reported as that, not as a missing file."""
+    made = make_ucf101(tmp_path, groups=(1, 8))
+    vd = os.path.join(made.root, "UCF-101")
+    c0, c1, c2 = made.classes[:3]
+    as_dir = os.path.join(vd, c0, f"v_{c0}_g08_c01.avi")
+    os.remove(as_dir)
+    os.mkdir(as_dir)
+    link = os.path.join(vd, c1, f"v_{c1}_g08_c01.avi")
+    os.remove(link)
+    os.symlink(os.path.join(tmp_path, "gone.avi"), link)
+    text = problem_text(list_videos(made.root))
+    assert f"{c0}/v_{c0}_g08_c01.avi :: a folder, not a video file (listed in trainlist01.txt" in text
+    assert f"{c1}/v_{c1}_g08_c01.avi :: dangling symbolic link (to {tmp_path}/gone.avi)" in text
+    if os.geteuid() == 0:
+        return  # root reads every folder: the unreadable case cannot be made here
+    locked = os.path.join(vd, c2)
+    os.chmod(locked, 0)
+    try:
+        text = problem_text(list_videos(made.root))
+    finally:
+        os.chmod(locked, 0o755)
+    assert f"its folder {locked} cannot be read (permission denied)" in text

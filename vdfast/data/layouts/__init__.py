@@ -56,7 +56,7 @@ def _detect(root: str, annotations: str | None = None) -> str:
     raise LayoutError(
         f"cannot tell the dataset layout of {root}. Looked for: "
         + "; ".join(REGISTRY[n].hint for n in _DETECT_ORDER)
-        + f". Pass --layout one of {', '.join(LAYOUTS)} (and --splits/--annotations DIR where it has "
+        + f". Pass --layout one of {', '.join(LAYOUTS)} (and --annotations DIR where it has "
           "annotation files)")
 
 

@@ -152,18 +152,41 @@ def _index_videos(dirs: Sequence[str], depth: int = 2) -> dict[str, str]:
     return out
 
 
+def why_not_found(path: str) -> str:
+    """Why a listed video ``path`` is not a readable file, in words: a dangling symbolic link, a
+    folder, a folder that cannot be read, a file that cannot be read, or simply a missing file."""
+    try:
+        if os.path.islink(path) and not os.path.exists(path):
+            return f"dangling symbolic link (to {os.readlink(path)})"
+        if os.path.isdir(path):
+            return "a folder, not a video file"
+        if os.path.isfile(path) and not os.access(path, os.R_OK):
+            return "unreadable file (permission denied)"
+        parent = os.path.dirname(path)
+        while parent and not os.path.isdir(parent) and parent != os.path.dirname(parent):
+            parent = os.path.dirname(parent)
+        if parent and os.path.isdir(parent) and not os.access(parent, os.R_OK | os.X_OK):
+            return f"its folder {parent} cannot be read (permission denied)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return "missing file"
+
+
 def add_item(items: list[VideoItem], problems: list[tuple[str, str]], entry: str, label: str | None,
-             find: Callable[[], str | None], split: str, unknown: str, missing: str) -> None:
+             find: Callable[[], str | None], split: str, unknown: str, missing: str,
+             expected: str | None = None) -> None:
     """One annotation entry: its :class:`VideoItem` appended to ``items``, or why it is left out
     appended to ``problems`` as ``(entry, reason)``: ``label`` None is an unknown label (``unknown``
     says which), else ``find()`` (the file's path) None is a missing file (``missing`` says where
-    it was listed)."""
+    it was listed; ``expected``, the path it should have, tells a dangling link, a folder or an
+    unreadable folder from a missing file)."""
     if label is None:
         problems.append((entry, f"unknown label {unknown}"))
         return
     path = find()
     if path is None:
-        problems.append((entry, f"missing file ({missing})"))
+        why = why_not_found(expected) if expected else "missing file"
+        problems.append((entry, f"{why} ({missing})"))
         return
     items.append(VideoItem(os.path.abspath(path), label, split))
 
