@@ -395,3 +395,34 @@ def test_file_names_that_are_not_utf8(tmp_path):
             for u in json.loads((out / s / "0000.json").read_text())["used"]]
     assert sorted(Path(u).name for u in used if "caf" in u) == sorted(renamed.values())
     assert store.counts("train")[0] == 1 and store.counts("test")[0] == store.test_clips
+
+
+# --------------------------------------------------------------------------- minor cases
+def test_minor_data_cases(ucf, tmp_path, capsys):
+    """Outcome: refused clearly, each naming the real cause: a class whose every train video was
+    skipped (not "lower --ipc to at most 0"); ``prepare SRC --out SRC``; a --mtt-buffer that is a
+    file (named as --mtt-buffer, not --out)."""
+    from videos import write_corrupt
+
+    made = make_ucf101(tmp_path / "bad", groups=(1, 8))
+    c1 = made.classes[1]
+    for p, label in made.train:
+        if label == c1:
+            write_corrupt(p)
+    out = tmp_path / "store"
+    assert main(["prepare", made.root, "--out", str(out), *SMALL]) == 0
+    capsys.readouterr()
+    rc = main(["distill", "--data", str(out), "--iterations", "1", "--no-evaluate", "--no-preview"])
+    assert_refused(rc, *capsys.readouterr(), f"1 class(es) have no train clips ({c1})",
+                   "skipped all their videos")
+
+    rc = main(["prepare", ucf.root, "--out", ucf.root, *SMALL])
+    assert_refused(rc, *capsys.readouterr(), "is the dataset folder itself")
+    assert not (Path(ucf.root) / "store.json").exists()
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc = main(["distill", "--data", "builtin", "--method", "mtt", "--iterations", "1",
+               "--net-width", "4", "--net-norm", "instance", "--mtt-buffer", str(afile),
+               "--no-evaluate", "--no-preview", "--out", str(tmp_path / "run")])
+    assert_refused(rc, *capsys.readouterr(), f"--mtt-buffer {afile} exists and is not a directory")

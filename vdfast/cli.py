@@ -342,9 +342,12 @@ def _run(args) -> int:
         print(json.dumps(d, indent=1) if args.json else format_info(d))
         return 0
     if args.cmd == "prepare":
+        from vdfast.data.store import check_out
+
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)}
-        vdfast.prepare(args.source, args.out, PrepareConfig(**{k: v for k, v in given.items()
-                                                               if v is not None}))
+        cfg = PrepareConfig(**{k: v for k, v in given.items() if v is not None})
+        check_out(args.source, args.out)  # before the store's folder is created
+        vdfast.prepare(args.source, args.out, cfg)
         return 0
     if args.cmd == "experts":
         from vdfast import distributed

@@ -204,6 +204,12 @@ class ClipStore:
                              f"prepare a new store with --size {size}")
         if ipc is not None:
             counts = self.counts("train")
+            empty = [self.classes[c] for c, n in enumerate(counts) if n == 0]
+            if empty:
+                raise StoreError(f"store {self.name}: {len(empty)} class(es) have no train clips "
+                                 f"({', '.join(empty[:8])}{' ...' if len(empty) > 8 else ''}): prepare "
+                                 f"skipped all their videos (see the skipped list in store.json); "
+                                 f"fix or replace those videos and prepare the store again")
             short = [(self.classes[c], n) for c, n in enumerate(counts) if n < ipc]
             if short:
                 listed = ", ".join(f"{k} ({n})" for k, n in short[:8])
@@ -386,6 +392,16 @@ def _window_key(path: str, root: str) -> str:
     return rel.replace(os.sep, "/")
 
 
+def check_out(source, out) -> None:
+    """:class:`StoreError` when the store ``out`` would be the dataset folder ``source`` itself (its
+    ``store.json``, ``train/`` and ``test/`` would become part of the dataset: a plain folder would
+    then be detected as one with split folders)."""
+    if Path(source).resolve() == Path(out).resolve():
+        raise StoreError(f"--out {out} is the dataset folder itself: the store's files would become "
+                         f"part of the dataset (and change how its layout is detected); pass another "
+                         f"--out, e.g. {Path(out).resolve().name}-store beside it")
+
+
 def prepare_config(config: PrepareConfig | None = None, **options) -> PrepareConfig:
     """``config`` with ``options`` replacing its fields (a :class:`vdfast.config.ConfigError` names
     an unknown or invalid one)."""
@@ -426,6 +442,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     from vdfast.progress import bar
 
     cfg = prepare_config(config, **options)
+    check_out(source, out)
     frames, gap, size, split, test_clips = cfg.frames, cfg.gap, cfg.size, cfg.split, cfg.test_clips
     classes = list(cfg.classes) if cfg.classes is not None else None
     listing = list_videos(str(source), layout=cfg.layout, split=split, classes=classes,
@@ -434,6 +451,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     spec = ClipSpec(frames=frames, gap=gap, size=size)
     dec = resolve_decoder(decoder)
     out = Path(out)
+
     out.mkdir(parents=True, exist_ok=True)
     want = {"source": str(Path(source).resolve()), "layout": listing.layout, "split": split,
             "classes": listing.classes, "spec": asdict(spec), "test_clips": test_clips}
