@@ -426,3 +426,37 @@ def test_minor_data_cases(ucf, tmp_path, capsys):
                "--net-width", "4", "--net-norm", "instance", "--mtt-buffer", str(afile),
                "--no-evaluate", "--no-preview", "--out", str(tmp_path / "run")])
     assert_refused(rc, *capsys.readouterr(), f"--mtt-buffer {afile} exists and is not a directory")
+
+
+PEAK = textwrap.dedent("""
+    import sys
+    from vdfast.data.decode import ClipSpec, decode_clips
+    def hwm():  # peak RSS of this process image (ru_maxrss would carry the parent's over exec)
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) * 1024
+    spec = ClipSpec(frames=16, gap=1, size=16)
+    decode_clips(sys.argv[1], spec, clips=1, key="small")  # imports and codecs warmed up
+    before = hwm()
+    clips, _ = decode_clips(sys.argv[2], spec, clips=3, key="big")
+    assert clips.shape == (3, 16, 16, 16, 3)
+    print(hwm() - before)
+""")
+
+
+@pytest.mark.slow
+def test_a_large_video_is_resized_frame_by_frame(tmp_path):
+    """A 1920x1080 video: decoding its clips holds about one full-resolution frame at a time
+    (each wanted frame is resized and cropped as it is decoded), not every wanted frame until
+    the clips are assembled (one 4K test video raised prepare's peak RSS from 0.27 to 1.48 GB).
+    The peak RSS of a real process, past its warm-up (the frames a decoder keeps itself count
+    too: 8 frames of headroom, where holding every wanted frame took 16 or more)."""
+    from videos import color_frames, write_video
+
+    h, w = 1080, 1920
+    small = write_video(tmp_path / "small.mp4", color_frames((40, 40, 200), 16), "h264")
+    big = write_video(tmp_path / "big.mp4", color_frames((200, 40, 40), 16, h, w), "h264")
+    r = subprocess.run([sys.executable, "-c", PEAK, small, big], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    grew, frame = int(r.stdout.split()[-1]), h * w * 3
+    assert grew < 8 * frame, f"peak RSS grew {grew / 2**20:.0f} MiB; a frame is {frame / 2**20:.1f} MiB"
