@@ -77,18 +77,19 @@ SLOW_PREPARE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM", "Ctrl-C"])
 def test_killed_prepare_leaves_no_workers_and_resumes(tmp_path, sig):
     """Outcome: resumed. The main process of ``prepare --workers 2`` killed mid-decode (SIGKILL:
-    the OOM killer; SIGTERM: ``kill PID``): its pool workers die with it (none holds the store's
-    lock), and the same command run again finishes the store."""
+    the OOM killer; SIGTERM: ``kill PID``; Ctrl-C: SIGINT to the whole process group): its pool
+    workers die with it (none holds the store's lock), Ctrl-C prints one line (exit 130, no
+    worker traceback), and the same command run again finishes the store."""
     made = make_ucf101(tmp_path / "ucf", groups=(1, 8, 9))
     out, pids = tmp_path / "store", tmp_path / "pids"
     pids.mkdir()
     argv = ["prepare", made.root, "--out", str(out), "--workers", "2", *SMALL]
     log = open(tmp_path / "log", "w")  # not a pipe: an orphaned worker would hold it open
     p = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(pids), *argv], cwd=ROOT, env=ENV,
-                         stdout=log, stderr=subprocess.STDOUT)
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 60
     while len(os.listdir(pids)) < 2 and time.time() < deadline:
         time.sleep(0.05)
@@ -96,8 +97,17 @@ def test_killed_prepare_leaves_no_workers_and_resumes(tmp_path, sig):
     assert len(workers) == 2, (tmp_path / "log").read_text()
     for w in workers:  # no worker holds a descriptor of the store's lock
         assert not [h for h in _fds(w) if h.endswith(".vdfast.lock")]
-    p.send_signal(getattr(signal, sig))
-    p.wait(timeout=30)
+    if sig == "Ctrl-C":
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        p.send_signal(getattr(signal, sig))
+    rc = p.wait(timeout=30)
+    if sig == "Ctrl-C":
+        text = (tmp_path / "log").read_text()
+        assert rc == 130 and "Traceback" not in text, text
+        assert [ln for ln in text.splitlines() if ln.strip()] == [
+            "vdfast: interrupted; the last checkpoint, if one was written, is kept: run the same "
+            "command again to resume"], text
     deadline = time.time() + 10
     while any(_alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.05)
@@ -110,6 +120,41 @@ def test_killed_prepare_leaves_no_workers_and_resumes(tmp_path, sig):
     assert r.returncode == 0, r.stdout + r.stderr
     store = ClipStore.open(out)
     assert sum(store.counts("train")) + sum(store.counts("test")) // store.test_clips == len(made.items)
+
+
+KILLED_WORKER = textwrap.dedent("""
+    import os, signal, sys
+    import vdfast.data.decode as decode
+    real = decode.decode_clips
+    def killer(item, *a, **k):  # the system kills the worker decoding this one file
+        if os.fspath(getattr(item, "path", item)).endswith(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(item, *a, **k)
+    decode.decode_clips = killer
+    from vdfast.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+@pytest.mark.slow
+def test_a_killed_pool_worker_names_its_file(tmp_path):
+    """Outcome: refused clearly, then resumed: a pool worker killed (as by the OOM killer) while
+    decoding one file ends prepare with one line naming that file; the same command then
+    finishes the store."""
+    made = make_ucf101(tmp_path / "ucf", groups=(1, 8, 9))
+    c1 = made.classes[1]
+    victim = f"v_{c1}_g09_c01.avi"
+    argv = ["prepare", made.root, "--out", str(tmp_path / "store"), "--workers", "2", *SMALL]
+    r = subprocess.run([sys.executable, "-c", KILLED_WORKER, victim, *argv], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    line = assert_refused(r.returncode, r.stdout, r.stderr, "a decode worker was killed",
+                          f"while decoding {Path(made.root) / 'UCF-101' / c1 / victim}",
+                          "run the same command again to resume")
+    assert not (tmp_path / "store" / ".decoding").exists(), line
+    r = subprocess.run([sys.executable, "-m", "vdfast", *argv], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ClipStore.open(tmp_path / "store").counts("train") == [2, 2, 2, 2]
 
 
 # --------------------------------------------------------------------------- prepare: store files

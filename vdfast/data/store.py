@@ -20,13 +20,16 @@ memory-mapped class files, per class, at each draw.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -334,10 +337,12 @@ def _die_with_parent(parent: int) -> None:
     """In a ``prepare --workers N`` pool worker: SIGKILL when the parent process dies (Linux
     ``prctl(PR_SET_PDEATHSIG)``), so a killed ``prepare`` (the OOM killer, ``kill PID``) leaves no
     orphaned decoders; SIGINT ignored (Ctrl-C reaches the whole process group: the parent stops
-    the pool and reports once)."""
+    the pool and reports once); SIGTERM (the pool ending its workers) removes the worker's mark
+    (:func:`_leave_on_sigterm`)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave_on_sigterm)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -360,7 +365,37 @@ def _decode_pool(workers: int) -> ProcessPoolExecutor:
 def _decode_one(args):
     from vdfast.data.decode import DecodeError, decode_clips
 
-    item, spec, decoder, clips, key = args
+    item, spec, decoder, clips, key, marks = args
+    if not marks:
+        return _decode_item(item, spec, decoder, clips, key)
+    # which file this worker decodes while it does, for the error if the system kills it (OOM)
+    mark = os.path.join(marks, str(os.getpid()))
+    with open(mark, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(item.path)
+    _mark[:] = [mark]
+    try:
+        return _decode_item(item, spec, decoder, clips, key)
+    finally:
+        _mark.clear()
+        with contextlib.suppress(OSError):
+            os.unlink(mark)
+
+
+_mark: list[str] = []  # in a pool worker: the mark of the file it decodes now
+
+
+def _leave_on_sigterm(signum, frame):
+    """A pool worker told to stop (the pool ends its workers when another one was killed) removes
+    its mark: the marks left name the files of the workers that were killed."""
+    for m in _mark:
+        with contextlib.suppress(OSError):
+            os.unlink(m)
+    os._exit(128 + signum)
+
+
+def _decode_item(item, spec, decoder, clips, key):
+    from vdfast.data.decode import DecodeError, decode_clips
+
     try:
         if decoder[0] == "dali" and item.kind == "video":
             from vdfast.data.dali import decode_clips_dali
@@ -373,6 +408,13 @@ def _decode_one(args):
         return None, None, _without_path(str(e), item.path)
     except Exception as e:  # a decoder crash on one file must not end a 40-hour run
         return None, None, _without_path(f"{type(e).__name__}: {e}", item.path)
+
+
+def _killed_while(marks: Path) -> list[str]:
+    """The files that killed pool workers were decoding (the marks left once the pool has ended:
+    a worker removes its mark when it finishes a file or is stopped with SIGTERM)."""
+    return [f.read_text(encoding="utf-8", errors="surrogateescape")
+            for f in (sorted(marks.glob("*")) if marks.is_dir() else ())]
 
 
 def _without_path(reason: str, path: str) -> str:
@@ -485,6 +527,10 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     preflight(out, need, "this prepare", why=f"{total} videos still to store, "
                                               f"{clip_bytes / 2**10:.0f} KiB per clip", flag="--out")
     pool = _decode_pool(workers) if workers > 1 else None
+    marks = out / ".decoding"  # each worker's current file (a worker killed by the system names it)
+    shutil.rmtree(marks, ignore_errors=True)
+    if pool:
+        marks.mkdir()
     t0 = time.perf_counter()
     n_frames = 0
     try:
@@ -493,7 +539,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                 items = by_key.get((s, c), [])
                 (out / s).mkdir(exist_ok=True)
                 k = test_clips if s == "test" else 1
-                jobs = [(it, spec, dec, k, _window_key(it.path, meta["root"])) for it in items]
+                jobs = [(it, spec, dec, k, _window_key(it.path, meta["root"]), str(marks) if pool else None)
+                        for it in items]
                 results = pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs)
                 clips, used, skipped, short = [], [], [], []
                 for it, (clip, info, err) in zip(items, results):
@@ -510,6 +557,14 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                 _write_json(out / s / f"{c:04d}.json",
                             {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short})
                 atomic_save_npy(out / s / f"{c:04d}.npy", arr)
+    except BrokenProcessPool:
+        pool.shutdown(wait=True, cancel_futures=True)
+        pool = None
+        files = _killed_while(marks)
+        raise StoreError(f"a decode worker was killed (by the system: out of memory?) while decoding "
+                         + (", ".join(files) if files else f"a file of {s}/{listing.classes[c]}")
+                         + f"; the finished classes are kept: run the same command again to resume "
+                           f"(fewer --workers need less memory), or move that file away") from None
     except BaseException:
         if pool:  # Ctrl-C, a full disk ...: the queued files are not decoded first
             pool.shutdown(wait=True, cancel_futures=True)
@@ -518,6 +573,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     finally:
         if pool:
             pool.shutdown()
+        shutil.rmtree(marks, ignore_errors=True)
     elapsed = time.perf_counter() - t0
 
     skipped, short, counts = [], [], {s: [] for s in SPLITS}
