@@ -83,12 +83,13 @@ CHILD = textwrap.dedent("""
         real_dumps = json.dumps
         def dumps(obj, *a, **k):
             if isinstance(obj, dict) and obj.get("complete") is True and "counts" in obj:
-                with open(os.environ["FILLER"], "wb") as g:
-                    try:
-                        while True:
-                            g.write(b"\\0" * 65536); g.flush()
-                    except OSError:
-                        pass
+                with open(os.environ["FILLER"], "wb", buffering=0) as g:
+                    for n in (65536, 4096, 1):  # to the last byte
+                        try:
+                            while True:
+                                g.write(b"\\0" * n)
+                        except OSError:
+                            pass
             return real_dumps(obj, *a, **k)
         json.dumps = dumps
     if mode == "fail-rank-1":  # rank 1 of N raises at its nth DM step

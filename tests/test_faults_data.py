@@ -190,13 +190,13 @@ def test_disk_full_at_the_final_store_json_keeps_it_whole_and_resumes(ucf, tmpfs
 
     def fill(name):
         if name == "store.json":
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                except OSError:
-                    pass
+            with open(filler, "wb", buffering=0) as f:
+                for n in (65536, 4096, 1):  # to the last byte
+                    try:
+                        while True:
+                            f.write(b"\0" * n)
+                    except OSError:
+                        pass
     monkeypatch.setattr(checkpoint, "_after_step", fill)
     rc = main(["prepare", ucf.root, "--out", str(out), *SMALL])
     o, e = capsys.readouterr()
