@@ -14,9 +14,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from videos import class_color, make_ucf101, write_color_video
+from videos import make_ucf101
 
 import vdfast
 from vdfast.cli import main

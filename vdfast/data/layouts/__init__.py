@@ -33,7 +33,8 @@ import os
 from typing import Sequence
 
 from vdfast.data.layouts import folder, frames, hmdb51, kinetics, ssv2, ucf101
-from vdfast.data.layouts.base import VIDEO_EXTS, Layout, LayoutError, Listing, VideoItem, _restrict, check_items
+from vdfast.data.layouts.base import (VIDEO_EXTS, Layout, LayoutError, Listing, VideoItem, _restrict,
+                                      check_items)
 from vdfast.data.layouts.ucf101 import MINIUCF_CLASSES
 
 __all__ = ["LAYOUTS", "MINIUCF_CLASSES", "VIDEO_EXTS", "VideoItem", "Listing", "LayoutError", "detect_layout",

@@ -5,8 +5,8 @@ import os
 from typing import Sequence
 
 from vdfast.data.layouts.base import (
-    VIDEO_EXTS, VideoItem, Listing, LayoutError, Layout, _isdir, _subdirs, _files, _has_files, _read_lines, why_not_found,
-    _ann_dirs, _dedup, _check_split)
+    VIDEO_EXTS, VideoItem, Listing, LayoutError, Layout, _isdir, _subdirs, _files, _has_files, _read_lines,
+    why_not_found, _ann_dirs, _dedup, _check_split)
 
 HMDB_SPLITS_DIR = "testTrainMulti_7030_splits"
 

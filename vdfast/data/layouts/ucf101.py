@@ -95,7 +95,8 @@ def _list_ucf101(root: str, split: int, annotations: str | None) -> Listing:
         raise LayoutError(
             f"ucf101: no {UCF_SPLITS_DIR}/classInd.txt found in {root}, its parent, or annotations="
             f"{annotations!r}. Expected {UCF_SPLITS_DIR}/ ({need}) beside UCF-101/; download "
-            "UCF101TrainTestSplits-RecognitionTask.zip and pass its folder with --annotations DIR (annotations=DIR)")
+            "UCF101TrainTestSplits-RecognitionTask.zip and pass its folder with --annotations DIR "
+            "(annotations=DIR)")
     for name in (f"trainlist0{split}.txt", f"testlist0{split}.txt"):
         if not _isfile(os.path.join(sdir, name)):
             raise LayoutError(f"ucf101: {os.path.join(sdir, name)} is missing (expected {need} in {sdir}); "
