@@ -10,7 +10,11 @@ Layout on disk (``vdfast prepare`` writes it; decoding happens nowhere else)::
                                     video's K clips in consecutive rows
 
 A class file is written to a temporary name and renamed when the whole class is decoded, so an
-interrupted ``prepare`` resumes at the first unfinished class. The embedded default dataset is a
+interrupted ``prepare`` resumes at the first unfinished class; ``store.json`` and the class reports
+are written the same way (a full disk leaves the previous one), and a damaged one is named.
+Before decoding, the free space for the clips still to store is checked. The decode workers of
+``--workers N`` die with the main process and hold no copy of its run lock, so a killed
+``prepare`` can be run again at once; a worker killed by the system names the file it decoded. The embedded default dataset is a
 ClipStore held in memory (``ClipStore.builtin()``).
 
 On a device, :class:`ClipPool` keeps a split as one uint8 tensor and samples per-class batches with
