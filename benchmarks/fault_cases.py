@@ -1,4 +1,4 @@
-"""The fault cases of issue 21 against a source tree: what each one ends in.
+"""The fault cases of docs/faults.md against a source tree: what each one ends in.
 
     python benchmarks/fault_cases.py [--tree DIR] [--only NAME,...]
 
@@ -8,7 +8,12 @@ table. Every fault is injected the same way on every tree (patched ``torch.save`
 / a method's ``step`` in a child process, real flipped files, a real tmpfs filled to the last
 byte), and every case prints one row: ``resumed exactly`` (the same synset as an uninterrupted
 run), ``refused clearly`` (non-zero, one line, no traceback), or what happened instead.
-Needs root for the tmpfs case (it is reported as not run otherwise).
+Needs root for the tmpfs cases (they are reported as not run otherwise).
+
+The data cases write a small UCF101 tree with PyAV (``tests/videos.py``) and run ``prepare``
+(a kill of ``--workers 2``, a disk that fills at ``store.json``'s last write, hostile split lists,
+names that are not UTF-8), MTT on an expert buffer with flipped bits or a truncated sidecar, and
+a 2-process distill whose rank 1 fails (``torchrun``, gloo).
 """
 from __future__ import annotations
 
@@ -62,6 +67,37 @@ CHILD = textwrap.dedent("""
         def step(self, *a):
             if hit():
                 os.kill(os.getpid(), getattr(signal, mode))
+            return real_step(self, *a)
+        DM.step = step
+    if mode == "slow-decode":  # each decode takes 0.3 s and notes its worker's pid
+        import time
+        import vdfast.data.decode as decode
+        real_decode = decode.decode_clips
+        def slow(*a, **k):
+            open(os.path.join(os.environ["PIDS"], str(os.getpid())), "w").close()
+            time.sleep(0.3)
+            return real_decode(*a, **k)
+        decode.decode_clips = slow
+    if mode == "fill-at-store-json":  # the disk fills just before the last store.json is written
+        import json
+        real_dumps = json.dumps
+        def dumps(obj, *a, **k):
+            if isinstance(obj, dict) and obj.get("complete") is True and "counts" in obj:
+                with open(os.environ["FILLER"], "wb", buffering=0) as g:
+                    for n in (65536, 4096, 1):  # to the last byte
+                        try:
+                            while True:
+                                g.write(b"\\0" * n)
+                        except OSError:
+                            pass
+            return real_dumps(obj, *a, **k)
+        json.dumps = dumps
+    if mode == "fail-rank-1":  # rank 1 of N raises at its nth DM step
+        from vdfast.methods.dm import DM
+        real_step = DM.step
+        def step(self, *a):
+            if os.environ.get("RANK") == "1" and hit():
+                raise FloatingPointError("loss became NaN at iteration 3 (injected)")
             return real_step(self, *a)
         DM.step = step
     from vdfast.cli import main
@@ -204,6 +240,210 @@ def cases(x: Runner, ref: str):
     yield "API distill(ipc='a' / 1.5 / True)", api_types
 
 
+# ------------------------------------------------------------------------------ data cases
+SMALL = ["--frames", "4", "--gap", "1", "--size", "16"]
+
+
+def _videos():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import videos
+
+    return videos
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _tmpfs(where: Path, size: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+def data_cases(x: Runner):
+    w = x.work
+    v = _videos()
+    ucf = v.make_ucf101(w / "ucf", groups=(1, 8, 9))
+
+    def kill_prepare():
+        out, pids = w / "killed-store", w / "pids"
+        pids.mkdir()
+        log = open(w / "killed.log", "w")
+        p = subprocess.Popen([sys.executable, "-c", CHILD, "slow-decode", "0", "prepare", ucf.root,
+                              "--out", str(out), "--workers", "2", *SMALL], cwd=w,
+                             env={**x.env, "PIDS": str(pids)}, stdout=log, stderr=subprocess.STDOUT)
+        t = time.time()
+        while len(os.listdir(pids)) < 2 and time.time() - t < 60:
+            time.sleep(0.05)
+        workers = [int(n) for n in os.listdir(pids)]
+        p.kill()
+        p.wait()
+        time.sleep(2)
+        left = [q for q in workers if _alive(q)]
+        r = x.run(["prepare", ucf.root, "--out", str(out), "--workers", "2", *SMALL])
+        for q in left:
+            os.kill(q, 9)
+        return (f"{len(left)} of {len(workers)} workers alive 2 s later; then: "
+                + ("resumed (exit 0)" if r.returncode == 0 else describe(r)))
+    yield "SIGKILL of prepare --workers 2 mid-decode, then the same command", kill_prepare
+
+    def store_json_full():
+        mnt = w / "tmpfs-store"
+        if not _tmpfs(mnt, "2m"):
+            return "not run (cannot mount a tmpfs here)"
+        try:
+            out = mnt / "store"
+            first = describe(x.run(["prepare", ucf.root, "--out", str(out), *SMALL],
+                                   "fill-at-store-json", 0, FILLER=str(mnt / "filler")))
+            (mnt / "filler").unlink(missing_ok=True)
+            r = x.run(["prepare", ucf.root, "--out", str(out), *SMALL])
+            then = "resumed (exit 0)" if r.returncode == 0 else describe(r)
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        return f"{first}; then (space freed): {then}"
+    yield "disk full at store.json's last write (a real tmpfs)", store_json_full
+
+    def hostile_lists():
+        made = v.make_ucf101(w / "lists", groups=(1, 8))
+        sd = Path(made.root) / "ucfTrainTestlist"
+        ci = sd / "classInd.txt"
+        ci.write_bytes(b"\xef\xbb\xbf" + ci.read_bytes())
+        c0, c1 = made.classes[0], made.classes[1]
+        with open(sd / "trainlist01.txt", "a") as f:
+            f.write(f"{c0}/v_{c0}_g08_c01.avi 1\r\n{c1}/v_{c1}_g01_c01.avi 2\r\n")
+        r = x.run(["prepare", made.root, "--out", str(w / "lists-store"), *SMALL])
+        if r.returncode:
+            return describe(r)
+        import json
+
+        meta = json.loads((w / "lists-store" / "store.json").read_text())
+        reported = [why for _, why in meta["listing_problems"]]
+        return (f"exit 0, classes {len(meta['classes'])} of 4, train {sum(meta['counts']['train'])} "
+                f"(4 distinct), reported: {len(reported)} ("
+                + "; ".join(r_.split(":")[0].split("(")[0].strip() for r_ in reported) + ")")
+    yield "split lists: a line twice, a test video in the train list, a BOM in classInd.txt", hostile_lists
+
+    def not_utf8():
+        made = v.make_ucf101(w / "names", groups=(1, 8))
+        c0 = made.classes[0]
+        vd, sd = Path(made.root) / "UCF-101" / c0, Path(made.root) / "ucfTrainTestlist"
+        old = f"v_{c0}_g01_c01.avi"
+        new = os.fsdecode(f"v_{c0}_g01_caf".encode() + b"\xe9.avi")
+        os.rename(vd / old, vd / new)
+        body = (sd / "testlist01.txt").read_bytes().replace(old.encode(), os.fsencode(new))
+        (sd / "testlist01.txt").write_bytes(body)
+        with open(sd / "trainlist01.txt", "ab") as f:
+            f.write(f"{c0}/v_{c0}_g09_".encode() + b"na\xefve.avi 1\r\n")
+        r = x.run(["prepare", made.root, "--out", str(w / "names-store"), *SMALL],
+                  PYTHONIOENCODING="utf-8:strict")
+        if r.returncode:
+            return describe(r)
+        import json
+
+        meta = json.loads((w / "names-store" / "store.json").read_text())
+        return (f"exit 0, {sum(meta['counts']['test'])} of 4 test videos stored, skipped "
+                f"{len(meta['skipped'])}, listing problems {len(meta['listing_problems'])}")
+    yield "non-UTF-8 file names (a Latin-1 test video, a missing one), strict stdout", not_utf8
+
+    def eval_out_file():
+        run = w / "random"
+        x.run(["distill", "--data", "builtin", "--method", "random", "--ipc", "1", "--out", str(run),
+               "--no-evaluate", "--no-preview"])
+        afile = w / "afile"
+        afile.write_text("x")
+        r = x.run(["eval", str(run / "synset"), "--out", str(afile), "--eval-students", "1",
+                   "--eval-epochs", "50"])
+        return f"{describe(r)} after {r.seconds:.1f} s"
+    yield "vdfast eval --out FILE", eval_out_file
+
+    def relabel():
+        out = w / "relabel"
+        x.run([a if a != "6" else "4" for a in ARGS] + ["--out", str(out)])
+        r = x.run([a if a != "6" else "2" for a in ARGS] + ["--out", str(out)])
+        return describe(r)
+    yield "finished 4-iteration run started again with --iterations 2", relabel
+
+    def lr_nan():
+        r = x.run(ARGS + ["--lr-img", "nan", "--out", str(w / "nan")])
+        return describe(r)
+    yield "--lr-img nan", lr_nan
+
+    for case in expert_cases(x):
+        yield case
+
+    def two_ranks():
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        script = w / "child.py"
+        script.write_text(CHILD)
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                            "--master_port", str(port), str(script), "fail-rank-1", "3", *ARGS,
+                            "--out", str(w / "ranks")], cwd=w,
+                           env={**x.env, "ACCELERATE_USE_CPU": "1", "VDFAST_DIST_TIMEOUT_MIN": "1"},
+                           capture_output=True, text=True, timeout=600)
+        secs = time.perf_counter() - t
+        lines = [ln.strip() for ln in r.stdout.splitlines() + r.stderr.splitlines()
+                 if "vdfast: error" in ln]
+        tb = sum("Traceback" in ln for ln in r.stderr.splitlines() if ln.startswith("[rank"))
+        return (f"{secs:.0f} s (group timeout 60 s), rank tracebacks {tb}, lines: "
+                + " // ".join(ln[:120] for ln in lines))
+    yield "2-process distill, rank 1 fails at iteration 3", two_ranks
+
+
+MTT_ARGS = ["distill", "--data", "builtin", "--method", "mtt", "--ipc", "1", "--iterations", "3",
+            "--net-width", "4", "--net-norm", "instance", "--mtt-num-experts", "2",
+            "--mtt-buffer-epochs", "3", "--mtt-max-start-epoch", "2", "--mtt-expert-epochs", "1",
+            "--mtt-syn-steps", "2", "--checkpoint-every", "0", "--no-evaluate", "--no-preview"]
+
+
+def expert_cases(x: Runner):
+    w = x.work
+
+    def flipped_rows():
+        buf = w / "buf-flip"
+        r = x.run(MTT_ARGS + ["--mtt-buffer", str(buf), "--out", str(w / "mtt-ref")])
+        if r.returncode:
+            return f"reference run: {describe(r)}"
+        ref = x.synset(w / "mtt-ref")
+        import json
+        import struct
+
+        for f in sorted(buf.glob("*.safetensors")):
+            b = bytearray(f.read_bytes())
+            n = struct.unpack("<Q", bytes(b[:8]))[0]
+            rows, p = json.loads(bytes(b[8:8 + n]))["trajectory"]["shape"]
+            for i in range(rows):
+                b[8 + n + i * p * 4 + 5] ^= 1
+            f.write_bytes(bytes(b))
+        r = x.run(MTT_ARGS + ["--mtt-buffer", str(buf), "--out", str(w / "mtt-flip")])
+        if r.returncode == 0:
+            return "exit 0, " + ("same synset" if x.synset(w / "mtt-flip") == ref
+                                 else "SILENTLY WRONG synset")
+        return describe(r)
+    yield "MTT on a buffer with one bit flipped in every row", flipped_rows
+
+    def truncated_sidecar():
+        buf = w / "buf-trunc"
+        x.run(MTT_ARGS + ["--mtt-buffer", str(buf), "--mtt-buffer-epochs", "3",
+                          "--out", str(w / "mtt-t0")])
+        j = buf / "expert_0001.json"
+        j.write_bytes(j.read_bytes()[: j.stat().st_size // 2])
+        # a buffer trained with other settings than these flags: used as it is (not retrained)
+        r = x.run(MTT_ARGS + ["--mtt-buffer", str(buf), "--mtt-buffer-lr", "0.5",
+                              "--out", str(w / "mtt-t1")])
+        return describe(r)
+    yield "MTT on a buffer whose expert_0001.json is truncated", truncated_sidecar
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent))
@@ -214,7 +454,7 @@ def main():
     x.run(ARGS + ["--out", str(work / "ref")])
     ref = x.synset(work / "ref")
     print(f"tree {x.tree}\n\n| case | outcome |\n|---|---|")
-    for name, fn in cases(x, ref):
+    for name, fn in [*cases(x, ref), *data_cases(x)]:
         if a.only and not any(k in name for k in a.only.split(",")):
             continue
         print(f"| {name} | {fn().replace('|', '/')} |", flush=True)

@@ -171,7 +171,7 @@ def test_hmdb51_splits_beside_and_separate(tmp_path):
 
 def test_hmdb51_missing_splits(tmp_path):
     made = make_hmdb51(tmp_path, classes=("wave", "climb"), splits_dir="none")
-    with pytest.raises(LayoutError, match="--splits"):
+    with pytest.raises(LayoutError, match="--annotations DIR"):
         list_videos(made.root, "hmdb51")
     # without its split files it is just a folder of class folders
     assert detect_layout(made.root) == "folder"
@@ -373,5 +373,75 @@ def test_registry_one_module_per_layout(tmp_path):
             ".json (ssv2); train.csv/validate.csv with youtube_id (kinetics); testTrainMulti_7030_splits/"
             "<class>_test_split1.txt (hmdb51); <video_id>/<frame>.jpg with a video_id,label,split CSV/JSON "
             "(frames); <class>/<video> or train|test/<class>/<video> files (folder). Pass --layout one of "
-            "ucf101, miniucf, hmdb51, kinetics, ssv2, frames, folder (and --splits/--annotations DIR where "
+            "ucf101, miniucf, hmdb51, kinetics, ssv2, frames, folder (and --annotations DIR where "
             "it has annotation files)") in msg
+
+
+# --------------------------------------------------------------------------- hostile split lists
+
+def test_ucf101_lists_with_duplicates_overlap_and_bom(tmp_path):
+    """A line listed twice is used once; a video in both lists is kept in test only; a UTF-8 BOM
+    at the start of classInd.txt is dropped (class 1 kept, no label shifted). Each is reported."""
+    made = make_ucf101(tmp_path, groups=(1, 8))
+    sd = os.path.join(made.root, "ucfTrainTestlist")
+    ci = os.path.join(sd, "classInd.txt")
+    with open(ci, "rb") as f:
+        body = f.read()
+    with open(ci, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + body)
+    c0, c1 = made.classes[0], made.classes[1]
+    dup = f"{c0}/v_{c0}_g08_c01.avi 1\r\n"
+    both = f"{c1}/v_{c1}_g01_c01.avi 2\r\n"   # a test video (group 1) also in the train list
+    with open(os.path.join(sd, "trainlist01.txt"), "a") as f:
+        f.write(dup + dup + both)
+    lst = list_videos(made.root)
+    assert lst.classes == made.classes
+    check_matches(lst, made)
+    assert len({(it.path, it.split) for it in lst.items}) == len(lst.items)
+    text = problem_text(lst)
+    assert f"UCF-101/{c0}/v_{c0}_g08_c01.avi :: listed 3 times in the train list: used once" in text
+    assert f"UCF-101/{c1}/v_{c1}_g01_c01.avi :: in both the train and the test list: kept in test" in text
+
+
+def test_annotation_files_with_bom(tmp_path):
+    """Kinetics' CSVs and SSv2's JSON files with a UTF-8 BOM read as without one."""
+    for maker, names in ((make_kinetics, ("train.csv", "validate.csv")),
+                         (make_ssv2, ("something-something-v2-labels.json",
+                                      "something-something-v2-train.json",
+                                      "something-something-v2-validation.json"))):
+        made = maker(tmp_path / maker.__name__)
+        for dirpath, _, files in os.walk(made.root):
+            for n in files:
+                if n in names:
+                    p = os.path.join(dirpath, n)
+                    with open(p, "rb") as f:
+                        body = f.read()
+                    with open(p, "wb") as f:
+                        f.write(b"\xef\xbb\xbf" + body)
+        check_matches(list_videos(made.root, annotations=made.annotations), made)
+
+
+def test_listed_video_that_is_no_file_says_what_it_is(tmp_path):
+    """A listed video that is a folder, a dangling symbolic link or inside an unreadable folder is
+    reported as that, not as a missing file."""
+    made = make_ucf101(tmp_path, groups=(1, 8))
+    vd = os.path.join(made.root, "UCF-101")
+    c0, c1, c2 = made.classes[:3]
+    as_dir = os.path.join(vd, c0, f"v_{c0}_g08_c01.avi")
+    os.remove(as_dir)
+    os.mkdir(as_dir)
+    link = os.path.join(vd, c1, f"v_{c1}_g08_c01.avi")
+    os.remove(link)
+    os.symlink(os.path.join(tmp_path, "gone.avi"), link)
+    text = problem_text(list_videos(made.root))
+    assert f"{c0}/v_{c0}_g08_c01.avi :: a folder, not a video file (listed in trainlist01.txt" in text
+    assert f"{c1}/v_{c1}_g08_c01.avi :: dangling symbolic link (to {tmp_path}/gone.avi)" in text
+    if os.geteuid() == 0:
+        return  # root reads every folder: the unreadable case cannot be made here
+    locked = os.path.join(vd, c2)
+    os.chmod(locked, 0)
+    try:
+        text = problem_text(list_videos(made.root))
+    finally:
+        os.chmod(locked, 0o755)
+    assert f"its folder {locked} cannot be read (permission denied)" in text

@@ -190,7 +190,12 @@ class _Print(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        print(("warning: " if record.levelno >= logging.WARNING else "") + msg, flush=True)
+        line = ("warning: " if record.levelno >= logging.WARNING else "") + msg
+        try:
+            print(line, flush=True)
+        except UnicodeEncodeError:  # a file name that is not UTF-8, or a strict ASCII stdout
+            enc = getattr(sys.stdout, "encoding", None) or "utf-8"
+            print(line.encode(enc, "backslashreplace").decode(enc), flush=True)
 
 
 def configure_logging(debug: bool = False) -> None:
@@ -213,32 +218,39 @@ def main(argv=None) -> int:
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     configure_logging(debug)
+    from vdfast import distributed
     from vdfast.engine.checkpoint import Interrupted
 
+    failed = None  # this process's error line, for the other processes of an N-process run
     try:
         rc = _run(args)
-    except Interrupted as e:
+    except Interrupted as e:  # every process stops at the same iteration: they leave together
         if debug:
             raise
         print(e.message(), file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
+        failed = "interrupted"
         if debug:
             raise
         print("vdfast: interrupted; the last checkpoint, if one was written, is kept: run the same "
               "command again to resume", file=sys.stderr, flush=True)
         return 130
     except Exception as e:
+        failed = _describe(e)
         if debug:
             raise
-        print(f"vdfast: error: {_describe(e)}", file=sys.stderr, flush=True)
+        if not isinstance(e, _user_errors()):  # a collective ended by another process's failure
+            peer = distributed.peer_failure()
+            if peer:
+                failed = f"{peer}; this process stopped with it"
+        print(f"vdfast: error: {failed}", file=sys.stderr, flush=True)
         from vdfast.config import ConfigError
 
         return 2 if isinstance(e, ConfigError) else 1
     finally:
-        from vdfast import distributed
-
-        distributed.shutdown()  # N processes: leave the group together (a gloo rank exiting alone aborts)
+        # N processes: leave the group together after success, at once after a failure
+        distributed.shutdown(error=failed)
     return rc
 
 
@@ -304,6 +316,22 @@ def _saved_run(path) -> dict:
     return out
 
 
+def _check_not_past(out: Path, iterations: int) -> None:
+    """A :class:`ConfigError` when ``out`` holds a checkpoint of a later iteration than
+    ``iterations``: resuming it would label iteration N's synset with the smaller number."""
+    for d in (out / "checkpoint", out / "checkpoint.prev"):  # the newest that has a manifest
+        try:
+            done = int(json.loads((d / "manifest.json").read_text())["iteration"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if done > iterations:
+            raise ConfigError(f"{out} holds a run checkpointed at iteration {done}, past --iterations "
+                              f"{iterations} (its synset is iteration {done}'s); pass --iterations "
+                              f"{done} or more to use or continue it, --no-resume to start over, or "
+                              f"another --out")
+        return
+
+
 def _run(args) -> int:
     import vdfast
 
@@ -314,9 +342,12 @@ def _run(args) -> int:
         print(json.dumps(d, indent=1) if args.json else format_info(d))
         return 0
     if args.cmd == "prepare":
+        from vdfast.data.store import check_out
+
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)}
-        vdfast.prepare(args.source, args.out, PrepareConfig(**{k: v for k, v in given.items()
-                                                               if v is not None}))
+        cfg = PrepareConfig(**{k: v for k, v in given.items() if v is not None})
+        check_out(args.source, args.out)  # before the store's folder is created
+        vdfast.prepare(args.source, args.out, cfg)
         return 0
     if args.cmd == "experts":
         from vdfast import distributed
@@ -345,6 +376,10 @@ def _run(args) -> int:
         print(f"wrote {paths['gif']} and {paths['png']}")
         return 0
     if args.cmd == "eval":
+        if args.out is not None:  # before the evaluation, not after it
+            from vdfast.engine.checkpoint import preflight
+
+            preflight(args.out)
         o = _overrides(args)
         rep = vdfast.evaluate(args.synset, args.data, out=args.out, seed=args.seed, device=args.device,
                               preset=args.preset,
@@ -372,14 +407,16 @@ def _run(args) -> int:
         o = {**saved.get("options", {}), **_overrides(args)}
         method, ipc = o.pop("method", "dm"), o.pop("ipc", 1)
         # the options checked before the data is read (a large store takes a while to open)
-        resolve(args.preset if args.preset != "auto" else
-                ("builtin" if args.data == "builtin" else "published"), method=method, ipc=ipc, **o)
+        cfg = resolve(args.preset if args.preset != "auto" else
+                      ("builtin" if args.data == "builtin" else "published"), method=method, ipc=ipc, **o)
         store = vdfast.open_data(args.data)
         if from_file and {k: v for k, v in st.items() if k != "path"} != store.describe():
             raise ConfigError(f"--config {args.config}: the store at {args.data} is not the one the "
                               f"run distilled (then {_short(st)}, now {_short(store.describe())}); "
                               f"pass --data STORE")
         out = Path(args.out or f"runs/{store.name}-{method}-ipc{ipc}")
+        if args.resume:
+            _check_not_past(out, cfg.iterations)
         res = vdfast.distill(store, method=method, ipc=ipc, out=out, resume=args.resume,
                              preset=args.preset, **o)
         if res.rank != 0:  # other processes of a multi-process run: rank 0 reports

@@ -84,8 +84,9 @@ def field_doc(f: dataclasses.Field) -> str:
 
 
 def _positive(name, value, allow_zero=False):
-    if value is None or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    # `not value >= 0` is true for NaN too; an infinite step size or count is no setting either
+    if value is None or not value >= 0 or (value == 0 and not allow_zero) or value == float("inf"):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
 
 
 @dataclass(frozen=True)

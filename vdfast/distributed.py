@@ -161,14 +161,62 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def shutdown() -> None:
-    """End this run's process group, if there is one, once every process has reached this point.
-    The command line calls it after a command succeeds; a program that calls ``vdfast.distill`` under
-    ``accelerate launch`` owns its group and ends it itself (a process that leaves a live gloo group
-    alone can abort at exit while the others still talk to it)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+_FAILED = "vdfast/failed/"
+
+
+def shutdown(error: str | None = None) -> None:
+    """End this run's process group, if there is one. After a command that succeeded (``error``
+    None): once every process has reached this point (a process that leaves a live gloo group alone
+    can abort at exit while the others still talk to it). After a failure: ``error`` (the
+    process's one-line error) is left in the group's store for the others (:func:`peer_failure`)
+    and the group is left at once, without a barrier the others may never reach (they are in
+    another collective: the barrier would wait a whole timeout); closing the connections ends the
+    others' pending collectives. The command line calls it after every command; a program that
+    calls ``vdfast.distill`` under ``accelerate launch`` owns its group and ends it itself."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if error is None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        return
+    try:
+        _store().set(f"{_FAILED}{torch.distributed.get_rank()}", error)
+    except Exception:  # the store is gone with its host process: the others time out instead
+        pass
+    try:
+        torch.distributed.destroy_process_group()
+    except Exception:
+        pass
+
+
+def _store():
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+def peer_failure(wait_s: float = 1.0) -> str | None:
+    """The error another process of this run recorded when it failed (:func:`shutdown`), as
+    ``process R of N failed: <its error line>``; None when there is no group or none did (within
+    ``wait_s`` seconds: a collective can end before the failed process's record lands)."""
+    import time
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    deadline = time.monotonic() + wait_s
+    try:
+        store = _store()
+        while True:
+            for r in range(world):
+                key = f"{_FAILED}{r}"
+                if r != rank and store.check([key]):
+                    return f"process {r} of {world} failed: {store.get(key).decode(errors='replace')}"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+    except Exception:  # the store's host has gone
+        return None
 
 
 def setup(device: torch.device) -> Dist:

@@ -104,7 +104,9 @@ def sample_windows(num_frames: int, frames: int, gap: int, clips: int = 1, key: 
         return [idx] * clips, short
     g = _gap(num_frames, frames, gap)
     span = (frames - 1) * g + 1
-    seed = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "little")
+    # surrogateescape: a file name that is not UTF-8 (os gives its bytes back as surrogates) seeds
+    # with its own bytes; a UTF-8 name gives the same bytes, and so the same windows, as before
+    seed = int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:8], "little")
     starts = np.random.default_rng(seed).integers(0, num_frames - span + 1, size=clips)
     return [[int(a) + i * g for i in range(frames)] for a in starts], False
 
@@ -182,10 +184,12 @@ def _container_count(path: str) -> int:
         container.close()
 
 
-def _decode_frames(path: str, wanted: set[int], to_end: bool = False
+def _decode_frames(path: str, wanted: set[int], to_end: bool = False, convert=None
                    ) -> tuple[dict[int, np.ndarray], int, str | None]:
     """Decode ``path`` up to max(wanted) (or to the end with ``to_end``); return
-    ({index: rgb frame}, frames decoded, error text if decoding failed part-way)."""
+    ({index: rgb frame, or ``convert(frame)`` when given}, frames decoded, error text if decoding
+    failed part-way). ``convert`` runs as each frame is decoded, so only its (small) output is
+    kept: a 4K video holds one full-resolution frame at a time."""
     last = max(wanted) if wanted and not to_end else None
     got: dict[int, np.ndarray] = {}
     n = 0
@@ -196,7 +200,8 @@ def _decode_frames(path: str, wanted: set[int], to_end: bool = False
         try:
             for frame in container.decode(stream):
                 if n in wanted:
-                    got[n] = frame.to_ndarray(format="rgb24")
+                    rgb = frame.to_ndarray(format="rgb24")
+                    got[n] = rgb if convert is None else convert(rgb)
                 n += 1
                 if last is not None and n > last:
                     break
@@ -233,9 +238,9 @@ def _decode_video(path: str, spec: ClipSpec, clips: int, key: str) -> tuple[np.n
     for _attempt in range(3):
         windows, short = sample_windows(n, spec.frames, spec.gap, clips, key)
         wanted = {i for w in windows for i in w}
-        got, m, error = _decode_frames(path, wanted)
+        got, m, error = _decode_frames(path, wanted, convert=lambda rgb: resize_crop(rgb, spec))
         if wanted <= got.keys():
-            return assemble_windows(got, windows, spec), _window_info(n, spec, windows, short)
+            return assemble_windows(got, windows, spec, resized=True), _window_info(n, spec, windows, short)
         if m == 0:
             raise DecodeError(f"{path}: no decodable frame" + (f" ({error})" if error else ""))
         n = m   # the container's count was too high (or the file is truncated): use what decoded
@@ -243,16 +248,16 @@ def _decode_video(path: str, spec: ClipSpec, clips: int, key: str) -> tuple[np.n
 
 
 def assemble_windows(got: dict[int, np.ndarray], windows: list[list[int]], spec: ClipSpec,
-                     load=None) -> np.ndarray:
-    """uint8 ``[len(windows), frames, size, size, 3]`` from decoded frames ``got`` (index -> RGB),
-    or from ``load(index)`` when given; each frame is resized and cropped once however many
-    windows share it."""
+                     load=None, resized: bool = False) -> np.ndarray:
+    """uint8 ``[len(windows), frames, size, size, 3]`` from decoded frames ``got`` (index -> RGB;
+    already resized and cropped with ``resized``), or from ``load(index)`` when given; each frame
+    is resized and cropped once however many windows share it."""
     out = np.empty((len(windows), spec.frames, spec.size, spec.size, 3), np.uint8)
     done: dict[int, np.ndarray] = {}
     for c, idx in enumerate(windows):
         for k, i in enumerate(idx):
             if i not in done:
-                done[i] = resize_crop(got[i] if load is None else load(i), spec)
+                done[i] = got[i] if resized else resize_crop(got[i] if load is None else load(i), spec)
             out[c, k] = done[i]
     return out
 

@@ -10,7 +10,11 @@ Layout on disk (``vdfast prepare`` writes it; decoding happens nowhere else)::
                                     video's K clips in consecutive rows
 
 A class file is written to a temporary name and renamed when the whole class is decoded, so an
-interrupted ``prepare`` resumes at the first unfinished class. The embedded default dataset is a
+interrupted ``prepare`` resumes at the first unfinished class; ``store.json`` and the class reports
+are written the same way (a full disk leaves the previous one), and a damaged one is named.
+Before decoding, the free space for the clips still to store is checked. The decode workers of
+``--workers N`` die with the main process and hold no copy of its run lock, so a killed
+``prepare`` can be run again at once; a worker killed by the system names the file it decoded. The embedded default dataset is a
 ClipStore held in memory (``ClipStore.builtin()``).
 
 On a device, :class:`ClipPool` keeps a split as one uint8 tensor and samples per-class batches with
@@ -20,12 +24,16 @@ memory-mapped class files, per class, at each draw.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +42,7 @@ import numpy as np
 import torch
 
 from vdfast.config import ConfigError, PrepareConfig
-from vdfast.engine.checkpoint import atomic_save_npy
+from vdfast.engine.checkpoint import atomic_save_npy, atomic_write, fault_point, preflight
 from vdfast.profiling import traced
 from vdfast.version import __version__
 
@@ -99,7 +107,7 @@ class ClipStore:
         if not meta_file.exists():
             raise StoreError(f"{path} is not a vdfast store (no store.json); create one with "
                              f"`vdfast prepare SOURCE --out {path}`")
-        meta = json.loads(meta_file.read_text())
+        meta = read_meta(meta_file)
         if not meta.get("complete"):
             raise StoreError(f"store {path} is incomplete (prepare was interrupted); run the same "
                              f"`vdfast prepare ... --out {path}` again to resume it")
@@ -146,7 +154,7 @@ class ClipStore:
                 req = self.meta.get("request", {})
                 root = self.meta.get("root", req.get("source", ""))
                 for c, name in enumerate(self.classes):
-                    rep = json.loads((Path(self.path) / "train" / f"{c:04d}.json").read_text())
+                    rep = read_meta(Path(self.path) / "train" / f"{c:04d}.json")
                     per_class[name] = [_window_key(u, root) for u in rep["used"]]
                 ident = {"format": self.meta.get("format"), "layout": req.get("layout"),
                          "split": req.get("split"), "spec": req.get("spec")}
@@ -203,6 +211,12 @@ class ClipStore:
                              f"prepare a new store with --size {size}")
         if ipc is not None:
             counts = self.counts("train")
+            empty = [self.classes[c] for c, n in enumerate(counts) if n == 0]
+            if empty:
+                raise StoreError(f"store {self.name}: {len(empty)} class(es) have no train clips "
+                                 f"({', '.join(empty[:8])}{' ...' if len(empty) > 8 else ''}): prepare "
+                                 f"skipped all their videos (see the skipped list in store.json); "
+                                 f"fix or replace those videos and prepare the store again")
             short = [(self.classes[c], n) for c, n in enumerate(counts) if n < ipc]
             if short:
                 listed = ", ".join(f"{k} ({n})" for k, n in short[:8])
@@ -298,10 +312,94 @@ class ClipPool:
 # --------------------------------------------------------------------------------------------
 # prepare: listing -> decode -> per-class arrays on disk, resumable, every skip reported
 # --------------------------------------------------------------------------------------------
+def _write_json(path: Path, d: dict) -> None:
+    """``d`` as JSON at ``path``, whole or not at all (a full disk leaves the previous file)."""
+    text = json.dumps(d, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_meta(path) -> dict:
+    """A store's ``store.json`` (or a class report ``NNNN.json``); a damaged one raises
+    :class:`StoreError` naming it."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return d
+    except (ValueError, UnicodeDecodeError) as e:
+        if path.name == "store.json":
+            fix = (f"delete it and run the same `vdfast prepare ... --out {path.parent}` again (the "
+                   f"finished classes are kept)")
+        else:
+            fix = (f"delete it and {path.with_suffix('.npy').name}, then run the same `vdfast prepare "
+                   f"... --out {path.parent.parent}` again (that class is decoded again)")
+        raise StoreError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0]}); {fix}") from None
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a ``prepare --workers N`` pool worker: SIGKILL when the parent process dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), so a killed ``prepare`` (the OOM killer, ``kill PID``) leaves no
+    orphaned decoders; SIGINT ignored (Ctrl-C reaches the whole process group: the parent stops
+    the pool and reports once); SIGTERM (the pool ending its workers) removes the worker's mark
+    (:func:`_leave_on_sigterm`)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave_on_sigterm)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _decode_pool(workers: int) -> ProcessPoolExecutor:
+    """The decode workers of ``prepare``: they die with this process (:func:`_die_with_parent`)
+    and hold no copy of the store's run lock (closed at fork by
+    :mod:`vdfast.engine.checkpoint`)."""
+    return ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
 def _decode_one(args):
     from vdfast.data.decode import DecodeError, decode_clips
 
-    item, spec, decoder, clips, key = args
+    item, spec, decoder, clips, key, marks = args
+    if not marks:
+        return _decode_item(item, spec, decoder, clips, key)
+    # which file this worker decodes while it does, for the error if the system kills it (OOM)
+    mark = os.path.join(marks, str(os.getpid()))
+    with open(mark, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(item.path)
+    _mark[:] = [mark]
+    try:
+        return _decode_item(item, spec, decoder, clips, key)
+    finally:
+        _mark.clear()
+        with contextlib.suppress(OSError):
+            os.unlink(mark)
+
+
+_mark: list[str] = []  # in a pool worker: the mark of the file it decodes now
+
+
+def _leave_on_sigterm(signum, frame):
+    """A pool worker told to stop (the pool ends its workers when another one was killed) removes
+    its mark: the marks left name the files of the workers that were killed."""
+    for m in _mark:
+        with contextlib.suppress(OSError):
+            os.unlink(m)
+    os._exit(128 + signum)
+
+
+def _decode_item(item, spec, decoder, clips, key):
+    from vdfast.data.decode import DecodeError, decode_clips
+
     try:
         if decoder[0] == "dali" and item.kind == "video":
             from vdfast.data.dali import decode_clips_dali
@@ -314,6 +412,13 @@ def _decode_one(args):
         return None, None, _without_path(str(e), item.path)
     except Exception as e:  # a decoder crash on one file must not end a 40-hour run
         return None, None, _without_path(f"{type(e).__name__}: {e}", item.path)
+
+
+def _killed_while(marks: Path) -> list[str]:
+    """The files that killed pool workers were decoding (the marks left once the pool has ended:
+    a worker removes its mark when it finishes a file or is stopped with SIGTERM)."""
+    return [f.read_text(encoding="utf-8", errors="surrogateescape")
+            for f in (sorted(marks.glob("*")) if marks.is_dir() else ())]
 
 
 def _without_path(reason: str, path: str) -> str:
@@ -331,6 +436,16 @@ def _window_key(path: str, root: str) -> str:
     except ValueError:  # another drive (Windows)
         rel = path
     return rel.replace(os.sep, "/")
+
+
+def check_out(source, out) -> None:
+    """:class:`StoreError` when the store ``out`` would be the dataset folder ``source`` itself (its
+    ``store.json``, ``train/`` and ``test/`` would become part of the dataset: a plain folder would
+    then be detected as one with split folders)."""
+    if Path(source).resolve() == Path(out).resolve():
+        raise StoreError(f"--out {out} is the dataset folder itself: the store's files would become "
+                         f"part of the dataset (and change how its layout is detected); pass another "
+                         f"--out, e.g. {Path(out).resolve().name}-store beside it")
 
 
 def prepare_config(config: PrepareConfig | None = None, **options) -> PrepareConfig:
@@ -373,6 +488,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     from vdfast.progress import bar
 
     cfg = prepare_config(config, **options)
+    check_out(source, out)
     frames, gap, size, split, test_clips = cfg.frames, cfg.gap, cfg.size, cfg.split, cfg.test_clips
     classes = list(cfg.classes) if cfg.classes is not None else None
     listing = list_videos(str(source), layout=cfg.layout, split=split, classes=classes,
@@ -381,12 +497,13 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     spec = ClipSpec(frames=frames, gap=gap, size=size)
     dec = resolve_decoder(decoder)
     out = Path(out)
+
     out.mkdir(parents=True, exist_ok=True)
     want = {"source": str(Path(source).resolve()), "layout": listing.layout, "split": split,
             "classes": listing.classes, "spec": asdict(spec), "test_clips": test_clips}
     meta_file = out / "store.json"
     if meta_file.exists():
-        old = json.loads(meta_file.read_text())
+        old = read_meta(meta_file)
         asked = {"test_clips": 1, **old.get("request", {})}  # stores before test_clips held 1
         if {k: asked.get(k) for k in want} != want:
             raise StoreError(f"{out} already holds a store prepared with other settings "
@@ -396,16 +513,28 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
             "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "layout": listing.layout, "test_clips": test_clips,
             "root": os.path.abspath(source),  # what the window keys and the fingerprint are relative to
             "listing_problems": [list(p) for p in listing.problems], "complete": False}
-    meta_file.write_text(json.dumps(meta, indent=1))
+    _write_json(meta_file, meta)
 
     by_key: dict[tuple[str, int], list] = {}
     index = {c: i for i, c in enumerate(listing.classes)}
     for it in listing.items:
         by_key.setdefault((it.split, index[it.label]), []).append(it)
+    for s in SPLITS:  # temporary files of a killed write (this process holds the store's lock)
+        for tmp in (out / s).glob("*.tmp-*") if (out / s).is_dir() else ():
+            tmp.unlink(missing_ok=True)
     todo = [(s, c) for s in SPLITS for c in range(len(listing.classes))
             if not (out / s / f"{c:04d}.npy").exists()]
     total = sum(len(by_key.get(k, [])) for k in todo)
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    clip_bytes = frames * size * size * 3
+    need = sum(len(by_key.get((s, c), [])) * (test_clips if s == "test" else 1) * clip_bytes + 4096
+               for s, c in todo)
+    preflight(out, need, "this prepare", why=f"{total} videos still to store, "
+                                              f"{clip_bytes / 2**10:.0f} KiB per clip", flag="--out")
+    pool = _decode_pool(workers) if workers > 1 else None
+    marks = out / ".decoding"  # each worker's current file (a worker killed by the system names it)
+    shutil.rmtree(marks, ignore_errors=True)
+    if pool:
+        marks.mkdir()
     t0 = time.perf_counter()
     n_frames = 0
     try:
@@ -414,7 +543,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                 items = by_key.get((s, c), [])
                 (out / s).mkdir(exist_ok=True)
                 k = test_clips if s == "test" else 1
-                jobs = [(it, spec, dec, k, _window_key(it.path, meta["root"])) for it in items]
+                jobs = [(it, spec, dec, k, _window_key(it.path, meta["root"]), str(marks) if pool else None)
+                        for it in items]
                 results = pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs)
                 clips, used, skipped, short = [], [], [], []
                 for it, (clip, info, err) in zip(items, results):
@@ -428,18 +558,32 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                     if info.get("short"):
                         short.append([it.path, f"{info['num_frames']} frames < {frames}: looped"])
                 arr = (np.concatenate(clips) if clips else np.zeros((0, frames, size, size, 3), np.uint8))
-                (out / s / f"{c:04d}.json").write_text(json.dumps(
-                    {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short}))
+                _write_json(out / s / f"{c:04d}.json",
+                            {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short})
                 atomic_save_npy(out / s / f"{c:04d}.npy", arr)
+    except BrokenProcessPool:
+        pool.shutdown(wait=True, cancel_futures=True)
+        pool = None
+        files = _killed_while(marks)
+        raise StoreError(f"a decode worker was killed (by the system: out of memory?) while decoding "
+                         + (", ".join(files) if files else f"a file of {s}/{listing.classes[c]}")
+                         + f"; the finished classes are kept: run the same command again to resume "
+                           f"(fewer --workers need less memory), or move that file away") from None
+    except BaseException:
+        if pool:  # Ctrl-C, a full disk ...: the queued files are not decoded first
+            pool.shutdown(wait=True, cancel_futures=True)
+            pool = None
+        raise
     finally:
         if pool:
             pool.shutdown()
+        shutil.rmtree(marks, ignore_errors=True)
     elapsed = time.perf_counter() - t0
 
     skipped, short, counts = [], [], {s: [] for s in SPLITS}
     for s in SPLITS:
         for c in range(len(listing.classes)):
-            rep = json.loads((out / s / f"{c:04d}.json").read_text())
+            rep = read_meta(out / s / f"{c:04d}.json")
             skipped += rep["skipped"]
             short += rep["short"]
             counts[s].append(len(rep["used"]))
@@ -447,7 +591,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     meta.update(complete=True, counts=counts, skipped=skipped, short=short, empty=empty,
                 decode_seconds=round(elapsed, 2), decoder=f"{dec[0]} ({dec[1]})",
                 decode_frames_per_s=round(n_frames / elapsed, 1) if elapsed > 0 and n_frames else None)
-    meta_file.write_text(json.dumps(meta, indent=1))
+    fault_point("store.json")
+    _write_json(meta_file, meta)
     _print_report(meta, listing.problems)
     return ClipStore.open(out)
 

@@ -434,7 +434,9 @@ class RunLock:
     A second :class:`RunLock` on the same directory, in any process, raises
     :class:`RunLockedError` at once, naming the holder's pid, host and command. The lock goes away
     with the process (a killed run leaves no stale lock); the file stays and is reused. ``flock`` is
-    per host: on some network file systems two hosts do not see each other's lock."""
+    per host: on some network file systems two hosts do not see each other's lock. A process
+    forked while the lock is held (a ``prepare --workers N`` pool worker) closes its copy of the
+    descriptor at once, so an orphaned child cannot keep the directory locked."""
 
     def __init__(self, directory, what: str = "run"):
         self.dir = Path(directory)
@@ -471,9 +473,11 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
+        _held.add(self)
         return self
 
     def __exit__(self, *exc):
+        _held.discard(self)
         if self.fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, 0)
@@ -482,27 +486,49 @@ class RunLock:
         return False
 
 
-def ensure_dir(path) -> Path:
-    """``path`` created (with its parents), or :class:`OutDirError` saying why not."""
+_held: set[RunLock] = set()
+
+
+def _close_locks_in_child() -> None:
+    """After a fork: the child's copies of the held lock descriptors closed (a flock lives as long
+    as any descriptor of it is open; ``O_CLOEXEC`` only acts at ``exec``, not at ``fork``). The
+    parent's lock is unaffected."""
+    for lock in list(_held):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
+def ensure_dir(path, flag: str = "--out") -> Path:
+    """``path`` created (with its parents), or :class:`OutDirError` saying why not (naming the
+    option ``flag`` that gave it)."""
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutDirError(f"--out {p} exists and is not a directory; pass a directory") from None
+        raise OutDirError(f"{flag} {p} exists and is not a directory; pass a directory") from None
     except NotADirectoryError:
-        raise OutDirError(f"--out {p}: a parent of it is a file, not a directory; pass another "
-                          f"--out") from None
+        raise OutDirError(f"{flag} {p}: a parent of it is a file, not a directory; pass another "
+                          f"{flag}") from None
     except OSError as e:
         if e.errno in DISK_FULL:
             raise DiskFullError(p, "could not create the directory") from None
-        raise OutDirError(f"cannot create --out {p} ({e.strerror}); pass a writable directory") from None
+        raise OutDirError(f"cannot create {flag} {p} ({e.strerror}); pass a writable directory") from None
     return p
 
 
-def preflight(out, need_bytes: int = 0, what: str = "this run") -> None:
+def preflight(out, need_bytes: int = 0, what: str = "this run",
+              why: str = "a checkpoint is written beside the previous one", flag: str = "--out") -> None:
     """Before long work: ``out`` created, a probe file written, fsynced and removed, and at
-    least ``need_bytes`` free there. Raises :class:`OutDirError` or :class:`DiskFullError`."""
-    out = ensure_dir(out)
+    least ``need_bytes`` free there (``why``: what those bytes are, for the message; ``flag``: the
+    option that named ``out``). Raises :class:`OutDirError` or :class:`DiskFullError`."""
+    out = ensure_dir(out, flag)
     probe = out / f".vdfast-probe-{os.getpid()}"
     try:
         with open(probe, "wb") as f:
@@ -513,18 +539,17 @@ def preflight(out, need_bytes: int = 0, what: str = "this run") -> None:
         with contextlib.suppress(OSError):
             probe.unlink()
         if e.errno in DISK_FULL:
-            raise DiskFullError(out, "nothing could be written there; free space or pass another "
-                                     "--out") from None
-        raise OutDirError(f"cannot write into --out {out} ({e.strerror}); pass a writable "
+            raise DiskFullError(out, f"nothing could be written there; free space or pass another "
+                                     f"{flag}") from None
+        raise OutDirError(f"cannot write into {flag} {out} ({e.strerror}); pass a writable "
                           f"directory") from None
     probe.unlink()
     if need_bytes > 0:
         free = shutil.disk_usage(out).free
         if free < need_bytes:
-            raise DiskFullError(out, f"{what} needs about {need_bytes / 2**20:.1f} MiB there (a "
-                                     f"checkpoint is written beside the previous one) and "
-                                     f"{free / 2**20:.1f} MiB are free; free space or pass another "
-                                     f"--out")
+            raise DiskFullError(out, f"{what} needs about {need_bytes / 2**20:.1f} MiB there ({why}) "
+                                     f"and {free / 2**20:.1f} MiB are free; free space or pass "
+                                     f"another {flag}")
 
 
 # ----------------------------------------------------------------------------------- signals

@@ -166,6 +166,40 @@ def _read_rows(path: Path, rows: Sequence[int]) -> list[torch.Tensor]:
         return [sl[r:r + 1][0].clone() for r in rows]
 
 
+def _redo(path: Path) -> str:
+    return (f"delete {path.with_suffix('.json').name} and {path.with_suffix('.safetensors').name} "
+            f"in {path.parent}, then run again (`vdfast experts --out {path.parent}`, or the same "
+            f"distill, retrains that expert)")
+
+
+def read_sidecar(path) -> dict:
+    """An expert's ``expert_XXXX.json``; a damaged one raises :class:`BufferError` naming it."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return d
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BufferError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          f"{_redo(path)}") from None
+
+
+def _trajectory_bytes(path: Path) -> tuple[int, tuple[int, int]] | None:
+    """(the size a trajectory file must have, its [rows, P]) from its own header; None when the
+    header itself is unreadable."""
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > 1 << 20:
+                return None
+            h = json.loads(f.read(n))
+        rows, p = h[TENSOR]["shape"]
+        return 8 + n + h[TENSOR]["data_offsets"][1], (int(rows), int(p))
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
 def expert_paths(out_dir, i: int) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     return out_dir / f"expert_{i:04d}.safetensors", out_dir / f"expert_{i:04d}.json"
@@ -177,7 +211,8 @@ def expert_paths(out_dir, i: int) -> tuple[Path, Path]:
 def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int = 50,
                   lr: float = 0.01, batch: int = 256, momentum: float = 0.0,
                   weight_decay: float = 0.0, net_cfg=None, seed: int = 0, device="cpu",
-                  progress: bool = True, shard: tuple[int, int] = (0, 1)) -> list[Path]:
+                  progress: bool = True, shard: tuple[int, int] = (0, 1),
+                  flag: str = "--out") -> list[Path]:
     """Train ``num_experts`` ConvNet3D on ``store``'s train split; save every epoch's parameters.
 
     Defaults are the published buffer settings (SGD lr 0.01, no momentum, 50 epochs, batch 256,
@@ -191,7 +226,9 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
 
     Resumable: complete experts are skipped; an interrupted one continues after its last saved
     epoch (restarts when ``momentum > 0``). A directory holding experts made with other settings
-    raises :class:`BufferError`.
+    raises :class:`BufferError`. Before any training, the directory must be writable and hold
+    the free space of the trajectories still to write (else :class:`DiskFullError`, naming
+    ``flag``, the option that gave ``out_dir``).
 
     Args:
         store: the real data (uint8 clips; the whole train split is moved to ``device``).
@@ -210,15 +247,15 @@ def train_experts(store: ClipStore, out_dir, num_experts: int = 30, epochs: int 
     net_cfg = net_cfg or NetConfig()
     device = torch.device(device)
     out_dir = Path(out_dir)
-    checkpoint.preflight(out_dir)
+    checkpoint.preflight(out_dir, flag=flag)
     # one writer per buffer: rank 0 of N processes holds the lock for all of them
     with checkpoint.RunLock(out_dir, "experts") if shard[0] == 0 else contextlib.nullcontext():
         return _train_experts(store, out_dir, num_experts, epochs, lr, batch, momentum,
-                              weight_decay, net_cfg, seed, device, progress, shard)
+                              weight_decay, net_cfg, seed, device, progress, shard, flag)
 
 
 def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentum, weight_decay,
-                   net_cfg, seed, device, progress, shard) -> list[Path]:
+                   net_cfg, seed, device, progress, shard, flag="--out") -> list[Path]:
     from vdfast.progress import bar
 
     training = {"epochs": epochs, "lr": lr, "batch": batch, "momentum": momentum,
@@ -232,8 +269,15 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
     for i in range(num_experts):
         tpath, jpath = expert_paths(out_dir, i)
         paths.append(tpath)
+        old = {}
         if jpath.exists():
-            old = json.loads(jpath.read_text())
+            try:
+                old = read_sidecar(jpath)
+            except BufferError as e:  # this directory's own expert: it is trained again
+                log.warning(f"{str(e).split('; delete')[0]}; expert {i} is trained again")
+                jpath.unlink(missing_ok=True)
+                old = None
+        if old is not None and jpath.exists():
             diff = _differences({k: old.get(k) for k in base if k != "format"},
                                 {k: v for k, v in base.items() if k != "format"})
             if diff:
@@ -246,6 +290,13 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
             todo.append(i)
     if not todo:
         return paths
+    from vdfast.engine import checkpoint
+
+    row = 4 * sum(p.numel() for p in build_net(net_h).parameters())
+    have = sum(t.stat().st_blocks * 512 for t in (expert_paths(out_dir, i)[0] for i in todo)
+               if t.exists())  # the rows on disk (a trajectory file is sparse until written)
+    checkpoint.preflight(out_dir, len(todo) * (epochs + 1) * row - have, f"{len(todo)} expert(s)",
+                         why=f"{epochs + 1} rows of {row / 2**20:.2f} MiB each", flag=flag)
 
     u8, labels = store.tensors("train", device)
     with bar(total=len(todo) * epochs, desc=f"experts {out_dir.name}", unit="ep",
@@ -257,7 +308,7 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
             p = sum(_numel(s) for _, s in layout)
             start = 0
             if jpath.exists() and tpath.exists() and momentum == 0:
-                old = json.loads(jpath.read_text())
+                old = read_sidecar(jpath)
                 start = int(old.get("epochs_done", 0)) if old.get("num_params") == p else 0
             if start > 0:
                 want = old.get("rows_sha256")
@@ -285,7 +336,7 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
                           "num_params": p, "epochs_done": 0, "complete": False,
                           "rows_sha256": [_row_sha(flatten_params(net))]}
                 _write_json(jpath, header)
-            header = json.loads(jpath.read_text())
+            header = read_sidecar(jpath)
             pb.update(start)
             net = net.to(device).train()
             opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
@@ -364,6 +415,11 @@ class ExpertBuffer:
     ``len(buffer)`` experts (``expert_*.json`` with ``complete: true``, in index order), each with
     ``buffer.epochs + 1`` saved parameter vectors of ``buffer.num_params`` floats.
     ``pair(expert, start, target)`` reads just those two rows.
+
+    Damage is refused, naming the file: a sidecar that is not JSON, a trajectory file whose size
+    is not its header's (truncated), and a row whose sha256 differs from the sidecar's
+    ``rows_sha256`` (checked the first time this buffer reads the row: each row once per run,
+    one hash of ``4 * P`` bytes).
     """
 
     def __init__(self, path):
@@ -374,10 +430,18 @@ class ExpertBuffer:
                               f"`vdfast distill --method mtt` train it (leave --mtt-buffer empty)")
         self.headers: list[dict] = []
         self.files: list[Path] = []
+        self._verified: set[tuple[int, int]] = set()
         for j in sorted(self.path.glob("expert_*.json")):
-            h = json.loads(j.read_text())
+            h = read_sidecar(j)
             t = j.with_suffix(".safetensors")
             if h.get("complete") and t.exists():
+                want = _trajectory_bytes(t)
+                size = t.stat().st_size
+                if want is None or want[0] != size or want[1][1] != h.get("num_params"):
+                    raise BufferError(f"{t} is damaged (" + ("its header is unreadable" if want is None
+                                      else f"{size} bytes, its header says {want[0]}" if want[0] != size
+                                      else f"{want[1][1]} parameters, {j.name} says "
+                                           f"{h.get('num_params')}") + f"); {_redo(t)}")
                 self.headers.append(h)
                 self.files.append(t)
         if not self.files:
@@ -441,15 +505,35 @@ class ExpertBuffer:
         for e in (start, target):
             if not 0 <= e <= self.epochs:
                 raise IndexError(f"epoch {e} out of range 0..{self.epochs}")
-        a, b = _read_rows(self.files[expert], [start, target])
+        f = self.files[expert]
+        try:
+            a, b = _read_rows(f, [start, target])
+        except Exception as e:  # changed on disk since it was opened
+            raise BufferError(f"{f} is damaged ({type(e).__name__}: {e}); {_redo(f)}") from e
+        for e, row in ((start, a), (target, b)):
+            self._verify(expert, e, row)
         return a, b
+
+    def _verify(self, expert: int, epoch: int, row: torch.Tensor) -> None:
+        """``row`` (epoch ``epoch`` of ``expert``) against its sidecar's sha256, the first time."""
+        if (expert, epoch) in self._verified:
+            return
+        sums = self.headers[expert].get("rows_sha256")
+        if sums is not None and epoch < len(sums) and _row_sha(row) != sums[epoch]:
+            f = self.files[expert]
+            raise BufferError(f"{f}: the parameters of epoch {epoch} do not match their sha256 in "
+                              f"{f.with_suffix('.json').name} (the file is damaged); {_redo(f)}")
+        self._verified.add((expert, epoch))
 
     def trajectory(self, expert: int) -> torch.Tensor:
         """All saved epochs of one expert ``[epochs + 1, P]`` (reads the whole file)."""
         from safetensors import safe_open
 
         with safe_open(str(self.files[expert]), framework="pt") as f:
-            return f.get_tensor(TENSOR).clone()  # a copy, not a view of the mapped file
+            t = f.get_tensor(TENSOR).clone()  # a copy, not a view of the mapped file
+        for e in range(t.shape[0]):
+            self._verify(expert, e, t[e])
+        return t
 
 
 __all__ = ["train_experts", "ExpertBuffer", "BufferError", "param_layout", "flatten_params",

@@ -225,7 +225,8 @@ def prepare_buffer(store, cfg, device, progress: bool = True, dist=None) -> Expe
         train_experts(store, path, num_experts=m.num_experts, epochs=m.buffer_epochs,
                       lr=m.buffer_lr, batch=m.buffer_batch, momentum=m.buffer_momentum,
                       net_cfg=cfg.net, seed=m.buffer_seed, device=device,
-                      progress=progress and (dist is None or dist.main), shard=shard)
+                      progress=progress and (dist is None or dist.main), shard=shard,
+                      flag="--mtt-buffer")
     except BufferError:
         if not m.buffer:
             raise

@@ -16,6 +16,9 @@ Class order (documented, stable):
 * ``frames`` and ``folder``: sorted names.
 * With ``classes=[...]``: the layout's order above, restricted to those names.
 
+Every video appears once: a line listed twice is used once, and a video in both the train and the
+test list is kept in test only; both are reported in ``problems``.
+
 Item order: annotation order (train list then test list) for annotated layouts, sorted class then
 sorted file name for ``folder``.  Splits are "train" and "test"; for Kinetics and SSv2 "test" is the
 labelled validation set (their test sets carry no labels).
@@ -30,7 +33,8 @@ import os
 from typing import Sequence
 
 from vdfast.data.layouts import folder, frames, hmdb51, kinetics, ssv2, ucf101
-from vdfast.data.layouts.base import VIDEO_EXTS, Layout, LayoutError, Listing, VideoItem, _restrict
+from vdfast.data.layouts.base import (VIDEO_EXTS, Layout, LayoutError, Listing, VideoItem, _restrict,
+                                      check_items)
 from vdfast.data.layouts.ucf101 import MINIUCF_CLASSES
 
 __all__ = ["LAYOUTS", "MINIUCF_CLASSES", "VIDEO_EXTS", "VideoItem", "Listing", "LayoutError", "detect_layout",
@@ -53,7 +57,7 @@ def _detect(root: str, annotations: str | None = None) -> str:
     raise LayoutError(
         f"cannot tell the dataset layout of {root}. Looked for: "
         + "; ".join(REGISTRY[n].hint for n in _DETECT_ORDER)
-        + f". Pass --layout one of {', '.join(LAYOUTS)} (and --splits/--annotations DIR where it has "
+        + f". Pass --layout one of {', '.join(LAYOUTS)} (and --annotations DIR where it has "
           "annotation files)")
 
 
@@ -93,4 +97,4 @@ def list_videos(root: str, layout: str = "auto", split: int = 1, classes: Sequen
                                     seed=seed)
     if classes is not None:
         listing = _restrict(listing, list(classes), "classes")
-    return listing
+    return check_items(listing, root)

@@ -90,7 +90,10 @@ def _has_files(p: str, exts: tuple[str, ...]) -> bool:
 
 
 def _read_lines(path: str) -> list[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    """The lines of a text annotation file: a UTF-8 byte-order mark dropped (``utf-8-sig``); bytes
+    that are not UTF-8 kept as surrogates (``surrogateescape``), so a file name written in another
+    encoding still finds its file (``os`` functions encode it back to the same bytes)."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         return f.read().splitlines()
 
 
@@ -149,20 +152,83 @@ def _index_videos(dirs: Sequence[str], depth: int = 2) -> dict[str, str]:
     return out
 
 
+def why_not_found(path: str) -> str:
+    """Why a listed video ``path`` is not a readable file, in words: a dangling symbolic link, a
+    folder, a folder that cannot be read, a file that cannot be read, or simply a missing file."""
+    try:
+        if os.path.islink(path) and not os.path.exists(path):
+            return f"dangling symbolic link (to {os.readlink(path)})"
+        if os.path.isdir(path):
+            return "a folder, not a video file"
+        if os.path.isfile(path) and not os.access(path, os.R_OK):
+            return "unreadable file (permission denied)"
+        parent = os.path.dirname(path)
+        while parent and not os.path.isdir(parent) and parent != os.path.dirname(parent):
+            parent = os.path.dirname(parent)
+        if parent and os.path.isdir(parent) and not os.access(parent, os.R_OK | os.X_OK):
+            return f"its folder {parent} cannot be read (permission denied)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return "missing file"
+
+
 def add_item(items: list[VideoItem], problems: list[tuple[str, str]], entry: str, label: str | None,
-             find: Callable[[], str | None], split: str, unknown: str, missing: str) -> None:
+             find: Callable[[], str | None], split: str, unknown: str, missing: str,
+             expected: str | None = None) -> None:
     """One annotation entry: its :class:`VideoItem` appended to ``items``, or why it is left out
     appended to ``problems`` as ``(entry, reason)``: ``label`` None is an unknown label (``unknown``
     says which), else ``find()`` (the file's path) None is a missing file (``missing`` says where
-    it was listed)."""
+    it was listed; ``expected``, the path it should have, tells a dangling link, a folder or an
+    unreadable folder from a missing file)."""
     if label is None:
         problems.append((entry, f"unknown label {unknown}"))
         return
     path = find()
     if path is None:
-        problems.append((entry, f"missing file ({missing})"))
+        why = why_not_found(expected) if expected else "missing file"
+        problems.append((entry, f"{why} ({missing})"))
         return
     items.append(VideoItem(os.path.abspath(path), label, split))
+
+
+def check_items(listing: Listing, root: str) -> Listing:
+    """The listing with every video once: a video listed again in the same split is used once;
+    a video in both the train and the test list is kept in test only (a test video must never be
+    trained on: the evaluation would score videos the synset was distilled from). Each dropped
+    entry is reported in ``problems`` (``(path relative to root, reason)``)."""
+    first: dict[tuple[str, str], VideoItem] = {}
+    repeats: dict[tuple[str, str], int] = {}
+    test = {it.path for it in listing.items if it.split == "test"}
+    items, problems = [], list(listing.problems)
+    moved = []
+    for it in listing.items:
+        key = (it.path, it.split)
+        if key in first:
+            repeats[key] = repeats.get(key, 1) + 1
+            if it.label != first[key].label:
+                problems.append((_rel(it.path, root), f"listed again in the {it.split} list with label "
+                                 f"{it.label!r}; the first label {first[key].label!r} is used"))
+            continue
+        first[key] = it
+        if it.split == "train" and it.path in test:
+            moved.append(it)
+            continue
+        items.append(it)
+    for (path, split), n in repeats.items():
+        problems.append((_rel(path, root), f"listed {n} times in the {split} list: used once"))
+    for it in moved:
+        problems.append((_rel(it.path, root), "in both the train and the test list: kept in test only "
+                                              "(a test video is never trained on)"))
+    if len(items) == len(listing.items):
+        return listing
+    return Listing(listing.layout, listing.classes, items, problems)
+
+
+def _rel(path: str, root: str) -> str:
+    try:
+        return os.path.relpath(path, root).replace(os.sep, "/")
+    except ValueError:  # another drive (Windows)
+        return path
 
 
 def _restrict(listing: Listing, wanted: Sequence[str], what: str, keep_order: bool = False) -> Listing:

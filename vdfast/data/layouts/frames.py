@@ -32,14 +32,14 @@ def _frames_ann_files(root: str, annotations: str | None) -> list[str]:
 def _frames_ann_ok(path: str) -> bool:
     if path.lower().endswith(".csv"):
         try:
-            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
                 header = [h.strip().lower() for h in next(csv.reader(f), [])]
         except OSError:
             return False
         return any(k in header for k in _VID_KEYS) and any(k in header for k in _LABEL_KEYS) \
             and "youtube_id" not in header
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
             head = f.read(4096)
     except OSError:
         return False
@@ -50,7 +50,7 @@ def _frames_rows(path: str) -> Iterable[tuple[str, dict | None]]:
     """(entry name, row dict or None if malformed) for each annotation row."""
     base = os.path.basename(path)
     if path.lower().endswith(".csv"):
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             reader = csv.reader(f)
             header = [h.strip().lower() for h in next(reader, [])]
             for ln, row in enumerate(reader, 2):
@@ -61,7 +61,7 @@ def _frames_rows(path: str) -> Iterable[tuple[str, dict | None]]:
                     continue
                 yield f"{base}:{ln}", dict(zip(header, (c.strip() for c in row)))
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         try:
             data = json.load(f)
         except ValueError as e:

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from vdfast.data.layouts.base import (
     VIDEO_EXTS, VideoItem, Listing, LayoutError, Layout, _isdir, _subdirs, _files, _has_files, _read_lines,
-    _ann_dirs, _dedup, _check_split)
+    why_not_found, _ann_dirs, _dedup, _check_split)
 
 HMDB_SPLITS_DIR = "testTrainMulti_7030_splits"
 
@@ -40,7 +40,7 @@ def _list_hmdb51(root: str, split: int, annotations: str | None) -> Listing:
         raise LayoutError(
             f"hmdb51: no {HMDB_SPLITS_DIR}/<class>_test_split{split}.txt found in {root}, its parent, or "
             f"annotations={annotations!r}. Download test_train_splits.rar, extract it, and pass "
-            "--layout hmdb51 --splits DIR (annotations=DIR)")
+            "--layout hmdb51 --annotations DIR (annotations=DIR)")
     # the videos: root/<class>/, or one level down (hmdb51_org/, videos/)
     vroot = root
     if not any(_isdir(os.path.join(root, c)) for c in files):
@@ -67,7 +67,7 @@ def _list_hmdb51(root: str, split: int, annotations: str | None) -> Listing:
                 continue
             path = os.path.join(vroot, c, name)
             if not os.path.isfile(path):
-                problems.append((f"{c}/{name}", f"missing file (listed in {fname}:{ln})"))
+                problems.append((f"{c}/{name}", f"{why_not_found(path)} (listed in {fname}:{ln})"))
                 continue
             n_listed += 1
             (train if tag == "1" else test).append(VideoItem(os.path.abspath(path), c, "train" if tag == "1" else "test"))

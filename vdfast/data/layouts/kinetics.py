@@ -30,7 +30,7 @@ def _kinetics_csv_dir(root: str, annotations: str | None) -> tuple[str | None, s
 
 def _csv_has(path: str, column: str) -> bool:
     try:
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             header = next(csv.reader(f), [])
     except OSError:
         return False
@@ -58,7 +58,7 @@ def _list_kinetics(root: str, annotations: str | None) -> Listing:
         rows[split_name] = []
         if path is None:
             continue
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             reader = csv.DictReader(f)
             reader.fieldnames = [h.strip().lower() for h in (reader.fieldnames or [])]
             missing_cols = {"label", "youtube_id", "time_start", "time_end"} - set(reader.fieldnames)

@@ -40,7 +40,7 @@ def _list_ssv2(root: str, annotations: str | None) -> Listing:
         raise LayoutError(f"ssv2: no {SSV2_LABELS} in {root}, {os.path.join(root, 'labels')} or annotations="
                           f"{annotations!r}; pass --layout ssv2 --annotations DIR (the labels folder)")
     try:
-        with open(os.path.join(ldir, SSV2_LABELS), encoding="utf-8") as f:
+        with open(os.path.join(ldir, SSV2_LABELS), encoding="utf-8-sig", errors="surrogateescape") as f:
             labels = json.load(f)
         order = sorted(labels.items(), key=lambda kv: int(kv[1]))
     except (ValueError, TypeError, AttributeError) as e:
@@ -60,7 +60,7 @@ def _list_ssv2(root: str, annotations: str | None) -> Listing:
             problems.append((fname, f"missing in {ldir}: no {split_name} split"))
             continue
         found_any = True
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
             try:
                 entries = json.load(f)
             except ValueError as e:

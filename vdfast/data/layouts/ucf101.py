@@ -95,11 +95,12 @@ def _list_ucf101(root: str, split: int, annotations: str | None) -> Listing:
         raise LayoutError(
             f"ucf101: no {UCF_SPLITS_DIR}/classInd.txt found in {root}, its parent, or annotations="
             f"{annotations!r}. Expected {UCF_SPLITS_DIR}/ ({need}) beside UCF-101/; download "
-            "UCF101TrainTestSplits-RecognitionTask.zip and pass its folder with --splits DIR (annotations=DIR)")
+            "UCF101TrainTestSplits-RecognitionTask.zip and pass its folder with --annotations DIR "
+            "(annotations=DIR)")
     for name in (f"trainlist0{split}.txt", f"testlist0{split}.txt"):
         if not _isfile(os.path.join(sdir, name)):
             raise LayoutError(f"ucf101: {os.path.join(sdir, name)} is missing (expected {need} in {sdir}); "
-                              "pass the full ucfTrainTestlist folder with --splits DIR")
+                              "pass the full ucfTrainTestlist folder with --annotations DIR")
     problems: list[tuple[str, str]] = []
     by_index: dict[int, str] = {}
     for ln, line in enumerate(_read_lines(os.path.join(sdir, "classInd.txt")), 1):
@@ -127,7 +128,8 @@ def _list_ucf101(root: str, split: int, annotations: str | None) -> Listing:
                 continue
             add_item(items, problems, rel, lower.get(rel.split("/")[0].lower()), lambda: finder.find(rel),
                      split_name, unknown=f"{rel.split('/')[0]!r} (not in classInd.txt; {fname}:{ln})",
-                     missing=f"listed in {fname}:{ln}, not under {vdir}")
+                     missing=f"listed in {fname}:{ln}, looked for under {vdir}",
+                     expected=os.path.join(vdir, rel))
     have = {it.label for it in items}
     problems += [(c, "empty class: none of its listed videos was found") for c in classes if c not in have]
     return Listing("ucf101", classes, items, problems)
