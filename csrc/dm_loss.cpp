@@ -124,7 +124,10 @@ void dm_loss_fwd_cpu(at::Tensor real, at::Tensor real_labels, at::Tensor syn, at
       fwd_impl<scalar_t, float>(real, lr, syn, ls, counts, diff.data_ptr<float>(), nc, &total);
     }
   });
-  loss.fill_(total);
+  // a cast, not fill_: a diverged run's total beyond float's range becomes inf (which the run
+  // reports as divergence), where fill_ would raise a conversion error
+  if (out64) loss.data_ptr<double>()[0] = total;
+  else loss.data_ptr<float>()[0] = static_cast<float>(total);
   for (int64_t k = 0; k < 2 * nc; ++k) {
     if (out64) cnt.data_ptr<double>()[k] = counts[k];
     else cnt.data_ptr<float>()[k] = static_cast<float>(counts[k]);

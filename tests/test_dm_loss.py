@@ -197,3 +197,13 @@ def test_shape_errors_name_the_problem():
 
 def test_tolerance_table_covers_dtypes():
     assert {torch.float64, torch.float32, torch.float16, torch.bfloat16} <= set(TOL)
+
+
+def test_a_loss_beyond_float_range_is_inf_not_an_error():
+    """A diverged DM run's loss (features ~1e20) overflows float32: the fused op returns inf, which
+    the run reports as divergence, instead of raising a conversion error from inside the kernel."""
+    real = torch.full((4, 8), 1e20)
+    syn = torch.zeros(2, 8, requires_grad=True)
+    for backend in ("reference", "cpp"):
+        loss = dm_loss(real, torch.tensor([0, 0, 1, 1]), syn, torch.tensor([0, 1]), 2, backend=backend)
+        assert torch.isinf(loss), backend

@@ -53,7 +53,8 @@ def test_resume_at_a_step_with_the_pending_window():
     assert windows == [(10, [6.0, 7.0, 8.0, 9.0]), (14, [10.0, 11.0, 12.0, 13.0])]
 
 
-def test_nan_is_reported_with_the_last_checkpoint():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_is_reported_with_the_last_checkpoint(bad):
     calls = []
 
     def on_nan(done, last):
@@ -62,7 +63,7 @@ def test_nan_is_reported_with_the_last_checkpoint():
 
     with pytest.raises(FloatingPointError):
         Loop(total=30, every=10, progress=False, on_nan=on_nan, save=lambda d, p: None).run(
-            lambda i: torch.tensor(float("nan") if i == 14 else 1.0))
+            lambda i: torch.tensor(bad if i == 14 else 1.0))
     assert calls == [(20, 10)]
 
 

@@ -327,7 +327,8 @@ def _nan_error(cfg, m, done, last_saved, ck):
     where = (f"the last checkpoint (iteration {last_saved}) is in {ck.path}" if last_saved is not None
              else "no checkpoint was written before it" if ck is not None else
              "nothing was saved (no out)")
-    raise FloatingPointError(f"{cfg.method} loss became NaN by iteration {done}; lower the learning "
+    raise FloatingPointError(f"{cfg.method} loss became NaN or infinite (diverged) by iteration {done}; "
+                             f"lower the learning "
                              f"rate of the synthetic data (--lr-img, or the method's own "
                              f"--{m.name}-lr-img); {where}")
 

@@ -19,9 +19,14 @@ import os
 import sys
 from pathlib import Path
 
-from vdfast.config import SECTIONS, ConfigError, DistillConfig, NetConfig, PrepareConfig, field_doc
+from vdfast.config import (PRESETS, SECTIONS, ConfigError, DistillConfig, NetConfig, PrepareConfig,
+                           field_doc)
 
 _SKIP = set(SECTIONS)
+
+
+_PRESET_HELP = ("auto | " + " | ".join(PRESETS) + " (auto: builtin for the embedded dataset, else "
+                "published; small: stores of 8 frames at 32x32, sized for a CPU)")
 
 
 def _help(f: dataclasses.Field, default, preset: bool) -> str:
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, metavar="FILE",
                    help="repeat a run: start from its saved config.json (its preset and data too, "
                         "unless --preset / --data are given); flags given here override the file")
-    d.add_argument("--preset", default=None, help="auto | builtin | published (default: auto)")
+    d.add_argument("--preset", default=None, help=_PRESET_HELP)
     d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/checkpoint when present")
     d.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
@@ -99,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("synset", help="synset directory (RUN/synset)")
     e.add_argument("--data", default="builtin")
     e.add_argument("--out", default=None, help="write metrics.json here")
-    e.add_argument("--preset", default="auto")
+    e.add_argument("--preset", default="auto", help=_PRESET_HELP)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     _add_fields(e, NetConfig, "net-")
@@ -108,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("experts", help="train MTT expert trajectories (a buffer) on a store")
     x.add_argument("--data", default="builtin")
     x.add_argument("--out", required=True, help="buffer directory (resumable)")
-    x.add_argument("--preset", default="auto")
+    x.add_argument("--preset", default="auto", help=_PRESET_HELP)
     x.add_argument("--device", default="auto")
     _add_fields(x, NetConfig, "net-")
     _add_fields(x, SECTIONS["mtt"], "mtt-")

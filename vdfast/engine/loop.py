@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -137,7 +138,7 @@ class Loop:
                 raise checkpoint.Interrupted(done, stop, saved=self.save is not None, what=self.what)
 
     def _check(self, vals: list, done: int) -> None:
-        if self.on_nan is not None and not all(v == v for v in vals):
+        if self.on_nan is not None and not all(math.isfinite(v) for v in vals):  # NaN or inf
             self.on_nan(done, self.last_saved)
 
     def _stop_requested(self, at_window: bool) -> int:
