@@ -110,9 +110,10 @@ class Check:
         open(self.summary, "w").close()
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", TRITON_INTERPRET="0",
                         VDFAST_PROGRESS="0", PYTHONFAULTHANDLER="1")
+        # the rehearsal's stand-in builds and injected faults (gpu_check_faults) are in benchmarks/
+        path = [ROOT] + ([os.path.join(ROOT, "benchmarks")] if a.faults or a.rehearse else [])
         self.env["PYTHONPATH"] = os.pathsep.join(
-            [ROOT, os.path.join(ROOT, "benchmarks")] + ([os.environ["PYTHONPATH"]]
-                                                        if os.environ.get("PYTHONPATH") else []))
+            path + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
         if a.faults:
             self.env["GPU_CHECK_FAULTS"] = a.faults
         if a.rehearse:
