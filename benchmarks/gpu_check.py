@@ -19,9 +19,10 @@ Steps, in order:
                processes are skipped, not failed, when the CUDA build fell back. Verbose output
                with durations; a hung test is named (faulthandler's traceback at 90 s, and the
                last test line without an outcome)
-  e2e          benchmarks/gpu_e2e.py, one process per method (dm, s2d-dm, mtt)
+  e2e          benchmarks/gpu_e2e.py, one process per method (dm, s2d-dm, mtt), 4 iterations
+               and 1 profiled
   bench        benchmarks/bench_<op>.py at the published workloads (not the embedded dataset's
-               builtin_* nor the CPU-sized small_*; 15 repeats; no torch.compile), one process per
+               builtin_* nor the CPU-sized small_*; 10 repeats; no torch.compile), one process per
                op, rows merged into ops.json after each
 
 Files in OUT_DIR (at most 8 come back from the lent machine): summary.md, build.log, tests.log,
@@ -469,7 +470,7 @@ class Check:
             js, md = (os.path.join(self.work, f"ops-{o}.{x}") for x in ("json", "md"))
             env = dict(self.env, GPU_CHECK_TASK=f"bench:{o}")
             script = [runner, o, "--no-compile", "--json", js, "--markdown", md]
-            script += ["--smoke"] if self.a.rehearse else ["--repeats", "15", "--warmup", "3"]
+            script += ["--smoke"] if self.a.rehearse else ["--repeats", "10", "--warmup", "3"]
             cmd = [self.py] + (["-m", "gpu_check_faults", "run"] if self.a.faults else []) + script
             outcome, sec = self.run(f"bench {o}", cmd, log, lim, env)
             self.record(f"bench {o}", outcome, sec, lim)
@@ -520,7 +521,8 @@ def parse_args(argv=None):
     a.out = os.path.abspath(a.out)
     a.e2e_args = (["--device", "cpu", "--classes", "3", "--frames", "4", "--size", "32",
                    "--per-class", "4", "--iterations", "3", "--profile", "1", "--width", "8",
-                   "--depth", "2"] if a.rehearse else [])
+                   "--depth", "2"] if a.rehearse
+                  else ["--iterations", "4", "--profile", "1"])  # MiniUCF's shapes, published net
     return a
 
 

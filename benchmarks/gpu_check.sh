@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, as one command on a fresh H100/H200 (estimated 4-6 minutes on 16 cores; a hard
+# The GPU check, as one command on a fresh H100/H200 (estimated about 5 minutes on 16 cores; a hard
 # deadline of 540 s inside the lent machine's 600 s per command):
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # default $OUT, else runs/gpu-check
