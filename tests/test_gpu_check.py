@@ -41,6 +41,20 @@ def test_budget_keeps_each_later_steps_minimum(tmp_path):
     assert _check(tmp_path, "--limit", "tests=40").limits["tests"] == (40.0, 40.0)
 
 
+def test_steps_past_the_deadline_are_skipped_and_reported(tmp_path):
+    c = _check(tmp_path)
+    c.t0 = time.monotonic() - 535  # 5 s left: no step's minimum fits, no process starts
+    for step in ("info", "tests", "e2e", "bench"):
+        getattr(c, step)()
+    c.steps_table()
+    report = (tmp_path / "out" / "summary.md").read_text()
+    for step in ("info", "tests", "e2e dm", "e2e s2d-dm", "e2e mtt", "bench dm_loss"):
+        assert f"| {step} | skipped: " in report, step
+    assert "### e2e mtt: skipped (" in report
+    assert "every step that ran is ok; 11 skipped" in report, report[-300:]
+    assert not c.running
+
+
 def test_a_test_process_log_names_its_failures_and_its_hung_test(tmp_path):
     c = _check(tmp_path)
     c.report("| table head |")
