@@ -2,8 +2,10 @@
 end-to-end table that survives an interruption, and the rehearsal (``--rehearse``), the script's
 whole control flow with stand-in builds and the C++ op cases, clean and with failures injected
 (benchmarks/gpu_check_faults.py): the CUDA and C++ builds failing, a kernel fault poisoning one
-op-test process, another dying of SIGABRT, a third and one e2e method overrunning their limits.
+op-test process, another dying of SIGABRT, a third, one e2e method and one benchmark overrunning
+their limits.
 The report must come out complete each time, within the 8 files the lent machine returns."""
+import json
 import os
 import subprocess
 import sys
@@ -131,10 +133,10 @@ def test_rehearsal_clean(tmp_path):
 @pytest.mark.slow
 def test_rehearsal_survives_every_injected_failure(tmp_path):
     faults = ("build-cuda,build-cpp,kernel-fault:dm_loss/triton,abort:normalize_clips/triton,"
-              "hang:trajectory_loss/triton,hang:e2e:mtt")
+              "hang:trajectory_loss/triton,hang:e2e:mtt,hang:bench:normalize_clips")
     res, report, sec = _rehearse(tmp_path, "--ops", "dm_loss,normalize_clips,trajectory_loss",
                                  "--methods", "dm,mtt", "--no-other", "--limit", "tests=60",
-                                 "--limit", "e2e=25",
+                                 "--limit", "e2e=25", "--limit", "bench=20",
                                  "--faults", faults)
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     _sections_complete(report)
@@ -162,7 +164,11 @@ def test_rehearsal_survives_every_injected_failure(tmp_path):
     # the hung e2e method is reported by its own row; the one before it kept its row
     assert row("| e2e mtt |").startswith("| e2e mtt | TIMED OUT")
     assert "| dm | yes |" in report and "KeyboardInterrupt" in row("| mtt | NO |")
-    for o in ("dm_loss", "normalize_clips", "trajectory_loss"):
+    # a hung benchmark ends at its limit; the ones before and after it keep their rows
+    assert row("| bench normalize_clips |").startswith("| bench normalize_clips | TIMED OUT")
+    for o in ("dm_loss", "trajectory_loss"):
         assert row(f"| bench {o} |").startswith(f"| bench {o} | ok")
+    ops = json.loads((tmp_path / "out" / "ops.json").read_text())
+    assert {r["op"] for r in ops} == {"dm_loss", "trajectory_loss"}
     assert "some step failed" in report
     assert sec < 300
