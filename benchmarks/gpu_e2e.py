@@ -8,8 +8,12 @@ markdown table of what each run measured.
                                         [--width W --depth D --device cpu]   # a CPU dry run
 
 A method that fails is reported with its error and the others still run; the exit status is 1
-when any failed. The profile summaries (``OUT_DIR/<method>/profile/summary.md``) show where a
-GPU iteration goes.
+when any failed. An interruption (SIGINT at a time limit: vdfast's ``Interrupted`` is a
+``KeyboardInterrupt``) is reported as that method's error and ends the run. The table
+(``OUT_DIR/e2e.md``, rows in ``OUT_DIR/e2e.json``) is rewritten after every method, merged with the
+rows already there for other methods, so ``gpu_check.sh`` can run each method in its own process
+and keep what each wrote. The profile summaries (``OUT_DIR/<method>/profile/summary.md``) show
+where a GPU iteration goes.
 """
 from __future__ import annotations
 
@@ -58,10 +62,14 @@ def main(argv=None) -> int:
     from step_dm import random_store
 
     store = random_store(a.classes, a.per_class, a.frames, a.size)
-    rows, failed = [], False
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    head = (f"end to end on {dev}: {a.classes} classes of {a.frames}x{a.size}², ipc 1, "
+            f"{a.iterations} iterations, profile {a.profile}")
+    failed = False
     for method in a.methods.split(","):
         out = os.path.join(a.out, method)
         t0 = time.perf_counter()
+        stop = False
         try:
             res = vdfast.distill(store, method=method, ipc=1, iterations=a.iterations, out=out,
                                  resume=False, preset="published", progress=False,
@@ -69,32 +77,51 @@ def main(argv=None) -> int:
             h = res.history
             sec = h.get("seconds_per_it") or [float("nan")]
             loss = h.get("loss") or [float("nan")]
-            rows.append({"method": method, "ok": True, "iterations": h.get("iterations"),
-                         "median ms/it": 1e3 * sorted(sec)[len(sec) // 2],
-                         "peak memory MiB": h.get("peak_memory_mb"), "last loss": float(loss[-1]),
-                         "wall s": time.perf_counter() - t0})
-        except Exception as e:  # report and go on: one run brings back as much as it can
+            row = {"method": method, "ok": True, "iterations": h.get("iterations"),
+                   "median ms/it": 1e3 * sorted(sec)[len(sec) // 2],
+                   "peak memory MiB": h.get("peak_memory_mb"), "last loss": float(loss[-1]),
+                   "wall s": time.perf_counter() - t0}
+        except BaseException as e:  # report and go on: one run brings back as much as it can
             failed = True
+            # an interruption (the step's time limit) or an exit ends the run once its row is written
+            stop = not isinstance(e, Exception)
             traceback.print_exc()
-            rows.append({"method": method, "ok": False, "error": f"{type(e).__name__}: {e}"[:300],
-                         "wall s": time.perf_counter() - t0})
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    lines = [f"end to end on {dev}: {a.classes} classes of {a.frames}x{a.size}², ipc 1, "
-             f"{a.iterations} iterations, profile {a.profile}", "",
+            row = {"method": method, "ok": False, "error": f"{type(e).__name__}: {e}"[:300],
+                   "wall s": time.perf_counter() - t0}
+        write_table(a.out, head, row)
+        if stop:
+            break
+    print(open(os.path.join(a.out, "e2e.md")).read())
+    return 1 if failed else 0
+
+
+def write_table(out_dir: str, head: str, row: dict) -> None:
+    """Add ``row`` to ``out_dir/e2e.json`` (replacing an earlier row of its method) and rewrite
+    ``out_dir/e2e.md`` from all rows; each file replaced atomically."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "e2e.json")
+    rows = []
+    if os.path.exists(path):
+        try:
+            with open(path) as fh:
+                rows = json.load(fh)
+        except ValueError:
+            rows = []
+    rows = [r for r in rows if r.get("method") != row["method"]] + [row]
+    lines = [head, "",
              "| method | ok | median ms/it | peak memory MiB | last loss | wall s | error |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         f = lambda k, fmt="{:.1f}": fmt.format(r[k]) if isinstance(r.get(k), float) else str(r.get(k, ""))  # noqa: E731
         lines.append(f"| {r['method']} | {'yes' if r['ok'] else 'NO'} | {f('median ms/it')} | "
                      f"{f('peak memory MiB')} | {f('last loss', '{:.4g}')} | {f('wall s')} | "
-                     f"{r.get('error', '')} |")
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "e2e.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    with open(os.path.join(a.out, "e2e.json"), "w") as fh:
-        json.dump(rows, fh, indent=1, default=str)
-    print("\n".join(lines))
-    return 1 if failed else 0
+                     f"{str(r.get('error', '')).replace('|', '/')} |")
+    for name, text in (("e2e.json", json.dumps(rows, indent=1, default=str)),
+                       ("e2e.md", "\n".join(lines) + "\n")):
+        tmp = os.path.join(out_dir, name + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, os.path.join(out_dir, name))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def _block(t):
     return 1024 if interpreter_sizes(t) else 4096
 
 
+def _warps(block):
+    """8 warps at the GPU's 4096-element block: with Triton's default 4, each thread holds 32
+    elements of three inputs and ptxas spills (a 280-byte stack frame in the float64 backward, 88
+    bytes in a float16 forward, compiled for sm_90); 8 warps hold 16 each and spill nothing
+    (tests/test_triton_gpu_compile.py reads ptxas' report)."""
+    return 8 if block >= 4096 else 4
+
+
 def _fwd_triton(s, a, t):
     import triton
     from vdfast._kernels.trajectory_loss import _trajectory_loss_fwd_kernel
@@ -68,7 +76,8 @@ def _fwd_triton(s, a, t):
     part = _out((triton.cdiv(s.numel(), blk), 2), _acc(s.dtype), s.device)
     if s.numel():
         wrap_triton(_trajectory_loss_fwd_kernel)[(part.shape[0],)](
-            s, a, t, part, s.numel(), s.stride(0), a.stride(0), t.stride(0), BLOCK=blk)
+            s, a, t, part, s.numel(), s.stride(0), a.stride(0), t.stride(0), BLOCK=blk,
+            num_warps=_warps(blk))
     return part.sum(0, dtype=torch.float64)
 
 
@@ -81,7 +90,8 @@ def _bwd_triton(s, a, t, coef, need):
     if s.numel():
         wrap_triton(_trajectory_loss_bwd_kernel)[(triton.cdiv(s.numel(), blk),)](
             s, a, t, coef.to(_acc(s.dtype)), gs, ga, gt, s.numel(), s.stride(0), a.stride(0),
-            t.stride(0), WRITE_S=need[0], WRITE_A=need[1], WRITE_T=need[2], BLOCK=blk)
+            t.stride(0), WRITE_S=need[0], WRITE_A=need[1], WRITE_T=need[2], BLOCK=blk,
+            num_warps=_warps(blk))
     return gs, ga, gt
 
 
