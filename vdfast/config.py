@@ -18,6 +18,8 @@ from typing import Callable, Iterable
 
 INITS = ("real", "noise")
 DEVICES = ("auto", "cpu", "cuda")
+# differentiable siamese augmentation (vdfast.augment): the names a DistillConfig.dsa may join
+DSA_STRATEGIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DECODERS = ("auto", "pyav", "dali")  # video decoders of `vdfast prepare` (vdfast.data.dali)
 
 
@@ -401,6 +403,9 @@ class DistillConfig:
                          "every iteration (the published DM)")
     dm_bank_clips: int = _f(0, "real clips per class and network in the bank's means (0: all)")
     dm_bank_dtype: str = _f("float32", "the bank's stored dtype: float32 | float16")
+    dsa: str = _f("", "DM (dm, s2d-dm): differentiable siamese augmentation of the real and synthetic "
+                      "batch of each step (vdfast.augment), names joined by '_' among "
+                      "color, crop, cutout, flip, scale, rotate; empty: off (the published video DM)")
     net: NetConfig = field(default_factory=NetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mtt: MTTConfig = field(default_factory=MTTConfig)
@@ -427,6 +432,20 @@ class DistillConfig:
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         self._check_bank()
+        self._check_dsa()
+
+    def _check_dsa(self):
+        names = [n for n in self.dsa.split("_") if n]
+        bad = [n for n in names if n not in DSA_STRATEGIES]
+        if bad:
+            raise ConfigError(f"dsa: unknown augmentation {', '.join(bad)}; choose among "
+                              f"{', '.join(DSA_STRATEGIES)} joined by '_' (e.g. "
+                              f"color_crop_cutout_flip_scale_rotate)")
+        if names and self.method not in ("dm", "s2d-dm"):
+            raise ConfigError(f"--dsa serves DM (methods dm and s2d-dm); {self.method!r} does not use it")
+        if names and self.dm_bank:
+            raise ConfigError("--dsa augments the real clips of every step, which the network bank "
+                              "(--dm-bank) caches unaugmented; use one of them")
 
     def _check_bank(self):
         _positive("dm_bank", self.dm_bank, allow_zero=True)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from vdfast import augment
 from vdfast.data.store import ClipPool
 from vdfast.memory import auto_chunk
 from vdfast.methods.base import Method, reinit_
@@ -61,6 +62,7 @@ class DMState:
     bank: object = None           # a vdfast.methods.dm_bank.Bank (None: a new network each step)
     bank_seed: int = 0
     bank_it: int = 0              # the bank's schedule position (saved in checkpoints)
+    dsa: str = ""                 # siamese augmentation of both batches (vdfast.augment; "": off)
 
 
 class DM(Method):
@@ -96,10 +98,11 @@ class DM(Method):
         return DMState(pool=ClipPool(store, "train", device, classes=classes), net=net, opt=opt,
                        chunk=chunk, batch_real=cfg.batch_real, mean=store.mean, std=store.std,
                        dist=dist, own=None if len(own) == len(labels) else own,
-                       params=[p for g in groups for p in g["params"]])
+                       params=[p for g in groups for p in g["params"]], dsa=cfg.dsa)
 
     def step(self, synset, state: DMState, gen):
         net, opt, pool = state.net, state.opt, state.pool
+        aug = {}  # no augmentation unless state.dsa names one
         if state.bank is not None:  # the real side read from the bank; draws nothing from gen
             from vdfast.methods.dm_bank import real_means
 
@@ -107,14 +110,16 @@ class DM(Method):
         else:
             reinit_(net, gen)
             real_u8, real_labels = pool.sample(state.batch_real, gen)
+            if state.dsa:  # one transformation for both sides of this step
+                aug = augment.draw(state.dsa, gen, real_u8.device)
             with torch.no_grad(), span("vdfast.dm.embed_real"):  # normalised one chunk at a time
                 real_feat = embed(net, real_u8, state.chunk,
-                                  lambda u: normalize_clips(u, state.mean, state.std))
+                                  lambda u: augment.apply(normalize_clips(u, state.mean, state.std), aug))
         syn, syn_labels = synset.videos()
         if state.own is not None:  # this process's classes only
             syn, syn_labels = syn[state.own], syn_labels[state.own]
         with span("vdfast.dm.embed_syn"):
-            syn_feat = embed(net, syn)
+            syn_feat = embed(net, augment.apply(syn, aug))
         loss = dm_loss(real_feat.to(syn_feat.dtype), real_labels, syn_feat, syn_labels, pool.num_classes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
