@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_faults import _mount_tmpfs  # noqa: E402  (tests/ is on sys.path)
 from videos import make_ucf101
 
 import vdfast
@@ -157,13 +158,6 @@ def test_a_killed_pool_worker_names_its_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- prepare: store files
-def _mount_tmpfs(where: Path, size: str) -> bool:
-    where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                       capture_output=True)
-    return r.returncode == 0
-
-
 @pytest.fixture
 def tmpfs(tmp_path):
     where = tmp_path / "tmpfs"

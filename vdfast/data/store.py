@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from vdfast.config import ConfigError, PrepareConfig
-from vdfast.engine.checkpoint import atomic_save_npy, atomic_write, fault_point, preflight
+from vdfast.engine.checkpoint import (atomic_save_npy, atomic_write, fault_point, preflight,
+                                     read_json_object)
 from vdfast.profiling import traced
 from vdfast.version import __version__
 
@@ -323,10 +324,7 @@ def read_meta(path) -> dict:
     :class:`StoreError` naming it."""
     path = Path(path)
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(d, dict):
-            raise ValueError("not a JSON object")
-        return d
+        return read_json_object(path)
     except (ValueError, UnicodeDecodeError) as e:
         if path.name == "store.json":
             fix = (f"delete it and run the same `vdfast prepare ... --out {path.parent}` again (the "

@@ -222,6 +222,15 @@ def load_weights(path, device="cpu", redo: str = "that stage is recomputed") -> 
         raise _damaged(path, e, redo) from e
 
 
+def read_json_object(path) -> dict:
+    """The JSON object in ``path``; ValueError (a JSON or shape error) or UnicodeDecodeError when
+    the file does not hold one (the callers name the file and say how to redo it)."""
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    return d
+
+
 def atomic_write(path, write: Callable[[Path], None]) -> Path:
     """Write one file whole or not at all: ``write(tmp)`` fills a temporary file beside ``path``,
     which is fsynced and renamed over ``path`` (the directory fsynced too). A full disk removes

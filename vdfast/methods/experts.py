@@ -174,12 +174,11 @@ def _redo(path: Path) -> str:
 
 def read_sidecar(path) -> dict:
     """An expert's ``expert_XXXX.json``; a damaged one raises :class:`BufferError` naming it."""
+    from vdfast.engine.checkpoint import read_json_object
+
     path = Path(path)
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(d, dict):
-            raise ValueError("not a JSON object")
-        return d
+        return read_json_object(path)
     except (ValueError, UnicodeDecodeError) as e:
         raise BufferError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0]}); "
                           f"{_redo(path)}") from None
