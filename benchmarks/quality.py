@@ -370,6 +370,13 @@ def plot(rows: list[dict], path: str) -> str | None:
             ax.axhline(full["mean"], color="grey", lw=0.8, ls=":", label="full train set")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
+    ipcs = sorted({k[1] for k in s if k[1] is not None})
+    if ipcs:
+        ax1.set_xticks(ipcs)
+        ax1.set_xlim(min(ipcs) - 0.7, max(ipcs) + 0.7)
+    secs = [max(1.0, v["distill_s"]) for k, v in s.items() if k[1] is not None]
+    if secs:
+        ax2.set_xlim(0.5, max(10.0, 3 * max(secs)))
     ax1.set_xlabel("videos per class (ipc)")
     ax1.set_title("accuracy against ipc (mean ± s.e.m.)")
     ax2.set_xscale("log")
@@ -382,6 +389,21 @@ def plot(rows: list[dict], path: str) -> str | None:
     return path
 
 
+def command(rows: list[dict], split: str) -> str:
+    """The harness command that runs the jobs ``rows`` hold (``--report`` rewrites a document from
+    rows of several invocations: this names them all as one)."""
+    runs = [r for r in rows if r["ipc"] is not None]
+    methods = [m for m in ORDER if any(r["method"] == m for r in runs)]
+    methods += sorted({r["method"] for r in runs} - set(methods))
+    ipcs = sorted({r["ipc"] for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
+    opts = sorted({json.dumps(r.get("options", {}), sort_keys=True) for r in runs} - {"{}"})
+    cmd = (f"python benchmarks/quality.py --methods {','.join(methods)} --ipcs "
+           f"{','.join(map(str, ipcs))} --seeds {','.join(map(str, seeds))}")
+    cmd += "" if split == "test" else " --split val"
+    return cmd + (f" (runs with options: {'; '.join(opts)})" if opts else "")
+
+
 def write_outputs(a, rows: list[dict]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     tmp = a.json + ".tmp"
@@ -392,7 +414,7 @@ def write_outputs(a, rows: list[dict]) -> None:
     png = os.path.splitext(a.doc)[0] + ".png"
     drawn = plot(rows, png)
     meta = rows[0] if rows else {}
-    cmd = "vdfast bench --only quality" + ("" if a.split == "test" else " --split val")
+    cmd = command(rows, a.split)
     text = [
         "# Quality: distilled sets against random real clips and herding",
         "",
@@ -415,7 +437,8 @@ def write_outputs(a, rows: list[dict]) -> None:
     ]
     if drawn:
         text += [f"![accuracy against ipc and against distillation time]({os.path.basename(png)})", ""]
-    text += ["Wall seconds of each run (distillation; evaluation of its students):", "",
+    text += ["Wall seconds of each run (distillation; evaluation of its students). On a CPU they move "
+             "with the machine's load: compare them within one run.", "",
              seconds_table(rows), ""]
     with open(a.doc + ".tmp", "w") as f:
         f.write("\n".join(text))
