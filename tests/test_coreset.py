@@ -1,5 +1,8 @@
+import pytest
 import torch
 
+import vdfast
+import vdfast.config
 from vdfast.config import resolve
 from vdfast.data.store import ClipStore
 from vdfast.methods import get
@@ -47,3 +50,15 @@ def test_coreset_methods_pick_real_clips_of_their_class(gen):
         # no clip chosen twice within a class
         for c in range(12):
             assert torch.unique(v[y == c].flatten(1), dim=0).shape[0] == 3
+
+
+@pytest.mark.parametrize("how", ["herding", "kcenter"])
+def test_dm_can_start_from_the_coreset(how):
+    """init=herding|kcenter: a pixel method's synset starts as the clips that coreset picks."""
+    kw = dict(ipc=2, progress=False, checkpoint_every=0, **{"net.width": 8})
+    start = vdfast.distill(method="dm", init=how, iterations=0, **kw).synset
+    coreset = vdfast.distill(method=how, **kw).synset
+    torch.testing.assert_close(start.videos()[0], coreset.videos()[0])
+    assert start.meta["picked"] == coreset.meta["picked"]
+    with pytest.raises(vdfast.config.ConfigError, match="pixel clips"):
+        vdfast.distill(method="s2d-dm", init=how, iterations=0, **kw)

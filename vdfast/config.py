@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable
 
-INITS = ("real", "noise")
+INITS = ("real", "noise", "herding", "kcenter")
 DEVICES = ("auto", "cpu", "cuda")
 # differentiable siamese augmentation (vdfast.augment): the names a DistillConfig.dsa may join
 DSA_STRATEGIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -393,7 +393,8 @@ class DistillConfig:
     momentum: float = _f(0.5, "SGD momentum of the synthetic pixels")
     batch_real: int = _f(64, "real clips per class per iteration (DM)")
     embed_chunk: int = _f(0, "clips per embedding forward; 0: from free memory on a GPU, 16 on a CPU")
-    init: str = _f("real", "synset initialisation: real (random real clips) | noise")
+    init: str = _f("real", "synset initialisation: real (random real clips) | noise | herding | kcenter "
+                           "(the clips the coreset picks; pixel synsets)")
     seed: int = _f(0, "seed of every random draw of the run")
     device: str = _f("auto", "auto | cpu | cuda (auto: CUDA when available)")
     checkpoint_every: int = _f(200, "iterations between checkpoints (0: only at the end)")
@@ -433,6 +434,10 @@ class DistillConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         self._check_bank()
         self._check_dsa()
+        if self.init in ("herding", "kcenter") and (self.method.startswith("s2d-")
+                                                    or self.method in ("gvd", "static")):
+            raise ConfigError(f"init={self.init!r} chooses pixel clips; {self.method!r} does not start "
+                              f"from pixel clips (use init=real)")
 
     def _check_dsa(self):
         names = [n for n in self.dsa.split("_") if n]

@@ -60,22 +60,29 @@ def embed_class(net, store: ClipStore, c: int, device, chunk: int = 256) -> torc
     return torch.cat(out)
 
 
+def select_clips(store: ClipStore, cfg, device, how: str):
+    """``cfg.ipc`` train clips per class chosen by ``how`` (``herding`` or ``kcenter``) on the
+    embeddings of a random ConvNet3D seeded by ``cfg.seed``: (normalised float clips, labels,
+    {class name: picked indices}). Also the pixel synsets' ``init=herding|kcenter``."""
+    select = {"herding": herding, "kcenter": kcenter}[how]
+    net = build(cfg.net, store, device=device).eval()
+    reinit_(net, torch.Generator(device=device).manual_seed(cfg.seed))
+    clips, labels, picked = [], [], {}
+    for c in range(store.num_classes):
+        idx = sorted(select(embed_class(net, store, c, device), cfg.ipc))
+        picked[store.classes[c]] = idx
+        clips.append(torch.from_numpy(store.clips("train", c)[idx]))
+        labels.append(torch.full((cfg.ipc,), c, dtype=torch.long))
+    return normalize_clips(torch.cat(clips), store.mean, store.std), torch.cat(labels), picked
+
+
 class Coreset(Method):
     iterative = False
 
     def init(self, store, cfg, device, gen):
         if self.name == "random":
             return super().init(store, cfg, device, gen)
-        select = {"herding": herding, "kcenter": kcenter}[self.name]
-        net = build(cfg.net, store, device=device).eval()
-        reinit_(net, torch.Generator(device=device).manual_seed(cfg.seed))
-        clips, labels, picked = [], [], {}
-        for c in range(store.num_classes):
-            idx = sorted(select(embed_class(net, store, c, device), cfg.ipc))
-            picked[store.classes[c]] = idx
-            clips.append(torch.from_numpy(store.clips("train", c)[idx]))
-            labels.append(torch.full((cfg.ipc,), c, dtype=torch.long))
-        data = normalize_clips(torch.cat(clips), store.mean, store.std)
-        return PixelSynset(data.to(device), torch.cat(labels).to(device), store.classes, store.mean,
+        data, labels, picked = select_clips(store, cfg, device, self.name)
+        return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean,
                            store.std, meta={"method": self.name, "ipc": cfg.ipc, "dataset": store.name,
                                             "picked": picked})

@@ -38,13 +38,21 @@ class PixelSynset(Synset):
 
 @register_init("pixel")
 def init_pixel(store, cfg, device, method: str, dist=None) -> PixelSynset:
-    """``ipc`` random real clips per class (seeded by ``cfg.seed``), or N(0, 1) noise."""
+    """``ipc`` random real clips per class (seeded by ``cfg.seed``), N(0, 1) noise, or the clips
+    herding / k-center chooses (:func:`vdfast.methods.coreset.select_clips`)."""
     from vdfast.ops import normalize_clips
 
+    meta = {"method": method, "ipc": cfg.ipc, "dataset": store.name}
+    if cfg.init in ("herding", "kcenter"):
+        from vdfast.methods.coreset import select_clips
+
+        data, labels, picked = select_clips(store, cfg, device, cfg.init)
+        return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
+                           meta={**meta, "init": cfg.init, "picked": picked})
     gen_cpu = torch.Generator().manual_seed(cfg.seed)
     clips, labels = store.random_clips(cfg.ipc, gen_cpu)
     data = normalize_clips(clips, store.mean, store.std)
     if cfg.init == "noise":
         data = torch.randn(data.shape, generator=gen_cpu)
     return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
-                       meta={"method": method, "ipc": cfg.ipc, "dataset": store.name})
+                       meta=meta)
