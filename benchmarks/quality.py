@@ -422,7 +422,8 @@ def write_outputs(a, rows: list[dict]) -> None:
         f"`{meta.get('preset', a.preset)}`. Each cell: the FINAL test accuracy (%) of fresh students, "
         f"mean ± std over every student of every distillation seed (seeds × students). Produced by "
         f"`{cmd}` on {meta.get('device', '?')}, torch {meta.get('torch', '?')}, vdfast "
-        f"{meta.get('git_sha', '?')}; rows in `{os.path.relpath(a.json, ROOT)}`.",
+        f"{', '.join(sorted({str(r.get('git_sha')) for r in rows}))} (each row names its own); rows in "
+        f"`{os.path.relpath(a.json, ROOT)}`.",
         "",
         table(rows),
         "",
