@@ -378,18 +378,9 @@ def generate(out: str, seed: int = 0, train: int = 30, test: int = 10, val: int 
 
 
 def _bar(total, progress):
-    try:
-        from tqdm import tqdm
+    from tqdm import tqdm  # a dependency of vdfast
 
-        return tqdm(total=total, desc="photomotion videos", disable=not progress, unit="video")
-    except ImportError:  # pragma: no cover
-        class _B:
-            def update(self, n):
-                pass
-
-            def close(self):
-                pass
-        return _B()
+    return tqdm(total=total, desc="photomotion videos", disable=not progress, unit="video")
 
 
 def main(argv=None) -> dict:

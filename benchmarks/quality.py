@@ -194,17 +194,20 @@ def run_job(a, store: str, method: str, ipc: int, seed: int, meta: dict) -> list
     eval_s = time.perf_counter() - t0
     row = rep.rows[0]  # the synset's own row (with its soft labels when it has them)
     hard = next((r for r in rep.rows if r.name.endswith("(hard labels)")), None)
-    rows = []
-    for i, acc in enumerate(row.accs):
-        r = {"method": method, "ipc": ipc, "seed": seed, "student": i, "accuracy": round(100 * acc, 2),
-             "distill_s": round(distill_s, 1), "eval_s": round(eval_s, 1),
-             "row": row.name, **meta}
-        if hard is not None:
-            r["accuracy_hard_labels"] = round(100 * hard.accs[i], 2)
-        if o:
-            r["options"] = o
-        rows.append(r)
+    rows = student_rows(row, method, ipc, seed, distill_s, eval_s, meta, o)
+    if hard is not None:
+        for r, acc in zip(rows, hard.accs):
+            r["accuracy_hard_labels"] = round(100 * acc, 2)
     return rows
+
+
+def student_rows(row, method: str, ipc, seed: int, distill_s: float, eval_s: float, meta: dict,
+                 o: dict | None = None) -> list[dict]:
+    """One JSON row per student of the report row ``row``."""
+    return [{"method": method, "ipc": ipc, "seed": seed, "student": i, "accuracy": round(100 * acc, 2),
+             "distill_s": round(distill_s, 1), "eval_s": round(eval_s, 1), "row": row.name, **meta,
+             **({"options": o} if o else {})}
+            for i, acc in enumerate(row.accs)]
 
 
 def full_train_row(a, store: str, meta: dict) -> list[dict]:
@@ -217,11 +220,8 @@ def full_train_row(a, store: str, meta: dict) -> list[dict]:
     t0 = time.perf_counter()
     rep = vdfast.evaluate(res.synset, store, students=1, preset=a.preset, device=a.device,
                           progress=_progress(), baselines=False, full=True, **eval_options(o))
-    row = rep.row("full train set")
-    return [{"method": "full train set", "ipc": None, "seed": 0, "student": i,
-             "accuracy": round(100 * acc, 2), "distill_s": 0.0,
-             "eval_s": round(time.perf_counter() - t0, 1), "row": row.name, **meta}
-            for i, acc in enumerate(row.accs)]
+    return student_rows(rep.row("full train set"), "full train set", None, 0, 0.0,
+                        time.perf_counter() - t0, meta)
 
 
 def _append(path: str, rec: dict) -> None:

@@ -27,24 +27,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vdfast.config import DSA_STRATEGIES as STRATEGIES
+from vdfast.config import dsa_names
 
 SCALE, ROTATE_DEG, CROP, CUTOUT = 1.2, 15.0, 0.125, 0.5
 
 
-def parse(strategy: str) -> tuple[str, ...]:
-    """The strategy's names (``""``: none); ValueError naming the unknown ones."""
-    names = tuple(s for s in strategy.split("_") if s)
-    bad = [s for s in names if s not in STRATEGIES]
-    if bad:
-        raise ValueError(f"unknown augmentation {', '.join(bad)}; choose among {', '.join(STRATEGIES)} "
-                         f"joined by '_' (e.g. color_crop_cutout_flip_scale_rotate)")
-    return names
-
-
 def draw(strategy: str, gen: torch.Generator, device=None) -> dict:
     """One set of parameters for ``strategy`` (tensors on ``device``, drawn from ``gen``)."""
-    names = parse(strategy)
+    names = dsa_names(strategy)  # ConfigError (a ValueError) for an unknown name
     device = torch.device(device) if device is not None else gen.device
     u = torch.rand(11, generator=gen, device=gen.device).to(device)  # one draw, fixed layout
     p: dict = {"names": names}

@@ -27,6 +27,18 @@ class ConfigError(ValueError):
     """An impossible or unknown option; the message names the valid choices."""
 
 
+def dsa_names(strategy: str) -> tuple[str, ...]:
+    """The augmentations a DSA strategy joins with ``_`` (``""``: none); :class:`ConfigError`
+    naming the unknown ones."""
+    names = tuple(n for n in strategy.split("_") if n)
+    bad = [n for n in names if n not in DSA_STRATEGIES]
+    if bad:
+        raise ConfigError(f"dsa: unknown augmentation {', '.join(bad)}; choose among "
+                          f"{', '.join(DSA_STRATEGIES)} joined by '_' (e.g. "
+                          f"color_crop_cutout_flip_scale_rotate)")
+    return names
+
+
 def _choice(name, value, choices):
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of: {', '.join(map(str, choices))}")
@@ -440,12 +452,7 @@ class DistillConfig:
                               f"from pixel clips (use init=real)")
 
     def _check_dsa(self):
-        names = [n for n in self.dsa.split("_") if n]
-        bad = [n for n in names if n not in DSA_STRATEGIES]
-        if bad:
-            raise ConfigError(f"dsa: unknown augmentation {', '.join(bad)}; choose among "
-                              f"{', '.join(DSA_STRATEGIES)} joined by '_' (e.g. "
-                              f"color_crop_cutout_flip_scale_rotate)")
+        names = dsa_names(self.dsa)
         if names and self.method not in ("dm", "s2d-dm"):
             raise ConfigError(f"--dsa serves DM (methods dm and s2d-dm); {self.method!r} does not use it")
         if names and self.dm_bank:
