@@ -435,8 +435,10 @@ BAD = {  # name: (argv builder, what the one line must name)
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_bad_option_is_one_line_without_traceback(tmp_path, capsys, name):
-    """Outcome: refused clearly (one line, no traceback, non-zero) before any work."""
+def test_bad_option_is_one_line_without_traceback(tmp_path, capsys, monkeypatch, name):
+    """Outcome: refused clearly (one line, no traceback, non-zero) before any work. Run in an empty
+    folder: a case without --out must not meet the checkout's own runs/ (e.g. `make run`'s)."""
+    monkeypatch.chdir(tmp_path)
     build, needle = BAD[name]
     capsys.readouterr()
     try:
