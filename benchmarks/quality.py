@@ -38,10 +38,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-METHODS = ("dm", "s2d-dm", "mtt", "s2d-mtt", "dc", "frepo", "gvd")
+METHODS = ("compose", "dm", "s2d-dm", "mtt", "s2d-mtt", "dc", "frepo", "gvd")
 CORESETS = ("random", "herding", "kcenter")
+# a synset with a teacher's soft labels (compose, gvd) brings the row that its gain must be measured
+# against: random real clips at the same ipc with the SAME teacher's soft labels
+SAME_TEACHER = "random ({} teacher's soft labels)"
 # the names a row gets in the document and the order of its table
-ORDER = METHODS + CORESETS
+ORDER = tuple(x for m in METHODS for x in (m, SAME_TEACHER.format(m))) + CORESETS
 
 
 def _csv(s: str, cast=str) -> list:
@@ -61,7 +64,7 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="3 classes, dm and random at ipc 1, 1 seed, "
                                                         "1 student, in a temporary folder")
-    p.add_argument("--methods", default=",".join(ORDER), help="comma list (coresets included)")
+    p.add_argument("--methods", default=",".join(METHODS + CORESETS), help="comma list (coresets included)")
     p.add_argument("--ipcs", default="1,5,10")
     p.add_argument("--seeds", default="0,1", help="distillation seeds (the students are seeded by them)")
     p.add_argument("--students", type=int, default=3, help="students per (method, ipc, seed)")
@@ -188,8 +191,10 @@ def run_job(a, store: str, method: str, ipc: int, seed: int, meta: dict) -> list
                          device=a.device, progress=_progress(), **o)
     distill_s = time.perf_counter() - t0  # this command's share when the run resumed
     t0 = time.perf_counter()
+    # a synset with soft labels: the baselines too, for random real with the same teacher's labels
+    soft = res.synset.soft_labels is not None
     rep = vdfast.evaluate(res.synset, store, students=a.students, seed=seed, preset=a.preset,
-                          device=a.device, progress=_progress(), baselines=False, full=False,
+                          device=a.device, progress=_progress(), baselines=soft, full=False,
                           **eval_options(o))
     eval_s = time.perf_counter() - t0
     row = rep.rows[0]  # the synset's own row (with its soft labels when it has them)
@@ -198,6 +203,9 @@ def run_job(a, store: str, method: str, ipc: int, seed: int, meta: dict) -> list
     if hard is not None:
         for r, acc in zip(rows, hard.accs):
             r["accuracy_hard_labels"] = round(100 * acc, 2)
+    same = next((r for r in rep.rows if r.name == "random real (teacher soft labels)"), None)
+    if same is not None:
+        rows += student_rows(same, SAME_TEACHER.format(method), ipc, seed, 0.0, eval_s, meta, o)
     return rows
 
 
@@ -360,7 +368,7 @@ def plot(rows: list[dict], path: str) -> str | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for m in methods:
         pts = sorted((k[1], v) for k, v in s.items() if k[0] == m and k[1] is not None)
-        style = "--" if m in CORESETS else "-"
+        style = "--" if m in CORESETS or m.startswith("random (") else "-"
         ax1.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["sem"] for p in pts],
                      fmt=style + "o", capsize=3, label=m)
         ax2.scatter([max(1.0, p[1]["distill_s"]) for p in pts], [p[1]["mean"] for p in pts], label=m)
@@ -392,7 +400,7 @@ def plot(rows: list[dict], path: str) -> str | None:
 def command(rows: list[dict], split: str) -> str:
     """The harness command that runs the jobs ``rows`` hold (``--report`` rewrites a document from
     rows of several invocations: this names them all as one)."""
-    runs = [r for r in rows if r["ipc"] is not None]
+    runs = [r for r in rows if r["ipc"] is not None and r["method"] in METHODS + CORESETS]
     methods = [m for m in ORDER if any(r["method"] == m for r in runs)]
     methods += sorted({r["method"] for r in runs} - set(methods))
     ipcs = sorted({r["ipc"] for r in runs})

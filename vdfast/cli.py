@@ -137,7 +137,9 @@ def _print_storage(synset):
     s = synset.storage()
     print(f"storage: {s['bytes'] / 2**20:.2f} MiB stored for {s['videos']} videos "
           f"({100 * s['ratio_vs_fp32_videos']:.0f}% of fp32 videos, "
-          f"{s['video_bytes_uint8'] / 2**20:.2f} MiB as uint8 videos)")
+          f"{s['video_bytes_uint8'] / 2**20:.2f} MiB as uint8 videos)"
+          + (f"; soft labels {s['soft_label_bytes'] / 2**20:.2f} MiB besides" if s.get("soft_label_bytes")
+             else ""))
 
 
 def _evaluate_run(res, store, out, args):

@@ -389,9 +389,36 @@ class GVDConfig:
 
 
 @dataclass(frozen=True)
+class ComposeConfig:
+    """compose: real clips scored by a teacher and composed into instances, one pass, no bilevel
+    optimisation (vdfast.methods.compose). Each instance of a class joins ``segments`` temporal
+    segments (T / segments frames each) of as many different train videos, the ones the teacher is
+    most sure of; soft labels from the same teacher. The teacher is cached under ``workdir``
+    (empty: ``<run out>/compose``), keyed by its settings, like GVD's."""
+
+    workdir: str = _f("", "teacher and score cache; keyed by their settings")
+    teacher: str = _f("", "a local safetensors file of the --net ConvNet3D's weights to use as the teacher; "
+                          "empty: train one on the train split")
+    teacher_epochs: int = _f(30, "epochs of the teacher trained on the real train split")
+    segments: int = _f(2, "videos per instance, T / segments frames from each (1: whole clips)")
+    stride: int = _f(0, "frames between the starts of a video's candidate segments (0: half a segment)")
+    score: str = _f("logprob", "how the teacher ranks a segment: logprob (of its class) | margin "
+                               "(its class's logit minus the best other)")
+    soft_labels: bool = _f(True, "store the teacher's soft labels (mean over an instance's segments)")
+    temperature: float = _f(1.0, "soft labels softmax(logits / T); the students' KL uses the same T")
+    chunk: int = _f(64, "clips scored at once (peak memory independent of the class's size)")
+
+    def __post_init__(self):
+        _choice("compose score", self.score, ("logprob", "margin"))
+        for n in ("teacher_epochs", "segments", "temperature", "chunk"):
+            _positive(f"compose {n}", getattr(self, n))
+        _positive("compose stride", self.stride, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """One distillation run: the method, its budget and optimiser, and one section per method
-    (``net``, ``eval``, ``mtt``, ``dc``, ``frepo``, ``s2d``, ``gvd``). Saved as the run's
+    (``net``, ``eval``, ``mtt``, ``dc``, ``frepo``, ``s2d``, ``gvd``, ``compose``). Saved as the run's
     ``config.json``."""
 
     method: str = _f("dm", "distillation method (see `vdfast info` or vdfast.methods.names())")
@@ -426,6 +453,7 @@ class DistillConfig:
     frepo: FRePoConfig = field(default_factory=FRePoConfig)
     s2d: S2DConfig = field(default_factory=S2DConfig)
     gvd: GVDConfig = field(default_factory=GVDConfig)
+    compose: ComposeConfig = field(default_factory=ComposeConfig)
 
     def __post_init__(self):
         check_types(DistillConfig, self.__dict__)
@@ -447,7 +475,7 @@ class DistillConfig:
         self._check_bank()
         self._check_dsa()
         if self.init in ("herding", "kcenter") and (self.method.startswith("s2d-")
-                                                    or self.method in ("gvd", "static")):
+                                                    or self.method in ("gvd", "static", "compose")):
             raise ConfigError(f"init={self.init!r} chooses pixel clips; {self.method!r} does not start "
                               f"from pixel clips (use init=real)")
 
@@ -589,7 +617,8 @@ PRESETS["small"] = _derived(
 
 # nested sections of DistillConfig: CLI prefix / override key -> dataclass
 SECTIONS: dict[str, type] = {"net": NetConfig, "eval": EvalConfig, "mtt": MTTConfig, "dc": DCConfig,
-                             "frepo": FRePoConfig, "s2d": S2DConfig, "gvd": GVDConfig}
+                             "frepo": FRePoConfig, "s2d": S2DConfig, "gvd": GVDConfig,
+                             "compose": ComposeConfig}
 
 
 def resolve(preset: str = "published", **overrides) -> DistillConfig:

@@ -264,6 +264,40 @@ def atomic_save_npy(path, arr) -> Path:
     return atomic_write(path, write)
 
 
+# ---- stage caches: work derived from settings, kept in a folder named by their hash --------------
+def identity_key(ident: dict) -> str:
+    """A short stable hash of a JSON-able dict: the name of the cache folder of the work it keys."""
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def data_identity(store) -> dict:
+    """What identifies a store's training data, independent of class enumeration order (the key
+    of every stage derived from it: GVD's stages, compose's teacher and scores)."""
+    counts = dict(zip(store.classes, store.counts("train")))
+    return {"name": store.name, "path": store.path, "frames": store.frames, "size": store.size,
+            "train": {c: counts[c] for c in sorted(counts)}, "seed": store.meta.get("seed"),
+            "source": store.meta.get("source"), "fingerprint": store.train_fingerprint()}
+
+
+class StageCache:
+    """``root/<stage>-<key>`` folders, each holding its ``identity.json``; nothing at all when root
+    is None (the work is neither cached nor resumable)."""
+
+    def __init__(self, root):
+        self.root = Path(root) if root else None
+
+    def stage(self, name: str, ident: dict) -> Path | None:
+        if self.root is None:
+            return None
+        d = self.root / f"{name}-{identity_key(ident)}"
+        d.mkdir(parents=True, exist_ok=True)
+        f = d / "identity.json"
+        if not f.exists():  # (N processes may write it at once: the same text, atomically)
+            text = json.dumps(ident, indent=1, sort_keys=True, default=str)
+            atomic_write(f, lambda tmp: tmp.write_text(text))
+        return d
+
+
 def tree_bytes(path) -> int:
     p = Path(path)
     if not p.exists():

@@ -255,24 +255,37 @@ def select_real(teacher, store, ipc: int, candidates: int, gen: torch.Generator,
 # ------------------------------------------------------------------ what a synset records of it
 @dataclass(frozen=True)
 class TeacherRecord:
-    """What a synset records about the teacher behind its labels or its choice of videos (a GVD
-    synset writes it under ``meta["gvd"]``; other synsets record nothing: the defaults).
+    """What a synset records about the teacher behind its labels or its choice of videos: under
+    ``meta["teacher"]`` (compose writes it) or, for a GVD synset, under ``meta["gvd"]``; other
+    synsets record nothing (the defaults).
 
     ``temperature``: the KL temperature its soft labels were made with (None: not recorded);
     ``select``: the candidates per instance the teacher chose among (1: no choice);
     ``recipe``: how to train the teacher again (``{"net", "epochs", "seed", "eval"}``; None: no
-    teacher); ``cache``: the folder of the run's cached teacher (``teacher.safetensors``) when it is still
-    there."""
+    teacher, or a user's own weights); ``cache``: the folder of the run's cached teacher
+    (``teacher.safetensors``) when it is still there; ``weights``: a user's teacher file (compose's
+    ``--compose-teacher``) when it is still there."""
 
     temperature: float | None = None
     select: int = 1
     recipe: dict | None = None
     cache: Path | None = None
+    weights: Path | None = None
 
 
 def teacher_record(synset) -> TeacherRecord:
-    """The :class:`TeacherRecord` of ``synset`` (read from ``meta["gvd"]``: ``temperature``,
-    ``select``, ``teacher``, and the stage cache ``<workdir>/teacher-<stages.teacher>``)."""
+    """The :class:`TeacherRecord` of ``synset``: ``meta["teacher"]`` (``temperature``, ``select``,
+    ``recipe``, ``cache``, ``weights``), else GVD's ``meta["gvd"]`` (``temperature``, ``select``,
+    ``teacher``, and the stage cache ``<workdir>/teacher-<stages.teacher>``)."""
+    rec = synset.meta.get("teacher")
+    if isinstance(rec, dict):
+        cache = rec.get("cache")
+        cache = Path(cache) if cache and checkpoint.weights_file(cache, "teacher") is not None else None
+        weights = rec.get("weights")
+        weights = Path(weights) if weights and Path(weights).is_file() else None
+        tau = rec.get("temperature")
+        return TeacherRecord(None if tau is None else float(tau), int(rec.get("select", 1)),
+                             rec.get("recipe") or None, cache, weights)
     info = synset.meta.get("gvd") or {}
     cache = None
     key = (info.get("stages") or {}).get("teacher")
@@ -292,15 +305,39 @@ def soft_temperature(synset, cfg) -> float:
 
 
 def teacher_of(synset, store, device, progress: bool = True, dist=None):
-    """The teacher ``synset`` records, or None when it records none: loaded from the run's stage
-    cache when it is still there, else trained again on ``store``'s train split with the recorded
-    settings (network, epochs, seed and optimiser; deterministic)."""
+    """The teacher ``synset`` records, or None when it records none: a user's weights file, else
+    loaded from the run's stage cache when it is still there, else trained again on ``store``'s
+    train split with the recorded settings (network, epochs, seed and optimiser; deterministic)."""
     from vdfast.config import EvalConfig, NetConfig
 
     rec = teacher_record(synset)
-    if not rec.recipe:
+    if rec.weights is not None:
+        return load_teacher(rec.weights, NetConfig(**(rec.recipe or {}).get("net", {})), store, device)
+    if not rec.recipe or "epochs" not in rec.recipe:  # no teacher, or a user's file that is gone
         return None
     ident = rec.recipe
     ecfg = dataclasses.replace(EvalConfig(), **ident["eval"])
     return train_teacher(store, NetConfig(**ident["net"]), ecfg, ident["epochs"], ident["seed"],
                          device, rec.cache, progress, dist)
+
+
+def load_teacher(path, net_cfg, store, device):
+    """A user's teacher: ``net_cfg``'s ConvNet3D for ``store`` with the weights of the safetensors
+    file ``path``, in eval mode; a one-line ValueError when the file does not fit that network."""
+    from vdfast.models import build
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher weights {path} do not exist; pass a safetensors file of the "
+                                f"--net ConvNet3D's state dict, or leave the teacher empty to train one")
+    net = build(net_cfg, store).to(device)
+    sd = checkpoint.load_weights(path, device, "pass another file")
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise ValueError(f"teacher weights {path} do not fit the --net ConvNet3D (width "
+                         f"{net_cfg.width}, depth {net_cfg.depth}, norm {net_cfg.norm}) for "
+                         f"{store.num_classes} classes at {store.frames}x{store.size}²: "
+                         f"{first[0].strip()}") from None
+    return net.eval()

@@ -19,6 +19,7 @@ OBJECTIVES = {
     "dc": "vdfast.methods.dc:DC",
     "frepo": "vdfast.methods.frepo:FRePo",
     "gvd": "vdfast.methods.gvd:GVD",
+    "compose": "vdfast.methods.compose:Compose",
     "static": "vdfast.methods.static:StaticOnly",
 }
 # parametrisations other than pixel, and the objectives they can be trained with

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from vdfast.data.store import ClipStore
 from vdfast.distributed import Dist, unwrap
 from vdfast.engine import checkpoint
+from vdfast.engine.checkpoint import StageCache, data_identity, identity_key
 from vdfast.engine.train import class_probability, soft_labels, train_stats, train_teacher
 from vdfast.methods.base import Method
 from vdfast.methods.gvd_sample import instance_generator, kmeans, noise_schedule, sample
@@ -59,36 +60,6 @@ __all__ = ["GVD", "train_autoencoder", "encode_train", "train_generator", "disco
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _key(d: dict) -> str:
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def data_identity(store: ClipStore) -> dict:
-    """What identifies the training data, independent of class enumeration order."""
-    counts = dict(zip(store.classes, store.counts("train")))
-    return {"name": store.name, "path": store.path, "frames": store.frames, "size": store.size,
-            "train": {c: counts[c] for c in sorted(counts)}, "seed": store.meta.get("seed"),
-            "source": store.meta.get("source"), "fingerprint": store.train_fingerprint()}
-
-
-class _Work:
-    """``root/<stage>-<key>`` folders, or nothing at all when root is None."""
-
-    def __init__(self, root):
-        self.root = Path(root) if root else None
-
-    def stage(self, name: str, ident: dict) -> Path | None:
-        if self.root is None:
-            return None
-        d = self.root / f"{name}-{_key(ident)}"
-        d.mkdir(parents=True, exist_ok=True)
-        f = d / "identity.json"
-        if not f.exists():  # (N processes may write it at once: the same text, atomically)
-            text = json.dumps(ident, indent=1, sort_keys=True, default=str)
-            checkpoint.atomic_write(f, lambda tmp: tmp.write_text(text))
-        return d
-
-
 def _atomic_save(obj, path: Path):
     """``torch.save`` whole or not at all (fsynced, renamed into place)."""
     checkpoint.atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -583,16 +554,18 @@ class GVD(Method):
         data = data_identity(store)
         ids = {"ae": {"data": data, "seed": seed, **{k: getattr(g, k) for k in (
             "autoencoder", "ae_down", "ae_width", "ae_steps", "ae_batch", "ae_lr")}}}
-        ids["latents"] = {"ae": _key(ids["ae"])}
-        ids["gen"] = {"latents": _key(ids["latents"]), "seed": seed, **{k: getattr(g, k) for k in (
+        ids["latents"] = {"ae": identity_key(ids["ae"])}
+        ids["gen"] = {"latents": identity_key(ids["latents"]), "seed": seed,
+                      **{k: getattr(g, k) for k in (
             "generator", "patch", "gen_steps", "gen_batch", "gen_lr", "ema", "p_uncond",
             "train_timesteps", "schedule", "prediction", "min_snr", "class_tokens", "lr_schedule")}}
         if g.generator_init:  # the weights' content, not just their path (empty: keys as before)
             ids["gen"]["generator_init"] = {"path": g.generator_init,
                                             "sha256": _fingerprint(g.generator_init)}
-        ids["modes"] = ({"latents": _key(ids["latents"]), "k": cfg.ipc * g.segments,
+        ids["modes"] = ({"latents": identity_key(ids["latents"]), "k": cfg.ipc * g.segments,
                          "iters": g.kmeans_iters, "seed": seed} if g.lam > 0 else None)
-        ids["samples"] = {"gen": _key(ids["gen"]), "modes": ids["modes"] and _key(ids["modes"]),
+        ids["samples"] = {"gen": identity_key(ids["gen"]),
+                          "modes": ids["modes"] and identity_key(ids["modes"]),
                           "ipc": cfg.ipc, "classes": store.classes, "seed": seed,
                           **{k: getattr(g, k) for k in ("sampler", "steps", "cfg_scale", "lam",
                                                          "rho", "t_stop", "segments", "chunk")}}
@@ -602,13 +575,13 @@ class GVD(Method):
                               "lr", "momentum", "weight_decay", "batch", "standardize")}}
         if g.select > 1:  # candidates ranked by the teacher (select 1 keeps the earlier keys)
             ids["samples"]["select"] = g.select
-            ids["samples"]["teacher"] = _key(ids["teacher"])
+            ids["samples"]["teacher"] = identity_key(ids["teacher"])
         return ids
 
     def teacher(self, store, cfg, device, progress: bool = True, dist=None):
         """The soft-label teacher of this run (trained, or loaded from the workdir's cache), e.g. to
         give random real clips the same soft labels: ``soft_labels(teacher, clips_u8, ...)``."""
-        work = _Work(self.workdir(cfg))
+        work = StageCache(self.workdir(cfg))
         return train_teacher(store, cfg.net, cfg.eval, cfg.gvd.teacher_epochs, cfg.seed, device,
                              work.stage("teacher", self.stage_identities(store, cfg)["teacher"]),
                              progress, dist)
@@ -624,7 +597,7 @@ class GVD(Method):
         device = torch.device(device)
         dist = self.dist or Dist(0, 1, device)
         progress = progress and dist.main  # one set of progress bars, the main process's
-        work = _Work(self.workdir(cfg))
+        work = StageCache(self.workdir(cfg))
         ids = self.stage_identities(store, cfg)
 
         # several processes: the autoencoder, the generator and the teacher train data-parallel
@@ -689,7 +662,7 @@ class GVD(Method):
         meta = {"method": self.name, "ipc": cfg.ipc, "dataset": store.name,
                 "gvd": {"workdir": str(work.root) if work.root else None,
                         "temperature": g.temperature, "segments": g.segments, "select": g.select,
-                        "stages": {k: v and _key(v) for k, v in ids.items()}}}
+                        "stages": {k: v and identity_key(v) for k, v in ids.items()}}}
         if teacher is not None:  # how to rebuild the teacher (evaluation.teacher_of) without the cache
             meta["gvd"]["teacher"] = {k: ids["teacher"][k] for k in ("net", "epochs", "seed", "eval")}
         if work.root is None:

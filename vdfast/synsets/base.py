@@ -101,13 +101,15 @@ class Synset(nn.Module):
         return int(self.meta.get("ipc", len(self.labels) // max(1, self.num_classes)))
 
     def storage(self) -> dict:
-        """Bytes of the synset against ``ipc`` full videos per class (uint8 and fp32 pixels)."""
+        """Bytes of the synset against ``ipc`` full videos per class (uint8 and fp32 pixels);
+        ``soft_label_bytes``: its soft labels (fp32 ``[N, classes]``), stored besides ``bytes``."""
         stored = sum(t.numel() * t.element_size() for t in self.stored_tensors().values())
         n_videos = self.ipc * self.num_classes
         pixels = n_videos * 3 * self.frames * self.size * self.size
+        soft = 0 if self.soft_labels is None else self.soft_labels.numel() * self.soft_labels.element_size()
         return {"bytes": stored, "videos": n_videos, "video_bytes_uint8": pixels,
                 "video_bytes_fp32": pixels * 4, "ratio_vs_fp32_videos": stored / (pixels * 4),
-                "fp32_mib": stored / 2**20}
+                "fp32_mib": stored / 2**20, "soft_label_bytes": soft}
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``[N, C, T, H, W]`` -> [0, 1] pixels."""
