@@ -138,8 +138,11 @@ def _print_storage(synset):
     print(f"storage: {s['bytes'] / 2**20:.2f} MiB stored for {s['videos']} videos "
           f"({100 * s['ratio_vs_fp32_videos']:.0f}% of fp32 videos, "
           f"{s['video_bytes_uint8'] / 2**20:.2f} MiB as uint8 videos)"
-          + (f"; soft labels {s['soft_label_bytes'] / 2**20:.2f} MiB besides" if s.get("soft_label_bytes")
-             else ""))
+          + (f"; soft labels {_size(s['soft_label_bytes'])} besides" if s.get("soft_label_bytes") else ""))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def _evaluate_run(res, store, out, args):
