@@ -17,8 +17,9 @@ Resumable: each finished (method, ipc, seed) appends its rows to ``WORKDIR/rows.
 skipped when the command is started again; an interrupted distillation resumes from its own
 checkpoint (``WORKDIR/<method>-ipc<k>-seed<s>/``). At the end (and after every job) it writes the
 JSON (``--json``: one row per method, ipc, seed and student, with the accuracy, the distillation and
-evaluation seconds, the data and the git SHA) and the document (``--doc``: the table and two plots,
-accuracy against ipc per method and accuracy against wall seconds).
+evaluation seconds, the data, the git SHA and the student's accuracy per class) and the document
+(``--doc``: the table, two plots, accuracy against ipc per method and accuracy against wall
+seconds, and a table of the accuracy on the motion-only classes against the other classes).
 
 The size (``--frames``, ``--size``, ``--gap``, ``--preset``) defaults to the CPU one: 8 frames at 32²
 with the ``small`` preset. On a GPU the same harness runs at the published size with
@@ -199,7 +200,7 @@ def run_job(a, store: str, method: str, ipc: int, seed: int, meta: dict) -> list
     eval_s = time.perf_counter() - t0
     row = rep.rows[0]  # the synset's own row (with its soft labels when it has them)
     hard = next((r for r in rep.rows if r.name.endswith("(hard labels)")), None)
-    rows = student_rows(row, method, ipc, seed, distill_s, eval_s, meta, o)
+    rows = student_rows(row, method, ipc, seed, distill_s, eval_s, meta, o, rep.classes)
     if hard is not None:
         for r, acc in zip(rows, hard.accs):
             r["accuracy_hard_labels"] = round(100 * acc, 2)
@@ -210,11 +211,15 @@ def run_job(a, store: str, method: str, ipc: int, seed: int, meta: dict) -> list
 
 
 def student_rows(row, method: str, ipc, seed: int, distill_s: float, eval_s: float, meta: dict,
-                 o: dict | None = None) -> list[dict]:
-    """One JSON row per student of the report row ``row``."""
+                 o: dict | None = None, classes: list[str] | None = None) -> list[dict]:
+    """One JSON row per student of the report row ``row``; with ``classes`` (the report's class
+    order) and the row's per-class accuracies, ``per_class``: {class name: accuracy %}."""
+    per_class = row.per_class if classes and getattr(row, "per_class", None) else None
     return [{"method": method, "ipc": ipc, "seed": seed, "student": i, "accuracy": round(100 * acc, 2),
              "distill_s": round(distill_s, 1), "eval_s": round(eval_s, 1), "row": row.name, **meta,
-             **({"options": o} if o else {})}
+             **({"options": o} if o else {}),
+             **({"per_class": {c: round(100 * a, 2) for c, a in zip(classes, per_class[i])}}
+                if per_class is not None else {})}
             for i, acc in enumerate(row.accs)]
 
 
@@ -229,7 +234,7 @@ def full_train_row(a, store: str, meta: dict) -> list[dict]:
     rep = vdfast.evaluate(res.synset, store, students=1, preset=a.preset, device=a.device,
                           progress=_progress(), baselines=False, full=True, **eval_options(o))
     return student_rows(rep.row("full train set"), "full train set", None, 0, 0.0,
-                        time.perf_counter() - t0, meta)
+                        time.perf_counter() - t0, meta, classes=rep.classes)
 
 
 def _append(path: str, rec: dict) -> None:
@@ -343,6 +348,58 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def motion_split(rows: list[dict], motion_only=None) -> dict:
+    """(method, ipc) -> the students' accuracy on the motion-only classes and on the others: per
+    student the mean of its class accuracies in each group, then mean, std and n over every student
+    of every seed. Rows without ``per_class`` (written before it was recorded) are skipped; a
+    group with no class in a row's ``per_class`` is None."""
+    if motion_only is None:
+        from photomotion import MOTION_ONLY as motion_only
+    motion = set(motion_only)
+    groups: dict = {}
+    for r in rows:
+        pc = r.get("per_class")
+        if not pc:
+            continue
+        g = groups.setdefault((r["method"], r["ipc"]), {"motion": [], "other": [], "classes": (0, 0)})
+        mo = [a for c, a in pc.items() if c in motion]
+        ot = [a for c, a in pc.items() if c not in motion]
+        if mo:
+            g["motion"].append(statistics.fmean(mo))
+        if ot:
+            g["other"].append(statistics.fmean(ot))
+        g["classes"] = (len(mo), len(ot))
+    out = {}
+    for k, g in groups.items():
+        out[k] = {name: ({"mean": statistics.fmean(g[name]), "std": _std(g[name]), "n": len(g[name])}
+                         if g[name] else None) for name in ("motion", "other")}
+        out[k]["classes"] = g["classes"]
+    return out
+
+
+def motion_table(rows: list[dict], motion_only=None) -> str | None:
+    """Markdown: accuracy on the motion-only classes against the other classes, per method and
+    ipc (:func:`motion_split`); None when no row carries per-class accuracies."""
+    s = motion_split(rows, motion_only)
+    if not s:
+        return None
+
+    def order(k):
+        return (k[1] is None, ORDER.index(k[0]) if k[0] in ORDER else len(ORDER), k[0], k[1] or 0)
+
+    def cell(v):
+        return f"{v['mean']:.1f} ± {v['std']:.1f}" if v else "–"
+
+    lines = ["| method | ipc | motion-only classes (%) | other classes (%) | students |",
+             "|---|---|---|---|---|"]
+    for k in sorted(s, key=order):
+        v = s[k]
+        n = max((v[g]["n"] for g in ("motion", "other") if v[g]), default=0)
+        lines.append(f"| {k[0]} | {k[1] if k[1] is not None else 'all'} | {cell(v['motion'])} | "
+                     f"{cell(v['other'])} | {n} |")
+    return "\n".join(lines)
+
+
 def seconds_table(rows: list[dict]) -> str:
     s = summarize(rows)
     lines = ["| method | ipc | distill s (per seed) | eval s (per seed) |", "|---|---|---|---|"]
@@ -446,6 +503,13 @@ def write_outputs(a, rows: list[dict]) -> None:
     ]
     if drawn:
         text += [f"![accuracy against ipc and against distillation time]({os.path.basename(png)})", ""]
+    motion = motion_table(rows)
+    if motion:
+        text += ["Accuracy on the 12 motion-only classes (`photomotion.MOTION_ONLY`: the same object, "
+                 "told apart only by the direction of its motion) against the other classes: per "
+                 "student the mean of its per-class test accuracies in each group, then mean ± std "
+                 "over every student of every seed. Rows written before per-class accuracies were "
+                 "recorded are left out.", "", motion, ""]
     text += ["Wall seconds of each run (distillation; evaluation of its students). On a CPU they move "
              "with the machine's load: compare them within one run.", "",
              seconds_table(rows), ""]

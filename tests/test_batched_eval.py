@@ -167,10 +167,122 @@ def test_batched_evaluation_reports_the_one_by_one_accuracies(store, students, c
     on = _report(syn, store, "on", **kw)
     assert [r.name for r in on.rows] == [r.name for r in off.rows]
     assert len(on.rows) == (4 if soft else 3)
+    counts = torch.bincount(store.tensors("test")[1], minlength=K).tolist()
+    assert on.classes == off.classes == list(store.classes)
     for a, b in zip(on.rows, off.rows):
         assert len(a.accs) == len(b.accs) and a.seconds > 0
         assert a.accs == pytest.approx(b.accs, abs=1e-9), a.name
+        # per-class accuracies on both paths, the same ones; overall = their count-weighted mean
+        assert len(a.per_class) == len(b.per_class) == len(a.accs)
+        for acc, pa, pb in zip(a.accs, a.per_class, b.per_class):
+            assert len(pa) == K and pa == pytest.approx(pb, abs=1e-9), a.name
+            assert acc == pytest.approx(sum(p * n for p, n in zip(pa, counts)) / sum(counts),
+                                        abs=1e-12)
+        assert a.to_dict()["per_class"] == a.per_class
     assert 0 < sum(a for r in on.rows for a in r.accs)
+
+
+def _uneven_test(store):
+    """The test split less one clip of classes 0, 2, 4 and every clip of class 11: classes of 2,
+    1 and 0 clips, so a count-weighted mean is not a plain one."""
+    x, y = store.tensors("test")
+    keep, seen = [], set()
+    for i, c in enumerate(y.tolist()):
+        if c == 11 or (c in (0, 2, 4) and c not in seen):
+            seen.add(c)
+            continue
+        keep.append(i)
+    keep = torch.tensor(keep)
+    return x[keep], y[keep]
+
+
+class _Prototypes(torch.nn.Module):
+    """A classifier by the nearest prototype (``protos``, one flattened clip per class): hits on
+    many classes of the test split it was made from, none on a class without a prototype."""
+
+    def __init__(self, protos):
+        super().__init__()
+        self.protos = protos
+
+    def forward(self, x):
+        return x.flatten(1) @ self.protos.T
+
+
+class _Stacked(torch.nn.Module):
+    """N students with a batched network's test interface (``n``, ``forward(x, shared=True)``)."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.nets, self.n = torch.nn.ModuleList(nets), len(nets)
+
+    def forward(self, x, shared=True):
+        return torch.stack([m(x) for m in self.nets])
+
+
+def test_per_class_counts_are_each_students_hits(store, gen):
+    """test_correct / students_correct count, per class, the clips each student gets right (one
+    by one, batched, in pieces); the overall accuracy is their sum over the clips, as before, and
+    the per-class accuracies' count-weighted mean."""
+    from vdfast.engine.train import standardize_batch
+    from vdfast.ops import normalize_clips
+
+    x, y = _uneven_test(store)
+    counts = torch.bincount(y, minlength=K)
+    assert sorted(set(counts.tolist())) == [0, 1, 2]
+    z = torch.cat([standardize_batch(normalize_clips(x[s:s + 5], store.mean, store.std)).flatten(1)
+                   for s in range(0, len(y), 5)])  # test batches of 5, each standardised whole
+    protos = torch.zeros(K, z.shape[1]).index_add_(0, y, z) / counts.clamp_min(1)[:, None]
+    nets = [_Prototypes(protos + noise * torch.randn(protos.shape, generator=gen))
+            for noise in (0.0, 0.5, 1.0)]
+    want, accs = [], []
+    for m in nets:
+        pred = m(z).argmax(1)
+        hits = [0] * K
+        for p, c in zip(pred.tolist(), y.tolist()):
+            hits[c] += int(p == c)
+        want.append(hits)
+        accs.append(sum(hits) / len(y))
+        got = evaluation.test_correct(m, x, y, store.mean, store.std, True, batch=5, num_classes=K)
+        assert got.dtype == torch.long and got.tolist() == hits
+        assert evaluation.test_accuracy(m, x, y, store.mean, store.std, True, batch=5) == accs[-1]
+    # students that differ and hit several classes, some only in part (else the test is weak)
+    assert len({tuple(w) for w in want}) > 1 and all(sum(h > 0 for h in w) > 3 for w in want)
+    assert 0 < min(accs) and max(accs) < 1
+    net = _Stacked(nets)
+    got = evaluation.students_correct(net, x, y, store.mean, store.std, True, batch=5, chunk=3,
+                                      num_classes=K)
+    assert got.tolist() == want
+    assert evaluation.test_accuracies(net, x, y, store.mean, store.std, True, batch=5) == accs
+    overall, per_class = evaluation.class_accuracies(got, y)
+    assert overall == accs
+    for acc, pc, hits in zip(overall, per_class, want):
+        assert pc[11] == 0.0  # no test clip
+        assert pc == [h / max(1, n) for h, n in zip(hits, counts.tolist())]
+        assert acc == pytest.approx(sum(p * n for p, n in zip(pc, counts.tolist())) / len(y),
+                                    abs=1e-12)
+        assert acc != pytest.approx(sum(pc[:11]) / 11)  # the weights matter here
+    one = evaluation.class_accuracies(got[1], y)
+    assert one == ([overall[1]], [per_class[1]])
+
+
+def test_rows_without_per_class_and_the_gather_of_n_processes():
+    row = evaluation.Row("dm", 1, [0.5, 0.25])
+    assert "per_class" not in row.to_dict()
+
+    class TwoRanks:  # an all-reduce over 2 processes, the other one holding 10 x these values
+        active, world, rank = True, 2, 0
+
+        def all_reduce_(self, t):
+            return t + 10 * t
+
+    rows = [evaluation.Row("dm", 1, [0.5, 0.0], per_class=[[1.0, 0.0, 0.5], [0.0] * 3]),
+            evaluation.Row("old", 1, [0.25]),
+            evaluation.Row("full", None, [0.0], per_class=[[0.0, 0.1, 0.2]])]
+    evaluation.Share(TwoRanks()).gather(rows)
+    assert rows[0].accs == pytest.approx([5.5, 0.0])
+    assert rows[0].per_class == [pytest.approx([11.0, 0.0, 5.5]), [0.0] * 3]
+    assert rows[1].accs == pytest.approx([2.75]) and rows[1].per_class is None
+    assert rows[2].accs == [0.0] and rows[2].per_class == [pytest.approx([0.0, 1.1, 2.2])]
 
 
 def test_rows_with_the_same_settings_share_batched_networks(store, monkeypatch):

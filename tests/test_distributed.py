@@ -330,6 +330,14 @@ def test_evaluation_students_split_across_ranks_give_the_one_rank_report(tmp_pat
     for name in a1:
         assert a2[name] == pytest.approx(a1[name], abs=1e-9), name
         assert all(0.0 < a <= 1.0 or 0.0 < a <= 100.0 for a in a1[name])  # every student ran
+    # the students' per-class accuracies, gathered with the rest
+    p1 = {row["name"]: row["per_class"] for row in r1["rows"]}
+    p2 = {row["name"]: row["per_class"] for row in r2["rows"]}
+    assert r2["classes"] == r1["classes"] and len(r1["classes"]) == 12
+    for name in p1:
+        assert len(p2[name]) == len(a1[name]) and all(len(pc) == 12 for pc in p2[name])
+        for x, y in zip(p1[name], p2[name]):
+            assert y == pytest.approx(x, abs=1e-9), name
 
 
 LATE_RANK = """

@@ -1,5 +1,7 @@
 """DM's bank of random networks with cached real means (vdfast.methods.dm_bank)."""
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -267,3 +269,94 @@ def test_two_ranks_build_their_classes_and_give_the_one_rank_synset(tmp_path):
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["history"]
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)
     assert m2["dm_bank"]["classes"] == [0, 6] and m1["dm_bank"]["classes"] == [0, 12]
+
+
+def _heldout_run(store, out, iterations, heldout=2, **kw):
+    opts = dict(method="dm", ipc=1, lr_img=1.0, dm_bank=2, dm_bank_clips=3, progress=False,
+                **{"net.width": 8})
+    if heldout:
+        opts.update(dm_bank_heldout=heldout, dm_bank_heldout_every=2)
+    return vdfast.distill(store, iterations=iterations, out=out, **{**opts, **kw})
+
+
+def test_heldout_networks_measure_what_the_bank_does_not_show(store, tmp_path, monkeypatch):
+    """--dm-bank-heldout H: the synset's DM loss on H fresh networks beside its loss on the bank's,
+    at the start, every N iterations and at the end, in the history and metrics.json; finite, not
+    the bank's; the measurement changes nothing (the same synset and losses as without it); a
+    resumed run (also one given more iterations) records the run straight through's curve."""
+    monkeypatch.setenv("VDFAST_BANK_CACHE", str(tmp_path / "cache"))
+    full = _heldout_run(store, tmp_path / "a", 5)
+    ho = full.history["dm_bank"]["heldout"]
+    assert ho["networks"] == 2 and ho["every"] == 2 and ho["at_iteration"] == [0, 2, 4, 5]
+    vals = ho["bank_loss"] + ho["heldout_loss"]
+    assert all(np.isfinite(v) and v > 0 for v in vals)
+    assert all(abs(b - h) > 1e-3 * max(b, h) for b, h in zip(ho["bank_loss"], ho["heldout_loss"]))
+    assert ho["bank_loss"][-1] < ho["bank_loss"][0]  # the synset fits the bank it is trained on
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]["dm_bank"]
+    assert saved["heldout"] == ho
+    # measured or not: the same steps (nothing drawn from the run's generators, no gradient)
+    plain = _heldout_run(store, tmp_path / "p", 5, heldout=0)
+    assert "heldout" not in plain.history["dm_bank"]
+    assert plain.history["loss"] == full.history["loss"]
+    for k, v in plain.synset.state_dict().items():
+        assert torch.equal(v, full.synset.state_dict()[k]), k
+    # a signal during iteration 3 (a checkpoint there), resumed: the same record
+    from vdfast.engine import checkpoint
+    from vdfast.methods.dm import DM
+
+    step = DM.step
+
+    def stopped(self, synset, state, gen):
+        if state.bank_it == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, synset, state, gen)
+
+    monkeypatch.setattr(DM, "step", stopped)
+    with pytest.raises(checkpoint.Interrupted) as e:
+        _heldout_run(store, tmp_path / "b", 5)
+    assert e.value.iteration == 3
+    monkeypatch.setattr(DM, "step", step)
+    assert _heldout_run(store, tmp_path / "b", 5).history["dm_bank"]["heldout"] == ho
+    # a run of 3 (an end there), extended to 5: the record of the run straight through
+    short = _heldout_run(store, tmp_path / "c", 3)
+    assert short.history["dm_bank"]["heldout"]["at_iteration"] == [0, 2, 3]
+    assert _heldout_run(store, tmp_path / "c", 5).history["dm_bank"]["heldout"] == ho
+    # another H is another measurement: part of the checkpoint's identity
+    with pytest.raises(RuntimeError, match="dm_bank_heldout"):
+        _heldout_run(store, tmp_path / "c", 7, heldout=3)
+
+
+def test_heldout_networks_are_drawn_apart_from_the_bank(store):
+    # the same loss (bank_dm_loss) on the bank's network k and on held-out network k differs: other
+    # weights, other real draws
+    cfg = _cfg(dm_bank=2, dm_bank_clips=3, dm_bank_heldout=2, iterations=4)
+    m = get("dm")
+    syn = m.init(store, cfg, "cpu", torch.Generator().manual_seed(0))
+    st = m.setup(syn, store, cfg, "cpu")
+    assert st.heldout.means.K == 2 and st.heldout.seed == dm_bank.heldout_seed(5) != 5
+    for k in range(2):
+        assert not torch.allclose(st.heldout.means.means(k), st.bank.means(k))
+    dm_bank.measure_heldout(st, syn, 0)
+    ((it, b, h),) = st.heldout.records
+    assert it == 0 and torch.isfinite(b) and torch.isfinite(h) and not torch.isclose(b, h)
+
+
+def test_heldout_options_are_checked_config_fields_and_flags(store):
+    from vdfast.api import _identity
+    from vdfast.cli import build_parser
+
+    for kw, msg in (({"dm_bank_heldout": 4}, "needs --dm-bank"),
+                    ({"dm_bank_heldout": -1, "dm_bank": 2}, "dm_bank_heldout must be"),
+                    ({"dm_bank_heldout_every": -1}, "dm_bank_heldout_every must be"),
+                    ({"dm_bank_heldout": 4, "dm_bank": 2, "method": "s2d-mtt"}, "method dm or")):
+        with pytest.raises(ConfigError, match=msg):
+            resolve("builtin", **{"method": "dm", **kw})
+    cfg = resolve("builtin", method="s2d-dm", dm_bank=2, dm_bank_heldout=4, dm_bank_heldout_every=50)
+    assert (cfg.dm_bank_heldout, cfg.dm_bank_heldout_every) == (4, 50)
+    assert resolve("builtin").dm_bank_heldout == 0  # off by default
+    ns = build_parser().parse_args(["distill", "--dm-bank", "8", "--dm-bank-heldout", "4",
+                                    "--dm-bank-heldout-every", "50"])
+    assert (ns.dm_bank_heldout, ns.dm_bank_heldout_every) == (4, 50)
+    # off, the options are not part of a checkpoint's identity (runs from before them resume)
+    assert "dm_bank_heldout" not in _identity(resolve("builtin", dm_bank=2), store)["config"]
+    assert _identity(cfg, store)["config"]["dm_bank_heldout"] == 4

@@ -104,6 +104,15 @@ def test_quality_harness_writes_rows_and_resumes(tmp_path):
     assert saved["rows"] == rows and saved["split"] == "test"
     doc = (tmp_path / "q.md").read_text()
     assert "| herding |" in doc and "| random |" in doc and os.path.exists(tmp_path / "q.png")
+    # each student's accuracy per class (the 3 classes written, all motion-only), whose mean is
+    # its accuracy (every class has the same test clips); the document's motion-only table
+    names = pm.class_names()[:3]
+    for r in rows:
+        assert sorted(r["per_class"]) == sorted(names)
+        assert all(0 <= a <= 100 for a in r["per_class"].values())
+        assert r["accuracy"] == pytest.approx(np.mean(list(r["per_class"].values())), abs=0.02)
+    assert "motion-only classes (%)" in doc
+    assert "| random | 1 |" in doc and "| full train set | all |" in doc
 
     # a torn last line (a kill while appending) is ignored; the job it held runs again
     jl = tmp_path / "runs" / "rows.jsonl"
@@ -117,3 +126,40 @@ def test_quality_harness_writes_rows_and_resumes(tmp_path):
         return sorted(json.dumps({k: v for k, v in r.items() if not k.endswith("_s")}) for r in rs)
     assert key(again) == key(rows)  # herding's rerun gives the same accuracies
     assert len(quality.done_rows(str(jl))) == 3
+
+    # --report on rows written before per-class accuracies: the table, no motion-only table
+    old = quality.done_rows(str(jl))
+    for rs in old.values():
+        for r in rs:
+            del r["per_class"]
+    jl.write_text("".join(json.dumps({"job": k, "rows": rs}) + "\n" for k, rs in old.items()))
+    assert all("per_class" not in r for r in quality.main(args + ["--report"]))
+    doc = (tmp_path / "q.md").read_text()
+    assert "| herding |" in doc and "motion-only classes (%)" not in doc
+
+
+def test_motion_only_table_of_per_class_rows():
+    """Per student the mean of its motion-only and of its other class accuracies, then mean ± std
+    over the students of every seed, per method and ipc; rows without per_class left out."""
+    def row(method, ipc, seed, pc):
+        return {"method": method, "ipc": ipc, "seed": seed, "accuracy": 0.0, "per_class": pc}
+
+    rows = [row("dm", 1, 0, {"A": 100.0, "B": 50.0, "X": 10.0}),
+            row("dm", 1, 1, {"A": 0.0, "B": 50.0, "X": 30.0}),
+            row("random", 1, 0, {"A": 20.0, "B": 40.0, "X": 60.0}),
+            {"method": "random", "ipc": 1, "seed": 1, "accuracy": 99.0},   # an old row: skipped
+            row("dm", 5, 0, {"A": 80.0, "B": 80.0}),                       # no other class
+            row("full train set", None, 0, {"A": 90.0, "B": 70.0, "X": 50.0})]
+    s = quality.motion_split(rows, ("A", "B"))
+    assert s[("dm", 1)]["motion"] == {"mean": 50.0, "std": 25.0, "n": 2}
+    assert s[("dm", 1)]["other"] == {"mean": 20.0, "std": 10.0, "n": 2}
+    assert s[("random", 1)]["motion"]["n"] == 1 and s[("random", 1)]["motion"]["mean"] == 30.0
+    assert s[("dm", 5)]["other"] is None and s[("dm", 1)]["classes"] == (2, 1)
+    t = quality.motion_table(rows, ("A", "B")).splitlines()
+    assert t[2:] == ["| dm | 1 | 50.0 ± 25.0 | 20.0 ± 10.0 | 2 |",
+                     "| dm | 5 | 80.0 ± 0.0 | – | 1 |",
+                     "| random | 1 | 30.0 ± 0.0 | 60.0 ± 0.0 | 1 |",
+                     "| full train set | all | 80.0 ± 0.0 | 50.0 ± 0.0 | 1 |"]
+    assert quality.motion_table([r for r in rows if "per_class" not in r]) is None
+    default = quality.motion_split(rows)  # photomotion.MOTION_ONLY: none of A, B, X
+    assert default[("dm", 1)]["motion"] is None and default[("dm", 1)]["other"]["n"] == 2

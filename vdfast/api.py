@@ -92,6 +92,9 @@ def _identity(cfg: DistillConfig, store: ClipStore) -> dict:
     d.pop("eval")
     d.pop("device")
     d.pop("profile")
+    if not cfg.dm_bank_heldout:  # a measurement, off: checkpoints from before it existed resume
+        d.pop("dm_bank_heldout")
+        d.pop("dm_bank_heldout_every")
     return {"config": d, "data": store.describe(), "train": store.train_fingerprint()}
 
 
@@ -244,9 +247,9 @@ def _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, histo
     the iteration of the last checkpoint (None: none)."""
     device = dist.device
     state = m.setup(synset, store, cfg, device)
-    history.update(m.report(state))  # e.g. DM's network bank: size, build time, cache use
     if start > 0:
         m.load_state_dict(state, saved["method"])
+    history.update(m.report(state))  # e.g. DM's network bank: size, build time, cache use
     if ck is not None and dist.main:  # room for a checkpoint beside the last and the result
         size = _nbytes(synset.state_dict()) + _nbytes(m.state_dict(state)) + (1 << 16)
         checkpoint.preflight(out, 2 * size + _nbytes(synset.state_dict()) - ck.nbytes(),
@@ -272,6 +275,7 @@ def _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, histo
     def save(done, pending):
         history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0,
                                         peak_memory_mb(device))
+        history.update(m.report(state))  # e.g. DM's held-out-network curve so far
         if dist.main:  # every process holds the same synset
             _checkpoint(ck, synset, m, state, gen, done, history, ident, pending)
 
@@ -285,6 +289,7 @@ def _steps(store, cfg, m, dist, out, ck, ident, synset, gen, saved, start, histo
                     on_nan=lambda done, last: _nan_error(cfg, m, done, last, ck))
     run.run(lambda it: m.step(synset, state, gen))
     m.finalize(synset, state)  # e.g. MTT records its learned student step size
+    history.update(m.report(state))  # what the steps added (DM's held-out-network curve)
     history["peak_memory_mb"] = max(history.get("peak_memory_mb") or 0.0, peak_memory_mb(device))
     if prof.summary is not None:
         history["profile"] = prof.summary

@@ -445,6 +445,12 @@ def _run(args) -> int:
             b = h["dm_bank"]
             bank = (f"dm bank: {b['networks']} networks, {b['bytes'] / 2**20:.1f} MiB {b['dtype']}, "
                     f"cache {b['cache']}, build {b['build_seconds']:.1f} s ({b['path'] or 'in memory'})")
+            ho = b.get("heldout")
+            if ho and ho["at_iteration"]:  # --dm-bank-heldout H: does the synset fit the bank only?
+                bank += (f"; at iteration {ho['at_iteration'][-1]} the DM loss on {ho['networks']} "
+                         f"held-out networks is {ho['heldout_loss'][-1]:.4g}, on the bank's "
+                         f"{ho['bank_loss'][-1]:.4g} (at iteration 0: {ho['heldout_loss'][0]:.4g}, "
+                         f"{ho['bank_loss'][0]:.4g})")
             print(bank)
         _print_storage(res.synset)
         if args.preview:

@@ -443,6 +443,12 @@ class DistillConfig:
                          "every iteration (the published DM)")
     dm_bank_clips: int = _f(0, "real clips per class and network in the bank's means (0: all)")
     dm_bank_dtype: str = _f("float32", "the bank's stored dtype: float32 | float16")
+    dm_bank_heldout: int = _f(0, "DM with a bank (dm, s2d-dm): H fresh random networks, drawn apart "
+                                 "from the bank's, on which the synset's DM loss is measured (no "
+                                 "gradient) beside its loss on H of the bank's own, in the run's "
+                                 "history (does the synset fit the bank or the data?); 0: off")
+    dm_bank_heldout_every: int = _f(100, "iterations between held-out-network measurements (also "
+                                         "at the start and the end; 0: only there)")
     dsa: str = _f("", "DM (dm, s2d-dm): differentiable siamese augmentation of the real and synthetic "
                       "batch of each step (vdfast.augment), names joined by '_' among "
                       "color, crop, cutout, flip, scale, rotate; empty: off (the published video DM)")
@@ -491,6 +497,12 @@ class DistillConfig:
         _positive("dm_bank", self.dm_bank, allow_zero=True)
         _positive("dm_bank_clips", self.dm_bank_clips, allow_zero=True)
         _choice("dm_bank_dtype", self.dm_bank_dtype, ("float32", "float16"))
+        _positive("dm_bank_heldout", self.dm_bank_heldout, allow_zero=True)
+        _positive("dm_bank_heldout_every", self.dm_bank_heldout_every, allow_zero=True)
+        if self.dm_bank_heldout and (not self.dm_bank or self.method not in ("dm", "s2d-dm")):
+            raise ConfigError(f"dm_bank_heldout={self.dm_bank_heldout} measures the DM loop's bank: "
+                              f"it needs --dm-bank K and method dm or s2d-dm (got dm_bank="
+                              f"{self.dm_bank}, method {self.method!r})")
         if not self.dm_bank:
             if self.dm_bank_clips:
                 raise ConfigError(f"dm_bank_clips={self.dm_bank_clips} needs a bank: pass --dm-bank K "

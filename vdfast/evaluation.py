@@ -22,6 +22,11 @@ teacher (GVD's ``gvd.select`` R > 1) also gets random real clips chosen the same
 slot, :func:`~vdfast.engine.train.select_real`), so the gain of the selection is not taken for a
 gain of the generator.
 
+Each row also carries its students' accuracy on each class's test clips (``Row.per_class``,
+classes in ``store.classes`` order; a class without test clips reads 0): the overall accuracy is
+their mean weighted by the classes' test clips, so a gain on some classes (those told apart by
+motion alone, say) shows apart from the rest.
+
 Students are seeded with :func:`torch.random.fork_rng`, so dropout is reproducible and the caller's
 global RNG is left as it was.
 
@@ -58,10 +63,14 @@ from vdfast.ops import normalize_clips
 
 @dataclass
 class Row:
+    """One set's students: ``accs[i]`` student i's accuracy over every test clip, ``per_class[i][c]``
+    its accuracy on the test clips of class ``c`` (``store.classes`` order; None: not measured)."""
+
     name: str
     ipc: int | None
     accs: list[float]
     seconds: float = 0.0
+    per_class: list[list[float]] | None = None
 
     @property
     def mean(self) -> float:
@@ -72,8 +81,11 @@ class Row:
         return statistics.pstdev(self.accs) if len(self.accs) > 1 else 0.0
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "ipc": self.ipc, "accs": self.accs, "mean": self.mean,
-                "std": self.std, "seconds": round(self.seconds, 2)}
+        d = {"name": self.name, "ipc": self.ipc, "accs": self.accs, "mean": self.mean,
+             "std": self.std, "seconds": round(self.seconds, 2)}
+        if self.per_class is not None:
+            d["per_class"] = self.per_class
+        return d
 
 
 @dataclass
@@ -82,6 +94,7 @@ class Report:
     student: str
     rows: list[Row] = field(default_factory=list)
     test: str = ""   # the test split in words (ClipStore.describe_test)
+    classes: list[str] = field(default_factory=list)  # the order of every Row.per_class
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -102,20 +115,54 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "student": self.student, "test": self.test,
+                **({"classes": self.classes} if self.classes else {}),
                 "rows": [r.to_dict() for r in self.rows]}
 
 
+def _num_classes(test_y: torch.Tensor, num_classes: int | None) -> int:
+    return num_classes if num_classes is not None else int(test_y.max()) + 1 if test_y.numel() else 0
+
+
+def _per_class(hits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Hits ``[..., b]`` (bool) of the clips labelled ``y`` ``[b]``, counted per class:
+    ``[..., k]`` (a one-hot product, not ``index_add_``: deterministic on every device)."""
+    onehot = y[:, None] == torch.arange(k, device=y.device)
+    return (hits[..., None] & onehot).sum(-2)
+
+
 @torch.no_grad()
-def test_accuracy(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
-                  batch: int = 256) -> float:
+def test_correct(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
+                 batch: int = 256, num_classes: int | None = None) -> torch.Tensor:
+    """Correct test clips of one student per class: int64 ``[num_classes]`` (default: the largest
+    label + 1), on ``test_y``'s device. ``test_x``: uint8 clips ``[n, T, H, W, C]``, ``test_y``
+    int64 ``[n]``."""
     net.eval()
-    correct = 0
+    correct = torch.zeros(_num_classes(test_y, num_classes), dtype=torch.long, device=test_y.device)
     for s in range(0, test_x.shape[0], batch):
         x = normalize_clips(test_x[s:s + batch], mean, std)
         if standardize:
             x = standardize_batch(x)
-        correct += int((net(x).argmax(1) == test_y[s:s + batch]).sum())
-    return correct / max(1, test_x.shape[0])
+        yb = test_y[s:s + batch]
+        correct += _per_class(net(x).argmax(1) == yb, yb, correct.shape[-1])
+    return correct
+
+
+def test_accuracy(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
+                  batch: int = 256) -> float:
+    """One student's accuracy over every test clip (:func:`test_correct` summed over classes)."""
+    return int(test_correct(net, test_x, test_y, mean, std, standardize, batch).sum()) / max(
+        1, test_x.shape[0])
+
+
+def class_accuracies(correct: torch.Tensor, test_y: torch.Tensor) -> tuple[list, list]:
+    """(overall accuracies, per-class accuracies) from correct counts ``[..., K]`` (one student:
+    ``[K]``; N: ``[N, K]``) and the test labels: ``sum(correct) / n`` (what :func:`test_accuracy`
+    returns) and ``correct[c] / clips of class c`` (0 for a class without test clips)."""
+    counts = torch.bincount(test_y, minlength=correct.shape[-1]).tolist()
+    n = max(1, test_y.numel())
+    rows = correct.reshape(-1, correct.shape[-1]).tolist()
+    return ([sum(r) / n for r in rows],
+            [[c / max(1, k) for c, k in zip(r, counts)] for r in rows])
 
 
 class Share:
@@ -133,11 +180,18 @@ class Share:
     def gather(self, rows: list["Row"]) -> None:
         if self.dist is None or not self.dist.active:
             return
-        flat = self.dist.all_reduce_(torch.tensor([a for r in rows for a in r.accs], dtype=torch.float64))
+        vals = [a for r in rows for a in r.accs]
+        vals += [a for r in rows if r.per_class is not None for pc in r.per_class for a in pc]
+        flat = self.dist.all_reduce_(torch.tensor(vals, dtype=torch.float64)).tolist()
         o = 0
         for r in rows:
-            r.accs = flat[o:o + len(r.accs)].tolist()
+            r.accs = flat[o:o + len(r.accs)]
             o += len(r.accs)
+        for r in rows:
+            if r.per_class is not None:
+                k = len(r.per_class[0]) if r.per_class else 0
+                r.per_class = [flat[o + i * k:o + (i + 1) * k] for i in range(len(r.per_class))]
+                o += k * len(r.per_class)
 
 
 def _build(cfg: EvalConfig, store: ClipStore, net_cfg, device):
@@ -145,16 +199,20 @@ def _build(cfg: EvalConfig, store: ClipStore, net_cfg, device):
 
 
 def _train_one(x, y, s: int, store: ClipStore, test, cfg: EvalConfig, epochs: int, device,
-               soft: bool, desc: str, net_cfg, progress: bool, dp=None) -> float:
+               soft: bool, desc: str, net_cfg, progress: bool, dp=None) -> tuple[float, list[float]]:
     """One fresh student seeded with ``s`` (initialisation and dropout from ``torch.manual_seed(s)``,
-    batch order from ``Generator().manual_seed(s)``) trained on (x, y); its test accuracy."""
+    batch order from ``Generator().manual_seed(s)``) trained on (x, y); its test accuracy and its
+    accuracy per class (:func:`class_accuracies`)."""
     with torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(s)
         net = _build(cfg, store, net_cfg, device)
         gen = torch.Generator().manual_seed(s)
         train_student(net, Source(x, y, store.mean, store.std), cfg, epochs, gen, soft=soft,
                       desc=desc, progress=progress and (dp is None or dp.main), dist=dp)
-        return test_accuracy(net, test[0], test[1], store.mean, store.std, cfg.standardize)
+        correct = test_correct(net, test[0], test[1], store.mean, store.std, cfg.standardize,
+                               num_classes=store.num_classes)
+        accs, per_class = class_accuracies(correct, test[1])
+        return accs[0], per_class[0]
 
 
 # ---- batched students: N students of one shape trained as one network -------------------------
@@ -251,14 +309,15 @@ def train_students(net, sources: list[Source], cfg: EvalConfig, epochs: int,
 
 
 @torch.no_grad()
-def test_accuracies(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
-                    batch: int = 256, chunk: int = 0) -> list[float]:
-    """:func:`test_accuracy` of each student of a batched network, in one pass over the test split:
-    each test batch (standardised as a whole, as for one student) goes through all students at
-    once, in pieces of ``chunk`` clips (0: the whole batch; the network is row-wise in eval mode,
-    so pieces change nothing but the memory)."""
+def students_correct(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
+                     batch: int = 256, chunk: int = 0, num_classes: int | None = None) -> torch.Tensor:
+    """:func:`test_correct` of each student of a batched network, int64 ``[N, num_classes]``, in
+    one pass over the test split: each test batch (standardised as a whole, as for one student)
+    goes through all students at once, in pieces of ``chunk`` clips (0: the whole batch; the
+    network is row-wise in eval mode, so pieces change nothing but the memory)."""
     net.eval()
-    correct = torch.zeros(net.n, dtype=torch.long, device=test_y.device)
+    correct = torch.zeros(net.n, _num_classes(test_y, num_classes), dtype=torch.long,
+                          device=test_y.device)
     for s in range(0, test_x.shape[0], batch):
         x = normalize_clips(test_x[s:s + batch], mean, std)
         if standardize:
@@ -266,8 +325,16 @@ def test_accuracies(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, 
         yb = test_y[s:s + batch]
         step = chunk or x.shape[0]
         for c in range(0, x.shape[0], step):
-            correct += (net(x[c:c + step], shared=True).argmax(2) == yb[c:c + step]).sum(1)
-    return [c / max(1, test_x.shape[0]) for c in correct.tolist()]
+            y = yb[c:c + step]
+            correct += _per_class(net(x[c:c + step], shared=True).argmax(2) == y, y, correct.shape[1])
+    return correct
+
+
+def test_accuracies(net, test_x: torch.Tensor, test_y: torch.Tensor, mean, std, standardize: bool,
+                    batch: int = 256, chunk: int = 0) -> list[float]:
+    """:func:`test_accuracy` of each student of a batched network (:func:`students_correct`)."""
+    correct = students_correct(net, test_x, test_y, mean, std, standardize, batch, chunk)
+    return [c / max(1, test_x.shape[0]) for c in correct.sum(1).tolist()]
 
 
 def _student_bytes(cfg: EvalConfig, store: ClipStore, net_cfg, batch: int) -> tuple[int, int]:
@@ -306,9 +373,11 @@ def batched_students(seeds: list[int], cfg: EvalConfig, store: ClipStore, net_cf
 
 
 def train_batch(sets, seeds: list[int], store: ClipStore, test, cfg: EvalConfig, epochs: int, device,
-                soft: bool = False, net_cfg=None, desc: str = "", progress: bool = True) -> list[float]:
+                soft: bool = False, net_cfg=None, desc: str = "", progress: bool = True
+                ) -> tuple[list[float], list[list[float]]]:
     """The students seeded ``seeds``, student j trained on ``sets[j]`` = (x, y), all as one
-    batched network (:func:`batched_students`, :func:`train_students`); their test accuracies."""
+    batched network (:func:`batched_students`, :func:`train_students`); their test accuracies and
+    accuracies per class (:func:`class_accuracies`)."""
     net = batched_students(seeds, cfg, store, net_cfg, device)
     train_students(net, [Source(x, y, store.mean, store.std) for x, y in sets], cfg, epochs,
                    [torch.Generator().manual_seed(s) for s in seeds], soft=soft, desc=desc,
@@ -317,7 +386,9 @@ def train_batch(sets, seeds: list[int], store: ClipStore, test, cfg: EvalConfig,
     # student's test batch of 256; fewer when half the free memory cannot hold that
     _, per_clip = _student_bytes(cfg, store, net_cfg, 1)
     chunk = max(1, min(-(-256 // len(seeds)), free_bytes(device) // 2 // (per_clip * len(seeds))))
-    return test_accuracies(net, test[0], test[1], store.mean, store.std, cfg.standardize, chunk=chunk)
+    correct = students_correct(net, test[0], test[1], store.mean, store.std, cfg.standardize,
+                               chunk=chunk, num_classes=store.num_classes)
+    return class_accuracies(correct, test[1])
 
 
 @dataclass
@@ -341,7 +412,9 @@ def _run_jobs(jobs: list[_Job], store: ClipStore, test, device, net_cfg, progres
     """Every job's students, one by one or batched (jobs with the same settings and training-set
     shape share batched networks of at most ``cap`` students; 0: :func:`auto_batch_students`);
     student k of the whole evaluation trains on the process ``share`` gives it."""
-    rows = [Row(j.name, j.ipc, [0.0] * len(j.seeds)) for j in jobs]
+    nc = store.num_classes
+    rows = [Row(j.name, j.ipc, [0.0] * len(j.seeds), per_class=[[0.0] * nc for _ in j.seeds])
+            for j in jobs]
     groups: dict = {}
     for a, j in enumerate(jobs):
         for i, ((x, y), s) in enumerate(zip(j.sets, j.seeds)):
@@ -351,8 +424,9 @@ def _run_jobs(jobs: list[_Job], store: ClipStore, test, device, net_cfg, progres
                 continue
             if not batched:
                 t0 = time.perf_counter()
-                rows[a].accs[i] = _train_one(x, y, s, store, test, j.cfg, j.epochs, device, j.soft,
-                                             j.descs[i], net_cfg, progress)
+                rows[a].accs[i], rows[a].per_class[i] = _train_one(
+                    x, y, s, store, test, j.cfg, j.epochs, device, j.soft, j.descs[i], net_cfg,
+                    progress)
                 rows[a].seconds += time.perf_counter() - t0
                 continue
             key = (j.cfg, j.epochs, j.soft, _input_kind(x), x.device)
@@ -360,9 +434,10 @@ def _run_jobs(jobs: list[_Job], store: ClipStore, test, device, net_cfg, progres
         if j.dp is not None:  # every process trains each of these students together
             t0 = time.perf_counter()
             for i, ((x, y), s) in enumerate(zip(j.sets, j.seeds)):
-                acc = _train_one(x, y, s, store, test, j.cfg, j.epochs, device, j.soft, j.descs[i],
-                                 net_cfg, progress, j.dp)
+                acc, per_class = _train_one(x, y, s, store, test, j.cfg, j.epochs, device, j.soft,
+                                            j.descs[i], net_cfg, progress, j.dp)
                 rows[a].accs[i] = acc if j.dp.main else 0.0
+                rows[a].per_class[i] = per_class if j.dp.main else [0.0] * nc
             rows[a].seconds += time.perf_counter() - t0
     for (cfg, epochs, soft, kind, _), members in groups.items():
         size = cap or auto_batch_students(cfg, store, net_cfg, min(cfg.batch, kind[0]), device)
@@ -370,13 +445,14 @@ def _run_jobs(jobs: list[_Job], store: ClipStore, test, device, net_cfg, progres
             part = members[c:c + size]
             names = sorted({jobs[a].name for a, _ in part}, key=[j.name for j in jobs].index)
             t0 = time.perf_counter()
-            accs = train_batch([jobs[a].sets[i] for a, i in part], [jobs[a].seeds[i] for a, i in part],
-                               store, test, cfg, epochs, device, soft, net_cfg,
-                               f"{len(part)} student{'s' if len(part) > 1 else ''} ({', '.join(names)})",
-                               progress)
+            accs, per_class = train_batch(
+                [jobs[a].sets[i] for a, i in part], [jobs[a].seeds[i] for a, i in part], store, test,
+                cfg, epochs, device, soft, net_cfg,
+                f"{len(part)} student{'s' if len(part) > 1 else ''} ({', '.join(names)})", progress)
             dt = (time.perf_counter() - t0) / len(part)
-            for (a, i), acc in zip(part, accs):
+            for (a, i), acc, pc in zip(part, accs, per_class):
                 rows[a].accs[i] = acc
+                rows[a].per_class[i] = pc
                 rows[a].seconds += dt
     return rows
 
@@ -398,7 +474,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         from vdfast.data.store import StoreError
 
         raise StoreError(f"store {store.name} has no test clips to evaluate on")
-    rep = Report(store.name, cfg.student, test=store.describe_test())
+    rep = Report(store.name, cfg.student, test=store.describe_test(), classes=list(store.classes))
     share = Share(dist)
     ipc = synset.ipc
     method = synset.meta.get("method", synset.kind)

@@ -62,6 +62,7 @@ class DMState:
     bank: object = None           # a vdfast.methods.dm_bank.Bank (None: a new network each step)
     bank_seed: int = 0
     bank_it: int = 0              # the bank's schedule position (saved in checkpoints)
+    heldout: object = None        # a vdfast.methods.dm_bank.HeldOut (None: not measured)
     dsa: str = ""                 # siamese augmentation of both batches (vdfast.augment; "": off)
 
 
@@ -79,6 +80,10 @@ class DM(Method):
             state.bank = dm_bank.setup_dm(self, store, cfg, device, state.net, state.pool,
                                           state.pool.classes, state.chunk, state.dist.main)
             state.bank_seed = cfg.seed
+            if cfg.dm_bank_heldout:  # the loss on networks the bank never shows the synset
+                state.heldout = dm_bank.setup_heldout(store, cfg, device, state.net, state.pool,
+                                                      state.pool.classes, state.chunk,
+                                                      state.dist.main)
         return state
 
     def _setup(self, synset, store, cfg, device):
@@ -104,8 +109,10 @@ class DM(Method):
         net, opt, pool = state.net, state.opt, state.pool
         aug = {}  # no augmentation unless state.dsa names one
         if state.bank is not None:  # the real side read from the bank; draws nothing from gen
-            from vdfast.methods.dm_bank import real_means
+            from vdfast.methods.dm_bank import measure_heldout, real_means
 
+            if state.heldout is not None and state.bank_it == 0:  # the curve's start
+                measure_heldout(state, synset, 0)
             real_feat, real_labels = real_means(state)
         else:
             reinit_(net, gen)
@@ -125,17 +132,31 @@ class DM(Method):
         loss.backward()
         state.dist.sum_grads_(state.params)
         opt.step()
+        if state.heldout is not None and state.heldout.due(state.bank_it):
+            from vdfast.methods.dm_bank import measure_heldout
+
+            measure_heldout(state, synset, state.bank_it)
         return loss.detach()
 
     def state_dict(self, state: DMState):
         extra = {"bank_it": state.bank_it} if state.bank is not None else {}
+        if state.heldout is not None:
+            extra["heldout"] = state.heldout.state_dict()
         return {"opt": state.opt.state_dict(), **extra}
 
     def load_state_dict(self, state: DMState, saved):
         state.opt.load_state_dict(saved["opt"])
         if state.bank is not None:
             state.bank_it = saved["bank_it"]
+        if state.heldout is not None:
+            state.heldout.load_state_dict(saved["heldout"])
 
     def report(self, state: DMState) -> dict:
-        """The network bank's size, build time and cache use (when DM runs with a bank)."""
-        return {"dm_bank": state.bank.report()} if state.bank is not None else {}
+        """The network bank's size, build time and cache use (when DM runs with a bank), and the
+        held-out-network curve (``heldout``: when measured)."""
+        if state.bank is None:
+            return {}
+        rep = state.bank.report()
+        if state.heldout is not None:
+            rep["heldout"] = state.heldout.report()
+        return {"dm_bank": rep}

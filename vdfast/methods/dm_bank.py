@@ -34,6 +34,16 @@ killed build and its resume rebuilds the unfinished block's networks). A bank la
 :func:`vdfast.data.store.resident_budget` stays memory-mapped and each iteration reads only its
 network's rows.
 
+Held-out networks (``dm_bank_heldout`` H > 0, :class:`HeldOut`): does the synset fit the data or
+only the bank's K networks? H more random networks, drawn from generators seeded apart from the
+bank's (:func:`heldout_seed`) and fixed for the run, get their real class means like the bank's
+(same ``M``, kept in memory, float32); every ``dm_bank_heldout_every`` iterations, at the start and
+at the end the DM loop measures the synset's loss (:func:`bank_dm_loss`, no gradient, fixed
+pairing) averaged over them and over the bank's networks ``0 .. min(H, K) - 1``, and the run's
+history keeps both curves (``history["dm_bank"]["heldout"]``). A bank that is too small shows as a
+bank loss that falls while the held-out loss does not. The measurement draws nothing from the run's
+generators, so the synset is the same with it or without it.
+
 The random draws are device-specific (CUDA and CPU generators differ), so the device type is part
 of the key. ConvNet3D with ``norm="batch"`` embeds a clip depending on its batch, so the bank's
 means then differ from DM's chunked ones; the default ``none`` and ``instance`` do not.
@@ -414,6 +424,90 @@ def setup_dm(m, store, cfg, device, net, pool, classes: range, chunk: int, progr
     bank = build_bank(key, classes, device, fn, cache_root(m.run_dir), progress=progress,
                       desc=f"dm bank ({cfg.dm_bank} networks)")
     return bank
+
+
+# ----------------------------------------------------------------------------- held-out networks
+def heldout_seed(seed: int) -> int:
+    """The seed whose :func:`network_generator` streams define the held-out networks of run seed
+    ``seed`` (apart from the bank's: another mix of the run seed)."""
+    return _mix("vdfast-dm-bank-heldout", seed)
+
+
+@dataclass
+class HeldOut:
+    """The held-out networks of a DM run and the curve measured on them (see the module
+    docstring). ``records``: ``(iteration, bank loss, held-out loss)``, the losses as 0-d tensors
+    while the run goes (no host sync in the loop) or floats once checkpointed."""
+
+    means: Bank                         # the H held-out networks' real means (in memory)
+    seed: int                           # heldout_seed(run seed)
+    every: int                          # iterations between measurements (0: start and end only)
+    total: int                          # the run's iterations (the end's measurement)
+    records: list
+
+    def due(self, it: int) -> bool:
+        return it == 0 or it == self.total or (self.every > 0 and it % self.every == 0)
+
+    def state_dict(self) -> list:
+        return [[int(i), float(b), float(h)] for i, b, h in self.records]
+
+    def load_state_dict(self, saved: list) -> None:
+        """The records of a checkpoint, less the end measurement of a shorter run (resumed with
+        more iterations, the curve is the one of the run straight through)."""
+        self.records = [tuple(r) for r in saved
+                        if r[0] == 0 or (self.every > 0 and r[0] % self.every == 0)]
+
+    def report(self) -> dict:
+        recs = self.state_dict()
+        return {"networks": self.means.K, "every": self.every,
+                "at_iteration": [r[0] for r in recs], "bank_loss": [r[1] for r in recs],
+                "heldout_loss": [r[2] for r in recs]}
+
+
+def setup_heldout(store, cfg, device, net, pool, classes: range, chunk: int,
+                  progress: bool) -> HeldOut:
+    """The ``cfg.dm_bank_heldout`` held-out networks of a DM run: their real class means
+    (:func:`dm_means_fn` with :func:`heldout_seed`, ``cfg.dm_bank_clips`` clips), built in memory."""
+    H, seed = cfg.dm_bank_heldout, heldout_seed(cfg.seed)
+    key = {"K": H, "dtype": "float32"}
+    fn = dm_means_fn(net, store, pool, classes, cfg.dm_bank_clips, seed, device, chunk)
+    means = build_bank(key, classes, device, fn, None, progress=progress,
+                       desc=f"dm bank: {H} held-out networks")
+    return HeldOut(means, seed, cfg.dm_bank_heldout_every, cfg.iterations, [])
+
+
+@torch.no_grad()
+def measure_heldout(state, synset, it: int) -> None:
+    """Append ``(it, bank loss, held-out loss)`` to ``state.heldout.records``: the DM loss of the
+    synset's videos (fixed pairing, its generator untouched) averaged over the bank's networks
+    ``0 .. min(H, K) - 1`` and over the held-out networks, summed over every process's classes."""
+    from vdfast.methods.base import reinit_
+    from vdfast.methods.dm import embed
+
+    ho, bank, net = state.heldout, state.bank, state.net
+    training = synset.training
+    synset.eval()
+    try:
+        syn, labels = synset.videos()
+    finally:
+        synset.train(training)
+    if state.own is not None:
+        syn, labels = syn[state.own], labels[state.own]
+    nc = state.pool.num_classes
+
+    def mean_loss(means_of, seed, ks):
+        total = None
+        for k in ks:
+            reinit_(net, network_generator(seed, k, bank.device))
+            loss = bank_dm_loss(means_of(k), bank.classes, embed(net, syn), labels, nc)
+            total = loss if total is None else total + loss
+        return total / len(ks)
+
+    both = torch.stack([mean_loss(bank.means, state.bank_seed, range(min(ho.means.K, bank.K))),
+                        mean_loss(ho.means.means, ho.seed, range(ho.means.K))]).float()
+    if state.dist.active:
+        both = state.dist.all_reduce_(both)
+    ho.records.append((it, both[0], both[1]))
 
 
 def real_means(state) -> tuple[torch.Tensor, torch.Tensor]:
