@@ -187,7 +187,7 @@ def train_stats(store, per_class: int = 32) -> tuple[float, float]:
     n = s1 = s2 = 0.0
     for c in range(store.num_classes):
         k = min(per_class, store.counts("train")[c])
-        x = normalize_clips(torch.from_numpy(np.ascontiguousarray(store.clips("train", c)[:k])),
+        x = normalize_clips(torch.from_numpy(np.array(store.clips("train", c)[:k])),
                             store.mean, store.std).double()
         n, s1, s2 = n + x.numel(), s1 + float(x.sum()), s2 + float(x.pow(2).sum())
     m = s1 / max(n, 1)

@@ -178,7 +178,7 @@ class Compose(Method):
                     for s in range(c.segments):
                         v, p = int(slots[j, s, 0]), starts[int(slots[j, s, 1])]
                         videos[k * ipc + j, s * L:(s + 1) * L] = torch.from_numpy(
-                            np.ascontiguousarray(clips[v, p:p + L]))
+                            np.array(clips[v, p:p + L]))
                 picked[k] = torch.stack([slots[..., 0], torch.tensor(starts)[slots[..., 1]]], -1)
                 pb.update(1)
                 sig = checkpoint.interrupt_requested()
@@ -226,7 +226,7 @@ class Compose(Method):
             except (OSError, ValueError) as e:
                 log.warning("compose: cached scores %s unreadable (%s); scored again", f, e)
         clips = store.clips("train", k)
-        out = [score_segments(teacher, torch.from_numpy(np.ascontiguousarray(clips[s:s + c.chunk])),
+        out = [score_segments(teacher, torch.from_numpy(np.array(clips[s:s + c.chunk])),
                               k, c.segments, starts, store.mean, store.std, stats, c.score)
                for s in range(0, clips.shape[0], c.chunk)]
         scores = torch.cat(out)
