@@ -284,7 +284,7 @@ def main(argv=None) -> list[dict]:
                 else run_job(a, store, method, ipc, seed, meta))
         _append(rows_path, {"job": key, "rows": rows})
         done[key] = rows
-        accs = [r["accuracy"] for r in rows]
+        accs = [r["accuracy"] for r in rows if r["method"] == rows[0]["method"]]
         tqdm.write(f"{key}: {statistics.fmean(accs):.1f} ± {_std(accs):.1f} "
                    f"({len(accs)} students, {time.perf_counter() - t0:.0f} s)")
         write_outputs(a, [r for rs in done.values() for r in rs])
