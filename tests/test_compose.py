@@ -175,3 +175,23 @@ def test_two_ranks_give_the_one_rank_synset(tmp_path):
     same = (two.pixels == one.pixels).flatten(1).all(1).float().mean()
     assert same > 0.8, same
     assert two.meta["compose"]["picked"].keys() == one.meta["compose"]["picked"].keys()
+
+
+@pytest.mark.slow  # two child processes
+def test_scale_benchmark_records_time_and_peak_memory_per_class_count(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import compose_scale
+
+    out = compose_scale.main(["--classes", "3,6", "--per-class", "6", "--ipc", "2", "--width", "4",
+                              "--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")])
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert [r["classes"] for r in saved["rows"]] == [3, 6] and saved["teacher_epoch_s"] > 0
+    for r in out["rows"]:
+        assert r["wall_s"] > 0 and r["peak_rss_mb"] > 0 and r["train_clips"] == 6 * r["classes"]
+    # the store is a real ClipStore the CLI can open
+    store = ClipStore.open(tmp_path / "work" / "store-6c-6x8x32")
+    assert store.num_classes == 6 and store.counts("train") == [6] * 6
