@@ -131,3 +131,25 @@ def test_teacher_record_reads_what_gvd_writes(tmp_path):
     assert train.soft_temperature(bare, EvalConfig(soft_temperature=3.0)) == 3.0
     assert train.soft_temperature(_Synset(meta), EvalConfig(soft_temperature=3.0)) == 2.5
     assert train.teacher_of(bare, None, "cpu") is None
+
+
+def test_a_split_larger_than_the_budget_is_streamed_and_trains_the_same_teacher(monkeypatch):
+    from vdfast.data import store as store_mod
+    from vdfast.data.store import ClipStore
+
+    s = ClipStore.builtin(train_per_class=5, test_per_class=1, frames=4, size=16)
+    x, y = s.tensors("train")
+    idx = torch.tensor([59, 0, 7, 33, 34, 5, 12])
+    assert torch.equal(s.rows("train", idx), x[idx])  # any order, across classes
+    cfg, net = EvalConfig(batch=16), NetConfig(width=4, depth=2)
+    resident = train.train_teacher(s, net, cfg, 2, 0, "cpu", progress=False)
+    assert isinstance(train.split_source(s, "train", "cpu"), train.Source)
+    monkeypatch.setattr(store_mod, "resident_budget", lambda device: 0)
+    src = train.split_source(s, "train", "cpu")
+    assert isinstance(src, train.StoreSplit) and len(src) == 60
+    xb, yb = src.batch(idx)
+    torch.testing.assert_close(xb, train.Source(x, y, s.mean, s.std).batch(idx)[0])
+    assert torch.equal(yb, y[idx])
+    streamed = train.train_teacher(s, net, cfg, 2, 0, "cpu", progress=False)
+    for a, b in zip(resident.state_dict().values(), streamed.state_dict().values()):
+        assert torch.equal(a, b)

@@ -184,6 +184,22 @@ class ClipStore:
         labels = torch.cat([torch.full((p.shape[0],), c, dtype=torch.long) for c, p in zip(classes, parts)])
         return torch.from_numpy(data).to(device), labels.to(device)
 
+    def rows(self, split: str, idx) -> torch.Tensor:
+        """uint8 ``[len(idx), T, H, W, 3]``: the clips at ``idx`` (row numbers of the whole split,
+        class-major, as :meth:`tensors` numbers them), read class by class from the class arrays
+        (memory-mapped: only these clips are read)."""
+        self._check_split(split)
+        idx = torch.as_tensor(idx, dtype=torch.long).cpu()
+        offsets = np.cumsum([0] + self.counts(split))
+        order = idx.argsort()
+        flat = idx[order].numpy()
+        cls = np.searchsorted(offsets, flat, side="right") - 1
+        out = torch.empty((len(flat), self.frames, self.size, self.size, 3), dtype=torch.uint8)
+        for c in np.unique(cls):
+            at = np.nonzero(cls == c)[0]
+            out[at] = torch.from_numpy(np.asarray(self.arrays[split][c][flat[at] - offsets[c]]))
+        return out[order.argsort()]
+
     def random_clips(self, per_class: int, gen: torch.Generator, split: str = "train"):
         """``per_class`` random clips of every class (without replacement), class-major:
         (uint8 ``[nc * per_class, T, H, W, 3]``, labels). Draws from ``gen`` (a CPU generator)."""

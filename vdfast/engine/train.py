@@ -60,12 +60,48 @@ class Source:
     def __len__(self):
         return self.x.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
     def batch(self, idx):
         """The examples ``idx`` (an index tensor or a slice): (float videos, targets)."""
         x = self.x[idx]
         if x.dtype == torch.uint8:
             x = normalize_clips(x, self.mean, self.std)
         return x, self.y[idx]
+
+
+class StoreSplit:
+    """A store's split as training examples (hard labels) read batch by batch from its
+    memory-mapped class files (:meth:`~vdfast.data.store.ClipStore.rows`): memory of one batch,
+    the same batches as a :class:`Source` of the whole split (:func:`split_source` picks)."""
+
+    def __init__(self, store, split: str, device):
+        self.store, self.split, self.device = store, split, torch.device(device)
+        counts = torch.tensor(store.counts(split), dtype=torch.long)
+        self.y = torch.repeat_interleave(torch.arange(len(counts)), counts).to(self.device)
+
+    def __len__(self):
+        return int(self.y.numel())
+
+    def batch(self, idx):
+        x = self.store.rows(self.split, idx).to(self.device)
+        return normalize_clips(x, self.store.mean, self.store.std), self.y[idx]
+
+
+def split_source(store, split: str, device):
+    """The whole ``split`` of ``store`` to train on: one uint8 tensor on ``device`` when it fits
+    :func:`~vdfast.data.store.resident_budget` (``VDFAST_POOL_GB``), else streamed per batch
+    (:class:`StoreSplit`; Kinetics-400 at 16x112² is ~140 GiB of train clips). The same training
+    either way."""
+    from vdfast.data.store import resident_budget
+
+    clip = store.frames * store.size * store.size * 3
+    if sum(store.counts(split)) * clip <= resident_budget(device):
+        x, y = store.tensors(split, device)
+        return Source(x, y, store.mean, store.std)
+    return StoreSplit(store, split, device)
 
 
 def student_loss(out, y, soft: bool, tau: float, total: int = 0) -> torch.Tensor:
@@ -115,7 +151,7 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
 
     def epoch(_):
         nonlocal loss
-        perm = torch.randperm(n, generator=gen).to(source.x.device)
+        perm = torch.randperm(n, generator=gen).to(source.device)
         for s in range(steps):
             idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
             total = 0
@@ -168,11 +204,11 @@ def train_teacher(store, net_cfg, eval_cfg, epochs: int, seed: int, device,
     if have:
         net.load_state_dict(checkpoint.load_weights(f, device, "the teacher is trained again"))
         return net.eval()
-    x, y = store.tensors("train", device)
+    source = split_source(store, "train", device)
     ecfg = dataclasses.replace(eval_cfg, epochs=epochs)
     with torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(seed * 31 + 5)
-        train_student(net, Source(x, y, store.mean, store.std), ecfg, epochs,
+        train_student(net, source, ecfg, epochs,
                       torch.Generator().manual_seed(seed * 31 + 6), desc="gvd teacher",
                       progress=progress and (dp is None or dp.main), dist=dp)
     if cache is not None and (dp is None or dp.main):
