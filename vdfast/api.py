@@ -155,6 +155,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
     device = dist.device
     m = methods.get(cfg.method)
     m.dist = dist
+    cfg = m.for_device(cfg, device)  # e.g. gvd.attention auto -> the backend; before --out exists
     if dist.active and m.iterative and not m.shardable:
         raise ConfigError(f"method {cfg.method} does not run on {dist.world} processes yet; "
                            f"launch it as a single process")

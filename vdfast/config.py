@@ -361,6 +361,11 @@ class GVDConfig:
                                  "select)")
     store_as: str = _f("uint8", "decoded videos kept as uint8 pixels or fp16 normalised")
     keep_latents: bool = _f(False, "also store the fp16 latents in the synset")
+    attention: str = _f("auto", "the generator's attention: auto | xformers | sdpa (auto: xformers' "
+                                "memory_efficient_attention on a CUDA device when xformers imports, "
+                                "else torch's scaled_dot_product_attention; the two agree to float "
+                                "rounding). The backend that ran is recorded in the run's config.json "
+                                "and the synset's gvd metadata")
 
     def __post_init__(self):
         _name("gvd generator", self.generator, "generator")
@@ -369,6 +374,7 @@ class GVDConfig:
         _choice("gvd prediction", self.prediction, ("eps", "v"))
         _choice("gvd lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _choice("gvd store_as", self.store_as, ("uint8", "fp16"))
+        _choice("gvd attention", self.attention, ("auto", "xformers", "sdpa"))
         _choice("gvd ae_down", self.ae_down, (2, 4, 8, 16))
         for n in ("ae_width", "ae_steps", "ae_batch", "ae_lr", "patch", "gen_steps", "gen_batch",
                   "gen_lr", "train_timesteps", "steps", "segments", "select", "kmeans_iters", "chunk",
