@@ -496,9 +496,16 @@ def _generator_names():
     return tuple(PRESETS)
 
 
+def _layout_names():
+    from vdfast.data.layouts import LAYOUTS
+
+    return ("auto", *LAYOUTS)
+
+
 # the registries whose names configs hold (config imports none of them; looked up when checked)
 register_names("method", _method_names)
 register_names("student", _student_names)
 register_names("generator", _generator_names)
+register_names("layout", _layout_names)
 
 __all__ = ["distill", "evaluate", "prepare", "load", "open_data", "Result", "EvalConfig", "from_dict"]

@@ -50,7 +50,8 @@ _NAMES: dict[str, Callable[[], Iterable[str]]] = {}
 
 def register_names(registry: str, names: Callable[[], Iterable[str]]) -> None:
     """Declare where the names of ``registry`` come from: ``"method"`` (the method registry),
-    ``"student"`` (student architectures), ``"generator"`` (GVD's generator sizes). ``names`` is
+    ``"student"`` (student architectures), ``"generator"`` (GVD's generator sizes), ``"layout"``
+    (dataset layouts of ``vdfast prepare``, with ``auto``). ``names`` is
     called when a config naming one is built (a late lookup: the registry is imported then)."""
     _NAMES[registry] = names
 
@@ -568,6 +569,8 @@ class PrepareConfig:
             v = getattr(self, n)
             if v is not None and not isinstance(v, str):
                 raise ConfigError(f"prepare {n}={v!r} must be a string")
+        if self.layout not in (None, ""):  # checked against the layout registry before any folder exists
+            _name("prepare layout", self.layout, "layout")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
