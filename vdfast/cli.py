@@ -1,4 +1,4 @@
-"""The command line: ``vdfast prepare | distill | eval | experts | preview | bench | info``.
+"""The command line: ``vdfast prepare | distill | eval | experts | preview | export | bench | info``.
 
 Flags map one-to-one onto config fields (generated from the dataclasses, so a new field is a new
 flag, and its help is the field's doc): ``--lr-img`` is ``DistillConfig.lr_img``, ``--net-width`` is
@@ -139,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default=None, help="directory (default: beside the synset)")
     v.add_argument("--max-videos", type=int, default=64)
 
+    xp = sub.add_parser("export", help="write a synset's videos as mp4 files in a Hugging Face VideoFolder "
+                                       "tree (DIR/train/<class>/*.mp4 + metadata.jsonl)")
+    xp.add_argument("synset", help="synset directory (RUN/synset)")
+    xp.add_argument("dir", help="output folder (new or empty)")
+    xp.add_argument("--format", default="mp4", help="file format: mp4 (default: mp4)")
+    xp.add_argument("--fps", type=int, default=8, help="frame rate written into the files (default: 8)")
+    xp.add_argument("--crf", type=int, default=17,
+                    help="quality, lower is better (libx264's CRF; mapped onto mpeg4's quantiser) "
+                         "(default: 17)")
+    xp.add_argument("--pix-fmt", default="yuv420p",
+                    help="yuv420p (plays everywhere) | yuv444p (full colour resolution, libx264) "
+                         "(default: yuv420p)")
+
     b = sub.add_parser("bench", help="run the bundled benchmarks (from a source checkout)")
     b.add_argument("args", nargs="*", help="passed to benchmarks/run.py (--smoke, --only ops,dm,s2d-dm,mtt,"
                         "s2d-mtt,gvd,decode,eval, --workloads, --json, --compare, --scaling, --plot; "
@@ -192,6 +205,7 @@ def _user_errors() -> tuple:
     from vdfast.data.layouts import LayoutError
     from vdfast.data.store import StoreError
     from vdfast.engine.checkpoint import CheckpointError, DiskFullError, OutDirError, RunLockedError
+    from vdfast.videofolder import ExportError
     from vdfast.methods.experts import BufferError
     from vdfast.methods.static import StaticMemoryError
     from vdfast.ops.dispatch import BackendUnavailable
@@ -199,7 +213,7 @@ def _user_errors() -> tuple:
 
     return (ConfigError, StoreError, LayoutError, DecodeError, SynsetError, BufferError,
             StaticMemoryError, CheckpointError, DiskFullError, OutDirError, RunLockedError,
-            BackendUnavailable, FloatingPointError)
+            BackendUnavailable, ExportError, FloatingPointError)
 
 
 def _one_line(e: BaseException) -> str:
@@ -400,6 +414,12 @@ def _run(args) -> int:
         syn = vdfast.load(args.synset)
         paths = preview(syn, args.out or Path(args.synset).parent, max_videos=args.max_videos)
         print(f"wrote {paths['gif']} and {paths['png']}")
+        return 0
+    if args.cmd == "export":
+        r = vdfast.export(args.synset, args.dir, format=args.format, fps=args.fps, crf=args.crf,
+                          pix_fmt=args.pix_fmt)
+        print(f"wrote {r['videos']} videos ({r['codec']}, {r['pix_fmt']}) and {r['metadata']}; "
+              f"load with datasets.load_dataset(\"videofolder\", data_dir={str(args.dir)!r})")
         return 0
     if args.cmd == "eval":
         if args.out is not None:  # before the evaluation, not after it
