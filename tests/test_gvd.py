@@ -182,6 +182,9 @@ def test_distill_gvd_saves_a_loadable_generated_synset(store, tmp_path):
     assert back.meta["gvd"]["attention"] == "sdpa" and res.config.gvd.attention == "sdpa"
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["gvd"]["attention"] == "sdpa" and back.meta["config"]["gvd"]["attention"] == "sdpa"
+    from vdfast.api import _identity
+
+    assert "attention" not in _identity(res.config, store)["config"]["gvd"]  # resumes either way
 
 
 def test_gvd_attention_xformers_without_it_fails_at_the_start(store, tmp_path, monkeypatch, capsys):

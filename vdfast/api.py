@@ -92,6 +92,9 @@ def _identity(cfg: DistillConfig, store: ClipStore) -> dict:
     d.pop("eval")
     d.pop("device")
     d.pop("profile")
+    # GVD's attention backend changes float rounding only (like the stage caches, not keyed by it):
+    # a run resumes on a machine with or without xformers, and checkpoints from before the choice
+    d["gvd"].pop("attention", None)
     if not cfg.dm_bank_heldout:  # a measurement, off: checkpoints from before it existed resume
         d.pop("dm_bank_heldout")
         d.pop("dm_bank_heldout_every")
