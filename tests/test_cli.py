@@ -132,3 +132,64 @@ def test_config_is_a_leaf_module():
         SECTIONS["eval"](student="vit")
     with pytest.raises(ConfigError, match="gvd generator='XXL' is not one of"):
         SECTIONS["gvd"](generator="XXL")
+
+
+def _subparser(name):
+    import argparse
+
+    p = build_parser()
+    return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+def test_distill_help_is_grouped_by_config_section(capsys):
+    _help("distill")
+    text = capsys.readouterr().out
+    for title in ("run", "distill", *SECTIONS):
+        assert f"\n{title}:\n" in text, title
+    assert text.startswith("usage: vdfast distill [--data STORE]")
+    # each section's group holds exactly that section's flags
+    groups = {g.title: {o for a in g._group_actions for o in a.option_strings}
+              for g in _subparser("distill")._action_groups}
+    for name, cls in SECTIONS.items():
+        want = {"--" + f"{name}-{f.name}".replace("_", "-") for f in dataclasses.fields(cls)}
+        got = {o for o in groups[name] if not o.startswith(f"--no-{name}-")}
+        assert got == want, name
+    assert "--iterations" in groups["distill"] and "--data" in groups["run"]
+
+
+def test_every_distill_flag_still_parses():
+    """Every config field's flag, given a value of its type, reaches the run's overrides."""
+    from vdfast.cli import _overrides
+
+    argv, want = ["distill"], {}
+    for cls, prefix in ((DistillConfig, ""), *((c, n) for n, c in SECTIONS.items())):
+        for f in dataclasses.fields(cls):
+            if f.name in SECTIONS:
+                continue
+            flag = "--" + (f"{prefix}-{f.name}" if prefix else f.name).replace("_", "-")
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            d = f.default
+            if isinstance(d, bool):
+                argv.append(flag if not d else flag.replace("--", "--no-", 1))
+                want[key] = not d
+            else:
+                typ = f.metadata.get("cli_type", type(d))
+                value = "3" if d is None else str(d)
+                argv += [flag, value]
+                want[key] = typ(value)
+    ns = build_parser().parse_args(argv)
+    assert _overrides(ns) == want
+
+
+def test_unknown_layout_is_refused_before_any_folder(tmp_path, capsys):
+    src = tmp_path / "data"
+    src.mkdir()
+    out = tmp_path / "store"
+    assert main(["prepare", str(src), "--out", str(out), "--layout", "imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "layout='imagenet' is not one of: auto, ucf101" in err
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="layout"):
+        vdfast.prepare(src, out, layout="imagenet")
+    assert not out.exists()
+    assert PrepareConfig(layout="hmdb51").layout == "hmdb51"

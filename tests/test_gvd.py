@@ -1,6 +1,7 @@
 """GVD end to end at toy scale: modes keyed by label name, stage caching and resume, soft labels,
 the generated synset's save/load round trip."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -177,3 +178,29 @@ def test_distill_gvd_saves_a_loadable_generated_synset(store, tmp_path):
     assert torch.equal(back.pixels, res.synset.pixels.cpu())
     assert back.meta["gvd"]["stages"]["samples"] in {p.name.split("-")[1]
                                                     for p in (tmp_path / "w").glob("samples-*")}
+    # the attention backend that ran (auto on a CPU: sdpa) in the synset's metadata and config.json
+    assert back.meta["gvd"]["attention"] == "sdpa" and res.config.gvd.attention == "sdpa"
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["gvd"]["attention"] == "sdpa" and back.meta["config"]["gvd"]["attention"] == "sdpa"
+    from vdfast.api import _identity
+
+    assert "attention" not in _identity(res.config, store)["config"]["gvd"]  # resumes either way
+
+
+def test_gvd_attention_xformers_without_it_fails_at_the_start(store, tmp_path, monkeypatch, capsys):
+    from vdfast.cli import main
+    from vdfast.config import ConfigError
+    from vdfast.models import video_dit
+
+    monkeypatch.setattr(video_dit, "xformers_available", lambda: False)  # as where it is missing
+    with pytest.raises(ConfigError, match="xformers does not import"):
+        vdfast.distill(store, method="gvd", ipc=1, out=tmp_path / "run", progress=False,
+                       **{"gvd.attention": "xformers"})
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
+    with pytest.raises(ConfigError, match="is not one of"):
+        GVDConfig(attention="flash")
+    assert main(["distill", "--method", "gvd", "--gvd-attention", "xformers", "--out",
+                 str(tmp_path / "cli"), "--no-evaluate", "--no-preview"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "xformers does not import" in err
+    assert not (tmp_path / "cli").exists()

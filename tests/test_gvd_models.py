@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from vdfast.models.autoencoder import FrameAutoencoder
-from vdfast.models.video_dit import PRESETS, VideoDiT, attention
+from vdfast.config import ConfigError
+from vdfast.models import video_dit
+from vdfast.models.video_dit import PRESETS, VideoDiT, attention, resolve_attention
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny shapes (see conftest)
@@ -82,3 +84,46 @@ def test_frame_autoencoder_shapes(down, gen):
     assert ae.decode(z).shape == x.shape
     with pytest.raises(ValueError, match="down factor"):
         FrameAutoencoder(down=3)
+
+
+def test_attention_is_an_explicit_choice(gen, monkeypatch):
+    # CPU: auto and sdpa are SDPA; the same numbers as the per-call default
+    assert resolve_attention("auto", "cpu") == "sdpa" and resolve_attention("sdpa", "cpu") == "sdpa"
+    net = _random_dit(2, gen, attention="sdpa")
+    assert net.attention == "sdpa" and {b.attn.backend for b in net.blocks} == {"sdpa"}
+    x = torch.randn(2, 4, 4, 4, 4, generator=gen)
+    t, y = torch.tensor([3, 70]), torch.tensor([1, 5])
+    out = net(x, t, y)
+    assert torch.equal(net.set_attention("auto")(x, t, y), out)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        net.set_attention("flash")
+    with pytest.raises(ConfigError, match="is not one of"):
+        resolve_attention("flash", "cpu")
+    # xformers asked for: a one-line ConfigError where it cannot run
+    monkeypatch.setattr(video_dit, "xformers_available", lambda: False)
+    with pytest.raises(ConfigError, match="xformers does not import") as e:
+        resolve_attention("xformers", "cuda")
+    assert "\n" not in str(e.value)
+    assert resolve_attention("auto", "cuda") == "sdpa"  # auto without xformers: SDPA on CUDA too
+    monkeypatch.setattr(video_dit, "xformers_available", lambda: True)
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        resolve_attention("xformers", "cpu")
+    assert resolve_attention("auto", "cuda") == "xformers"
+
+
+@pytest.mark.gpu
+def test_xformers_and_sdpa_agree_on_cuda(gen):
+    """The two backends compute the same attention to float rounding (fp32: 1e-4 relative / absolute
+    on outputs of order 1), so a synset's numbers do not hinge on whether xformers is installed."""
+    if not video_dit.xformers_available():
+        pytest.skip("xformers is not installed (or has no kernels for this torch)")
+    q, k, v = (torch.randn(3, 37, 4, 32, generator=gen).cuda() for _ in range(3))
+    torch.testing.assert_close(attention(q, k, v, "xformers"), attention(q, k, v, "sdpa"),
+                               rtol=1e-4, atol=1e-4)
+    net = _random_dit(4, gen).cuda()
+    x = torch.randn(2, 4, 4, 4, 4, generator=gen).cuda()
+    t, y = torch.tensor([3, 700]).cuda(), torch.tensor([1, 5]).cuda()
+    with torch.no_grad():
+        a = net.set_attention("xformers")(x, t, y)
+        b = net.set_attention("sdpa")(x, t, y)
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)

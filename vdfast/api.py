@@ -92,6 +92,9 @@ def _identity(cfg: DistillConfig, store: ClipStore) -> dict:
     d.pop("eval")
     d.pop("device")
     d.pop("profile")
+    # GVD's attention backend changes float rounding only (like the stage caches, not keyed by it):
+    # a run resumes on a machine with or without xformers, and checkpoints from before the choice
+    d["gvd"].pop("attention", None)
     if not cfg.dm_bank_heldout:  # a measurement, off: checkpoints from before it existed resume
         d.pop("dm_bank_heldout")
         d.pop("dm_bank_heldout_every")
@@ -155,6 +158,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
     device = dist.device
     m = methods.get(cfg.method)
     m.dist = dist
+    cfg = m.for_device(cfg, device)  # e.g. gvd.attention auto -> the backend; before --out exists
     if dist.active and m.iterative and not m.shardable:
         raise ConfigError(f"method {cfg.method} does not run on {dist.world} processes yet; "
                            f"launch it as a single process")
@@ -495,9 +499,16 @@ def _generator_names():
     return tuple(PRESETS)
 
 
+def _layout_names():
+    from vdfast.data.layouts import LAYOUTS
+
+    return ("auto", *LAYOUTS)
+
+
 # the registries whose names configs hold (config imports none of them; looked up when checked)
 register_names("method", _method_names)
 register_names("student", _student_names)
 register_names("generator", _generator_names)
+register_names("layout", _layout_names)
 
 __all__ = ["distill", "evaluate", "prepare", "load", "open_data", "Result", "EvalConfig", "from_dict"]

@@ -1,4 +1,4 @@
-"""The command line: ``vdfast prepare | distill | eval | experts | preview | bench | info``.
+"""The command line: ``vdfast prepare | distill | eval | experts | preview | export | bench | info``.
 
 Flags map one-to-one onto config fields (generated from the dataclasses, so a new field is a new
 flag, and its help is the field's doc): ``--lr-img`` is ``DistillConfig.lr_img``, ``--net-width`` is
@@ -36,9 +36,18 @@ def _help(f: dataclasses.Field, default, preset: bool) -> str:
     return f"{field_doc(f)} (default: {shown}{note})".replace("%", "%%")
 
 
-def _add_fields(p: argparse.ArgumentParser, cls, prefix: str = "", skip=(), preset: bool = True):
-    """One flag per field of ``cls`` (``--<prefix><field>``), its help the field's doc. Unset flags
-    are None (the preset's or the dataclass's value applies)."""
+def _group(p: argparse.ArgumentParser, title: str, cls=None, prefix: str = ""):
+    """An argument group of ``p`` titled ``title``, described by the first line of ``cls``'s doc
+    (the config section its flags set) and the flags' prefix."""
+    doc = " ".join((cls.__doc__ or "").split()).replace("``", "") if cls is not None else ""
+    doc = doc.split(". ")[0].rstrip(".")  # the first sentence
+    desc = f"--{prefix}*: {doc}" if prefix else doc
+    return p.add_argument_group(title, desc.replace("%", "%%") or None)
+
+
+def _add_fields(p, cls, prefix: str = "", skip=(), preset: bool = True):
+    """One flag per field of ``cls`` (``--<prefix><field>``) on the parser or argument group ``p``,
+    its help the field's doc. Unset flags are None (the preset's or the dataclass's value applies)."""
     defaults = cls()
     for f in dataclasses.fields(cls):
         if f.name in _SKIP or f.name in skip:
@@ -83,22 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="store directory to write (resumable)")
     _add_fields(pr, PrepareConfig, preset=False)
 
-    d = sub.add_parser("distill", help="distill a store (default: the embedded dataset) and evaluate")
-    d.add_argument("--data", default=None, help="store directory, or `builtin` (default: builtin)")
-    d.add_argument("--out", default=None, help="run directory (default runs/<data>-<method>-ipc<k>)")
-    d.add_argument("--config", default=None, metavar="FILE",
+    d = sub.add_parser("distill", help="distill a store (default: the embedded dataset) and evaluate",
+                       description="Distill a store and evaluate the synset. The flags are grouped "
+                                   "by config section (DistillConfig and its sections in "
+                                   "vdfast.config); a section's flags are --<section>-<field>.",
+                       usage="%(prog)s [--data STORE] [--method METHOD] [--ipc K] [--out DIR] "
+                             "[options, grouped below]")
+    r = d.add_argument_group("run", "data, output directory, repeating a run, what happens after it")
+    r.add_argument("--data", default=None, help="store directory, or `builtin` (default: builtin)")
+    r.add_argument("--out", default=None, help="run directory (default runs/<data>-<method>-ipc<k>)")
+    r.add_argument("--config", default=None, metavar="FILE",
                    help="repeat a run: start from its saved config.json (its preset and data too, "
                         "unless --preset / --data are given); flags given here override the file")
-    d.add_argument("--preset", default=None, help=_PRESET_HELP)
-    d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+    r.add_argument("--preset", default=None, help=_PRESET_HELP)
+    r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/checkpoint when present")
-    d.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+    r.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
                    help="train fresh students afterwards and print the accuracy table")
-    d.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
+    r.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
                    help="write preview.gif / preview.png of the distilled videos")
-    _add_fields(d, DistillConfig)
+    _add_fields(d.add_argument_group("distill", "the method, its budget and optimiser, DM's options "
+                                     "(DistillConfig's own fields)"), DistillConfig)
     for name, cls in SECTIONS.items():
-        _add_fields(d, cls, name + "-")
+        _add_fields(_group(d, name, cls, name + "-"), cls, name + "-")
 
     e = sub.add_parser("eval", help="evaluate a saved synset on a store's test split")
     e.add_argument("synset", help="synset directory (RUN/synset)")
@@ -107,21 +123,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--preset", default="auto", help=_PRESET_HELP)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
-    _add_fields(e, NetConfig, "net-")
-    _add_fields(e, SECTIONS["eval"], "eval-")
+    _add_fields(_group(e, "net", NetConfig, "net-"), NetConfig, "net-")
+    _add_fields(_group(e, "eval", SECTIONS["eval"], "eval-"), SECTIONS["eval"], "eval-")
 
     x = sub.add_parser("experts", help="train MTT expert trajectories (a buffer) on a store")
     x.add_argument("--data", default="builtin")
     x.add_argument("--out", required=True, help="buffer directory (resumable)")
     x.add_argument("--preset", default="auto", help=_PRESET_HELP)
     x.add_argument("--device", default="auto")
-    _add_fields(x, NetConfig, "net-")
-    _add_fields(x, SECTIONS["mtt"], "mtt-")
+    _add_fields(_group(x, "net", NetConfig, "net-"), NetConfig, "net-")
+    _add_fields(_group(x, "mtt", SECTIONS["mtt"], "mtt-"), SECTIONS["mtt"], "mtt-")
 
     v = sub.add_parser("preview", help="write a GIF and a PNG grid of a synset's videos")
     v.add_argument("synset")
     v.add_argument("--out", default=None, help="directory (default: beside the synset)")
     v.add_argument("--max-videos", type=int, default=64)
+
+    xp = sub.add_parser("export", help="write a synset's videos as mp4 files in a Hugging Face VideoFolder "
+                                       "tree (DIR/train/<class>/*.mp4 + metadata.jsonl)")
+    xp.add_argument("synset", help="synset directory (RUN/synset)")
+    xp.add_argument("dir", help="output folder (new or empty)")
+    xp.add_argument("--format", default="mp4", help="file format: mp4 (default: mp4)")
+    xp.add_argument("--fps", type=int, default=8, help="frame rate written into the files (default: 8)")
+    xp.add_argument("--crf", type=int, default=17,
+                    help="quality, lower is better (libx264's CRF; mapped onto mpeg4's quantiser) "
+                         "(default: 17)")
+    xp.add_argument("--pix-fmt", default="yuv420p",
+                    help="yuv420p (plays everywhere) | yuv444p (full colour resolution, libx264) "
+                         "(default: yuv420p)")
 
     b = sub.add_parser("bench", help="run the bundled benchmarks (from a source checkout)")
     b.add_argument("args", nargs="*", help="passed to benchmarks/run.py (--smoke, --only ops,dm,s2d-dm,mtt,"
@@ -176,6 +205,7 @@ def _user_errors() -> tuple:
     from vdfast.data.layouts import LayoutError
     from vdfast.data.store import StoreError
     from vdfast.engine.checkpoint import CheckpointError, DiskFullError, OutDirError, RunLockedError
+    from vdfast.videofolder import ExportError
     from vdfast.methods.experts import BufferError
     from vdfast.methods.static import StaticMemoryError
     from vdfast.ops.dispatch import BackendUnavailable
@@ -183,7 +213,7 @@ def _user_errors() -> tuple:
 
     return (ConfigError, StoreError, LayoutError, DecodeError, SynsetError, BufferError,
             StaticMemoryError, CheckpointError, DiskFullError, OutDirError, RunLockedError,
-            BackendUnavailable, FloatingPointError)
+            BackendUnavailable, ExportError, FloatingPointError)
 
 
 def _one_line(e: BaseException) -> str:
@@ -384,6 +414,12 @@ def _run(args) -> int:
         syn = vdfast.load(args.synset)
         paths = preview(syn, args.out or Path(args.synset).parent, max_videos=args.max_videos)
         print(f"wrote {paths['gif']} and {paths['png']}")
+        return 0
+    if args.cmd == "export":
+        r = vdfast.export(args.synset, args.dir, format=args.format, fps=args.fps, crf=args.crf,
+                          pix_fmt=args.pix_fmt)
+        print(f"wrote {r['videos']} videos ({r['codec']}, {r['pix_fmt']}) and {r['metadata']}; "
+              f"load with datasets.load_dataset(\"videofolder\", data_dir={str(args.dir)!r})")
         return 0
     if args.cmd == "eval":
         if args.out is not None:  # before the evaluation, not after it

@@ -50,7 +50,8 @@ _NAMES: dict[str, Callable[[], Iterable[str]]] = {}
 
 def register_names(registry: str, names: Callable[[], Iterable[str]]) -> None:
     """Declare where the names of ``registry`` come from: ``"method"`` (the method registry),
-    ``"student"`` (student architectures), ``"generator"`` (GVD's generator sizes). ``names`` is
+    ``"student"`` (student architectures), ``"generator"`` (GVD's generator sizes), ``"layout"``
+    (dataset layouts of ``vdfast prepare``, with ``auto``). ``names`` is
     called when a config naming one is built (a late lookup: the registry is imported then)."""
     _NAMES[registry] = names
 
@@ -361,6 +362,11 @@ class GVDConfig:
                                  "select)")
     store_as: str = _f("uint8", "decoded videos kept as uint8 pixels or fp16 normalised")
     keep_latents: bool = _f(False, "also store the fp16 latents in the synset")
+    attention: str = _f("auto", "the generator's attention: auto | xformers | sdpa (auto: xformers' "
+                                "memory_efficient_attention on a CUDA device when xformers imports, "
+                                "else torch's scaled_dot_product_attention; the two agree to float "
+                                "rounding). The backend that ran is recorded in the run's config.json "
+                                "and the synset's gvd metadata")
 
     def __post_init__(self):
         _name("gvd generator", self.generator, "generator")
@@ -369,6 +375,7 @@ class GVDConfig:
         _choice("gvd prediction", self.prediction, ("eps", "v"))
         _choice("gvd lr_schedule", self.lr_schedule, ("constant", "cosine"))
         _choice("gvd store_as", self.store_as, ("uint8", "fp16"))
+        _choice("gvd attention", self.attention, ("auto", "xformers", "sdpa"))
         _choice("gvd ae_down", self.ae_down, (2, 4, 8, 16))
         for n in ("ae_width", "ae_steps", "ae_batch", "ae_lr", "patch", "gen_steps", "gen_batch",
                   "gen_lr", "train_timesteps", "steps", "segments", "select", "kmeans_iters", "chunk",
@@ -562,6 +569,8 @@ class PrepareConfig:
             v = getattr(self, n)
             if v is not None and not isinstance(v, str):
                 raise ConfigError(f"prepare {n}={v!r} must be a string")
+        if self.layout not in (None, ""):  # checked against the layout registry before any folder exists
+            _name("prepare layout", self.layout, "layout")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

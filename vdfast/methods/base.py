@@ -38,6 +38,12 @@ class Method:
     def full_name(self) -> str:
         return self.name if self.parametrization == "pixel" else f"{self.parametrization}-{self.name}"
 
+    def for_device(self, cfg, device):
+        """The config this run uses on ``device``, called by :func:`vdfast.distill` before any
+        output is written: checks that need the device, and ``auto`` choices made concrete (so the
+        saved config says what ran). Default: ``cfg`` as it is."""
+        return cfg
+
     def init(self, store: ClipStore, cfg, device, gen: torch.Generator):
         from vdfast.synsets import make
 

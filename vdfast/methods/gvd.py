@@ -295,7 +295,7 @@ def build_generator(g, labels: list[str], frames: int, latent_shape):
 
     c, s = latent_shape[0], latent_shape[-1]
     return VideoDiT.from_preset(g.generator, len(labels), frames, s, channels=c, patch=g.patch,
-                                class_tokens=g.class_tokens)
+                                class_tokens=g.class_tokens, attention=g.attention)
 
 
 def generator_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, ab: torch.Tensor,
@@ -586,11 +586,22 @@ class GVD(Method):
                              work.stage("teacher", self.stage_identities(store, cfg)["teacher"]),
                              progress, dist)
 
+    def for_device(self, cfg, device):
+        """``gvd.attention`` resolved for ``device`` (``auto`` -> xformers or sdpa); a one-line
+        ConfigError when ``xformers`` is asked for and cannot run."""
+        from vdfast.models.video_dit import resolve_attention
+
+        backend = resolve_attention(cfg.gvd.attention, device)
+        if backend == cfg.gvd.attention:
+            return cfg
+        return dataclasses.replace(cfg, gvd=dataclasses.replace(cfg.gvd, attention=backend))
+
     def init(self, store, cfg, device, gen, progress: bool = True):
         """Runs (or loads) every stage; ``gen`` is unused: each stage draws from its own generator
         seeded by ``cfg.seed``, so cached and fresh stages agree."""
         from vdfast.synsets.generated import GeneratedSynset
 
+        cfg = self.for_device(cfg, device)  # distill did this already; direct callers may not have
         g, seed = cfg.gvd, cfg.seed
         if store.frames % g.segments:
             raise ValueError(f"gvd segments={g.segments} must divide the clip's {store.frames} frames")
@@ -662,6 +673,7 @@ class GVD(Method):
         meta = {"method": self.name, "ipc": cfg.ipc, "dataset": store.name,
                 "gvd": {"workdir": str(work.root) if work.root else None,
                         "temperature": g.temperature, "segments": g.segments, "select": g.select,
+                        "attention": g.attention,  # the backend that ran (auto resolved)
                         "stages": {k: v and identity_key(v) for k, v in ids.items()}}}
         if teacher is not None:  # how to rebuild the teacher (evaluation.teacher_of) without the cache
             meta["gvd"]["teacher"] = {k: ids["teacher"][k] for k in ("net", "epochs", "seed", "eval")}

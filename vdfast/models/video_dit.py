@@ -10,8 +10,11 @@ classifier-free guidance; with ``class_tokens`` the class embedding is also adde
 adaLN modulation alone). The output has the input's shape: the predicted noise epsilon or the
 velocity v, as the network was trained (``vdfast.methods.gvd.train_generator``).
 
-Attention uses xformers' ``memory_efficient_attention`` on CUDA when it imports, and
-``torch.nn.functional.scaled_dot_product_attention`` elsewhere (xformers has no CPU kernel).
+Attention is a choice (``attention=``, GVD's ``--gvd-attention``): ``sdpa``
+(``torch.nn.functional.scaled_dot_product_attention``), ``xformers`` (xformers'
+``memory_efficient_attention``, CUDA only: xformers has no CPU kernel) or ``auto`` (xformers on a CUDA
+tensor when xformers imports, SDPA otherwise). The two agree to float rounding, not bit for bit;
+:func:`resolve_attention` turns a choice into the backend a device will use.
 
 Example::
 
@@ -48,12 +51,50 @@ def _xformers_attention():
         return None
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Multi-head attention, ``[B, L, H, d]`` in and out (xformers' BMHK layout)."""
-    if q.is_cuda:
+ATTENTION = ("auto", "xformers", "sdpa")  # the choices of VideoDiT(attention=...) and gvd.attention
+
+
+def xformers_available() -> bool:
+    """Whether xformers' ``memory_efficient_attention`` imports here."""
+    return _xformers_attention() is not None
+
+
+def resolve_attention(choice: str, device) -> str:
+    """The backend (``xformers`` | ``sdpa``) that ``choice`` (one of :data:`ATTENTION`) uses on
+    ``device``: ``auto`` is xformers on CUDA when it imports, else SDPA. A
+    :class:`vdfast.config.ConfigError` (one line) when ``xformers`` is asked for and cannot run: not
+    importable, or not a CUDA device."""
+    from vdfast.config import ConfigError
+
+    if choice not in ATTENTION:
+        raise ConfigError(f"gvd attention={choice!r} is not one of: {', '.join(ATTENTION)}")
+    cuda = torch.device(device).type == "cuda"
+    if choice == "xformers":
+        if not xformers_available():
+            raise ConfigError("gvd attention=xformers, but xformers does not import here (install "
+                              "xformers built for this torch), or pass --gvd-attention sdpa or auto")
+        if not cuda:
+            raise ConfigError(f"gvd attention=xformers needs a CUDA device (xformers has no CPU "
+                              f"kernel), the run's device is {torch.device(device)}; pass "
+                              f"--gvd-attention sdpa or auto")
+        return "xformers"
+    if choice == "auto":
+        return "xformers" if cuda and xformers_available() else "sdpa"
+    return "sdpa"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Multi-head attention, ``[B, L, H, d]`` in and out (xformers' BMHK layout). ``backend``:
+    ``sdpa``, ``xformers`` or ``auto`` (xformers for CUDA tensors when it imports, else SDPA)."""
+    if backend == "auto":
+        backend = "xformers" if q.is_cuda and xformers_available() else "sdpa"
+    if backend == "xformers":
         mea = _xformers_attention()
-        if mea is not None:
-            return mea(q, k, v)
+        if mea is None:
+            raise RuntimeError("attention backend xformers: xformers does not import")
+        return mea(q, k, v)
+    if backend != "sdpa":
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(ATTENTION)}")
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
 
@@ -96,13 +137,14 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
+        self.backend = "auto"  # set by VideoDiT.set_attention
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D]
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).unbind(2)
-        return self.proj(attention(q, k, v).reshape(B, L, D))
+        return self.proj(attention(q, k, v, self.backend).reshape(B, L, D))
 
 
 def _modulate(x, shift, scale):
@@ -148,11 +190,13 @@ class VideoDiT(nn.Module):
         patch: patch side (``latent_size % patch == 0``).
         width, depth, heads: transformer size (or use :meth:`from_preset`).
         class_tokens: also add the class embedding to every input token.
+        attention: ``auto`` | ``xformers`` | ``sdpa`` (see the module docstring); not a weight:
+            :meth:`set_attention` changes it on a built network.
     """
 
     def __init__(self, num_classes: int, frames: int, latent_size: int, channels: int = 4,
                  patch: int = 2, width: int = 64, depth: int = 4, heads: int = 4,
-                 class_tokens: bool = False):
+                 class_tokens: bool = False, attention: str = "auto"):
         super().__init__()
         if latent_size % patch:
             raise ValueError(f"latent size {latent_size} is not divisible by the patch {patch}")
@@ -174,14 +218,26 @@ class VideoDiT(nn.Module):
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.out = nn.Linear(width, patch * patch * channels)
         self._init_weights()
+        self.set_attention(attention)
+
+    def set_attention(self, backend: str) -> "VideoDiT":
+        """Every block's attention backend: ``auto`` | ``xformers`` | ``sdpa``."""
+        if backend not in ATTENTION:
+            raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(ATTENTION)}")
+        self.attention = backend
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.backend = backend
+        return self
 
     @classmethod
     def from_preset(cls, size: str, num_classes: int, frames: int, latent_size: int,
-                    channels: int = 4, patch: int = 2, class_tokens: bool = False) -> "VideoDiT":
+                    channels: int = 4, patch: int = 2, class_tokens: bool = False,
+                    attention: str = "auto") -> "VideoDiT":
         if size not in PRESETS:
             raise ValueError(f"unknown generator size {size!r}; choose from {', '.join(PRESETS)}")
         w, d, h = PRESETS[size]
-        return cls(num_classes, frames, latent_size, channels, patch, w, d, h, class_tokens)
+        return cls(num_classes, frames, latent_size, channels, patch, w, d, h, class_tokens, attention)
 
     @property
     def null_class(self) -> int:

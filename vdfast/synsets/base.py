@@ -8,7 +8,14 @@ method made them), and reports its storage. On disk a synset is a directory::
     synset.json          kind, method, ipc, class names, frames, size, normalisation, storage, config,
                          vdfast version
 
-so that a synset made on one machine loads and evaluates on another (``vdfast.load``).
+so that a synset made on one machine loads and evaluates on another (``vdfast.load``). The
+safetensors header's ``metadata`` repeats what a reader without vdfast needs (all strings, lists as
+JSON): ``format`` (``vdfast.synset``), ``format_version``, ``kind``, ``vdfast``, ``classes``,
+``mean``, ``std``, ``frames``, ``size``, ``num_videos``, ``soft_labels`` (``true``/``false``),
+``method`` and ``ipc``; ``safetensors.safe_open(path, "pt").metadata()`` reads it.
+
+Outside vdfast: :meth:`Synset.dataset` is a ``torch.utils.data.Dataset`` of the rendered videos and
+their labels; :func:`vdfast.export` writes them as video files (a Hugging Face VideoFolder tree).
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils.data
 
 from vdfast.version import __version__
 
@@ -111,6 +119,51 @@ class Synset(nn.Module):
                 "video_bytes_fp32": pixels * 4, "ratio_vs_fp32_videos": stored / (pixels * 4),
                 "fp32_mib": stored / 2**20, "soft_label_bytes": soft}
 
+    @torch.no_grad()
+    def render(self, uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every video rendered once, detached, on the CPU, with its hard label: float
+        ``[N, C, T, H, W]`` in normalised space (:meth:`videos`), or with ``uint8`` the pixels
+        ``round(255 * denormalize(x))`` as ``torch.uint8`` (what :func:`vdfast.preview` shows and
+        :func:`vdfast.export` encodes)."""
+        was = self.training
+        self.eval()
+        try:
+            v, y = self.videos()
+        finally:
+            self.train(was)
+        v = v.detach().float().cpu()
+        if uint8:
+            v = (self.denormalize(v) * 255 + 0.5).floor_().to(torch.uint8)
+        return v, y.detach().cpu().long()
+
+    def dataset(self, uint8: bool = False, soft: bool | None = None) -> "SynsetDataset":
+        """The synset as a ``torch.utils.data.Dataset`` of ``(video, target)`` for a plain
+        training loop (``DataLoader(synset.dataset(), batch_size=..., shuffle=True)``).
+
+        video: ``[C, T, H, W]`` float in the normalised space the networks see (the synset's
+        ``mean``/``std``), or with ``uint8`` the ``torch.uint8`` pixels. target: the hard label (a
+        long), or with ``soft`` the soft label vector ``[classes]`` (float); ``soft=None``: soft
+        labels where the synset has them, else hard. The videos are rendered once, here (a
+        parametrised synset, s2d or generated, is not re-rendered per item)."""
+        if soft and self.soft_labels is None:
+            raise SynsetError(f"this {self.kind} synset has no soft labels (made by "
+                              f"{self.meta.get('method', 'its method')}); pass soft=False")
+        use_soft = self.soft_labels is not None if soft is None else bool(soft)
+        videos, labels = self.render(uint8)
+        targets = self.soft_labels.detach().float().cpu() if use_soft else labels
+        return SynsetDataset(videos, targets, labels, self.classes, self.mean, self.std)
+
+    def safetensors_metadata(self) -> dict[str, str]:
+        """The safetensors header's ``metadata`` (strings only): kind, classes, normalisation and
+        the clip format, readable without vdfast (see the module docstring)."""
+        return {"format": "vdfast.synset", "format_version": str(SYNSET_FORMAT), "kind": self.kind,
+                "vdfast": __version__, "classes": json.dumps(self.classes),
+                "mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std)),
+                "frames": str(self.frames), "size": str(self.size),
+                "num_videos": str(int(self.labels.numel())),
+                "soft_labels": "true" if self.soft_labels is not None else "false",
+                "method": str(self.meta.get("method", "")), "ipc": str(self.ipc)}
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``[N, C, T, H, W]`` -> [0, 1] pixels."""
         m = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1, 1)
@@ -134,7 +187,7 @@ class Synset(nn.Module):
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(tmp / "synset.safetensors"))
+        save_file(tensors, str(tmp / "synset.safetensors"), metadata=self.safetensors_metadata())
         (tmp / "synset.json").write_text(json.dumps(self.header(), indent=1, default=str))
         if path.exists():
             old = path.with_name(path.name + ".old")
@@ -154,6 +207,23 @@ class Synset(nn.Module):
 
 class SynsetError(ValueError):
     pass
+
+
+class SynsetDataset(torch.utils.data.Dataset):
+    """``(video, target)`` pairs of a rendered synset (:meth:`Synset.dataset`). Attributes:
+    ``videos`` ``[N, C, T, H, W]``, ``targets`` (hard ``[N]`` or soft ``[N, classes]``), ``labels``
+    (hard, always), ``classes``, ``mean``, ``std`` (to denormalise a float video)."""
+
+    def __init__(self, videos: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+                 classes: Sequence[str], mean, std):
+        self.videos, self.targets, self.labels = videos, targets, labels
+        self.classes, self.mean, self.std = list(classes), tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i):
+        return self.videos[i], self.targets[i]
 
 
 def load(path: str | os.PathLike, device="cpu") -> Synset:
