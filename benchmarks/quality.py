@@ -1,7 +1,7 @@
 """The quality benchmark: does a distilled set beat what a user gets for free?
 
     python benchmarks/quality.py                    # = vdfast bench --only quality (hours on a 2-core CPU)
-    python benchmarks/quality.py --smoke            # 3 classes, dm and random at ipc 1 (under a minute)
+    python benchmarks/quality.py --smoke            # 3 classes, compose, dm and random at ipc 1
     python benchmarks/quality.py --split val --methods dm --ipcs 1 --set lr_img=30   # tuning: never test
     python benchmarks/quality.py --report           # rewrite the JSON's table, doc and plots only
 
@@ -63,7 +63,7 @@ def _value(v: str):
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="3 classes, dm and random at ipc 1, 1 seed, "
+    p.add_argument("--smoke", action="store_true", help="3 classes, compose, dm and random at ipc 1, 1 seed, "
                                                         "1 student, in a temporary folder")
     p.add_argument("--methods", default=",".join(METHODS + CORESETS), help="comma list (coresets included)")
     p.add_argument("--ipcs", default="1,5,10")
@@ -93,7 +93,7 @@ def parse(argv=None) -> argparse.Namespace:
         import tempfile
 
         tmp = tempfile.mkdtemp(prefix="vdfast-quality-smoke-")
-        a.methods, a.ipcs, a.seeds, a.students = "dm,random", "1", "0", 1
+        a.methods, a.ipcs, a.seeds, a.students = "compose,dm,random", "1", "0", 1
         a.dataset, a.stores, a.workdir = (os.path.join(tmp, "photomotion"), os.path.join(tmp, "stores"),
                                           os.path.join(tmp, "runs"))
         a.json, a.doc = os.path.join(tmp, "quality.json"), os.path.join(tmp, "quality.md")

@@ -138,6 +138,28 @@ def test_quality_harness_writes_rows_and_resumes(tmp_path):
     assert "| herding |" in doc and "motion-only classes (%)" not in doc
 
 
+def test_quality_harness_puts_random_real_with_composes_teacher_beside_it(tmp_path):
+    args = ["--methods", "compose", "--ipcs", "1", "--seeds", "0", "--students", "2",
+            "--dataset", str(tmp_path / "pm"), "--stores", str(tmp_path / "stores"),
+            "--workdir", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json"),
+            "--doc", str(tmp_path / "q.md"), "--frames", "4", "--size", "16",
+            "--set", "eval.epochs=3", "--set", "eval.full_epochs=1", "--set",
+            "compose:compose.teacher_epochs=2", "--device", "cpu"]
+    pm.generate(str(tmp_path / "pm"), classes=3, train=4, test=2, val=1, frames=24, progress=False)
+    rows = quality.main(args)
+    by = {}
+    for r in rows:
+        by.setdefault(r["method"], []).append(r)
+    same = quality.SAME_TEACHER.format("compose")
+    assert sorted(by) == sorted(["full train set", "compose", same])
+    assert len(by["compose"]) == len(by[same]) == 2
+    assert all("accuracy_hard_labels" in r for r in by["compose"])
+    assert all(r["distill_s"] == 0.0 for r in by[same])  # its cost is the evaluation's only
+    doc = (tmp_path / "q.md").read_text()
+    assert f"| {same} |" in doc and "| compose |" in doc
+    assert "--methods compose " in quality.command(rows, "test")  # the pseudo-method is no flag
+
+
 def test_motion_only_table_of_per_class_rows():
     """Per student the mean of its motion-only and of its other class accuracies, then mean ± std
     over the students of every seed, per method and ipc; rows without per_class left out."""
