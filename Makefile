@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.vdfast-installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test test-fast bench smoke clean
+.PHONY: install run test test-fast bench smoke ctest ctest-tsan ctest-asan clean
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,30 @@ bench: install
 # s2d-mtt and GVD generation against their reference-style loops, and the decoders
 smoke: install
 	$(VENV)/bin/vdfast bench --smoke
+
+# C++ unit tests of the CPU kernels (CMakeLists.txt, tests/cpp/): configure, build and ctest in
+# build/cmake; ctest-tsan / ctest-asan: the same under ThreadSanitizer / AddressSanitizer+UBSan.
+# They need torch in the venv, not the built extension (so editing a kernel does not reinstall).
+# The micro-benchmark is build/cmake/bench_kernels (ctest label `bench`, left out here).
+CMAKE      ?= cmake
+CMAKE_JOBS ?= 2
+CMAKE_CONFIGURE = $(CMAKE) -S . -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+                  -DPython3_EXECUTABLE=$(abspath $(PY))
+define run_ctest
+	@$(PY) -c "import torch" 2>/dev/null || $(MAKE) install
+	$(CMAKE_CONFIGURE) -B $(1) $(2)
+	$(CMAKE) --build $(1) -j $(CMAKE_JOBS)
+	cd $(1) && ctest --output-on-failure -LE bench
+endef
+
+ctest:
+	$(call run_ctest,build/cmake,)
+
+ctest-tsan:
+	$(call run_ctest,build/cmake-tsan,-DVDFAST_SANITIZE=thread)
+
+ctest-asan:
+	$(call run_ctest,build/cmake-asan,-DVDFAST_SANITIZE=address)
 
 clean:
 	rm -rf build *.egg-info vdfast/_C*.so runs

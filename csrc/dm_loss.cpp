@@ -74,11 +74,15 @@ void fwd_impl(const at::Tensor& real, const int64_t* lr, const at::Tensor& syn, 
     add_rows(xr, sr, lr, Nr * t / nt, Nr * (t + 1) / nt, D, a);
     add_rows(xs, ss, ls, Ns * t / nt, Ns * (t + 1) / nt, D, a + nc * D);
   }
-  double total = 0.0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
+  // the loss: per-class sums, then added in class order (an OpenMP `reduction` would combine the
+  // threads' partial sums in whatever order they finish: a loss differing in its last bits from
+  // one call to the next; tests/cpp/test_dm_loss.cpp repeats calls to check)
+  std::vector<double> class_sq(nc, 0.0);
+#pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < nc; ++c) {
     const double cr = counts[c], cs = counts[nc + c];
     const bool both = cr > 0 && cs > 0;
+    double sq = 0.0;
     for (int64_t j = 0; j < D; ++j) {
       double d = 0.0;
       if (both) {
@@ -90,9 +94,12 @@ void fwd_impl(const at::Tensor& real, const int64_t* lr, const at::Tensor& syn, 
         d = sum_r / cr - sum_s / cs;
       }
       dp[c * D + j] = static_cast<out_t>(d);
-      total += d * d;
+      sq += d * d;
     }
+    class_sq[c] = sq;
   }
+  double total = 0.0;
+  for (int64_t c = 0; c < nc; ++c) total += class_sq[c];
   *loss = total;
 }
 
