@@ -34,6 +34,16 @@ class Method:
         self.run_dir = None  # the run's output directory (set by distill), for caches
         self.dist = None     # the run's process group (set by distill; None: one process)
 
+    def stage_root(self, workdir: str):
+        """The folder of a non-iterative method's cached stages (:class:`~vdfast.engine.checkpoint.
+        StageCache`): ``workdir`` (its section's option) when set, else ``<run out>/<name>`` when
+        the run has an output folder, else None (nothing cached, nothing resumable)."""
+        from pathlib import Path
+
+        if workdir:
+            return Path(workdir)
+        return Path(self.run_dir) / self.name if self.run_dir else None
+
     @property
     def full_name(self) -> str:
         return self.name if self.parametrization == "pixel" else f"{self.parametrization}-{self.name}"

@@ -115,12 +115,9 @@ class Compose(Method):
 
     iterative = False
     shardable = True   # classes split across processes; the teacher trains data-parallel
-    run_dir: Path | None = None
 
     def workdir(self, cfg) -> Path | None:
-        if cfg.compose.workdir:
-            return Path(cfg.compose.workdir)
-        return Path(self.run_dir) / "compose" if self.run_dir else None
+        return self.stage_root(cfg.compose.workdir)
 
     @staticmethod
     def identities(store, cfg) -> dict[str, dict]:

@@ -485,12 +485,7 @@ def measure_heldout(state, synset, it: int) -> None:
     from vdfast.methods.dm import embed
 
     ho, bank, net = state.heldout, state.bank, state.net
-    training = synset.training
-    synset.eval()
-    try:
-        syn, labels = synset.videos()
-    finally:
-        synset.train(training)
+    syn, labels = synset.fixed_videos()
     if state.own is not None:
         syn, labels = syn[state.own], labels[state.own]
     nc = state.pool.num_classes

@@ -540,12 +540,9 @@ class GVD(Method):
 
     iterative = False
     shardable = True  # sampling split by class across processes (training stages: rank 0 first)
-    run_dir: Path | None = None
 
     def workdir(self, cfg) -> Path | None:
-        if cfg.gvd.workdir:
-            return Path(cfg.gvd.workdir)
-        return Path(self.run_dir) / "gvd" if self.run_dir else None
+        return self.stage_root(cfg.gvd.workdir)
 
     @staticmethod
     def stage_identities(store, cfg) -> dict[str, dict]:

@@ -119,18 +119,23 @@ class Synset(nn.Module):
                 "video_bytes_fp32": pixels * 4, "ratio_vs_fp32_videos": stored / (pixels * 4),
                 "fp32_mib": stored / 2**20, "soft_label_bytes": soft}
 
+    def fixed_videos(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`videos` in eval mode (a fixed set: a static-dynamic synset does not redraw its
+        pairings), the module's training mode restored after."""
+        was = self.training
+        self.eval()
+        try:
+            return self.videos()
+        finally:
+            self.train(was)
+
     @torch.no_grad()
     def render(self, uint8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Every video rendered once, detached, on the CPU, with its hard label: float
         ``[N, C, T, H, W]`` in normalised space (:meth:`videos`), or with ``uint8`` the pixels
         ``round(255 * denormalize(x))`` as ``torch.uint8`` (what :func:`vdfast.preview` shows and
         :func:`vdfast.export` encodes)."""
-        was = self.training
-        self.eval()
-        try:
-            v, y = self.videos()
-        finally:
-            self.train(was)
+        v, y = self.fixed_videos()
         v = v.detach().float().cpu()
         if uint8:
             v = (self.denormalize(v) * 255 + 0.5).floor_().to(torch.uint8)
