@@ -156,11 +156,12 @@ class Compose(Method):
         dist = self.dist or Dist(0, 1, device)
         progress = progress and dist.main
         ids = self.identities(store, cfg)
+        work = self.workdir(cfg)
         teacher = self.teacher(store, cfg, device, progress, dist)
         stats = train_stats(store)
         starts = segment_starts(T, c.segments, c.stride)
         L = T // c.segments
-        cache = StageCache(self.workdir(cfg)).stage("scores", ids["scores"])
+        cache = StageCache(work).stage("scores", ids["scores"])
 
         mine = dist.shard(store.num_classes) if dist.active else range(store.num_classes)
         shape = (T, store.size, store.size, 3)
@@ -190,7 +191,6 @@ class Compose(Method):
         if c.soft_labels:
             soft = soft_labels(teacher, videos, store.mean, store.std, c.temperature, c.segments,
                                cfg.eval.standardize)
-        work = self.workdir(cfg)
         if c.teacher:  # the user's file, and the network its weights fit
             recipe, cached, weights = {"net": ids["teacher"]["net"]}, None, ids["teacher"]["weights"]
         else:  # how to train it again (evaluation.teacher_of), and where it is cached
