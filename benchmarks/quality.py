@@ -192,10 +192,12 @@ def run_job(a, store: str, method: str, ipc: int, seed: int, meta: dict) -> list
                          device=a.device, progress=_progress(), **o)
     distill_s = time.perf_counter() - t0  # this command's share when the run resumed
     t0 = time.perf_counter()
-    # a synset with soft labels: the baselines too, for random real with the same teacher's labels
+    # a synset with soft labels: random real with the same teacher's labels beside it (the plain
+    # random row is the harness's own random job)
     soft = res.synset.soft_labels is not None
     rep = vdfast.evaluate(res.synset, store, students=a.students, seed=seed, preset=a.preset,
-                          device=a.device, progress=_progress(), baselines=soft, full=False,
+                          device=a.device, progress=_progress(), baselines="teacher" if soft else False,
+                          full=False,
                           **eval_options(o))
     eval_s = time.perf_counter() - t0
     row = rep.rows[0]  # the synset's own row (with its soft labels when it has them)

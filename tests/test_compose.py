@@ -15,7 +15,7 @@ from vdfast.config import ConfigError, EvalConfig
 from vdfast.data.store import ClipStore
 from vdfast.engine import checkpoint
 from vdfast.engine.train import train_stats
-from vdfast.methods import compose
+from vdfast.methods import compose, coreset
 from vdfast.ops import normalize_clips
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny shapes (see conftest)
@@ -52,15 +52,38 @@ def test_compose_class_takes_different_videos_best_first_round_robin():
     assert len(set(vids)) == len(vids)
 
 
+def test_compose_class_diverse_selection_is_herding_or_kcenter_among_the_pool():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(12, 3, generator=g)
+    feats = torch.randn(12, 3, 5, generator=g)
+    best, pos = scores.max(1)
+    order = torch.sort(best, descending=True, stable=True).indices
+    f = feats[torch.arange(12), pos]
+    for select, fn in (("herding", coreset.herding), ("kcenter", coreset.kcenter)):
+        slots = compose.compose_class(scores, 2, 2, feats, select, pool=2.0)
+        cand = order[:8]  # pool 2 x ipc 2 x 2 segments
+        want = cand[sorted(fn(f[cand], 4, f.mean(0)))]  # chosen, back in score order
+        assert slots[..., 0].t().flatten().tolist() == want.tolist()
+        assert slots[..., 1].flatten().tolist() == pos[slots[..., 0].flatten()].tolist()
+    # pool 1 chooses among exactly the best: the same set as "top"
+    top = compose.compose_class(scores, 2, 2)
+    assert torch.equal(compose.compose_class(scores, 2, 2, feats, "herding", pool=1.0), top)
+    # herding towards the class mean, written out: the first pick is the candidate nearest it
+    cand = order[:8]
+    first = int((f[cand] - f.mean(0)).pow(2).sum(1).argmin())
+    assert int(cand[first]) in compose.compose_class(scores, 2, 2, feats, "herding", 2.0)[..., 0]
+
+
 def test_segment_scores_are_the_teachers_log_probability_of_the_stretched_segment(store):
     torch.manual_seed(0)
     teacher = vdfast.models.build(vdfast.config.NetConfig(width=4, depth=2), store).eval()
     u8 = torch.from_numpy(np.ascontiguousarray(store.clips("train", 3)[:3]))
     stats = train_stats(store)
     starts = compose.segment_starts(4, 2)
-    got = compose.score_segments(teacher, u8, 3, 2, starts, store.mean, store.std, stats)
-    lm = compose.score_segments(teacher, u8, 3, 2, starts, store.mean, store.std, stats, "margin")
+    got, feats = compose.score_segments(teacher, u8, 3, 2, starts, store.mean, store.std, stats)
+    lm, _ = compose.score_segments(teacher, u8, 3, 2, starts, store.mean, store.std, stats, "margin")
     assert got.shape == (3, len(starts)) == lm.shape
+    assert feats.shape == (3, len(starts), teacher.feat_shape[0])
     x = (normalize_clips(u8, store.mean, store.std) - stats[0]) / stats[1]
     for i in range(3):
         for j, p in enumerate(starts):
@@ -68,6 +91,8 @@ def test_segment_scores_are_the_teachers_log_probability_of_the_stretched_segmen
             seg = torch.stack([seg[:, :, 0], seg[:, :, 0], seg[:, :, 1], seg[:, :, 1]], 2)  # stretched
             with torch.no_grad():
                 logits = teacher(seg)[0]
+                pooled = teacher.features(seg)[0].mean((1, 2, 3))  # the last block, over T, H, W
+            torch.testing.assert_close(feats[i, j], pooled, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(got[i, j], F.log_softmax(logits, 0)[3], rtol=1e-5, atol=1e-5)
             other = torch.cat([logits[:3], logits[4:]]).max()
             torch.testing.assert_close(lm[i, j], logits[3] - other, rtol=1e-5, atol=1e-5)
@@ -136,11 +161,37 @@ def test_a_users_teacher_file_gives_the_trained_teachers_synset(store, run, tmp_
                        **{**SMALL, "net.width": 8, "compose.teacher": str(mine)})
 
 
+def test_kcenter_selection_reuses_the_cached_teacher_and_scores(store, run):
+    """Another selection over the same run folder: no new teacher or scores, videos from the pool."""
+    out = run.out
+    again = vdfast.distill(store, method="compose", ipc=1, out=out.parent / "kc", progress=False,
+                           **{**SMALL, "compose.workdir": str(out / "compose"),
+                              "compose.select": "kcenter", "compose.pool": 2})
+    assert len(list((out / "compose").glob("teacher-*"))) == 1
+    assert len(list((out / "compose").glob("scores-*"))) == 1
+    meta = again.synset.meta["compose"]
+    assert meta["select"] == "kcenter" and meta["pool"] == 2
+    scores = {k: np.load(next((out / "compose").glob("scores-*")) / f"class{k:06d}.npy")
+              for k in range(12)}
+    for k, name in enumerate(store.classes):
+        best = scores[k].max(1)
+        pool = set(np.argsort(-best, kind="stable")[:4].tolist())  # 2 x ipc 1 x 2 segments
+        assert {v for inst in meta["picked"][name] for v, _ in inst} <= pool
+
+
 def test_evaluation_puts_random_real_with_the_same_soft_labels_beside_it(store, run):
     cfg = EvalConfig(students=1, epochs=1, batch=16, full=False, batched="off")
     rep = evaluation.evaluate(run.synset, store, cfg, seed=0, net_cfg=run.config.net, progress=False)
     assert [r.name for r in rep.rows] == ["compose (soft labels)", "compose (hard labels)",
                                           "random real", "random real (teacher soft labels)"]
+    only = evaluation.evaluate(run.synset, store, cfg, seed=0, net_cfg=run.config.net,
+                               progress=False, baselines="teacher")
+    assert [r.name for r in only.rows] == ["compose (soft labels)", "compose (hard labels)",
+                                           "random real (teacher soft labels)"]
+    assert only.row("random real (teacher soft labels)").accs == \
+        rep.row("random real (teacher soft labels)").accs  # the same draws and students
+    with pytest.raises(ValueError, match="baselines='some'"):
+        evaluation.evaluate(run.synset, store, cfg, progress=False, baselines="some")
 
 
 def test_too_few_videos_and_bad_options_are_one_line_errors(store, tmp_path):
@@ -154,6 +205,12 @@ def test_too_few_videos_and_bad_options_are_one_line_errors(store, tmp_path):
     with pytest.raises(ConfigError, match="compose score"):
         vdfast.distill(store, method="compose", ipc=1, progress=False,
                        **{**SMALL, "compose.score": "entropy"})
+    with pytest.raises(ConfigError, match="compose select"):
+        vdfast.distill(store, method="compose", ipc=1, progress=False,
+                       **{**SMALL, "compose.select": "random"})
+    with pytest.raises(ConfigError, match="compose pool must be at least 1"):
+        vdfast.distill(store, method="compose", ipc=1, progress=False,
+                       **{**SMALL, "compose.pool": 0.5})
     with pytest.raises(ConfigError, match="init='herding'"):
         vdfast.distill(store, method="compose", ipc=1, progress=False, init="herding", **SMALL)
 

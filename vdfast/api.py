@@ -429,13 +429,15 @@ def _write_metrics(out: Path, update: dict):
 
 def evaluate(synset, data=None, students: int | None = None, out=None, seed: int = 0,
              device: str = "auto", preset: str = "auto", progress: bool = True,
-             baselines: bool | None = None, full: bool | None = None, net: dict | None = None,
+             baselines: bool | str | None = None, full: bool | None = None, net: dict | None = None,
              **eval_options):
     """Train fresh students on ``synset`` and test them on ``data``'s real test split.
 
     ``synset``: a Synset or a path to a saved one. ``eval_options``: EvalConfig fields
     (``epochs``, ``student``, ``lr`` ...); ``net``: NetConfig fields of the student
-    (``{"width": 32}``). Returns a :class:`vdfast.evaluation.Report`; its
+    (``{"width": 32}``). ``baselines``: random real clips at the same ipc beside the synset, and
+    for a synset with a teacher the rows that use it; ``"teacher"``: only those (None: the
+    config's). Returns a :class:`vdfast.evaluation.Report`; its
     ``table()`` is the markdown table the CLI prints. Launched on N processes (torchrun /
     accelerate), every process calls it and the students are split across them.
     """

@@ -411,12 +411,21 @@ class ComposeConfig:
     stride: int = _f(0, "frames between the starts of a video's candidate segments (0: half a segment)")
     score: str = _f("logprob", "how the teacher ranks a segment: logprob (of its class) | margin "
                                "(its class's logit minus the best other)")
+    select: str = _f("top", "which videos fill a class's instances: top (the best-scored) | herding | "
+                            "kcenter (chosen by the teacher's features among the pool x ipc x segments "
+                            "best-scored, for a set that covers the class)")
+    pool: float = _f(3.0, "with --compose-select herding|kcenter: the candidates, as a multiple of "
+                          "ipc x segments (capped at the class's videos)")
     soft_labels: bool = _f(True, "store the teacher's soft labels (mean over an instance's segments)")
     temperature: float = _f(1.0, "soft labels softmax(logits / T); the students' KL uses the same T")
     chunk: int = _f(64, "clips scored at once (peak memory independent of the class's size)")
 
     def __post_init__(self):
         _choice("compose score", self.score, ("logprob", "margin"))
+        _choice("compose select", self.select, ("top", "herding", "kcenter"))
+        if self.pool < 1:
+            raise ConfigError(f"compose pool must be at least 1 (got {self.pool}): the candidates "
+                             f"are pool x ipc x segments videos")
         for n in ("teacher_epochs", "segments", "temperature", "chunk"):
             _positive(f"compose {n}", getattr(self, n))
         _positive("compose stride", self.stride, allow_zero=True)

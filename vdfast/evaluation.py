@@ -20,7 +20,8 @@ of the labels is not taken for a gain of the data: hard labels, soft labels and 
 those soft labels side by side. A synset whose instances were chosen among R candidates by that
 teacher (GVD's ``gvd.select`` R > 1) also gets random real clips chosen the same way (best of R per
 slot, :func:`~vdfast.engine.train.select_real`), so the gain of the selection is not taken for a
-gain of the generator.
+gain of the generator. ``baselines="teacher"`` keeps only those teacher rows (for a caller that
+evaluates random real clips on its own, as the quality benchmark does).
 
 Each row also carries its students' accuracy on each class's test clips (``Row.per_class``,
 classes in ``store.classes`` order; a class without test clips reads 0): the overall accuracy is
@@ -503,12 +504,16 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
         jobs.append(_Job(f"{method} (hard labels)", ipc, [(videos, labels.to(device))] * n, seeds,
                          syn_cfg, cfg.epochs, False, descs(f"{method} hard")))
 
+    if baselines not in (True, False, "teacher"):
+        raise ValueError(f"baselines={baselines!r}: True, False or 'teacher' (only the rows "
+                         f"that use the synset's teacher)")
     if baselines and method != "random":
         draws = [store.random_clips(ipc, torch.Generator().manual_seed(seed * 7919 + i + 1))
                  for i in range(n)]  # a different random coreset per student
-        jobs.append(_Job("random real", ipc, [(c.to(device), lab.to(device)) for c, lab in draws],
-                         real_seeds, cfg, cfg.epochs, False,
-                         [f"random real {i + 1}/{n}: student" for i in range(n)]))
+        if baselines is True:
+            jobs.append(_Job("random real", ipc, [(c.to(device), lab.to(device)) for c, lab in draws],
+                             real_seeds, cfg, cfg.epochs, False,
+                             [f"random real {i + 1}/{n}: student" for i in range(n)]))
         select = teacher_record(synset).select
         teacher = teacher_of(synset, store, device, progress, dist) if soft or select > 1 else None
         if teacher is not None and soft:  # the same random draws, labelled by the synset's own teacher

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -78,34 +79,55 @@ def check_budget(store, ipc: int, segments: int, frames: int) -> None:
 
 @torch.no_grad()
 def score_segments(teacher, u8: torch.Tensor, label: int, segments: int, starts: list[int],
-                   mean, std, stats: tuple[float, float], how: str = "logprob") -> torch.Tensor:
-    """``[n, len(starts)]``: the teacher's score of each segment (``frames // segments`` frames from
-    each start, stretched to the clip's length by repeating each frame ``segments`` times) of the
-    uint8 clips ``u8`` ``[n, T, H, W, 3]`` of class ``label``, standardised by the fixed scalars
-    ``stats``. ``how``: ``logprob`` (log-probability of ``label``) or ``margin`` (its logit minus
-    the largest other logit)."""
+                   mean, std, stats: tuple[float, float], how: str = "logprob"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's score of each segment (``frames // segments`` frames from each start,
+    stretched to the clip's length by repeating each frame ``segments`` times) of the uint8 clips
+    ``u8`` ``[n, T, H, W, 3]`` of class ``label``, standardised by the fixed scalars ``stats``, and
+    the teacher's pooled features of each, from the same forward: ``[n, len(starts)]`` and
+    ``[n, len(starts), D]``. ``how``: ``logprob`` (log-probability of ``label``) or ``margin`` (its
+    logit minus the largest other logit)."""
     dev = next(teacher.parameters()).device
     x = (normalize_clips(u8.to(dev), mean, std) - stats[0]) / stats[1]    # [n, C, T, H, W]
     length = x.shape[2] // segments
     segs = torch.stack([x[:, :, p:p + length] for p in starts], 1).flatten(0, 1)
     if segments > 1:
         segs = segs.repeat_interleave(segments, dim=2)
-    logits = teacher(segs).float()
+    logits, feats = teacher.logits_and_features(segs)
+    logits = logits.float()
     if how == "logprob":
         s = F.log_softmax(logits, 1)[:, label]
     else:
         own = logits[:, label]
         s = own - logits.clone().index_fill_(1, torch.tensor([label], device=dev), float("-inf")).amax(1)
-    return s.view(u8.shape[0], len(starts)).cpu()
+    n = u8.shape[0]
+    return s.view(n, len(starts)).cpu(), feats.float().view(n, len(starts), -1).cpu()
 
 
-def compose_class(scores: torch.Tensor, ipc: int, segments: int) -> torch.Tensor:
-    """``[ipc, segments, 2]`` (video index, start index) of each slot: every video's best
-    segment, the ``ipc * segments`` best videos (all different), slot s of instance j taking the
-    video ranked ``s * ipc + j``. Ties broken by video order (stable)."""
+def compose_class(scores: torch.Tensor, ipc: int, segments: int, feats: torch.Tensor | None = None,
+                  select: str = "top", pool: float = 1.0) -> torch.Tensor:
+    """``[ipc, segments, 2]`` (video index, start index) of each slot, from every video's best
+    segment. ``select="top"``: the ``ipc * segments`` best videos. ``herding`` / ``kcenter``: the
+    same number chosen by herding (towards the mean of every video's best-segment features
+    ``feats`` ``[videos, starts, D]``) or greedy k-center among the ``pool * ipc * segments``
+    best videos, so that the set covers the class rather than its most typical corner. The chosen
+    videos, ranked by score, fill slot s of instance j with rank ``s * ipc + j``, so every instance
+    gets one of the ipc best, one of the next ipc, and so on. Ties broken by video order (stable)."""
     best, pos = scores.max(1)
-    order = torch.sort(best, descending=True, stable=True).indices[:ipc * segments]
-    vid = order.view(segments, ipc).t()                        # [ipc, segments]
+    order = torch.sort(best, descending=True, stable=True).indices
+    need = ipc * segments
+    if select == "top":
+        chosen = order[:need]
+    else:
+        from vdfast.methods.coreset import herding, kcenter
+
+        if feats is None:
+            raise ValueError(f"compose select={select!r} needs the teacher's features")
+        f = feats[torch.arange(len(pos)), pos]                  # [videos, D] of the best segments
+        cand = order[:min(len(order), max(need, math.ceil(pool * need)))]
+        pick = {"herding": herding, "kcenter": kcenter}[select](f[cand], need, f.mean(0))
+        chosen = cand[sorted(pick)]                              # back in score order
+    vid = chosen.view(segments, ipc).t()                        # [ipc, segments]
     return torch.stack([vid, pos[vid]], -1)
 
 
@@ -132,7 +154,7 @@ class Compose(Method):
                        "eval": {k: getattr(cfg.eval, k) for k in (
                            "lr", "momentum", "weight_decay", "batch", "standardize")}}
         scores = {"teacher": identity_key(teacher), "data": data_identity(store),
-                  "segments": c.segments, "stride": c.stride, "score": c.score}
+                  "segments": c.segments, "stride": c.stride, "score": c.score, "features": "pooled"}
         return {"teacher": teacher, "scores": scores}
 
     def teacher(self, store, cfg, device, progress: bool = True, dist=None):
@@ -169,8 +191,8 @@ class Compose(Method):
         picked = torch.zeros((store.num_classes, ipc, c.segments, 2), dtype=torch.int64)
         with bar(total=len(mine), desc="compose: scoring classes", unit="class", enable=progress) as pb:
             for k in mine:
-                scores = self._class_scores(teacher, store, k, c, starts, stats, cache)
-                slots = compose_class(scores, ipc, c.segments)          # [ipc, S, 2]
+                scores, feats = self._class_scores(teacher, store, k, c, starts, stats, cache)
+                slots = compose_class(scores, ipc, c.segments, feats, c.select, c.pool)  # [ipc, S, 2]
                 clips = store.clips("train", k)
                 for j in range(ipc):
                     for s in range(c.segments):
@@ -201,6 +223,7 @@ class Compose(Method):
                   "recipe": recipe, "cache": cached, "weights": weights}
         meta = {"method": self.name, "ipc": ipc, "dataset": store.name, "teacher": record,
                 "compose": {"segments": c.segments, "segment_frames": L, "score": c.score,
+                            "select": c.select, "pool": c.pool if c.select != "top" else None,
                             "picked": {store.classes[k]: picked[k].tolist()
                                        for k in range(store.num_classes)}}}
         if work is None:
@@ -211,22 +234,27 @@ class Compose(Method):
                                store_as="uint8", meta=meta)
 
     @staticmethod
-    def _class_scores(teacher, store, k: int, c, starts, stats, cache: Path | None) -> torch.Tensor:
-        """Class ``k``'s ``[videos, starts]`` scores: read from ``cache`` when a whole file is there,
-        else computed ``c.chunk`` videos at a time and written atomically."""
+    def _class_scores(teacher, store, k: int, c, starts, stats, cache: Path | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class ``k``'s ``[videos, starts]`` scores and ``[videos, starts, D]`` features: read from
+        ``cache`` when both files are whole, else computed ``c.chunk`` videos at a time and written
+        atomically (the features first: a scores file means its class is done)."""
         f = None if cache is None else cache / f"class{k:06d}.npy"
+        g = None if cache is None else cache / f"feat{k:06d}.npy"
+        n = store.counts("train")[k]
         if f is not None and f.exists():
             try:
-                a = np.load(f)
-                if a.shape == (store.counts("train")[k], len(starts)):
-                    return torch.from_numpy(a)
+                a, b = np.load(f), np.load(g)
+                if a.shape == (n, len(starts)) and b.shape[:2] == a.shape:
+                    return torch.from_numpy(a), torch.from_numpy(b)
             except (OSError, ValueError) as e:
                 log.warning("compose: cached scores %s unreadable (%s); scored again", f, e)
         clips = store.clips("train", k)
         out = [score_segments(teacher, torch.from_numpy(np.array(clips[s:s + c.chunk])),
                               k, c.segments, starts, store.mean, store.std, stats, c.score)
                for s in range(0, clips.shape[0], c.chunk)]
-        scores = torch.cat(out)
+        scores, feats = torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
         if f is not None:
+            checkpoint.atomic_save_npy(g, feats.numpy())
             checkpoint.atomic_save_npy(f, scores.numpy())
-        return scores
+        return scores, feats

@@ -21,9 +21,10 @@ from vdfast.ops import normalize_clips
 from vdfast.synsets import PixelSynset
 
 
-def herding(feats: torch.Tensor, k: int) -> list[int]:
-    """Indices of ``k`` rows of ``feats`` [n, d] chosen by herding."""
-    mu = feats.mean(0)
+def herding(feats: torch.Tensor, k: int, mu: torch.Tensor | None = None) -> list[int]:
+    """Indices of ``k`` rows of ``feats`` [n, d] chosen by herding towards ``mu`` [d] (None: the
+    rows' mean)."""
+    mu = feats.mean(0) if mu is None else mu
     chosen: list[int] = []
     acc = torch.zeros_like(mu)
     avail = torch.ones(feats.shape[0], dtype=torch.bool, device=feats.device)
@@ -37,9 +38,10 @@ def herding(feats: torch.Tensor, k: int) -> list[int]:
     return chosen
 
 
-def kcenter(feats: torch.Tensor, k: int) -> list[int]:
-    """Indices of ``k`` rows of ``feats`` [n, d] chosen by greedy k-center."""
-    mu = feats.mean(0)
+def kcenter(feats: torch.Tensor, k: int, mu: torch.Tensor | None = None) -> list[int]:
+    """Indices of ``k`` rows of ``feats`` [n, d] chosen by greedy k-center, starting from the row
+    nearest ``mu`` [d] (None: the rows' mean)."""
+    mu = feats.mean(0) if mu is None else mu
     first = int((feats - mu[None]).pow(2).sum(1).argmin())
     chosen = [first]
     mind = (feats - feats[first][None]).pow(2).sum(1)

@@ -120,8 +120,14 @@ class ConvNet3D(nn.Module):
         return self.features(cpu_layout(x)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.classifier(self.dropout(self.pool(self.features(cpu_layout(x)))))
-        return h.flatten(2).amax(dim=2)
+        return self.logits_and_features(x)[0]
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward: the logits ``[N, classes]`` and the last block's features averaged over
+        time and space ``[N, channels]`` (a compact appearance-and-motion descriptor)."""
+        f = self.features(cpu_layout(x))
+        h = self.classifier(self.dropout(self.pool(f)))
+        return h.flatten(2).amax(dim=2), f.flatten(2).mean(2)
 
 
 class ConvNet2D(nn.Module):
