@@ -179,6 +179,33 @@ def test_kcenter_selection_reuses_the_cached_teacher_and_scores(store, run):
         assert {v for inst in meta["picked"][name] for v, _ in inst} <= pool
 
 
+def test_tiles_put_downscaled_segments_of_more_videos_in_a_grid(store, run):
+    """tiles 2: each segment slot is a 2x2 grid of 4 videos, each the area mean of 2x2 pixels (one
+    segment: the fixture has 6 videos per class)."""
+    out = run.out
+    tiled = vdfast.distill(store, method="compose", ipc=1, out=out.parent / "tiled", progress=False,
+                           **{**SMALL, "compose.tiles": 2, "compose.segments": 1})
+    syn, meta = tiled.synset, tiled.synset.meta["compose"]
+    assert meta["tiles"] == 2 and syn.pixels.shape == (12, 4, 16, 16, 3)
+    for k, name in enumerate(store.classes):
+        (inst,) = meta["picked"][name]            # ipc 1: [segments x tiles² slots] of (video, frame)
+        assert len(inst) == 4 and len({v for v, _ in inst}) == 4
+        clips = store.clips("train", k).astype(np.float64)
+        for q, (v, p) in enumerate(inst):
+            seg, cell = divmod(q, 4)
+            r, c = divmod(cell, 2)
+            assert seg == 0 and p == 0                      # one segment: the whole clip
+            piece = clips[v].reshape(4, 8, 2, 8, 2, 3).mean((2, 4))  # 2x2 area mean
+            got = syn.pixels[k, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8].numpy()
+            assert np.abs(got - piece).max() <= 0.5 + 1e-9   # rounded to uint8
+    with pytest.raises(ValueError, match=r"ipc 2 x segments 1 x tiles 2x2 needs 8 different"):
+        vdfast.distill(store, method="compose", ipc=2, progress=False,
+                       **{**SMALL, "compose.tiles": 2, "compose.segments": 1})
+    with pytest.raises(ValueError, match="tiles=3 must divide the clip's side of 16"):
+        vdfast.distill(store, method="compose", ipc=1, progress=False,
+                       **{**SMALL, "compose.tiles": 3})
+
+
 def test_evaluation_puts_random_real_with_the_same_soft_labels_beside_it(store, run):
     cfg = EvalConfig(students=1, epochs=1, batch=16, full=False, batched="off")
     rep = evaluation.evaluate(run.synset, store, cfg, seed=0, net_cfg=run.config.net, progress=False)

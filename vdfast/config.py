@@ -409,6 +409,8 @@ class ComposeConfig:
     teacher_epochs: int = _f(30, "epochs of the teacher trained on the real train split")
     segments: int = _f(2, "videos per instance, T / segments frames from each (1: whole clips)")
     stride: int = _f(0, "frames between the starts of a video's candidate segments (0: half a segment)")
+    tiles: int = _f(1, "spatial tiling: each instance is a tiles x tiles grid, each cell another video's "
+                       "segment downscaled by tiles (1: whole frames)")
     score: str = _f("logprob", "how the teacher ranks a segment: logprob (of its class) | margin "
                                "(its class's logit minus the best other)")
     select: str = _f("top", "which videos fill a class's instances: top (the best-scored) | herding | "
@@ -426,7 +428,7 @@ class ComposeConfig:
         if self.pool < 1:
             raise ConfigError(f"compose pool must be at least 1 (got {self.pool}): the candidates "
                              f"are pool x ipc x segments videos")
-        for n in ("teacher_epochs", "segments", "temperature", "chunk"):
+        for n in ("teacher_epochs", "segments", "tiles", "temperature", "chunk"):
             _positive(f"compose {n}", getattr(self, n))
         _positive("compose stride", self.stride, allow_zero=True)
 

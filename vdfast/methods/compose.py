@@ -12,10 +12,13 @@ multi-video instance composition:
    video's class, or the margin of its logit over the best other class. Streamed class by class,
    ``chunk`` videos at a time (memory does not grow with the class); each class's scores are
    cached in one file, so a killed run resumes where it stopped and gives the same result.
-3. **compose**  per class, each video's best segment; the ipc x S videos with the best such
-   segments, all different (no video is used twice in a class); instance j's slot s (frames
-   s*L .. (s+1)*L) takes the segment of the video ranked s * ipc + j, so every instance gets one of
-   the ipc best, one of the next ipc, and so on.
+3. **compose**  per class, each video's best segment; ipc x S videos with the best such segments,
+   all different (no video is used twice in a class): the best ones (``select="top"``), or, for
+   a set that covers the class rather than its most typical corner, ``herding`` / ``kcenter``
+   on the teacher's pooled features among the ``pool`` x ipc x S best. Instance j's slot s
+   (frames s*L .. (s+1)*L) takes the chosen video ranked s * ipc + j, so every instance gets one
+   of the ipc best, one of the next ipc, and so on. ``tiles`` G > 1 also tiles space: each slot
+   is a G x G grid of G² more videos' segments, each downscaled by G (ipc x S x G² videos).
 4. **labels**   hard labels, and soft labels (``soft_labels``): softmax(teacher / tau) of each of
    the instance's segments, averaged (:func:`~vdfast.engine.train.soft_labels` with S segments).
 
@@ -48,7 +51,7 @@ from vdfast.progress import bar
 
 log = logging.getLogger("vdfast")
 
-__all__ = ["Compose", "segment_starts", "score_segments", "compose_class", "check_budget"]
+__all__ = ["Compose", "segment_starts", "score_segments", "compose_class", "check_budget", "place"]
 
 
 def segment_starts(frames: int, segments: int, stride: int = 0) -> list[int]:
@@ -62,19 +65,37 @@ def segment_starts(frames: int, segments: int, stride: int = 0) -> list[int]:
     return starts
 
 
-def check_budget(store, ipc: int, segments: int, frames: int) -> None:
+def check_budget(store, ipc: int, segments: int, frames: int, tiles: int = 1) -> None:
     """A one-line ValueError, before any work, when a class has too few train videos for ipc x
-    segments different ones, or the segments do not divide the clip."""
+    segments x tiles² different ones, or the segments do not divide the clip, or the tiles its
+    side."""
     if frames % segments:
         raise ValueError(f"compose segments={segments} must divide the clip's {frames} frames "
                          f"(e.g. --compose-segments {next(d for d in (2, 1) if frames % d == 0)})")
-    need = ipc * segments
+    if store.size % tiles:
+        raise ValueError(f"compose tiles={tiles} must divide the clip's side of {store.size} pixels "
+                         f"(e.g. --compose-tiles 1)")
+    need = ipc * segments * tiles * tiles
     short = [(c, n) for c, n in zip(store.classes, store.counts("train")) if n < need]
     if short:
         c, n = min(short, key=lambda t: t[1])
-        raise ValueError(f"compose: ipc {ipc} x segments {segments} needs {need} different train videos "
-                         f"per class, but {len(short)} class(es) have fewer ({c!r}: {n}); lower --ipc "
-                         f"or --compose-segments")
+        what = f"ipc {ipc} x segments {segments}" + (f" x tiles {tiles}x{tiles}" if tiles > 1 else "")
+        raise ValueError(f"compose: {what} needs {need} different train videos per class, but "
+                         f"{len(short)} class(es) have fewer ({c!r}: {n}); lower --ipc, "
+                         f"--compose-segments" + (" or --compose-tiles" if tiles > 1 else ""))
+
+
+def place(video: torch.Tensor, piece: np.ndarray, segment: int, tile: int, tiles: int) -> None:
+    """Write the uint8 frames ``piece`` ``[L, H, W, 3]`` into slot (``segment``, ``tile``) of the
+    uint8 instance ``video`` ``[T, H, W, 3]``: frames ``segment * L`` on; with ``tiles`` > 1,
+    downscaled by ``tiles`` (area mean, rounded) into grid cell ``tile`` (row-major)."""
+    x = torch.from_numpy(np.ascontiguousarray(piece))
+    L, H = x.shape[0], video.shape[1]
+    if tiles > 1:
+        x = F.avg_pool2d(x.permute(0, 3, 1, 2).float(), tiles).round().to(torch.uint8).permute(0, 2, 3, 1)
+    h = H // tiles
+    r, col = divmod(tile, tiles)
+    video[segment * L:(segment + 1) * L, r * h:(r + 1) * h, col * h:(col + 1) * h] = x
 
 
 @torch.no_grad()
@@ -173,7 +194,7 @@ class Compose(Method):
         from vdfast.synsets.generated import GeneratedSynset
 
         c, ipc, T = cfg.compose, cfg.ipc, store.frames
-        check_budget(store, ipc, c.segments, T)
+        check_budget(store, ipc, c.segments, T, c.tiles)
         device = torch.device(device)
         dist = self.dist or Dist(0, 1, device)
         progress = progress and dist.main
@@ -188,17 +209,17 @@ class Compose(Method):
         mine = dist.shard(store.num_classes) if dist.active else range(store.num_classes)
         shape = (T, store.size, store.size, 3)
         videos = torch.zeros((store.num_classes * ipc,) + shape, dtype=torch.uint8)
-        picked = torch.zeros((store.num_classes, ipc, c.segments, 2), dtype=torch.int64)
+        G2 = c.tiles * c.tiles
+        picked = torch.zeros((store.num_classes, ipc, c.segments * G2, 2), dtype=torch.int64)
         with bar(total=len(mine), desc="compose: scoring classes", unit="class", enable=progress) as pb:
             for k in mine:
                 scores, feats = self._class_scores(teacher, store, k, c, starts, stats, cache)
-                slots = compose_class(scores, ipc, c.segments, feats, c.select, c.pool)  # [ipc, S, 2]
+                slots = compose_class(scores, ipc, c.segments * G2, feats, c.select, c.pool)
                 clips = store.clips("train", k)
                 for j in range(ipc):
-                    for s in range(c.segments):
-                        v, p = int(slots[j, s, 0]), starts[int(slots[j, s, 1])]
-                        videos[k * ipc + j, s * L:(s + 1) * L] = torch.from_numpy(
-                            np.array(clips[v, p:p + L]))
+                    for q in range(c.segments * G2):                # slot q: segment q // G², tile q % G²
+                        v, p = int(slots[j, q, 0]), starts[int(slots[j, q, 1])]
+                        place(videos[k * ipc + j], clips[v, p:p + L], q // G2, q % G2, c.tiles)
                 picked[k] = torch.stack([slots[..., 0], torch.tensor(starts)[slots[..., 1]]], -1)
                 pb.update(1)
                 sig = checkpoint.interrupt_requested()
@@ -222,7 +243,8 @@ class Compose(Method):
         record = {"temperature": c.temperature if c.soft_labels else None, "select": 1,
                   "recipe": recipe, "cache": cached, "weights": weights}
         meta = {"method": self.name, "ipc": ipc, "dataset": store.name, "teacher": record,
-                "compose": {"segments": c.segments, "segment_frames": L, "score": c.score,
+                "compose": {"segments": c.segments, "segment_frames": L, "tiles": c.tiles,
+                            "score": c.score,
                             "select": c.select, "pool": c.pool if c.select != "top" else None,
                             "picked": {store.classes[k]: picked[k].tolist()
                                        for k in range(store.num_classes)}}}
