@@ -1,7 +1,10 @@
 """Real multi-process runs: 2 CPU ranks (gloo) launched with torchrun, compared with 1 rank.
 
 The ranks are separate processes started by ``python -m torch.distributed.run`` (not forked from
-pytest: a forked child of a process that has used OpenMP can deadlock)."""
+pytest: a forked child of a process that has used OpenMP can deadlock). They join the group through
+Accelerate's process state where Accelerate is installed, else through torch.distributed alone
+(both tested: ``without_accelerate``)."""
+import contextlib
 import json
 import os
 import subprocess
@@ -15,8 +18,6 @@ from vdfast.distributed import Dist
 
 pytestmark = pytest.mark.slow  # real multi-process runs (2 gloo ranks)
 
-pytest.importorskip("accelerate")
-
 ARGS = ["--method", "dm", "--ipc", "2", "--iterations", "6", "--batch-real", "3", "--net-width", "8",
         "--checkpoint-every", "3", "--no-evaluate", "--no-preview"]
 
@@ -28,9 +29,9 @@ def test_shard_blocks_cover_every_class_once():
         assert max(len(b) for b in blocks) - min(len(b) for b in blocks) <= 1
 
 
-def launch_script(script, nproc, *args, timeout=120):
+def launch_script(script, nproc, *args, timeout=120, env=None):
     """Run the Python file ``script`` on ``nproc`` gloo ranks (torchrun, on a port nobody holds now:
-    a fixed one may be in TIME_WAIT)."""
+    a fixed one may be in TIME_WAIT); ``env``: more environment variables."""
     import socket
 
     with socket.socket() as sock:
@@ -38,9 +39,20 @@ def launch_script(script, nproc, *args, timeout=120):
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(port), str(script), *map(str, args)]
-    r = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                       text=True, timeout=timeout)
+    r = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+                       capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, failure(r)
+
+
+def without_accelerate(tmp_path) -> dict:
+    """Environment variables under which ``import accelerate`` fails in the launched processes, as
+    where the optional ``dist`` extra is not installed: a package of that name first on the path
+    that raises ImportError."""
+    pkg = tmp_path / "no_accelerate" / "accelerate"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text('raise ImportError("accelerate is not installed (test)")\n')
+    path = [str(pkg.parent), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in path if p)}
 
 
 def failure(r) -> str:
@@ -50,8 +62,9 @@ def failure(r) -> str:
             f"{r.stderr[:3000]}\n--- stderr (end)\n{r.stderr[-1500:]}")
 
 
-def _launch(out, nproc, args=ARGS):
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", VDFAST_PROGRESS="0")
+def _launch(out, nproc, args=ARGS, env=None):
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", VDFAST_PROGRESS="0",
+               **(env or {}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(29500 + os.getpid() % 1000), "-m", "vdfast", "distill",
            "--out", str(out), *args]
@@ -87,6 +100,77 @@ def test_two_ranks_give_the_one_rank_synset(tmp_path):
     # the checkpoint of a 2-rank run resumes (here: nothing left to do) with 2 ranks
     _launch(tmp_path / "two", 2)
     torch.testing.assert_close(vdfast.load(tmp_path / "two" / "synset").data, two.data)
+
+
+def test_torchrun_without_accelerate_gives_the_same_run(tmp_path):
+    """torchrun needs no Accelerate: without it the processes join the group through
+    torch.distributed alone, and the 2-rank run is the one with Accelerate's process state."""
+    i = ARGS.index("--checkpoint-every")
+    args = ARGS[:i] + ARGS[i + 2:]  # no checkpoints: nothing to resume here
+    _launch(tmp_path / "acc", 2, args)
+    out = _launch(tmp_path / "torch", 2, args, env=without_accelerate(tmp_path))
+    assert "on 2 process(es)" in out and out.count("distilled dm") == 1
+    a, b = (vdfast.load(tmp_path / n / "synset") for n in ("acc", "torch"))
+    torch.testing.assert_close(b.data, a.data, rtol=0, atol=0)
+
+
+MAIN_FIRST = """
+import os, sys, time
+from pathlib import Path
+import torch
+from vdfast.distributed import setup
+dist = setup(torch.device("cpu"))
+assert (dist.rank, dist.world) == (int(os.environ["RANK"]), 2), dist
+assert torch.distributed.get_backend() == "gloo"
+made_by = type(dist.state).__module__.split(".")[0] if dist.state is not None else "torch"
+assert made_by == sys.argv[2], f"the group was made by {made_by}, not {sys.argv[2]}"
+cache = Path(sys.argv[1]) / "stage.txt"
+for i in range(3):  # the barriers of each block must pair with the same block's on the other rank
+    with dist.main_process_first():
+        if dist.main:
+            time.sleep(0.5)  # a slow rank 0: without the ordering rank 1 reads before it writes
+            cache.write_text(f"computed {i}")
+        else:
+            got = cache.read_text() if cache.exists() else "nothing"
+            assert got == f"computed {i}", f"block {i}: rank 1 found {got!r}"
+dist.barrier()
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("made_by", ["accelerate", "torch"])
+def test_main_process_first_lets_rank_0_write_before_the_others_read(tmp_path, made_by):
+    """Dist.main_process_first on 2 gloo ranks, through Accelerate's PartialState and through
+    torch.distributed alone: rank 1 enters each block only after rank 0 has left it (it finds what
+    rank 0 wrote there), and rank 0 does not wait for rank 1 to enter. It fails if rank 1 does not
+    wait, if both wait for each other first (rank 1 would read before rank 0 writes), or if one
+    block's barriers pair with another's."""
+    if made_by == "accelerate":
+        pytest.importorskip("accelerate")
+    script = tmp_path / "first.py"
+    script.write_text(MAIN_FIRST)
+    env = without_accelerate(tmp_path) if made_by == "torch" else None
+    launch_script(script, 2, tmp_path, made_by, env=env)
+    assert (tmp_path / "stage.txt").read_text() == "computed 2"
+
+
+def test_main_process_first_delegates_to_accelerate_and_needs_no_group_alone():
+    calls = []
+
+    class State:  # stands in for accelerate.PartialState
+        @contextlib.contextmanager
+        def main_process_first(self):
+            calls.append("wait")
+            yield
+            calls.append("release")
+
+    with Dist(1, 2, state=State()).main_process_first():
+        calls.append("block")
+    assert calls == ["wait", "block", "release"]
+    assert not torch.distributed.is_initialized()
+    with Dist(0, 1).main_process_first():  # one process: no group, no barrier
+        calls.append("alone")
+    assert calls[-1] == "alone"
 
 
 MTT_ARGS = ["--method", "mtt", "--ipc", "2", "--iterations", "4", "--net-width", "4",

@@ -10,8 +10,6 @@ import vdfast
 
 pytestmark = pytest.mark.slow  # real multi-process runs (2 gloo ranks)
 
-pytest.importorskip("accelerate")
-
 from test_distributed import _launch, launch_script  # noqa: E402  (the torchrun launchers)
 
 ARGS = ["--method", "gvd", "--ipc", "2", "--net-width", "4", "--no-evaluate", "--no-preview",

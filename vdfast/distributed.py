@@ -1,7 +1,14 @@
-"""Multi-process runs on existing engines: Accelerate's ``PartialState`` over torch.distributed.
+"""Multi-process runs on existing engines: torch.distributed, through Accelerate's process state
+when Accelerate is installed.
 
-The same command runs on 1 process or N (``accelerate launch --multi_gpu --num_processes N -m vdfast
-distill ...`` or ``torchrun --nproc_per_node N -m vdfast distill ...``; on CPUs the backend is gloo).
+The same command runs on 1 process or N (``torchrun --nproc_per_node N -m vdfast distill ...`` or
+``accelerate launch --multi_gpu --num_processes N -m vdfast distill ...``; on CPUs the backend is
+gloo). :func:`setup` joins the launcher's process group: through ``accelerate.PartialState`` when
+the optional ``dist`` extra (Accelerate) is installed, so a program that already made an
+``Accelerator`` shares its process state with vdfast; else through
+``torch.distributed.init_process_group`` from the launcher's environment (torchrun needs nothing
+more). Stages that rank 0 computes and caches for the others run inside
+:meth:`Dist.main_process_first` (Accelerate's ``main_process_first`` when it made the state).
 
 Which methods split how: docs/scale.md (DM, DC and their s2d variants by classes, FRePo by the
 classes of its real batch and the rows of its synthetic set, MTT by each step's videos, static
@@ -24,8 +31,9 @@ backward. The distillation methods instead sum the synset's gradients (:meth:`Di
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -35,9 +43,14 @@ from vdfast.profiling import traced
 
 @dataclass
 class Dist:
+    """This process's place in the run: ``rank`` of ``world`` processes, its ``device``, and
+    ``state``, Accelerate's ``PartialState`` when Accelerate made the process group (None without
+    Accelerate or on one process)."""
+
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    state: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def main(self) -> bool:
@@ -104,6 +117,29 @@ class Dist:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
+
+    @contextlib.contextmanager
+    def main_process_first(self):
+        """Rank 0 runs the ``with`` block first; every other rank enters it only once rank 0 has
+        left it, so what rank 0 writes there (a stage's cache) is on disk for the others to load.
+        Accelerate's ``PartialState.main_process_first`` when Accelerate made the state, else the
+        same two barriers through torch.distributed; nothing on one process. A block that raises
+        skips the closing barrier (the failure path, :func:`shutdown`, releases the others).
+
+        Example::
+
+            with dist.main_process_first():
+                latents = encode_train(ae, store, cache)   # rank 0 encodes and saves, the rest load
+        """
+        if self.state is not None and self.active:
+            with self.state.main_process_first():
+                yield
+            return
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
 
 
 def _no_buffer_sync() -> dict:
@@ -220,16 +256,38 @@ def peer_failure(wait_s: float = 1.0) -> str | None:
 
 
 def setup(device: torch.device) -> Dist:
-    """The process group of this run (a single-process Dist when not launched with N > 1)."""
+    """The process group of this run (a single-process Dist when not launched with N > 1).
+
+    With Accelerate installed (the ``dist`` extra), Accelerate's ``PartialState`` creates the group
+    (or adopts the one an ``Accelerator`` made) and gives the rank, the number of processes and, on
+    CUDA, the process's GPU; without it, ``torch.distributed.init_process_group`` reads the same
+    launcher variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``)
+    and the process takes GPU ``LOCAL_RANK``. Either way the backend is gloo on CPUs and NCCL on
+    CUDA, with the timeout below."""
     if launched_world() <= 1:
         return Dist(0, 1, device)
-    try:
-        from accelerate import PartialState
-    except ImportError as e:  # pragma: no cover - accelerate is a dependency
-        raise RuntimeError("multi-process runs need `accelerate` (pip install accelerate)") from e
     # stages trained by one rank (GVD's generator) or unevenly split (experts) keep the others
     # waiting at a barrier far longer than torch's 10/30-minute default: a long run must not die there
     minutes = float(os.environ.get("VDFAST_DIST_TIMEOUT_MIN", "720"))
-    state = PartialState(cpu=device.type == "cpu", timeout=timedelta(minutes=minutes))
+    timeout = timedelta(minutes=minutes)
+    try:
+        from accelerate import PartialState
+    except ImportError:  # the optional `dist` extra is not installed: plain torch.distributed
+        return _torch_setup(device, timeout)
+    state = PartialState(cpu=device.type == "cpu", timeout=timeout)
     dev = state.device if device.type == "cuda" else torch.device("cpu")
-    return Dist(state.process_index, state.num_processes, dev)
+    return Dist(state.process_index, state.num_processes, dev, state)
+
+
+def _torch_setup(device: torch.device, timeout: timedelta) -> Dist:
+    """:func:`setup` without Accelerate: the group from the launcher's environment (``env://``)."""
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=timeout)
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), device)

@@ -23,9 +23,9 @@ Several processes (``self.dist``): the autoencoder, the generator and the teache
 data-parallel (each rank computes its rows of every batch through ``DistributedDataParallel``,
 whose all-reduce sums the gradients: the same training as one process; the teacher's dropout masks
 are drawn for the whole batch; caches and checkpoints hold the plain modules' weights); rank 0
-computes the latents and modes first and the others load them from the workdir after a barrier
-(without a workdir every rank computes them); then sampling is sharded by class
-(``Dist.shard``) and the ranks' rows are summed into the whole set on every rank.
+computes the latents and modes first and the others load them from the workdir once it is done
+(``Dist.main_process_first``; without a workdir every rank computes them); then sampling is
+sharded by class (``Dist.shard``) and the ranks' rows are summed into the whole set on every rank.
 
 ``workdir``: ``gvd.workdir`` if set, else ``<run_dir>/gvd`` when the caller set ``GVD.run_dir``
 (the run's ``out``), else nothing is written and nothing resumes.
@@ -611,16 +611,14 @@ class GVD(Method):
         # several processes: the autoencoder, the generator and the teacher train data-parallel
         # (every rank its share of each batch); the cheap stages (latents, modes) are computed by
         # rank 0 and cached before the others load them when they share a workdir, else by every
-        # rank (deterministic: the same result)
+        # rank (deterministic: the same result; waiting for rank 0 would only serialise them)
         shared = dist.active and work.root is not None
 
         def main_first(run):
-            if shared and not dist.main:
-                dist.barrier()
-            out = run()
-            if shared and dist.main:
-                dist.barrier()
-            return out
+            if not shared:
+                return run()
+            with dist.main_process_first():
+                return run()
 
         ae = train_autoencoder(store, g, seed, device, work.stage("ae", ids["ae"]), progress, dist)
         ae.requires_grad_(False)
