@@ -216,7 +216,8 @@ def _probe(path: str, key: str, device: str) -> _Video:
         _check_file(path)
         container = _open(path)
         try:
-            codec = _video_stream(container, path).codec_context.name
+            # the codec's own name (vp9), not the decoder PyAV picked for it (libvpx-vp9)
+            codec = _video_stream(container, path).codec_context.codec.canonical_name
         finally:
             container.close()
         if device == "cpu" and codec not in DALI_CPU_CODECS:
@@ -267,7 +268,8 @@ def _read_all(reads: list[_Read], videos: list[_Video], spec: ClipSpec, device: 
     into up to ``readers`` contiguous parts read by that many pipelines at once."""
     parts = []
     for stride in sorted({r.stride for r in reads}):
-        group = [r for r in reads if r.stride == stride]
+        # a file's clips in frame order: the reader keeps a file open between consecutive lines
+        group = sorted((r for r in reads if r.stride == stride), key=lambda r: (r.video, r.start))
         n = min(readers, len(group))
         parts += [group[k * len(group) // n:(k + 1) * len(group) // n] for k in range(n)]
     got: dict = {}
@@ -385,4 +387,6 @@ def _cuda_device() -> int:
 
 def _host(tl):
     """A DALI output on the host (GPU outputs are copied)."""
-    return tl.as_cpu() if hasattr(tl, "as_cpu") else tl
+    from nvidia.dali.backend import TensorListGPU
+
+    return tl.as_cpu() if isinstance(tl, TensorListGPU) else tl
