@@ -180,3 +180,22 @@ def test_smoke_workloads_keep_the_named_shapes():
     smoke5 = workloads.SMOKE["smoke-miniucf-ipc5"]
     assert workloads.select("miniucf-ipc5", True) == {"smoke-miniucf-ipc5": smoke5}
     assert workloads.SMOKE["smoke-miniucf-ipc5"]["ipc"] == 5
+
+
+def test_decode_step_times_both_decoders_on_the_same_files(tmp_path, capsys):
+    """`vdfast bench --only decode`: PyAV and DALI's CPU reader decode the same VP9 files, each row
+    with its frames/s and its distance to PyAV's clips; on H.264, which DALI's CPU reader does not
+    read, its row says so (and NVDEC's row says why it did not run)."""
+    import step_decode
+
+    rows = step_decode.main(["--smoke", "--repeats", "1", "--warmup", "0"])
+    by = {r["provider"]: r for r in rows}
+    assert by["pyav"]["items_per_s"] > 0 and by["dali cpu"]["items_per_s"] > 0
+    assert by["pyav"]["items_per_call"] == by["dali cpu"]["items_per_call"] == 2 * 16
+    assert by["pyav"]["mean_abs_diff"] == 0 and 0 < by["dali cpu"]["mean_abs_diff"] < 3
+    if not torch.cuda.is_available():
+        assert by["dali gpu (mixed)"]["skipped"] == "no CUDA device"
+    w = dict(step_decode.WORKLOADS["h264-320x240"], videos=1, frames=4, width=64, height=48)
+    case = step_decode.build("decode", w, CPU, str(tmp_path))
+    dali_cpu = dict(case.providers)["dali cpu"]
+    assert isinstance(dali_cpu, harness_steps.Skipped) and "h264" in dali_cpu.reason

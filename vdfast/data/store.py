@@ -428,6 +428,34 @@ def _decode_item(item, spec, decoder, clips, key):
         return None, None, _without_path(f"{type(e).__name__}: {e}", item.path)
 
 
+def _decode_dali(jobs, readers: int) -> list:
+    """:func:`_decode_item`'s results for one class's jobs, its video files read in batches by DALI
+    (:func:`vdfast.data.dali.decode_videos_dali`, ``readers`` reader pipelines at once); frame
+    folders as ever. Should DALI fail in a way that is not one file's fault, each file is
+    tried on its own."""
+    from vdfast.data.dali import decode_videos_dali
+    from vdfast.data.decode import DecodeError
+
+    out = [_decode_item(*job[:5]) if job[0].kind != "video" else None for job in jobs]
+    videos = [i for i, job in enumerate(jobs) if job[0].kind == "video"]
+    if not videos:
+        return out
+    _, spec, decoder, clips, _, _ = jobs[videos[0]]  # the same for every job of a prepare
+    try:
+        got = decode_videos_dali([jobs[i][0].path for i in videos], spec, device=decoder[1], clips=clips,
+                                 keys=[jobs[i][4] for i in videos], readers=readers)
+    except Exception:  # not one file's fault: each file on its own says whose it is
+        got = [None] * len(videos)
+    for i, g in zip(videos, got):
+        if g is None:
+            out[i] = _decode_item(*jobs[i][:5])
+        elif isinstance(g, DecodeError):
+            out[i] = (None, None, _without_path(str(g), jobs[i][0].path))
+        else:
+            out[i] = (g[0], g[1], None)
+    return out
+
+
 def _killed_while(marks: Path) -> list[str]:
     """The files that killed pool workers were decoding (the marks left once the pool has ended:
     a worker removes its mark when it finishes a file or is stopped with SIGTERM)."""
@@ -544,7 +572,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                for s, c in todo)
     preflight(out, need, "this prepare", why=f"{total} videos still to store, "
                                               f"{clip_bytes / 2**10:.0f} KiB per clip", flag="--out")
-    pool = _decode_pool(workers) if workers > 1 else None
+    # DALI reads a class's files in batches with its own reader pipelines (workers of them), no pool
+    pool = _decode_pool(workers) if workers > 1 and dec[0] != "dali" else None
     marks = out / ".decoding"  # each worker's current file (a worker killed by the system names it)
     shutil.rmtree(marks, ignore_errors=True)
     if pool:
@@ -559,7 +588,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
                 k = test_clips if s == "test" else 1
                 jobs = [(it, spec, dec, k, _window_key(it.path, meta["root"]), str(marks) if pool else None)
                         for it in items]
-                results = pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs)
+                results = (_decode_dali(jobs, max(1, workers)) if dec[0] == "dali" else
+                           pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs))
                 clips, used, skipped, short = [], [], [], []
                 for it, (clip, info, err) in zip(items, results):
                     pb.update(1)
