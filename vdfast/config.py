@@ -549,7 +549,8 @@ class PrepareConfig:
     size: int = _f(112, "clip side in pixels (short side resized to it, then centre-cropped)")
     split: int = _f(1, "official split number (UCF101, HMDB51)")
     classes: tuple = _f(None, "comma-separated subset of class names (default: all)", cli_type=str)
-    workers: int = _f(0, "parallel decode processes (0 or 1: decode in this process)")
+    workers: int = _f(0, "parallel decode processes (0 or 1: decode in this process); with --decoder "
+                         "dali, reader pipelines run at once")
     annotations: str = _f(None, "split/annotation files, if not beside the videos", cli_type=str)
     test_fraction: float = _f(0.2, "held-out share per class (plain class folders)")
     seed: int = _f(0, "seed of the held-out draw of plain class folders")
