@@ -89,7 +89,7 @@ def place(video: torch.Tensor, piece: np.ndarray, segment: int, tile: int, tiles
     """Write the uint8 frames ``piece`` ``[L, H, W, 3]`` into slot (``segment``, ``tile``) of the
     uint8 instance ``video`` ``[T, H, W, 3]``: frames ``segment * L`` on; with ``tiles`` > 1,
     downscaled by ``tiles`` (area mean, rounded) into grid cell ``tile`` (row-major)."""
-    x = torch.from_numpy(np.ascontiguousarray(piece))
+    x = torch.from_numpy(np.array(piece))                  # a copy: the store is read-only
     L, H = x.shape[0], video.shape[1]
     if tiles > 1:
         x = F.avg_pool2d(x.permute(0, 3, 1, 2).float(), tiles).round().to(torch.uint8).permute(0, 2, 3, 1)
