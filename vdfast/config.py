@@ -110,7 +110,8 @@ class NetConfig:
 
     width: int = _f(64, "channels of each ConvNet3D block")
     depth: int = _f(3, "number of conv blocks (each halves the spatial size)")
-    norm: str = _f("none", "normalisation after each conv: none | instance | batch")
+    # instance: the DC family's and the S2D reference's ConvNet3D (`net_norm` instancenorm)
+    norm: str = _f("instance", "normalisation after each conv: none | instance | batch")
 
     def __post_init__(self):
         _positive("net width", self.width)
@@ -173,9 +174,9 @@ class MTTConfig:
     syn_steps: int = _f(10, "unrolled student steps per iteration")
     expert_epochs: int = _f(1, "target = expert epoch start + expert_epochs")
     max_start_epoch: int = _f(10, "start epoch drawn from [0, max_start_epoch)")
-    # the S2D reference's video MTT uses 1e5 (README: `bash MTT.sh 0 miniUCF101 1e5 1`, VPC 1),
-    # with the instance-normalised ConvNet3D; see DistillConfig.lr_img
-    lr_img: float = _f(1000.0, "SGD learning rate of the synthetic pixels MTT optimises (replaces lr_img, "
+    # the S2D reference's video MTT: 1e5 (README: `bash MTT.sh 0 miniUCF101 1e5 1`, VPC 1),
+    # with the instance-normalised ConvNet3D (NetConfig.norm); see DistillConfig.lr_img
+    lr_img: float = _f(1e5, "SGD learning rate of the synthetic pixels MTT optimises (replaces lr_img, "
                                "DM's)")
     lr_lr: float = _f(1e-5, "learning rate of the learnable student step size")
     lr_teacher: float = _f(0.01, "initial student step size")
@@ -442,11 +443,11 @@ class DistillConfig:
     method: str = _f("dm", "distillation method (see `vdfast info` or vdfast.methods.names())")
     ipc: int = _f(1, "synthetic videos per class")
     iterations: int = _f(5000, "synset updates (0: the initialisation itself)")
-    # The S2D reference's video DM uses 30 (README: `bash DM.sh 0 miniUCF101 30 1`, VPC 1;
+    # The S2D reference's video DM: 30 (README: `bash DM.sh 0 miniUCF101 30 1`, VPC 1;
     # sh/baseline/DM.sh: batch_real 64, 5000 iterations) with an instance-normalised ConvNet3D (the
-    # DC family's default net_norm). vdfast's NetConfig.norm default is still "none", whose
-    # unnormalised features make 30 diverge (PhotoMotion, 8x32^2); the two change together.
-    lr_img: float = _f(1.0, "SGD learning rate of the synthetic pixels (DM; other methods have their own)")
+    # DC family's default net_norm, NetConfig.norm). The two go together: without normalisation
+    # 30 diverges (PhotoMotion, 8x32^2).
+    lr_img: float = _f(30.0, "SGD learning rate of the synthetic pixels (DM; other methods have their own)")
     momentum: float = _f(0.5, "SGD momentum of the synthetic pixels")
     batch_real: int = _f(64, "real clips per class per iteration (DM)")
     embed_chunk: int = _f(0, "clips per embedding forward; 0: from free memory on a GPU, 16 on a CPU")
@@ -594,12 +595,13 @@ PRESETS: dict[str, dict] = {
     "published": {},
     "builtin": {
         "iterations": 200, "batch_real": 16, "lr_img": 1.0, "checkpoint_every": 50,
-        "net": {"width": 32, "depth": 2},
+        # the embedded set's tuned network and rates predate the video defaults: kept as they were
+        "net": {"width": 32, "depth": 2, "norm": "none"},
         "eval": {"epochs": 200, "batch": 64, "full_epochs": 20},
         # MTT: 3 experts x 6 epochs (~1 min each on 2 cores); lr 0.05 because 0.01 without
         # momentum barely moves a 12-class expert in 6 epochs
         "mtt": {"num_experts": 3, "buffer_epochs": 6, "buffer_lr": 0.05, "buffer_batch": 64,
-                "max_start_epoch": 4, "lr_teacher": 0.05},
+                "max_start_epoch": 4, "lr_teacher": 0.05, "lr_img": 1000.0},
         # DC: ipc 1 -> 1 outer / 1 inner step per iteration; lr_img 1 (0.1, the image setting,
         # barely moves the pixels in 200 iterations)
         "dc": {"batch_real": 16, "batch_train": 64, "lr_img": 1.0},

@@ -34,8 +34,8 @@ class DataShape:
 
 def build(net_cfg, data, student: str = "convnet3d", device=None) -> nn.Module:
     """A fresh ``student`` network (a name of ``STUDENTS``; default ConvNet3D) with ``net_cfg``'s
-    width, depth and normalisation (a :class:`~vdfast.config.NetConfig`, or None for its
-    defaults: width 64, depth 3, no normalisation) for ``data``'s classes, frames and size
+    width, depth and normalisation (a :class:`~vdfast.config.NetConfig`; None: the plain network of
+    width 64, depth 3, no normalisation) for ``data``'s classes, frames and size
     (a ClipStore or a :class:`DataShape`).
 
     The network is constructed on the CPU, its initialisation drawn from the global CPU RNG, then

@@ -3,11 +3,12 @@ for still images (static learning).
 
 ConvNet3D (the video-distillation papers' network): ``depth`` blocks of ``Conv3d(k=(3,7,7), stride=(1,2,2), pad=(1,3,3))
 -> [norm] -> ReLU -> MaxPool3d``; pool 1 is (1,2,2), the others 2x2x2; widths ``w, 2w, 2w, ...``
-(64 -> 128 -> 128 by default); no normalisation by default. ``embed`` flattens the last block (2048-d
+(64 -> 128 -> 128 by default); the class has no normalisation unless asked (``NetConfig``'s
+default, the published video setting, asks for instance norm). ``embed`` flattens the last block (2048-d
 at 16x112², 256-d at 8x64²). The head: AvgPool3d((2,2,2), stride 1) when H > 64 else (2,1,1),
 Dropout(0.5), a 1x1x1 conv to the classes, then the max over the remaining time (and any remaining
-space). Because there is no normalisation layer, embedding a batch of all classes at once gives
-exactly the per-class results (DM relies on it).
+space). Without normalisation or with instance norm (per clip), embedding a batch of all classes at
+once gives exactly the per-class results (DM relies on it).
 
 Example::
 
