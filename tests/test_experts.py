@@ -11,7 +11,7 @@ from vdfast.methods import experts
 from vdfast.methods.experts import (BufferError, ExpertBuffer, flatten_params, train_experts,
                                     unflatten)
 
-NET = NetConfig(width=4, depth=2)
+NET = NetConfig(width=4, depth=2, norm="none")  # the builtin preset's network
 KW = dict(epochs=3, batch=16, net_cfg=NET, progress=False)
 
 

@@ -247,7 +247,7 @@ def _buffer(tmp_path, store):
     from vdfast.methods.experts import train_experts
 
     train_experts(store, tmp_path / "buf", num_experts=2, epochs=3, batch=16,
-                  net_cfg=NetConfig(width=4, depth=2), progress=False)
+                  net_cfg=NetConfig(width=4, depth=2, norm="none"), progress=False)
     return tmp_path / "buf"
 
 

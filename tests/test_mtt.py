@@ -28,8 +28,8 @@ def store():
 @pytest.fixture(scope="module")
 def buffer_dir(store, tmp_path_factory):
     d = tmp_path_factory.mktemp("experts")
-    train_experts(store, d, num_experts=3, epochs=3, batch=16, net_cfg=NetConfig(width=WIDTH, depth=2),
-                  progress=False)
+    train_experts(store, d, num_experts=3, epochs=3, batch=16,
+                  net_cfg=NetConfig(width=WIDTH, depth=2, norm="none"), progress=False)  # builtin's net
     return d
 
 
