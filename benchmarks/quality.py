@@ -503,6 +503,13 @@ def write_outputs(a, rows: list[dict]) -> None:
         "herding, k-center) are real train clips chosen at the same ipc.",
         "",
     ]
+    if any(r["method"] == "compose" for r in rows):
+        text += ["compose runs with the preset's compose settings (`docs/compose.md` says how they "
+                 "were chosen on the validation split). `random (compose teacher's soft labels)` is "
+                 "random real clips labelled by the same teacher, the row compose's gain is measured "
+                 "against. When the runs share one teacher cache (`--set compose:compose.workdir=DIR`), "
+                 "the teacher trains once per seed and its seconds fall in the first job of that seed.",
+                 ""]
     if drawn:
         text += [f"![accuracy against ipc and against distillation time]({os.path.basename(png)})", ""]
     motion = motion_table(rows)
