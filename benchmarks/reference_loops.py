@@ -69,8 +69,8 @@ class ReferenceDM:
     """``syn``: a :class:`ReferencePixels` or :class:`ReferenceS2D`."""
 
     def __init__(self, store, syn, batch_real: int, momentum: float, width: int, depth: int,
-                 device, seed: int = 0):
-        self.store, self.batch_real, self.syn = store, batch_real, syn
+                 device, seed: int = 0, norm: str = "none"):
+        self.store, self.batch_real, self.syn, self.norm = store, batch_real, syn, norm
         self.opt = torch.optim.SGD(syn.groups, momentum=momentum)
         self.width, self.depth, self.device = width, depth, torch.device(device)
         self.rng = np.random.default_rng(seed)
@@ -85,7 +85,8 @@ class ReferenceDM:
 
     def net(self) -> ConvNet3D:
         s = self.store
-        net = ConvNet3D(s.num_classes, s.frames, s.size, width=self.width, depth=self.depth)
+        net = ConvNet3D(s.num_classes, s.frames, s.size, width=self.width, depth=self.depth,
+                        norm=self.norm)
         net = net.to(self.device)
         for p in net.parameters():
             p.requires_grad_(False)

@@ -66,7 +66,7 @@ def setup(method: str, w: dict, device, store=None, s2d: dict | None = None, ban
     syn = m.init(store, cfg, device, gen)
     state = m.setup(syn, store, cfg, device)
     ref = ReferenceDM(store, reference_synset(method, syn, cfg, device), cfg.batch_real, cfg.momentum,
-                      w["width"], w["depth"], device) if reference else None
+                      w["width"], w["depth"], device, norm=cfg.net.norm) if reference else None
     return store, cfg, m, syn, state, gen, ref
 
 
