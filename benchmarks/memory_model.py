@@ -28,7 +28,8 @@ def _nets(w: dict):
     from vdfast.models import ConvNet2D, ConvNet3D
 
     with torch.device("meta"):
-        return (ConvNet3D(w["nc"], w["frames"], w["size"], width=w["width"], depth=w["depth"]),
+        return (ConvNet3D(w["nc"], w["frames"], w["size"], width=w["width"], depth=w["depth"],
+                          norm=resolve("published").net.norm),
                 ConvNet2D(w["nc"], w["size"], width=128, depth=4))
 
 
