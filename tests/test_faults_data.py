@@ -61,14 +61,15 @@ def _fds(pid: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- prepare: kills
-# a child: `vdfast prepare --workers 2` whose decoders note their pid and take 0.3 s per file
+# a child: `vdfast prepare --workers 2` whose decoders note their pid and take 2 s per file (the
+# 12 files then take 12 s: the signal lands mid-decode even when a loaded machine stalls the test)
 SLOW_PREPARE = textwrap.dedent("""
     import os, sys, time
     import vdfast.data.store as store
     real, pids = store._decode_one, sys.argv[1]
     def slow(args):
         open(os.path.join(pids, str(os.getpid())), "w").close()
-        time.sleep(0.3)
+        time.sleep(2.0)
         return real(args)
     store._decode_one = slow
     from vdfast.cli import main
