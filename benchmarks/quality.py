@@ -468,7 +468,8 @@ def command(rows: list[dict], split: str) -> str:
     cmd = (f"python benchmarks/quality.py --methods {','.join(methods)} --ipcs "
            f"{','.join(map(str, ipcs))} --seeds {','.join(map(str, seeds))}")
     cmd += "" if split == "test" else " --split val"
-    return cmd + (f" (runs with options: {'; '.join(opts)})" if opts else "")
+    cmd += f" (runs with options: {'; '.join(opts)})" if opts else ""
+    return cmd.replace(ROOT + os.sep, "")  # paths inside the checkout, relative to it
 
 
 def write_outputs(a, rows: list[dict]) -> None:
