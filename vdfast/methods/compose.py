@@ -46,6 +46,7 @@ from vdfast.engine import checkpoint
 from vdfast.engine.checkpoint import StageCache, data_identity, identity_key
 from vdfast.engine.train import load_teacher, soft_labels, train_stats, train_teacher
 from vdfast.methods.base import Method
+from vdfast.methods.coreset import herding, kcenter
 from vdfast.ops import normalize_clips
 from vdfast.progress import bar
 
@@ -140,8 +141,6 @@ def compose_class(scores: torch.Tensor, ipc: int, segments: int, feats: torch.Te
     if select == "top":
         chosen = order[:need]
     else:
-        from vdfast.methods.coreset import herding, kcenter
-
         if feats is None:
             raise ValueError(f"compose select={select!r} needs the teacher's features")
         f = feats[torch.arange(len(pos)), pos]                  # [videos, D] of the best segments

@@ -120,15 +120,18 @@ class ConvNet3D(nn.Module):
         """[N, C, T, H, W] -> [N, feat_dim]."""
         return self.features(cpu_layout(x)).flatten(1)
 
+    def _head(self, f: torch.Tensor) -> torch.Tensor:
+        """The logits ``[N, classes]`` of the last block's features ``f``."""
+        return self.classifier(self.dropout(self.pool(f))).flatten(2).amax(dim=2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits_and_features(x)[0]
+        return self._head(self.features(cpu_layout(x)))
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward: the logits ``[N, classes]`` and the last block's features averaged over
         time and space ``[N, channels]`` (a compact appearance-and-motion descriptor)."""
         f = self.features(cpu_layout(x))
-        h = self.classifier(self.dropout(self.pool(f)))
-        return h.flatten(2).amax(dim=2), f.flatten(2).mean(2)
+        return self._head(f), f.flatten(2).mean(2)
 
 
 class ConvNet2D(nn.Module):
