@@ -221,3 +221,33 @@ def test_train_fingerprint_follows_the_train_clips(tmp_path):
     flipped = ClipStore([b0.classes[i] for i in order], {s: [b0.arrays[s][i] for i in order]
                                                          for s in b0.arrays}, b0.frames, b0.size)
     assert flipped.train_fingerprint() == b0.train_fingerprint()
+
+
+FORKED_AFTER_CONVERTING = """
+import sys
+import numpy as np
+import av
+import vdfast
+from videos import make_ucf101, write_video
+# this process converts frames itself first (PyAV >= 18 keeps a converter per thread, with
+# swscale slice threads at this size), then forks decode workers
+write_video(sys.argv[1] + "/big.mp4", np.zeros((2, 256, 256, 3), np.uint8))
+with av.open(sys.argv[1] + "/big.mp4") as c:
+    [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+made = make_ucf101(sys.argv[1] + "/ucf")
+store = vdfast.prepare(made.root, sys.argv[1] + "/store", frames=4, gap=2, size=16, workers=2)
+print("clips", sum(store.counts("train")))
+"""
+
+
+def test_workers_forked_after_the_parent_converted_frames_do_not_hang(tmp_path):
+    """prepare --workers 2 in a process that converted frames before (the quality harness writes
+    its videos, then prepares): the forked decoders do not wait on the parent's converter threads."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", FORKED_AFTER_CONVERTING, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "clips" in r.stdout, r.stdout + r.stderr

@@ -194,13 +194,19 @@ def _decode_frames(path: str, wanted: set[int], to_end: bool = False, convert=No
     got: dict[int, np.ndarray] = {}
     n = 0
     error = None
+    # a converter of this call's own: PyAV (>= 18) keeps one per thread, whose swscale slice
+    # threads a forked ``prepare --workers`` decoder inherits without the threads, and waits on
+    # forever (the parent had converted frames, e.g. written videos, before the fork)
+    from av.video.reformatter import VideoReformatter
+
+    to_rgb = VideoReformatter()
     container = _open(path)
     try:
         stream = _video_stream(container, path)
         try:
             for frame in container.decode(stream):
                 if n in wanted:
-                    rgb = frame.to_ndarray(format="rgb24")
+                    rgb = to_rgb.reformat(frame, format="rgb24").to_ndarray()
                     got[n] = rgb if convert is None else convert(rgb)
                 n += 1
                 if last is not None and n > last:
