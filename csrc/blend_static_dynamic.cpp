@@ -11,7 +11,9 @@
 // target (each thread owns one target slice and scans the index list), so repeated indices
 // accumulate without atomics and the result is deterministic; grad_wd [Co, 27] and grad_bias [Co]
 // are reduced from per-(n, t) float64 partials in a fixed order.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <vector>
 

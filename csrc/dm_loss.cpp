@@ -6,7 +6,8 @@
 // added in thread order and diff[c, :] = mean_real - mean_syn (0 where a class is absent on either
 // side) and the loss are written. Deterministic for a given thread count.
 // Backward: grad[i, :] = scale[label_i] * diff[label_i, :], rows in parallel.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #ifdef _OPENMP
 #include <omp.h>

@@ -5,7 +5,8 @@
 // every layer (rows in parallel) the three sums <r, s>, ||r||^2, ||s||^2 in double; the launcher
 // turns them into the loss and the backward coefficients. Backward: per row,
 //   grad_s = cs_r * r + cs_s * s,   grad_r = cr_s * s + cr_r * r   (coef [R, 4]).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <utility>
 #include <vector>

@@ -7,7 +7,9 @@
 //   DDIM: out = c0 * (x0 + lam[f] * (m - x0)) + c1 * x
 // The scalars come from vdfast/ops/guided_step.py (float64 on the host). `out` may alias `x`
 // (each element is read before it is written by the same iteration). float32 and float64.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
 
 namespace {
 

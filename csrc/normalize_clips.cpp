@@ -5,7 +5,8 @@
 // per-channel lookup table (computed in double, rounded once to the output dtype) replaces the
 // arithmetic. The batch statistics for ``standardize`` come from exact integer sums of x and x^2
 // per channel (the launcher folds them into scale/shift), so the output is written exactly once.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <vector>
 

@@ -5,7 +5,8 @@
 // Backward: one elementwise pass; coef = (2 g / den, -2 g num / den^2):
 //   grad_s = coef0 (s - t),  grad_a = coef1 (a - t),  grad_t = -(grad_s + grad_a).
 // Inputs are 1-D with any stride; a gradient passed empty is not computed.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 namespace {
 

@@ -89,8 +89,11 @@ def test_killed_prepare_leaves_no_workers_and_resumes(tmp_path, sig):
     pids.mkdir()
     argv = ["prepare", made.root, "--out", str(out), "--workers", "2", *SMALL]
     log = open(tmp_path / "log", "w")  # not a pipe: an orphaned worker would hold it open
+    # SIGINT as a terminal leaves it: a suite started in the background of a non-interactive shell
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     p = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(pids), *argv], cwd=ROOT, env=ENV,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while len(os.listdir(pids)) < 2 and time.time() < deadline:
         time.sleep(0.05)
