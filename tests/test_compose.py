@@ -179,6 +179,39 @@ def test_kcenter_selection_reuses_the_cached_teacher_and_scores(store, run):
         assert {v for inst in meta["picked"][name] for v, _ in inst} <= pool
 
 
+def test_random_features_herd_with_the_herding_baselines_network(store, run):
+    """features="random": herding among the teacher's pool on a random network's flattened
+    embedding of each video's best segment, the network the herding coreset draws from the seed."""
+    from vdfast.config import resolve
+    from vdfast.methods.base import reinit_
+    from vdfast.models import build
+
+    out = run.out
+    kw = {**SMALL, "compose.workdir": str(out / "compose"), "compose.select": "herding",
+          "compose.pool": 2, "compose.segments": 1}
+    got = vdfast.distill(store, method="compose", ipc=2, out=out.parent / "rf", progress=False,
+                         **kw, **{"compose.features": "random"})
+    assert got.synset.meta["compose"]["features"] == "random"
+    cfg = resolve("builtin", ipc=2, **kw)
+    net = build(cfg.net, store, device="cpu").eval()
+    reinit_(net, torch.Generator().manual_seed(cfg.seed))
+    scores = next((out / "compose").glob("scores-*"))
+    for k, name in enumerate(store.classes):
+        best = np.load(scores / f"class{k:06d}.npy").max(1)
+        cand = np.argsort(-best, kind="stable")[:4]                      # pool 2 x ipc 2 x 1
+        with torch.no_grad():
+            f = net.embed(normalize_clips(torch.from_numpy(store.clips("train", k)[cand].copy()),
+                                          store.mean, store.std)).float()
+        all_f = net.embed(normalize_clips(torch.from_numpy(store.clips("train", k).copy()),
+                                          store.mean, store.std)).float().detach()
+        pick = cand[sorted(coreset.herding(f.detach(), 2, all_f.mean(0)))]
+        assert sorted(v for inst in got.synset.meta["compose"]["picked"][name] for v, _ in inst) \
+            == sorted(pick.tolist())
+    # the teacher's features pick from the same pool, but not the same videos everywhere
+    other = vdfast.distill(store, method="compose", ipc=2, out=out.parent / "tf", progress=False, **kw)
+    assert other.synset.meta["compose"]["picked"] != got.synset.meta["compose"]["picked"]
+
+
 def test_tiles_put_downscaled_segments_of_more_videos_in_a_grid(store, run):
     """tiles 2: each segment slot is a 2x2 grid of 4 videos, each the area mean of 2x2 pixels (one
     segment: the fixture has 6 videos per class)."""

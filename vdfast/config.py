@@ -419,6 +419,9 @@ class ComposeConfig:
                             "best-scored, for a set that covers the class)")
     pool: float = _f(3.0, "with --compose-select herding|kcenter: the candidates, as a multiple of "
                           "ipc x segments (capped at the class's videos)")
+    features: str = _f("teacher", "with --compose-select herding|kcenter: the space they work in: "
+                                  "teacher (its pooled features) | random (a random network's "
+                                  "flattened features, the herding baseline's)")
     soft_labels: bool = _f(True, "store the teacher's soft labels (mean over an instance's segments)")
     temperature: float = _f(1.0, "soft labels softmax(logits / T); the students' KL uses the same T")
     chunk: int = _f(64, "clips scored at once (peak memory independent of the class's size)")
@@ -426,6 +429,7 @@ class ComposeConfig:
     def __post_init__(self):
         _choice("compose score", self.score, ("logprob", "margin"))
         _choice("compose select", self.select, ("top", "herding", "kcenter"))
+        _choice("compose features", self.features, ("teacher", "random"))
         if self.pool < 1:
             raise ConfigError(f"compose pool must be at least 1 (got {self.pool}): the candidates "
                              f"are pool x ipc x segments videos")

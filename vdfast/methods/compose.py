@@ -15,7 +15,8 @@ multi-video instance composition:
 3. **compose**  per class, each video's best segment; ipc x S videos with the best such segments,
    all different (no video is used twice in a class): the best ones (``select="top"``), or, for
    a set that covers the class rather than its most typical corner, ``herding`` / ``kcenter``
-   on the teacher's pooled features among the ``pool`` x ipc x S best. Instance j's slot s
+   among the ``pool`` x ipc x S best, on the teacher's pooled features (``features="teacher"``)
+   or on a random network's flattened ones (``"random"``: the herding baseline's embedding). Instance j's slot s
    (frames s*L .. (s+1)*L) takes the chosen video ranked s * ipc + j, so every instance gets one
    of the ipc best, one of the next ipc, and so on. ``tiles`` G > 1 also tiles space: each slot
    is a G x G grid of G² more videos' segments, each downscaled by G (ipc x S x G² videos).
@@ -45,14 +46,16 @@ from vdfast.distributed import Dist
 from vdfast.engine import checkpoint
 from vdfast.engine.checkpoint import StageCache, data_identity, identity_key
 from vdfast.engine.train import load_teacher, soft_labels, train_stats, train_teacher
-from vdfast.methods.base import Method
+from vdfast.methods.base import Method, reinit_
 from vdfast.methods.coreset import herding, kcenter
+from vdfast.models import build
 from vdfast.ops import normalize_clips
 from vdfast.progress import bar
 
 log = logging.getLogger("vdfast")
 
-__all__ = ["Compose", "segment_starts", "score_segments", "compose_class", "check_budget", "place"]
+__all__ = ["Compose", "segment_starts", "score_segments", "embed_segments", "compose_class",
+           "check_budget", "place"]
 
 
 def segment_starts(frames: int, segments: int, stride: int = 0) -> list[int]:
@@ -99,6 +102,25 @@ def place(video: torch.Tensor, piece: np.ndarray, segment: int, tile: int, tiles
     video[segment * L:(segment + 1) * L, r * h:(r + 1) * h, col * h:(col + 1) * h] = x
 
 
+def _stretched_segments(x: torch.Tensor, segments: int, starts: list[int]) -> torch.Tensor:
+    """``[n * len(starts), C, T, H, W]``: each clip's ``T // segments`` frames from each start,
+    stretched back to T frames by repeating each frame ``segments`` times."""
+    length = x.shape[2] // segments
+    segs = torch.stack([x[:, :, p:p + length] for p in starts], 1).flatten(0, 1)
+    return segs.repeat_interleave(segments, dim=2) if segments > 1 else segs
+
+
+@torch.no_grad()
+def embed_segments(net, u8: torch.Tensor, segments: int, starts: list[int], mean, std
+                   ) -> torch.Tensor:
+    """``[n, len(starts), D]``: ``net.embed`` (the flattened last-block features, what the
+    herding baseline uses) of each stretched segment of the uint8 clips ``u8``."""
+    dev = next(net.parameters()).device
+    x = normalize_clips(u8.to(dev), mean, std)
+    return net.embed(_stretched_segments(x, segments, starts)).float().view(
+        u8.shape[0], len(starts), -1).cpu()
+
+
 @torch.no_grad()
 def score_segments(teacher, u8: torch.Tensor, label: int, segments: int, starts: list[int],
                    mean, std, stats: tuple[float, float], how: str = "logprob"
@@ -111,11 +133,7 @@ def score_segments(teacher, u8: torch.Tensor, label: int, segments: int, starts:
     logit minus the largest other logit)."""
     dev = next(teacher.parameters()).device
     x = (normalize_clips(u8.to(dev), mean, std) - stats[0]) / stats[1]    # [n, C, T, H, W]
-    length = x.shape[2] // segments
-    segs = torch.stack([x[:, :, p:p + length] for p in starts], 1).flatten(0, 1)
-    if segments > 1:
-        segs = segs.repeat_interleave(segments, dim=2)
-    logits, feats = teacher.logits_and_features(segs)
+    logits, feats = teacher.logits_and_features(_stretched_segments(x, segments, starts))
     logits = logits.float()
     if how == "logprob":
         s = F.log_softmax(logits, 1)[:, label]
@@ -204,6 +222,10 @@ class Compose(Method):
         starts = segment_starts(T, c.segments, c.stride)
         L = T // c.segments
         cache = StageCache(work).stage("scores", ids["scores"])
+        embedder = None  # features="random": the herding baseline's network, drawn from the seed
+        if c.select != "top" and c.features == "random":
+            embedder = build(cfg.net, store, device=device).eval()
+            reinit_(embedder, torch.Generator(device=device).manual_seed(cfg.seed))
 
         mine = dist.shard(store.num_classes) if dist.active else range(store.num_classes)
         shape = (T, store.size, store.size, 3)
@@ -213,6 +235,11 @@ class Compose(Method):
         with bar(total=len(mine), desc="compose: scoring classes", unit="class", enable=progress) as pb:
             for k in mine:
                 scores, feats = self._class_scores(teacher, store, k, c, starts, stats, cache)
+                if embedder is not None:
+                    clips = store.clips("train", k)
+                    feats = torch.cat([embed_segments(
+                        embedder, torch.from_numpy(np.array(clips[s:s + c.chunk])), c.segments,
+                        starts, store.mean, store.std) for s in range(0, clips.shape[0], c.chunk)])
                 slots = compose_class(scores, ipc, c.segments * G2, feats, c.select, c.pool)
                 clips = store.clips("train", k)
                 for j in range(ipc):
@@ -245,6 +272,7 @@ class Compose(Method):
                 "compose": {"segments": c.segments, "segment_frames": L, "tiles": c.tiles,
                             "score": c.score,
                             "select": c.select, "pool": c.pool if c.select != "top" else None,
+                            "features": c.features if c.select != "top" else None,
                             "picked": {store.classes[k]: picked[k].tolist()
                                        for k in range(store.num_classes)}}}
         if work is None:
