@@ -16,8 +16,8 @@ multi-video instance composition:
    all different (no video is used twice in a class): the best ones (``select="top"``), or, for
    a set that covers the class rather than its most typical corner, ``herding`` / ``kcenter``
    among the ``pool`` x ipc x S best, on the teacher's pooled features (``features="teacher"``)
-   or on a random network's flattened ones (``"random"``: the herding baseline's embedding). Instance j's slot s
-   (frames s*L .. (s+1)*L) takes the chosen video ranked s * ipc + j, so every instance gets one
+   or on a random network's flattened ones (``"random"``: the herding baseline's embedding).
+   Instance j's slot s (frames s*L .. (s+1)*L) takes the chosen video ranked s * ipc + j, so every instance gets one
    of the ipc best, one of the next ipc, and so on. ``tiles`` G > 1 also tiles space: each slot
    is a G x G grid of G² more videos' segments, each downscaled by G (ipc x S x G² videos).
 4. **labels**   hard labels, and soft labels (``soft_labels``): softmax(teacher / tau) of each of
@@ -46,9 +46,8 @@ from vdfast.distributed import Dist
 from vdfast.engine import checkpoint
 from vdfast.engine.checkpoint import StageCache, data_identity, identity_key
 from vdfast.engine.train import load_teacher, soft_labels, train_stats, train_teacher
-from vdfast.methods.base import Method, reinit_
-from vdfast.methods.coreset import herding, kcenter
-from vdfast.models import build
+from vdfast.methods.base import Method
+from vdfast.methods.coreset import embedding_net, herding, kcenter
 from vdfast.ops import normalize_clips
 from vdfast.progress import bar
 
@@ -224,8 +223,7 @@ class Compose(Method):
         cache = StageCache(work).stage("scores", ids["scores"])
         embedder = None  # features="random": the herding baseline's network, drawn from the seed
         if c.select != "top" and c.features == "random":
-            embedder = build(cfg.net, store, device=device).eval()
-            reinit_(embedder, torch.Generator(device=device).manual_seed(cfg.seed))
+            embedder = embedding_net(cfg, store, device)
 
         mine = dist.shard(store.num_classes) if dist.active else range(store.num_classes)
         shape = (T, store.size, store.size, 3)
@@ -235,13 +233,12 @@ class Compose(Method):
         with bar(total=len(mine), desc="compose: scoring classes", unit="class", enable=progress) as pb:
             for k in mine:
                 scores, feats = self._class_scores(teacher, store, k, c, starts, stats, cache)
+                clips = store.clips("train", k)
                 if embedder is not None:
-                    clips = store.clips("train", k)
                     feats = torch.cat([embed_segments(
                         embedder, torch.from_numpy(np.array(clips[s:s + c.chunk])), c.segments,
                         starts, store.mean, store.std) for s in range(0, clips.shape[0], c.chunk)])
                 slots = compose_class(scores, ipc, c.segments * G2, feats, c.select, c.pool)
-                clips = store.clips("train", k)
                 for j in range(ipc):
                     for q in range(c.segments * G2):                # slot q: segment q // G², tile q % G²
                         v, p = int(slots[j, q, 0]), starts[int(slots[j, q, 1])]

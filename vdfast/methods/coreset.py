@@ -62,13 +62,20 @@ def embed_class(net, store: ClipStore, c: int, device, chunk: int = 256) -> torc
     return torch.cat(out)
 
 
+def embedding_net(cfg, store: ClipStore, device):
+    """The randomly initialised ConvNet3D that herding and k-center embed clips with, drawn from
+    ``cfg.seed`` (also compose's ``features="random"``)."""
+    net = build(cfg.net, store, device=device).eval()
+    reinit_(net, torch.Generator(device=device).manual_seed(cfg.seed))
+    return net
+
+
 def select_clips(store: ClipStore, cfg, device, how: str):
     """``cfg.ipc`` train clips per class chosen by ``how`` (``herding`` or ``kcenter``) on the
     embeddings of a random ConvNet3D seeded by ``cfg.seed``: (normalised float clips, labels,
     {class name: picked indices}). Also the pixel synsets' ``init=herding|kcenter``."""
     select = {"herding": herding, "kcenter": kcenter}[how]
-    net = build(cfg.net, store, device=device).eval()
-    reinit_(net, torch.Generator(device=device).manual_seed(cfg.seed))
+    net = embedding_net(cfg, store, device)
     clips, labels, picked = [], [], {}
     for c in range(store.num_classes):
         idx = sorted(select(embed_class(net, store, c, device), cfg.ipc))
