@@ -152,3 +152,15 @@ def test_more_processes_than_classes_are_refused_before_any_work(small, tmp_path
     with pytest.raises(Exception) as e:  # 12 is allowed: it gets past the check (to the group)
         vdfast.distill(small, method="dm", iterations=2, progress=False, **FAST)
     assert "classes would leave" not in str(e.value)
+
+
+def test_progress_false_silences_the_methods_own_stages(tmp_path, capfd, monkeypatch):
+    # compose trains a teacher and scores classes in its init, outside the distill loop: its bars
+    # must follow distill's progress flag too (and do show with progress=True)
+    monkeypatch.delenv("VDFAST_PROGRESS", raising=False)
+    tiny = ClipStore.builtin(train_per_class=2, test_per_class=1, frames=4, size=16)
+    opts = dict(method="compose", ipc=1, seed=0, **{"compose.teacher_epochs": 1, "net.width": 4})
+    vdfast.distill(tiny, out=tmp_path / "quiet", progress=False, **opts)
+    assert "compose: scoring classes" not in capfd.readouterr().err
+    vdfast.distill(tiny, out=tmp_path / "loud", progress=True, **opts)
+    assert "compose: scoring classes" in capfd.readouterr().err

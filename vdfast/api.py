@@ -23,6 +23,7 @@ from vdfast import profiling
 from vdfast.config import ConfigError, DistillConfig, EvalConfig, from_dict, resolve
 from vdfast.data.store import ClipStore, StoreError
 from vdfast.engine import checkpoint, loop
+from vdfast.progress import quiet
 from vdfast.synsets import Synset, load
 from vdfast.version import __version__
 
@@ -173,7 +174,7 @@ def distill(data=None, method: str = "dm", ipc: int = 1, iterations: int | None 
         checkpoint.preflight(out)  # --out created and writable before any long work
     lock = checkpoint.RunLock(out, "distill") if out is not None and dist.main else contextlib.nullcontext()
     try:
-        with lock, checkpoint.handle_signals():
+        with lock, checkpoint.handle_signals(), quiet(not progress):
             return _distill(store, cfg, m, dist, out, preset, resume, progress, callback)
     except BaseException:
         if created and {p.name for p in out.iterdir()} <= {checkpoint.LOCK}:
@@ -454,8 +455,9 @@ def evaluate(synset, data=None, students: int | None = None, out=None, seed: int
 
     dist = distributed.setup(pick_device(cfg.device))  # N processes: students split across them
     dev = dist.device
-    rep = run_eval(synset.to(dev), store, cfg.eval, seed=cfg.seed, device=dev, net_cfg=cfg.net,
-                   progress=progress and dist.main, baselines=baselines, full=full, dist=dist)
+    with quiet(not progress):
+        rep = run_eval(synset.to(dev), store, cfg.eval, seed=cfg.seed, device=dev, net_cfg=cfg.net,
+                       progress=progress and dist.main, baselines=baselines, full=full, dist=dist)
     if out is not None and dist.main:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -476,7 +478,7 @@ def prepare(source, out, config=None, progress: bool = True, **options) -> ClipS
     if not Path(source).exists():
         raise StoreError(f"dataset folder {source} does not exist")
     checkpoint.preflight(out)
-    with checkpoint.RunLock(out, "prepare"):
+    with checkpoint.RunLock(out, "prepare"), quiet(not progress):
         return _prepare(source, out, cfg, progress=progress)
 
 
