@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from vdfast.data.store import ClipStore
+from vdfast.models import build
 
 
 class Method:
@@ -102,3 +103,18 @@ def reinit_(net: nn.Module, gen: torch.Generator) -> nn.Module:
             m.weight.fill_(1.0)
             m.bias.zero_()
     return net
+
+
+def check_net_norm(cfg, method: str) -> None:
+    """Refuse ``--net-norm batch`` for a method that runs ``cfg.net`` on per-class or synthetic-only
+    batches (DC, FRePo): each would get its own batch statistics."""
+    if cfg.net.norm == "batch":
+        raise ValueError(f"{method} does not support --net-norm batch (per-class or synthetic-only "
+                         f"batches would each get their own statistics); use --net-norm none or "
+                         f"instance")
+
+
+def empty_net(store: ClipStore, cfg, device) -> nn.Module:
+    """A ConvNet3D for ``store`` with ``cfg.net``'s shape, in eval mode, allocated without drawing
+    from the global RNG (its weights are drawn later with :func:`reinit_` from the run's generator)."""
+    return build(cfg.net, store, device="meta").to_empty(device=device).eval()
