@@ -8,6 +8,7 @@ the hooks :class:`Method` declares. The loop, checkpointing and the progress bar
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -15,6 +16,22 @@ import torch.nn as nn
 
 from vdfast.data.store import ClipStore
 from vdfast.models import build
+
+# parametrisation -> "module:function" (imported on use) of its starting synset:
+# ``init(store, cfg, device, method, dist=None) -> Synset``
+INITS = {
+    "pixel": "vdfast.methods.base:init_pixel",
+    "s2d": "vdfast.methods.static:init_s2d",
+}
+
+
+def make_synset(parametrization: str, store: ClipStore, cfg, device, method: str, dist=None):
+    """A method's starting synset of ``parametrization`` (:data:`INITS`); ``dist`` (a
+    :class:`vdfast.distributed.Dist`) lets an init that learns something split it across processes."""
+    if parametrization not in INITS:
+        raise ValueError(f"unknown parametrisation {parametrization!r}; known: {', '.join(INITS)}")
+    module, fn = INITS[parametrization].split(":")
+    return getattr(importlib.import_module(module), fn)(store, cfg, device, method, dist=dist)
 
 
 class Method:
@@ -56,9 +73,8 @@ class Method:
         return cfg
 
     def init(self, store: ClipStore, cfg, device, gen: torch.Generator):
-        from vdfast.synsets import make
-
-        return make(self.parametrization, store, cfg, device, method=self.full_name, dist=self.dist)
+        return make_synset(self.parametrization, store, cfg, device, method=self.full_name,
+                           dist=self.dist)
 
     def setup(self, synset, store: ClipStore, cfg, device):
         """The state of an iterative method's steps (a dataclass of the method's); called once
@@ -86,6 +102,29 @@ class Method:
         """Entries the run's history keeps beside the losses (DM's network bank:
         ``{"dm_bank": ...}``). Nothing by default."""
         return {}
+
+
+def init_pixel(store: ClipStore, cfg, device, method: str, dist=None):
+    """A :class:`~vdfast.synsets.PixelSynset` of ``ipc`` random real clips per class (seeded by
+    ``cfg.seed``), N(0, 1) noise, or the clips herding / k-center chooses
+    (:func:`vdfast.methods.coreset.select_clips`), as ``cfg.init`` says."""
+    from vdfast.ops import normalize_clips
+    from vdfast.synsets import PixelSynset
+
+    meta = {"method": method, "ipc": cfg.ipc, "dataset": store.name}
+    if cfg.init in ("herding", "kcenter"):
+        from vdfast.methods.coreset import select_clips
+
+        data, labels, picked = select_clips(store, cfg, device, cfg.init)
+        return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
+                           meta={**meta, "init": cfg.init, "picked": picked})
+    gen_cpu = torch.Generator().manual_seed(cfg.seed)
+    clips, labels = store.random_clips(cfg.ipc, gen_cpu)
+    data = normalize_clips(clips, store.mean, store.std)
+    if cfg.init == "noise":
+        data = torch.randn(data.shape, generator=gen_cpu)
+    return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
+                       meta=meta)
 
 
 @torch.no_grad()
