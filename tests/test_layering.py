@@ -18,8 +18,9 @@ Every ``import`` and ``from ... import`` in every ``.py`` file under ``vdfast/``
 level and inside functions alike (a lazy import is still a dependency). ``from vdfast.pkg import
 name`` where ``name`` is a submodule counts as importing that submodule.
 
-Beside the layers, one method module does not import another's private (underscore) names: what
-two methods share is public.
+Beside the layers: one method module does not import another's private (underscore) names (what
+two methods share is public), and no module below the methods reads a method's own section of a
+synset's metadata (``meta["gvd"]``), which would be method knowledge without an import edge.
 """
 from __future__ import annotations
 
@@ -151,3 +152,40 @@ def test_the_walk_sees_lazy_and_relative_imports(tmp_path):
     found = imports("vdfast.synsets.mod", f, {"vdfast.methods.static", "vdfast.synsets.api"})
     assert ("vdfast.methods.static", ("get_static",), 2) in found
     assert ("vdfast.synsets.api", (), 3) in found
+
+
+def _is_meta(node: ast.AST) -> bool:
+    """``meta`` or ``<anything>.meta``."""
+    return ((isinstance(node, ast.Name) and node.id == "meta")
+            or (isinstance(node, ast.Attribute) and node.attr == "meta"))
+
+
+def method_keys(path: Path, names: set[str]) -> list[int]:
+    """Lines of ``path`` that read a method's own section of a metadata mapping:
+    ``synset.meta["gvd"]``, ``meta.get("compose")``."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        key = None
+        if isinstance(node, ast.Subscript) and _is_meta(node.value):
+            key = node.slice
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("get", "pop", "setdefault") and _is_meta(node.func.value)
+              and node.args):
+            key = node.args[0]
+        if isinstance(key, ast.Constant) and key.value in names:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_lower_layers_read_no_methods_metadata():
+    """Below the methods no module reads a method's own section of a synset's metadata
+    (``meta["gvd"]``): what the engine, the synsets and the data need of a method is recorded under
+    a neutral key (e.g. ``meta["teacher"]``, which compose and GVD write)."""
+    from vdfast.methods import OBJECTIVES, PARAMETRIZATIONS
+
+    names = set(OBJECTIVES) | set(PARAMETRIZATIONS)
+    bad = []
+    for mod, path in modules().items():
+        if LAYERS[layer(mod)] in (LAYERS["synsets/engine/data"], LAYERS["ops/models"]):
+            bad += [f"{path.relative_to(ROOT.parent)}:{n}" for n in method_keys(path, names)]
+    assert not bad, "method metadata read below the methods:\n" + "\n".join(bad)
