@@ -116,11 +116,12 @@ class _Synset:
         self.meta = meta
 
 
-def test_teacher_record_reads_what_gvd_writes(tmp_path):
+def test_teacher_record_reads_the_neutral_record(tmp_path):
     recipe = {"net": {"width": 4, "depth": 2, "norm": "none"}, "epochs": 1, "seed": 0,
               "eval": {"lr": 0.01}}
-    meta = {"method": "gvd", "gvd": {"workdir": str(tmp_path), "temperature": 2.5, "select": 3,
-                                     "stages": {"teacher": "abc"}, "teacher": recipe}}
+    meta = {"method": "gvd", "teacher": {"temperature": 2.5, "select": 3, "recipe": recipe,
+                                         "cache": str(tmp_path / "teacher-abc"), "weights": None},
+            "gvd": {"workdir": str(tmp_path), "stages": {"teacher": "abc"}}}
     rec = train.teacher_record(_Synset(meta))
     assert (rec.temperature, rec.select, rec.recipe, rec.cache) == (2.5, 3, recipe, None)
     (tmp_path / "teacher-abc").mkdir()
@@ -128,6 +129,11 @@ def test_teacher_record_reads_what_gvd_writes(tmp_path):
     assert train.teacher_record(_Synset(meta)).cache == tmp_path / "teacher-abc"
     bare = _Synset({"method": "dm"})
     assert train.teacher_record(bare) == train.TeacherRecord()
+    # the engine reads no method's own layout: a teacher described only under "gvd" is not one
+    gvd_only = _Synset({"method": "gvd", "gvd": {"workdir": str(tmp_path), "temperature": 2.5,
+                                                 "select": 3, "stages": {"teacher": "abc"},
+                                                 "teacher": recipe}})
+    assert train.teacher_record(gvd_only) == train.TeacherRecord()
     assert train.soft_temperature(bare, EvalConfig(soft_temperature=3.0)) == 3.0
     assert train.soft_temperature(_Synset(meta), EvalConfig(soft_temperature=3.0)) == 2.5
     assert train.teacher_of(bare, None, "cpu") is None

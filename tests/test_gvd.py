@@ -104,7 +104,7 @@ def test_gvd_end_to_end_caches_every_stage(store, tmp_path):
     # stage, each instance the candidate the teacher gives the highest probability of its class
     sel = dataclasses.replace(cfg, gvd=dataclasses.replace(cfg.gvd, select=3, soft_labels=False))
     syn_sel = get("gvd").init(store, sel, "cpu", torch.Generator())
-    assert syn_sel.soft_labels is None and syn_sel.meta["gvd"]["select"] == 3
+    assert syn_sel.soft_labels is None and syn_sel.meta["teacher"]["select"] == 3
     assert len(list((tmp_path / "w").glob("teacher-*"))) == 1
     assert len(list((tmp_path / "w").glob("samples-*"))) == 3
     teacher = get("gvd").teacher(store, cfg, "cpu", progress=False)

@@ -51,7 +51,7 @@ def _spy(monkeypatch):
 def test_report_has_hard_soft_and_random_real_with_teacher_labels(store, run, monkeypatch):
     res, work = run
     syn = res.synset
-    assert syn.soft_labels is not None and syn.meta["gvd"]["temperature"] == 2.5
+    assert syn.soft_labels is not None and syn.meta["teacher"]["temperature"] == 2.5
     calls = _spy(monkeypatch)
     cfg = EvalConfig(students=2, epochs=1, batch=16, full=False, soft_temperature=1.0, batched="off")
     rep = evaluation.evaluate(syn, store, cfg, seed=3, net_cfg=res.config.net, progress=False)
@@ -95,11 +95,14 @@ def test_teacher_is_rebuilt_when_the_cache_is_gone(store, run, tmp_path):
 
 
 def test_saved_synset_keeps_what_the_evaluation_needs(run, tmp_path):
-    res, _ = run
+    res, work = run
     res.synset.save(tmp_path / "syn")
     back = vdfast.load(tmp_path / "syn")
-    assert back.meta["gvd"]["temperature"] == 2.5
-    assert back.meta["gvd"]["teacher"] == res.synset.meta["gvd"]["teacher"]
+    assert back.meta["teacher"]["temperature"] == 2.5
+    assert back.meta["teacher"] == res.synset.meta["teacher"]
+    assert back.meta["teacher"]["recipe"]["epochs"] == res.config.gvd.teacher_epochs
+    (cache,) = work.glob("teacher-*")  # the neutral record points at GVD's teacher stage
+    assert evaluation.teacher_record(back).cache == cache
 
 
 def test_selected_synset_gets_real_clips_selected_by_the_same_teacher(store, run, monkeypatch):
@@ -110,7 +113,7 @@ def test_selected_synset_gets_real_clips_selected_by_the_same_teacher(store, run
     res, _ = run
     syn = res.synset
     sel = type(syn)(syn.pixels, syn.labels, syn.classes, syn.mean, syn.std,
-                    meta={**syn.meta, "gvd": {**syn.meta["gvd"], "select": 3}})
+                    meta={**syn.meta, "teacher": {**syn.meta["teacher"], "select": 3}})
     calls = _spy(monkeypatch)
     cfg = EvalConfig(students=2, epochs=1, batch=16, full=False, batched="off")
     rep = evaluation.evaluate(sel, store, cfg, seed=3, net_cfg=res.config.net, progress=False)
@@ -139,7 +142,7 @@ def test_batched_evaluation_of_a_selected_soft_label_synset_is_the_one_by_one_on
     res, _ = run
     syn = res.synset
     sel = type(syn)(syn.pixels, syn.labels, syn.classes, syn.mean, syn.std, soft_labels=syn.soft_labels,
-                    meta={**syn.meta, "gvd": {**syn.meta["gvd"], "select": 2}})
+                    meta={**syn.meta, "teacher": {**syn.meta["teacher"], "select": 2}})
     reps = {}
     for b in ("on", "off"):
         cfg = EvalConfig(students=2, epochs=2, batch=8, full=False, batched=b, batch_students=3)

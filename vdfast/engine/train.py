@@ -291,9 +291,9 @@ def select_real(teacher, store, ipc: int, candidates: int, gen: torch.Generator,
 # ------------------------------------------------------------------ what a synset records of it
 @dataclass(frozen=True)
 class TeacherRecord:
-    """What a synset records about the teacher behind its labels or its choice of videos: under
-    ``meta["teacher"]`` (compose writes it) or, for a GVD synset, under ``meta["gvd"]``; other
-    synsets record nothing (the defaults).
+    """What a synset records about the teacher behind its labels or its choice of videos, under
+    ``meta["teacher"]`` (the methods that use a teacher, compose and GVD, write it); other synsets
+    record nothing (the defaults).
 
     ``temperature``: the KL temperature its soft labels were made with (None: not recorded);
     ``select``: the candidates per instance the teacher chose among (1: no choice);
@@ -310,27 +310,18 @@ class TeacherRecord:
 
 
 def teacher_record(synset) -> TeacherRecord:
-    """The :class:`TeacherRecord` of ``synset``: ``meta["teacher"]`` (``temperature``, ``select``,
-    ``recipe``, ``cache``, ``weights``), else GVD's ``meta["gvd"]`` (``temperature``, ``select``,
-    ``teacher``, and the stage cache ``<workdir>/teacher-<stages.teacher>``)."""
+    """The :class:`TeacherRecord` of ``synset``: its ``meta["teacher"]`` (``temperature``,
+    ``select``, ``recipe``, ``cache``, ``weights``), the defaults when it has none."""
     rec = synset.meta.get("teacher")
-    if isinstance(rec, dict):
-        cache = rec.get("cache")
-        cache = Path(cache) if cache and checkpoint.weights_file(cache, "teacher") is not None else None
-        weights = rec.get("weights")
-        weights = Path(weights) if weights and Path(weights).is_file() else None
-        tau = rec.get("temperature")
-        return TeacherRecord(None if tau is None else float(tau), int(rec.get("select", 1)),
-                             rec.get("recipe") or None, cache, weights)
-    info = synset.meta.get("gvd") or {}
-    cache = None
-    key = (info.get("stages") or {}).get("teacher")
-    if info.get("workdir") and key:
-        d = Path(info["workdir"]) / f"teacher-{key}"
-        cache = d if checkpoint.weights_file(d, "teacher") is not None else None
-    tau = info.get("temperature")
-    return TeacherRecord(None if tau is None else float(tau), int(info.get("select", 1)),
-                         info.get("teacher") or None, cache)
+    if not isinstance(rec, dict):
+        return TeacherRecord()
+    cache = rec.get("cache")
+    cache = Path(cache) if cache and checkpoint.weights_file(cache, "teacher") is not None else None
+    weights = rec.get("weights")
+    weights = Path(weights) if weights and Path(weights).is_file() else None
+    tau = rec.get("temperature")
+    return TeacherRecord(None if tau is None else float(tau), int(rec.get("select", 1)),
+                         rec.get("recipe") or None, cache, weights)
 
 
 def soft_temperature(synset, cfg) -> float:

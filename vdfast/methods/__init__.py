@@ -2,8 +2,8 @@
 
 A method name is an objective (``dm``, ``random``, ``herding``, ``kcenter`` ...) optionally prefixed
 by a parametrisation (``s2d-dm``: the static-dynamic synset trained with the DM loss). Each method
-module adds one line to ``OBJECTIVES``; each parametrisation registers its synset init in
-``vdfast.synsets`` and one line in ``PARAMETRIZATIONS``.
+module adds one line to ``OBJECTIVES``; each parametrisation adds its synset init to
+:data:`vdfast.methods.base.INITS` and one line to ``PARAMETRIZATIONS``.
 """
 import importlib
 

@@ -8,12 +8,30 @@ the hooks :class:`Method` declares. The loop, checkpointing and the progress bar
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
 import torch.nn as nn
 
 from vdfast.data.store import ClipStore
+from vdfast.models import build
+
+# parametrisation -> "module:function" (imported on use) of its starting synset:
+# ``init(store, cfg, device, method, dist=None) -> Synset``
+INITS = {
+    "pixel": "vdfast.methods.base:init_pixel",
+    "s2d": "vdfast.methods.static:init_s2d",
+}
+
+
+def make_synset(parametrization: str, store: ClipStore, cfg, device, method: str, dist=None):
+    """A method's starting synset of ``parametrization`` (:data:`INITS`); ``dist`` (a
+    :class:`vdfast.distributed.Dist`) lets an init that learns something split it across processes."""
+    if parametrization not in INITS:
+        raise ValueError(f"unknown parametrisation {parametrization!r}; known: {', '.join(INITS)}")
+    module, fn = INITS[parametrization].split(":")
+    return getattr(importlib.import_module(module), fn)(store, cfg, device, method, dist=dist)
 
 
 class Method:
@@ -55,9 +73,8 @@ class Method:
         return cfg
 
     def init(self, store: ClipStore, cfg, device, gen: torch.Generator):
-        from vdfast.synsets import make
-
-        return make(self.parametrization, store, cfg, device, method=self.full_name, dist=self.dist)
+        return make_synset(self.parametrization, store, cfg, device, method=self.full_name,
+                           dist=self.dist)
 
     def setup(self, synset, store: ClipStore, cfg, device):
         """The state of an iterative method's steps (a dataclass of the method's); called once
@@ -87,6 +104,29 @@ class Method:
         return {}
 
 
+def init_pixel(store: ClipStore, cfg, device, method: str, dist=None):
+    """A :class:`~vdfast.synsets.PixelSynset` of ``ipc`` random real clips per class (seeded by
+    ``cfg.seed``), N(0, 1) noise, or the clips herding / k-center chooses
+    (:func:`vdfast.methods.coreset.select_clips`), as ``cfg.init`` says."""
+    from vdfast.ops import normalize_clips
+    from vdfast.synsets import PixelSynset
+
+    meta = {"method": method, "ipc": cfg.ipc, "dataset": store.name}
+    if cfg.init in ("herding", "kcenter"):
+        from vdfast.methods.coreset import select_clips
+
+        data, labels, picked = select_clips(store, cfg, device, cfg.init)
+        return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
+                           meta={**meta, "init": cfg.init, "picked": picked})
+    gen_cpu = torch.Generator().manual_seed(cfg.seed)
+    clips, labels = store.random_clips(cfg.ipc, gen_cpu)
+    data = normalize_clips(clips, store.mean, store.std)
+    if cfg.init == "noise":
+        data = torch.randn(data.shape, generator=gen_cpu)
+    return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
+                       meta=meta)
+
+
 @torch.no_grad()
 def reinit_(net: nn.Module, gen: torch.Generator) -> nn.Module:
     """Re-draw every Conv/Linear parameter in place with PyTorch's default initialisation, from
@@ -102,3 +142,18 @@ def reinit_(net: nn.Module, gen: torch.Generator) -> nn.Module:
             m.weight.fill_(1.0)
             m.bias.zero_()
     return net
+
+
+def check_net_norm(cfg, method: str) -> None:
+    """Refuse ``--net-norm batch`` for a method that runs ``cfg.net`` on per-class or synthetic-only
+    batches (DC, FRePo): each would get its own batch statistics."""
+    if cfg.net.norm == "batch":
+        raise ValueError(f"{method} does not support --net-norm batch (per-class or synthetic-only "
+                         f"batches would each get their own statistics); use --net-norm none or "
+                         f"instance")
+
+
+def empty_net(store: ClipStore, cfg, device) -> nn.Module:
+    """A ConvNet3D for ``store`` with ``cfg.net``'s shape, in eval mode, allocated without drawing
+    from the global RNG (its weights are drawn later with :func:`reinit_` from the run's generator)."""
+    return build(cfg.net, store, device="meta").to_empty(device=device).eval()

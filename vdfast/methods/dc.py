@@ -37,8 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vdfast.data.store import ClipPool
-from vdfast.methods.base import Method, reinit_
-from vdfast.models import build
+from vdfast.methods.base import Method, check_net_norm, empty_net, reinit_
 from vdfast.ops import gradient_match, normalize_clips
 from vdfast.profiling import span
 
@@ -208,19 +207,6 @@ class DCState:
     std: tuple
 
 
-def _check_norm(cfg, method: str):
-    if cfg.net.norm == "batch":
-        raise ValueError(f"{method} does not support --net-norm batch (per-class or synthetic-only "
-                         f"batches would each get their own statistics); use --net-norm none or "
-                         f"instance")
-
-
-def build_net(store, cfg, device) -> nn.Module:
-    """A ConvNet3D for ``store`` with ``cfg.net``'s shape, allocated without drawing from the
-    global RNG (its weights are drawn later with ``reinit_`` from the run's generator)."""
-    return build(cfg.net, store, device="meta").to_empty(device=device).eval()
-
-
 class DC(Method):
     """DC; on N processes each rank matches the gradients of its block of classes (the network
     and its inner-loop training are replicated: same draws, same synset on every rank)."""
@@ -233,7 +219,7 @@ class DC(Method):
     def setup(self, synset, store, cfg, device):
         from vdfast.distributed import Dist
 
-        _check_norm(cfg, "dc")
+        check_net_norm(cfg, "dc")
         dist = self.dist or Dist(0, 1, torch.device(device))
         classes = dist.shard(store.num_classes)
         outer, inner = dc_loops(cfg.ipc, cfg.dc.outer_loop, cfg.dc.inner_loop)
@@ -244,7 +230,7 @@ class DC(Method):
         if (counts != counts[0]).any() or counts[0] == 0:
             raise ValueError(f"dc needs the same number of synthetic videos in every class, got "
                              f"{counts.tolist()}")
-        net = build_net(store, cfg, device)
+        net = empty_net(store, cfg, device)
         groups = synset.param_groups(dataclasses.replace(cfg, lr_img=cfg.dc.lr_img))
         opt = torch.optim.SGD(groups, momentum=cfg.momentum)
         ipc = int(counts[0])

@@ -41,8 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from vdfast.data.store import ClipPool
-from vdfast.methods.base import Method, reinit_
-from vdfast.methods.dc import _check_norm, build_net
+from vdfast.methods.base import Method, check_net_norm, empty_net, reinit_
 from vdfast.ops import normalize_clips
 from vdfast.profiling import span, traced
 
@@ -161,7 +160,7 @@ class FRePo(Method):
         from vdfast.distributed import Dist
 
         fc = cfg.frepo
-        _check_norm(cfg, "frepo")
+        check_net_norm(cfg, "frepo")
         nc = store.num_classes
         dist = self.dist or Dist(0, 1, torch.device(device))
         if fc.learn_labels and synset.label_targets is None:
@@ -176,7 +175,7 @@ class FRePo(Method):
                 opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
-        nets = [build_net(store, cfg, device) for _ in range(fc.pool_size)]
+        nets = [empty_net(store, cfg, device) for _ in range(fc.pool_size)]
         net_opts = [torch.optim.Adam(n.parameters(), lr=fc.lr_net) for n in nets]
         per_class = max(1, fc.batch_real // nc)
         return FRePoState(pool=ClipPool(store, "train", device, classes=dist.shard(nc)), nets=nets,

@@ -665,13 +665,18 @@ class GVD(Method):
             from vdfast.ops import normalize_clips
 
             videos = normalize_clips(videos, store.mean, store.std)
+        stages = {k: v and identity_key(v) for k, v in ids.items()}
+        recipe = None  # how to rebuild the teacher (evaluation.teacher_of) without the cache
+        if teacher is not None:
+            recipe = {k: ids["teacher"][k] for k in ("net", "epochs", "seed", "eval")}
+        cached = (str(work.root / f"teacher-{stages['teacher']}")
+                  if work.root and stages.get("teacher") else None)
         meta = {"method": self.name, "ipc": cfg.ipc, "dataset": store.name,
-                "gvd": {"workdir": str(work.root) if work.root else None,
-                        "temperature": g.temperature, "segments": g.segments, "select": g.select,
+                "teacher": {"temperature": g.temperature, "select": g.select, "recipe": recipe,
+                            "cache": cached, "weights": None},
+                "gvd": {"workdir": str(work.root) if work.root else None, "segments": g.segments,
                         "attention": g.attention,  # the backend that ran (auto resolved)
-                        "stages": {k: v and identity_key(v) for k, v in ids.items()}}}
-        if teacher is not None:  # how to rebuild the teacher (evaluation.teacher_of) without the cache
-            meta["gvd"]["teacher"] = {k: ids["teacher"][k] for k in ("net", "epochs", "seed", "eval")}
+                        "stages": stages}}
         if work.root is None:
             log.info("gvd: no workdir (--gvd-workdir): stages are neither cached nor resumable")
         return GeneratedSynset(videos.to(device), labels.to(device), store.classes, store.mean,

@@ -378,6 +378,27 @@ def get_static(store: ClipStore, cfg, spc: int, device="cpu", progress: bool = F
     return static
 
 
+def init_s2d(store: ClipStore, cfg, device, method: str, dist=None):
+    """The starting :class:`~vdfast.synsets.StaticDynamicSynset` of an ``s2d-*`` method: the static
+    memory from :func:`get_static` (``s2d.static_path``, the ``s2d.static_cache``, or static
+    learning, split across the processes of ``dist``), N(0, 1) dynamic memory and the integrator,
+    all drawn from generators seeded by ``cfg.seed`` (the global RNG is untouched)."""
+    from vdfast.synsets.static_dynamic import StaticDynamicSynset, init_integrator, per_slot
+
+    s2d = cfg.s2d
+    k = per_slot(s2d.pairing)
+    nc, ipc = store.num_classes, cfg.ipc
+    static = get_static(store, cfg, k * ipc, device, dist=dist)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    dynamic = torch.randn(nc * k * ipc, store.frames, 1, store.size, store.size, generator=gen)
+    weight, bias = init_integrator(static.shape[1], gen, s2d.integrator_init)
+    labels = torch.arange(nc).repeat_interleave(ipc)
+    return StaticDynamicSynset(static, dynamic.to(device), weight.to(device), bias.to(device),
+                               labels.to(device), store.classes, store.mean, store.std,
+                               pairing=s2d.pairing, pairing_seed=cfg.seed,
+                               meta={"method": method, "ipc": ipc, "dataset": store.name})
+
+
 class StaticOnly(Method):
     """The static-only baseline: ``ipc`` still images per class (static learning with the run's
     ``s2d.static_*`` settings, or ``s2d.static_path``), each repeated over the clip's frames, as a

@@ -33,7 +33,6 @@ from vdfast.version import __version__
 
 SYNSET_FORMAT = 1
 KINDS: dict[str, type] = {}      # kind -> Synset subclass (for load)
-INITS: dict[str, object] = {}    # parametrisation -> init(store, cfg, device, method) -> Synset
 
 
 def register(kind: str):
@@ -42,22 +41,6 @@ def register(kind: str):
         KINDS[kind] = cls
         return cls
     return deco
-
-
-def register_init(parametrization: str):
-    """Register how a method's ``init`` builds a synset of this parametrisation."""
-    def deco(fn):
-        INITS[parametrization] = fn
-        return fn
-    return deco
-
-
-def make(parametrization: str, store, cfg, device, method: str, dist=None) -> "Synset":
-    """A method's starting synset of ``parametrization``; ``dist`` (a
-    :class:`vdfast.distributed.Dist`) lets an init that learns something split it across processes."""
-    if parametrization not in INITS:
-        raise ValueError(f"unknown parametrisation {parametrization!r}; known: {', '.join(INITS)}")
-    return INITS[parametrization](store, cfg, device, method, dist=dist)
 
 
 class Synset(nn.Module):

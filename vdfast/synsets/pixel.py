@@ -1,13 +1,13 @@
 """PixelSynset: the synthetic videos themselves are the learnable tensor ``[N, C, T, H, W]``
 (normalised space), ``ipc`` per class, class-major. DM, DC and MTT optimise it; coresets fill it
-with real clips."""
+with real clips (their initialisation: :func:`vdfast.methods.base.init_pixel`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 from vdfast.profiling import traced
-from vdfast.synsets.base import Synset, register, register_init
+from vdfast.synsets.base import Synset, register
 
 
 @register("pixel")
@@ -35,24 +35,3 @@ class PixelSynset(Synset):
         return cls(tensors["data"], tensors["labels"], header["classes"], norm["mean"], norm["std"],
                    soft_labels=tensors.get("soft_labels"), meta=meta)
 
-
-@register_init("pixel")
-def init_pixel(store, cfg, device, method: str, dist=None) -> PixelSynset:
-    """``ipc`` random real clips per class (seeded by ``cfg.seed``), N(0, 1) noise, or the clips
-    herding / k-center chooses (:func:`vdfast.methods.coreset.select_clips`)."""
-    from vdfast.ops import normalize_clips
-
-    meta = {"method": method, "ipc": cfg.ipc, "dataset": store.name}
-    if cfg.init in ("herding", "kcenter"):
-        from vdfast.methods.coreset import select_clips
-
-        data, labels, picked = select_clips(store, cfg, device, cfg.init)
-        return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
-                           meta={**meta, "init": cfg.init, "picked": picked})
-    gen_cpu = torch.Generator().manual_seed(cfg.seed)
-    clips, labels = store.random_clips(cfg.ipc, gen_cpu)
-    data = normalize_clips(clips, store.mean, store.std)
-    if cfg.init == "noise":
-        data = torch.randn(data.shape, generator=gen_cpu)
-    return PixelSynset(data.to(device), labels.to(device), store.classes, store.mean, store.std,
-                       meta=meta)

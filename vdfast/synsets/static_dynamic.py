@@ -1,6 +1,7 @@
 """StaticDynamicSynset: videos made of a frozen still image and a learnable dynamic memory.
 
-Static-dynamic disentanglement (CVPR 2024; docs/s2d.md). Tensors (class-major throughout):
+Static-dynamic disentanglement (CVPR 2024; docs/s2d.md); a run's starting synset comes from
+:func:`vdfast.methods.static.init_s2d`. Tensors (class-major throughout):
 
 * ``static``  ``[nc * spc, C, H, W]`` the static memory (a buffer: frozen, never learned here);
 * ``dynamic`` ``[nc * dpc, T, 1, H, W]`` the dynamic memory (learnable, N(0, 1) at init);
@@ -36,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from vdfast.profiling import traced
-from vdfast.synsets.base import Synset, SynsetError, register, register_init
+from vdfast.synsets.base import Synset, SynsetError, register
 
 PAIRINGS = ("multi", "1:1")
 
@@ -168,23 +169,3 @@ class StaticDynamicSynset(Synset):
                    pairing=header.get("pairing", "multi"), pairing_seed=header.get("pairing_seed", 0),
                    soft_labels=tensors.get("soft_labels"), meta=meta)
 
-
-@register_init("s2d")
-def init_s2d(store, cfg, device, method: str, dist=None) -> StaticDynamicSynset:
-    """The static memory from :func:`vdfast.methods.static.get_static` (``s2d.static_path``, the
-    ``s2d.static_cache``, or static learning, split across the processes of ``dist``), N(0, 1) dynamic memory and the integrator, all drawn
-    from generators seeded by ``cfg.seed`` (the global RNG is untouched)."""
-    from vdfast.methods.static import get_static
-
-    s2d = cfg.s2d
-    k = per_slot(s2d.pairing)
-    nc, ipc = store.num_classes, cfg.ipc
-    static = get_static(store, cfg, k * ipc, device, dist=dist)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    dynamic = torch.randn(nc * k * ipc, store.frames, 1, store.size, store.size, generator=gen)
-    weight, bias = init_integrator(static.shape[1], gen, s2d.integrator_init)
-    labels = torch.arange(nc).repeat_interleave(ipc)
-    return StaticDynamicSynset(static, dynamic.to(device), weight.to(device), bias.to(device),
-                               labels.to(device), store.classes, store.mean, store.std,
-                               pairing=s2d.pairing, pairing_seed=cfg.seed,
-                               meta={"method": method, "ipc": ipc, "dataset": store.name})
