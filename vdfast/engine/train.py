@@ -209,7 +209,7 @@ def train_teacher(store, net_cfg, eval_cfg, epochs: int, seed: int, device,
     with torch.random.fork_rng(devices=rng_devices(device)):
         torch.manual_seed(seed * 31 + 5)
         train_student(net, source, ecfg, epochs,
-                      torch.Generator().manual_seed(seed * 31 + 6), desc="gvd teacher",
+                      torch.Generator().manual_seed(seed * 31 + 6), desc="teacher",
                       progress=progress and (dp is None or dp.main), dist=dp)
     if cache is not None and (dp is None or dp.main):
         checkpoint.save_weights(Path(cache) / "teacher.safetensors", net.state_dict())
