@@ -7,10 +7,10 @@ Every case ends in one of two outcomes, and the test says which:
 * **refused clearly**: a non-zero exit with one line ``vdfast: error: ...`` naming the file or
   option and what to do, no traceback.
 
-Kills are real (SIGKILL of a child process at a named step of the checkpoint write, through the
-test-only hook ``vdfast.engine.checkpoint._after_step``); damaged files are real files flipped or
-truncated; a full disk is a real tmpfs where this machine lets the test mount one, and an ENOSPC
-raised inside the write otherwise (both run where they can).
+Kills are real (SIGKILL of a child process at a named step of the checkpoint write: the child
+wraps the calls the write makes, and the kill follows the step's call); damaged files are real files
+flipped or truncated; a full disk is a real tmpfs where this machine lets the test mount one, and an
+ENOSPC raised inside the write otherwise (both run where they can).
 """
 import json
 import logging
@@ -52,13 +52,19 @@ def builtin():
         _STORE.append(ClipStore.builtin())
     return _STORE[0]
 
-# a child: the CLI, with the hook (or a method's step) armed to fail at a chosen point
+# a child: the CLI, with a step of the checkpoint write (or a method's step) armed to fail. The
+# steps are seen from outside, as the calls the write makes (vdfast.engine.checkpoint.Checkpointer.
+# save): "synset" after the synset is written into checkpoint.tmp, "files" after all the caller's
+# files are, "manifest" after the manifest is written and fsynced, "rotated" after the newest
+# checkpoint is moved aside to checkpoint.prev, "swapped" after checkpoint.tmp is renamed into place
 CHILD = textwrap.dedent("""
     import errno, os, signal, sys
+    from pathlib import Path
     from vdfast.engine import checkpoint
+    from vdfast.synsets.base import Synset
     mode, step, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
     seen = {}
-    def hook(name):
+    def at(name):
         if name != step:
             return
         seen[name] = seen.get(name, 0) + 1
@@ -76,7 +82,34 @@ CHILD = textwrap.dedent("""
                         f.flush()
                 except OSError:
                     pass
-    checkpoint._after_step = hook
+    synset_save = Synset.save
+    def synset_save_(self, path):
+        r = synset_save(self, path)
+        if Path(path).parent.name == "checkpoint.tmp":
+            at("synset")
+        return r
+    Synset.save = synset_save_
+    save = checkpoint.Checkpointer.save
+    def save_(self, iteration, write, **meta):
+        def write_(d):
+            write(d)
+            at("files")
+        return save(self, iteration, write_, **meta)
+    checkpoint.Checkpointer.save = save_
+    fsync_file = checkpoint.fsync_file
+    def fsync_file_(path):
+        fsync_file(path)
+        if Path(path).name == checkpoint.MANIFEST:
+            at("manifest")
+    checkpoint.fsync_file = fsync_file_
+    replace = os.replace
+    def replace_(src, dst, **kw):
+        replace(src, dst, **kw)
+        if Path(dst).name == "checkpoint.prev":
+            at("rotated")
+        elif Path(src).name == "checkpoint.tmp":
+            at("swapped")
+    os.replace = replace_
     if mode in ("SIGTERM", "SIGINT"):  # the signal arrives during iteration `nth`
         from vdfast.methods.dm import DM
         orig, calls = DM.step, [0]
