@@ -552,17 +552,16 @@ def test_minor_items(tmp_path, capsys, monkeypatch):
 
 
 # --------------------------------------------------------------------------- GVD stages
-def test_gvd_stage_checkpoint_falls_back_and_the_old_single_file_resumes(tmp_path, caplog):
+def test_gvd_stage_checkpoint_falls_back_and_a_damaged_stage_file_is_named(tmp_path, caplog):
     """Outcome: resumed exactly. GVD's autoencoder stage keeps its resumable state as verified
-    checkpoints (``ae-state/``): a damaged newest one falls back to the one before with a warning;
-    the single ``ae.pt`` of earlier vdfast still resumes (it was always replaced atomically)."""
+    checkpoints (``ae-state/``): a damaged newest one falls back to the one before with a warning.
+    Refused clearly: a damaged final weights file is named, with what to do."""
     import dataclasses
 
     from vdfast.config import GVDConfig
     from vdfast.data.store import ClipStore
-    from safetensors.torch import load_file
 
-    from vdfast.methods.gvd import _load_cached, train_autoencoder
+    from vdfast.methods.gvd import train_autoencoder
 
     store = ClipStore.builtin(train_per_class=4, test_per_class=1, frames=4, size=16)
     g = GVDConfig(ae_down=4, ae_width=4, ae_steps=6, ae_batch=4, checkpoint_every=2)
@@ -576,29 +575,10 @@ def test_gvd_stage_checkpoint_falls_back_and_the_old_single_file_resumes(tmp_pat
         res = train_autoencoder(store, g, 0, "cpu", cut, progress=False).state_dict()
     assert [r for r in caplog.records if r.levelno == logging.WARNING and "state.pt" in r.getMessage()]
     assert all(torch.equal(res[k], v) for k, v in full.items())
-    # the layout of earlier vdfast: one ae.pt (torch.save of the same dict), no ae-state/
-    old = tmp_path / "old"
-    train_autoencoder(store, dataclasses.replace(g, ae_steps=4), 0, "cpu", old, progress=False)
-    (old / "ae_final.safetensors").unlink()
-    state = _load_cached(old / "ae-state" / "state.pt")
-    Checkpointer(old / "ae-state").clear()
-    torch.save(state, old / "ae.pt")
-    res = train_autoencoder(store, g, 0, "cpu", old, progress=False).state_dict()
-    assert all(torch.equal(res[k], v) for k, v in full.items())
-    # the final weights of earlier vdfast (ae_final.pt, torch.save) still serve, untrained again
-    weights = old / "ae_final.safetensors"
-    torch.save(load_file(str(weights)), old / "ae_final.pt")
-    weights.unlink()
-    res = train_autoencoder(store, g, 0, "cpu", old, progress=False).state_dict()
-    assert all(torch.equal(res[k], v) for k, v in full.items()) and not weights.exists()
     # a damaged cached stage file is named, with what to do
-    for f in ("ae_final.pt", "ae_final.safetensors"):
-        if f.endswith(".safetensors"):
-            (old / "ae_final.pt").unlink()
-            train_autoencoder(store, g, 0, "cpu", old, progress=False)  # from ae-state: written
-        _truncate(old / f)
-        with pytest.raises(CheckpointError, match=rf"{f} is damaged.*delete it"):
-            train_autoencoder(store, g, 0, "cpu", old, progress=False)
+    _truncate(cut / "ae_final.safetensors")
+    with pytest.raises(CheckpointError, match=r"ae_final.safetensors is damaged.*delete it"):
+        train_autoencoder(store, g, 0, "cpu", cut, progress=False)
 
 
 def test_damaged_expert_trajectory_restarts_that_expert_exactly(tmp_path, capsys):

@@ -186,24 +186,16 @@ def save_weights(path, state_dict) -> Path:
 
 
 def weights_file(folder, stem: str) -> Path | None:
-    """The weights file ``folder/<stem>.safetensors`` if it exists, else the ``<stem>.pt`` older
-    vdfast wrote there if that does (None: neither)."""
+    """The weights file ``folder/<stem>.safetensors`` if it exists (None: it does not)."""
     if folder is None:
         return None
-    for suffix in (".safetensors", ".pt"):
-        f = Path(folder) / f"{stem}{suffix}"
-        if f.exists():
-            return f
-    return None
+    f = Path(folder) / f"{stem}.safetensors"
+    return f if f.exists() else None
 
 
 def load_weights(path, device="cpu", redo: str = "that stage is recomputed") -> dict:
-    """The state dict in a file :func:`save_weights` wrote (or an older vdfast ``.pt``, through
-    :func:`load_cached`); a damaged file raises :class:`CheckpointError` naming it and what
-    deleting it does (``redo``)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return load_cached(path, device, redo)
+    """The state dict in a safetensors file (:func:`save_weights`); a damaged file raises
+    :class:`CheckpointError` naming it and what deleting it does (``redo``)."""
     from safetensors.torch import load_file
 
     try:
