@@ -10,9 +10,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("WITH_CUDA") = false;
 #endif
-#ifdef _OPENMP
-  m.attr("WITH_OPENMP") = true;
-#else
-  m.attr("WITH_OPENMP") = false;
-#endif
 }

@@ -125,7 +125,7 @@ def test_teacher_record_reads_the_neutral_record(tmp_path):
     rec = train.teacher_record(_Synset(meta))
     assert (rec.temperature, rec.select, rec.recipe, rec.cache) == (2.5, 3, recipe, None)
     (tmp_path / "teacher-abc").mkdir()
-    (tmp_path / "teacher-abc" / "teacher.pt").write_bytes(b"")
+    (tmp_path / "teacher-abc" / "teacher.safetensors").write_bytes(b"")
     assert train.teacher_record(_Synset(meta)).cache == tmp_path / "teacher-abc"
     bare = _Synset({"method": "dm"})
     assert train.teacher_record(bare) == train.TeacherRecord()

@@ -7,10 +7,10 @@ Every case ends in one of two outcomes, and the test says which:
 * **refused clearly**: a non-zero exit with one line ``vdfast: error: ...`` naming the file or
   option and what to do, no traceback.
 
-Kills are real (SIGKILL of a child process at a named step of the checkpoint write, through the
-test-only hook ``vdfast.engine.checkpoint._after_step``); damaged files are real files flipped or
-truncated; a full disk is a real tmpfs where this machine lets the test mount one, and an ENOSPC
-raised inside the write otherwise (both run where they can).
+Kills are real (SIGKILL of a child process at a named step of the checkpoint write: the child
+wraps the calls the write makes, and the kill follows the step's call); damaged files are real files
+flipped or truncated; a full disk is a real tmpfs where this machine lets the test mount one, and an
+ENOSPC raised inside the write otherwise (both run where they can).
 """
 import json
 import logging
@@ -52,13 +52,19 @@ def builtin():
         _STORE.append(ClipStore.builtin())
     return _STORE[0]
 
-# a child: the CLI, with the hook (or a method's step) armed to fail at a chosen point
+# a child: the CLI, with a step of the checkpoint write (or a method's step) armed to fail. The
+# steps are seen from outside, as the calls the write makes (vdfast.engine.checkpoint.Checkpointer.
+# save): "synset" after the synset is written into checkpoint.tmp, "files" after all the caller's
+# files are, "manifest" after the manifest is written and fsynced, "rotated" after the newest
+# checkpoint is moved aside to checkpoint.prev, "swapped" after checkpoint.tmp is renamed into place
 CHILD = textwrap.dedent("""
     import errno, os, signal, sys
+    from pathlib import Path
     from vdfast.engine import checkpoint
+    from vdfast.synsets.base import Synset
     mode, step, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
     seen = {}
-    def hook(name):
+    def at(name):
         if name != step:
             return
         seen[name] = seen.get(name, 0) + 1
@@ -76,7 +82,34 @@ CHILD = textwrap.dedent("""
                         f.flush()
                 except OSError:
                     pass
-    checkpoint._after_step = hook
+    synset_save = Synset.save
+    def synset_save_(self, path):
+        r = synset_save(self, path)
+        if Path(path).parent.name == "checkpoint.tmp":
+            at("synset")
+        return r
+    Synset.save = synset_save_
+    save = checkpoint.Checkpointer.save
+    def save_(self, iteration, write, **meta):
+        def write_(d):
+            write(d)
+            at("files")
+        return save(self, iteration, write_, **meta)
+    checkpoint.Checkpointer.save = save_
+    fsync_file = checkpoint.fsync_file
+    def fsync_file_(path):
+        fsync_file(path)
+        if Path(path).name == checkpoint.MANIFEST:
+            at("manifest")
+    checkpoint.fsync_file = fsync_file_
+    replace = os.replace
+    def replace_(src, dst, **kw):
+        replace(src, dst, **kw)
+        if Path(dst).name == "checkpoint.prev":
+            at("rotated")
+        elif Path(src).name == "checkpoint.tmp":
+            at("swapped")
+    os.replace = replace_
     if mode in ("SIGTERM", "SIGINT"):  # the signal arrives during iteration `nth`
         from vdfast.methods.dm import DM
         orig, calls = DM.step, [0]
@@ -519,17 +552,16 @@ def test_minor_items(tmp_path, capsys, monkeypatch):
 
 
 # --------------------------------------------------------------------------- GVD stages
-def test_gvd_stage_checkpoint_falls_back_and_the_old_single_file_resumes(tmp_path, caplog):
+def test_gvd_stage_checkpoint_falls_back_and_a_damaged_stage_file_is_named(tmp_path, caplog):
     """Outcome: resumed exactly. GVD's autoencoder stage keeps its resumable state as verified
-    checkpoints (``ae-state/``): a damaged newest one falls back to the one before with a warning;
-    the single ``ae.pt`` of earlier vdfast still resumes (it was always replaced atomically)."""
+    checkpoints (``ae-state/``): a damaged newest one falls back to the one before with a warning.
+    Refused clearly: a damaged final weights file is named, with what to do."""
     import dataclasses
 
     from vdfast.config import GVDConfig
     from vdfast.data.store import ClipStore
-    from safetensors.torch import load_file
 
-    from vdfast.methods.gvd import _load_cached, train_autoencoder
+    from vdfast.methods.gvd import train_autoencoder
 
     store = ClipStore.builtin(train_per_class=4, test_per_class=1, frames=4, size=16)
     g = GVDConfig(ae_down=4, ae_width=4, ae_steps=6, ae_batch=4, checkpoint_every=2)
@@ -543,29 +575,10 @@ def test_gvd_stage_checkpoint_falls_back_and_the_old_single_file_resumes(tmp_pat
         res = train_autoencoder(store, g, 0, "cpu", cut, progress=False).state_dict()
     assert [r for r in caplog.records if r.levelno == logging.WARNING and "state.pt" in r.getMessage()]
     assert all(torch.equal(res[k], v) for k, v in full.items())
-    # the layout of earlier vdfast: one ae.pt (torch.save of the same dict), no ae-state/
-    old = tmp_path / "old"
-    train_autoencoder(store, dataclasses.replace(g, ae_steps=4), 0, "cpu", old, progress=False)
-    (old / "ae_final.safetensors").unlink()
-    state = _load_cached(old / "ae-state" / "state.pt")
-    Checkpointer(old / "ae-state").clear()
-    torch.save(state, old / "ae.pt")
-    res = train_autoencoder(store, g, 0, "cpu", old, progress=False).state_dict()
-    assert all(torch.equal(res[k], v) for k, v in full.items())
-    # the final weights of earlier vdfast (ae_final.pt, torch.save) still serve, untrained again
-    weights = old / "ae_final.safetensors"
-    torch.save(load_file(str(weights)), old / "ae_final.pt")
-    weights.unlink()
-    res = train_autoencoder(store, g, 0, "cpu", old, progress=False).state_dict()
-    assert all(torch.equal(res[k], v) for k, v in full.items()) and not weights.exists()
     # a damaged cached stage file is named, with what to do
-    for f in ("ae_final.pt", "ae_final.safetensors"):
-        if f.endswith(".safetensors"):
-            (old / "ae_final.pt").unlink()
-            train_autoencoder(store, g, 0, "cpu", old, progress=False)  # from ae-state: written
-        _truncate(old / f)
-        with pytest.raises(CheckpointError, match=rf"{f} is damaged.*delete it"):
-            train_autoencoder(store, g, 0, "cpu", old, progress=False)
+    _truncate(cut / "ae_final.safetensors")
+    with pytest.raises(CheckpointError, match=r"ae_final.safetensors is damaged.*delete it"):
+        train_autoencoder(store, g, 0, "cpu", cut, progress=False)
 
 
 def test_damaged_expert_trajectory_restarts_that_expert_exactly(tmp_path, capsys):

@@ -181,12 +181,13 @@ def test_disk_full_at_the_final_store_json_keeps_it_whole_and_resumes(ucf, tmpfs
     """Outcome: refused clearly, then resumed. The disk (a real tmpfs) fills just before the last
     write of store.json: prepare fails with "disk full", store.json is still whole (the earlier,
     incomplete one), and with space freed the same command finishes the store."""
-    from vdfast.engine import checkpoint
+    from vdfast.data import store as store_module
 
     out, filler = tmpfs / "store", tmpfs / "filler"
+    write_json = store_module._write_json
 
-    def fill(name):
-        if name == "store.json":
+    def fill_then_write(path, d):  # the disk fills just before the complete store.json is written
+        if path.name == "store.json" and d.get("complete"):
             with open(filler, "wb", buffering=0) as f:
                 for n in (65536, 4096, 1):  # to the last byte
                     try:
@@ -194,12 +195,13 @@ def test_disk_full_at_the_final_store_json_keeps_it_whole_and_resumes(ucf, tmpfs
                             f.write(b"\0" * n)
                     except OSError:
                         pass
-    monkeypatch.setattr(checkpoint, "_after_step", fill)
+        write_json(path, d)
+    monkeypatch.setattr(store_module, "_write_json", fill_then_write)
     rc = main(["prepare", ucf.root, "--out", str(out), *SMALL])
     o, e = capsys.readouterr()
     assert_refused(rc, o, e, "disk full at", "store.json")
     assert json.loads((out / "store.json").read_text())["complete"] is False
-    monkeypatch.setattr(checkpoint, "_after_step", None)
+    monkeypatch.setattr(store_module, "_write_json", write_json)
     filler.unlink()
     assert main(["prepare", ucf.root, "--out", str(out), *SMALL]) == 0
     assert ClipStore.open(out).meta["complete"]

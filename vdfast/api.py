@@ -402,7 +402,6 @@ def _checkpoint(ck, synset, m, state, gen, iteration, history, ident, pending=()
     under one manifest."""
     def write(d: Path):
         synset.save(d / "synset")
-        checkpoint.fault_point("synset")
         torch.save({"iteration": iteration, "history": history, "gen": gen.get_state(),
                     "pending": list(pending),
                     "method": m.state_dict(state) if state is not None else {}},

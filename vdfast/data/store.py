@@ -42,8 +42,7 @@ import numpy as np
 import torch
 
 from vdfast.config import ConfigError, PrepareConfig
-from vdfast.engine.checkpoint import (atomic_save_npy, atomic_write, fault_point, preflight,
-                                     read_json_object)
+from vdfast.engine.checkpoint import atomic_save_npy, atomic_write, preflight, read_json_object
 from vdfast.profiling import traced
 from vdfast.version import __version__
 
@@ -635,7 +634,6 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     meta.update(complete=True, counts=counts, skipped=skipped, short=short, empty=empty,
                 decode_seconds=round(elapsed, 2), decoder=f"{dec[0]} ({dec[1]})",
                 decode_frames_per_s=round(n_frames / elapsed, 1) if elapsed > 0 and n_frames else None)
-    fault_point("store.json")
     _write_json(meta_file, meta)
     _print_report(meta, listing.problems)
     return ClipStore.open(out)

@@ -96,16 +96,6 @@ class Interrupted(KeyboardInterrupt):
         return f"interrupted at {self.what} {self.iteration}; nothing was saved (no --out)"
 
 
-# a test-only hook: called with the name of each step of a checkpoint write, so a fault-injection
-# test can kill the process (or raise) exactly between two steps
-_after_step: Callable[[str], None] | None = None
-
-
-def fault_point(name: str) -> None:
-    if _after_step is not None:
-        _after_step(name)
-
-
 # ------------------------------------------------------------------------------------- files
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -196,24 +186,16 @@ def save_weights(path, state_dict) -> Path:
 
 
 def weights_file(folder, stem: str) -> Path | None:
-    """The weights file ``folder/<stem>.safetensors`` if it exists, else the ``<stem>.pt`` older
-    vdfast wrote there if that does (None: neither)."""
+    """The weights file ``folder/<stem>.safetensors`` if it exists (None: it does not)."""
     if folder is None:
         return None
-    for suffix in (".safetensors", ".pt"):
-        f = Path(folder) / f"{stem}{suffix}"
-        if f.exists():
-            return f
-    return None
+    f = Path(folder) / f"{stem}.safetensors"
+    return f if f.exists() else None
 
 
 def load_weights(path, device="cpu", redo: str = "that stage is recomputed") -> dict:
-    """The state dict in a file :func:`save_weights` wrote (or an older vdfast ``.pt``, through
-    :func:`load_cached`); a damaged file raises :class:`CheckpointError` naming it and what
-    deleting it does (``redo``)."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return load_cached(path, device, redo)
+    """The state dict in a safetensors file (:func:`save_weights`); a damaged file raises
+    :class:`CheckpointError` naming it and what deleting it does (``redo``)."""
     from safetensors.torch import load_file
 
     try:
@@ -415,7 +397,6 @@ class Checkpointer:
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir(parents=True)
             write(self.tmp)
-            fault_point("files")
             files = {}
             for f in sorted(p for p in self.tmp.rglob("*") if p.is_file()):
                 fsync_file(f)
@@ -428,7 +409,6 @@ class Checkpointer:
             fsync_file(self.tmp / MANIFEST)
             for d in sorted({p.parent for p in self.tmp.rglob("*")} | {self.tmp}):
                 fsync_dir(d)
-            fault_point("manifest")
         except BaseException as e:
             full = is_disk_full(e, self.path.parent)  # before the partial files go
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -438,16 +418,13 @@ class Checkpointer:
         if self.path.exists():
             if not newest_ok:  # a damaged or older-format newest: the new one replaces it
                 shutil.rmtree(self.path)
-                fault_point("rotated")
             else:
                 if self.prev.exists():
                     shutil.rmtree(self.prev)
                 os.replace(self.path, self.prev)
-                fault_point("rotated")
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
         self._newest_whole = True
-        fault_point("swapped")
         return self.path
 
     def _intact(self, iteration: int) -> str:

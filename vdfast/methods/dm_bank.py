@@ -67,8 +67,6 @@ from vdfast.version import __version__
 
 BANK_FORMAT = 1
 DTYPES = ("float32", "float16")
-# methods whose loop can use the bank: DM on pixels and on the static-dynamic synset
-BANK_LOOP_METHODS = ("dm", "s2d-dm")
 
 
 class BankError(ValueError):
@@ -253,16 +251,15 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
             raise BankError(f"{folder} holds another bank ({_diff_keys(meta.get('key', {}), key)}); "
                             f"delete it")
         maps = [np.load(f, mmap_mode="r") for f in files]
-        return finish(maps, _all_seconds(folder, meta).get(_block_name(classes), 0.0), "hit", 0)
+        return finish(maps, _all_seconds(folder).get(_block_name(classes), 0.0), "hit", 0)
 
     partial = folder / "partial"
     partial.mkdir(parents=True, exist_ok=True)
-    old = _read_meta(meta_file)
-    _write_json(meta_file, {"vdfast": __version__, "key": key, **old})
+    _write_json(meta_file, {"vdfast": __version__, "key": key})
     block = _block_name(classes)
     chunk = lambda k: partial / f"k{k:05d}_{block}.npy"  # noqa: E731
     done = [k for k in range(K) if chunk(k).exists()]
-    secs = _all_seconds(folder, old).get(block, 0.0)
+    secs = _all_seconds(folder).get(block, 0.0)
     built = 0
     with bar(total=K, initial=len(done), desc=desc, unit="net", enable=progress) as pb:
         for k in range(K):
@@ -315,20 +312,12 @@ def list_banks(root: str | os.PathLike | None = None) -> list[dict]:
                     "classes_done": len(list(d.glob("class_*.npy"))),
                     "classes": len(key.get("classes", [])),
                     "bytes": sum(f.stat().st_size for f in files),
-                    "build_seconds": sum(_all_seconds(d, meta).values())})
+                    "build_seconds": sum(_all_seconds(d).values())})
     return out
 
 
 def _block_name(classes: range) -> str:
     return f"c{classes.start}-{classes.stop}"
-
-
-def _read_meta(f: Path) -> dict:
-    try:
-        d = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in d.items() if k not in ("vdfast", "key")}
 
 
 def _record_seconds(folder: Path, block: str, secs: float) -> None:
@@ -337,10 +326,9 @@ def _record_seconds(folder: Path, block: str, secs: float) -> None:
     _write_json(folder / f"build_{block}.json", {"seconds": round(secs, 3)})
 
 
-def _all_seconds(folder: Path, meta: dict) -> dict[str, float]:
-    """``{block: build seconds}`` of a bank folder (and the ``build_seconds`` of a bank.json
-    written by older vdfast, for blocks without a file)."""
-    out = {k: float(v) for k, v in meta.get("build_seconds", {}).items()}
+def _all_seconds(folder: Path) -> dict[str, float]:
+    """``{block: build seconds}`` of a bank folder (its ``build_<block>.json`` files)."""
+    out = {}
     for f in folder.glob("build_*.json"):
         try:
             out[f.stem[len("build_"):]] = float(json.loads(f.read_text())["seconds"])

@@ -310,10 +310,10 @@ def _train_experts(store, out_dir: Path, num_experts, epochs, lr, batch, momentu
                 old = read_sidecar(jpath)
                 start = int(old.get("epochs_done", 0)) if old.get("num_params") == p else 0
             if start > 0:
-                want = old.get("rows_sha256")
+                want = old.get("rows_sha256", [])
                 try:
                     rows = _read_rows(tpath, list(range(start + 1)))
-                    ok = want is None or [_row_sha(r) for r in rows] == want[:start + 1]
+                    ok = [_row_sha(r) for r in rows] == want[:start + 1]
                 except Exception:  # truncated: safetensors cannot map it
                     ok = False
                 if not ok:
@@ -375,9 +375,7 @@ def _expert_loop(net, opt, u8, labels, store, i, seed, batch, epochs, start, dev
     def save(done, pending):
         row = flatten_params(net)
         _write_row(tpath, done, row)
-        sums = header.get("rows_sha256")
-        if sums is not None:  # sidecars of older buffers have none: they go on without
-            header["rows_sha256"] = sums[:done] + [_row_sha(row)]
+        header["rows_sha256"] = header["rows_sha256"][:done] + [_row_sha(row)]
         header.update(epochs_done=done, complete=done == epochs, final_train_loss=last["loss"])
         _write_json(jpath, header)
 
@@ -479,8 +477,6 @@ class ExpertBuffer:
                             f"({', '.join(self.classes[:3])} ...), the data {store.num_classes} "
                             f"({', '.join(list(store.classes)[:3])} ...)")
         have, want = self.headers[0]["store"], store_header(store)
-        if "fingerprint" not in have:  # buffers written before 2026-12-02 have no fingerprint
-            want.pop("fingerprint")
         d = _differences(have, want)
         if d:
             problems.append(f"data: {d} (re-prepared with other settings, or another store?)")
@@ -517,8 +513,8 @@ class ExpertBuffer:
         """``row`` (epoch ``epoch`` of ``expert``) against its sidecar's sha256, the first time."""
         if (expert, epoch) in self._verified:
             return
-        sums = self.headers[expert].get("rows_sha256")
-        if sums is not None and epoch < len(sums) and _row_sha(row) != sums[epoch]:
+        sums = self.headers[expert].get("rows_sha256", [])
+        if epoch >= len(sums) or _row_sha(row) != sums[epoch]:
             f = self.files[expert]
             raise BufferError(f"{f}: the parameters of epoch {epoch} do not match their sha256 in "
                               f"{f.with_suffix('.json').name} (the file is damaged); {_redo(f)}")

@@ -71,8 +71,8 @@ def _load_cached(path: Path, device="cpu"):
 
 
 def _train_ckpt(path: Path | None):
-    """The Checkpointer of a training stage's resumable state (``<stage>/ae-state/`` for the
-    state once kept in ``<stage>/ae.pt``)."""
+    """The Checkpointer of a training stage's resumable state (``<stage>/ae-state/`` for
+    ``path`` = ``<stage>/ae.pt``)."""
     return None if path is None else checkpoint.Checkpointer(path.with_name(path.stem + "-state"),
                                                              kind="gvd-train")
 
@@ -87,17 +87,13 @@ def _save_train_state(path: Path, modules: dict, opt, gen: torch.Generator, step
 
 def _load_train_state(path: Path | None, modules: dict, opt, gen: torch.Generator) -> int:
     """Restore what :func:`_save_train_state` wrote (if any); the step to resume at. A damaged
-    newest checkpoint falls back to the one before; ``path`` itself (the single file of older
-    vdfast, replaced atomically) still resumes."""
+    newest checkpoint falls back to the one before."""
     if path is None:
         return 0
     found = _train_ckpt(path).load(warn=log.warning)
-    if found is not None:
-        s = _load_cached(found.path / "state.pt")
-    elif path.exists():
-        s = _load_cached(path)
-    else:
+    if found is None:
         return 0
+    s = _load_cached(found.path / "state.pt")
     for k, m in modules.items():
         m.load_state_dict(s[k])
     opt.load_state_dict(s["opt"])
@@ -208,7 +204,7 @@ class _Reconstruct(torch.nn.Module):
 def train_autoencoder(store: ClipStore, g, seed: int, device, ckpt: Path | None = None,
                       progress: bool = True, dist=None):
     """The frame autoencoder of config ``g`` (GVDConfig) trained on random TRAIN frames (MSE),
-    then its latent ``scale`` set to 1 / std of the training latents. Resumes from ``ckpt/ae.pt``.
+    then its latent ``scale`` set to 1 / std of the training latents. Resumes from ``ckpt/ae-state/``.
     With ``dist`` (N processes, all calling this) each process computes its share of every batch
     through a ``DistributedDataParallel`` wrapper that sums the gradients: the same training as
     one process; the main one writes ``ckpt`` (the autoencoder's own state dict)."""

@@ -33,9 +33,6 @@ class Listing:
     def split(self, name: str) -> list[VideoItem]:
         return [it for it in self.items if it.split == name]
 
-    def label_index(self, label: str) -> int:
-        return self.classes.index(label)
-
 
 class LayoutError(ValueError):
     """The dataset as a whole cannot be read; the message says what was expected and what to do."""
