@@ -323,8 +323,8 @@ def _latte_names(sd: dict[str, torch.Tensor], channels: int, patch: int) -> dict
 def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict at ``path`` and its format: a diffusers ``LatteTransformer3DModel`` folder
     (``config.json`` + ``diffusion_pytorch_model.safetensors``; ``latte``), a ``.safetensors`` file
-    (a vdfast ``gen_final.safetensors``) or a ``.pt`` file (an older vdfast ``gen_final.pt``, or a
-    dict with ``model``/``ema`` in it; ``vdfast``).
+    (a vdfast ``gen_final.safetensors``) or a ``.pt`` file (a state dict of
+    the generator, or a dict with ``model``/``ema`` in it, as training scripts save; ``vdfast``).
     Local files only."""
     from pathlib import Path
 
