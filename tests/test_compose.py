@@ -129,9 +129,9 @@ def test_synset_is_the_stores_frames_from_different_videos_with_soft_labels(stor
 def test_interrupted_scoring_resumes_to_the_same_synset(store, run, tmp_path, monkeypatch):
     calls = {"n": 0}
 
-    def sigint_after_five():
+    def sigint_after_five():  # the teacher asks once per epoch first, then scoring once per class
         calls["n"] += 1
-        return signal.SIGINT if calls["n"] == 5 else 0
+        return signal.SIGINT if calls["n"] == SMALL["compose.teacher_epochs"] + 5 else 0
 
     monkeypatch.setattr(checkpoint, "interrupt_requested", sigint_after_five)
     out = tmp_path / "run"
@@ -139,6 +139,28 @@ def test_interrupted_scoring_resumes_to_the_same_synset(store, run, tmp_path, mo
         vdfast.distill(store, method="compose", ipc=2, out=out, progress=False, **SMALL)
     (scores,) = (out / "compose").glob("scores-*")
     assert len(list(scores.glob("class*.npy"))) == 5
+    monkeypatch.undo()
+    again = vdfast.distill(store, method="compose", ipc=2, out=out, progress=False, **SMALL)
+    assert torch.equal(again.synset.pixels, run.synset.pixels)
+    assert torch.equal(again.synset.soft_labels, run.synset.soft_labels)
+
+
+def test_a_signal_during_the_teachers_training_stops_it_after_the_epoch(store, run, tmp_path,
+                                                                       monkeypatch):
+    # a SIGTERM must not wait for the whole teacher: it stops after the current epoch, keeps no
+    # half-trained teacher, and the same command then gives the same synset
+    calls = {"n": 0}
+
+    def sigterm_at_first_epoch():
+        calls["n"] += 1
+        return signal.SIGTERM if calls["n"] == 1 else 0
+
+    monkeypatch.setattr(checkpoint, "interrupt_requested", sigterm_at_first_epoch)
+    out = tmp_path / "run"
+    with pytest.raises(checkpoint.Interrupted, match="epoch 1; the teacher's 2 epochs") as e:
+        vdfast.distill(store, method="compose", ipc=2, out=out, progress=False, **SMALL)
+    assert e.value.exit_code == 143 and calls["n"] == 1
+    assert not list((out / "compose").glob("teacher-*/teacher.safetensors"))
     monkeypatch.undo()
     again = vdfast.distill(store, method="compose", ipc=2, out=out, progress=False, **SMALL)
     assert torch.equal(again.synset.pixels, run.synset.pixels)

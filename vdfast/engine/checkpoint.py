@@ -85,12 +85,16 @@ class Interrupted(KeyboardInterrupt):
     """A run stopped by SIGINT / SIGTERM at an iteration boundary (after saving a checkpoint).
     ``exit_code``: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
 
-    def __init__(self, iteration: int, signum: int, saved: bool = True, what: str = "iteration"):
+    def __init__(self, iteration: int, signum: int, saved: bool = True, what: str = "iteration",
+                 hint: str | None = None):
         self.iteration, self.signum, self.saved, self.what = iteration, signum, saved, what
+        self.hint = hint  # what happens to the unsaved work (replaces the default tail)
         self.exit_code = 128 + signum
         super().__init__(self.message())
 
     def message(self) -> str:
+        if self.hint:
+            return f"interrupted at {self.what} {self.iteration}; {self.hint}"
         if self.saved:
             return f"interrupted at {self.what} {self.iteration}; continue with --resume"
         return f"interrupted at {self.what} {self.iteration}; nothing was saved (no --out)"

@@ -73,6 +73,7 @@ class Loop:
     save_at_end: bool = True
     stop_on_signal: bool = True
     what: str = "iteration"             # the step's name in the Interrupted message
+    stop_hint: str | None = None        # the Interrupted message's tail (default: saved or not)
     last_saved: int | None = None
 
     def run(self, step: Callable[[int], torch.Tensor | None]) -> None:
@@ -135,7 +136,8 @@ class Loop:
                 if self.dist is not None:
                     self.dist.barrier()
             if stop and done < self.total:
-                raise checkpoint.Interrupted(done, stop, saved=self.save is not None, what=self.what)
+                raise checkpoint.Interrupted(done, stop, saved=self.save is not None, what=self.what,
+                                             hint=self.stop_hint)
 
     def _check(self, vals: list, done: int) -> None:
         if self.on_nan is not None and not all(math.isfinite(v) for v in vals):  # NaN or inf

@@ -116,7 +116,8 @@ def student_loss(out, y, soft: bool, tau: float, total: int = 0) -> torch.Tensor
 
 
 def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, soft: bool = False,
-                  desc: str = "", progress: bool = True, dist=None) -> float:
+                  desc: str = "", progress: bool = True, dist=None, stop_hint: str | None = None
+                  ) -> float:
     """Train ``net`` in place on ``source`` with the evaluation protocol of ``cfg`` (an
     :class:`~vdfast.config.EvalConfig`: SGD with its lr, momentum and weight decay, the lr divided
     by 10 at half the ``epochs``, batches of ``cfg.batch`` in the order ``gen`` draws, each batch
@@ -130,7 +131,12 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
     (:meth:`~vdfast.distributed.Dist.data_parallel`), dropout masks are drawn for the whole batch
     (:class:`~vdfast.models.RowDropout`); the same training as one process up to float summation
     order, every process ending with the same ``net``. Not with batch normalisation (per-process
-    batch statistics): refused."""
+    batch statistics): refused.
+
+    ``stop_hint``: a SIGINT / SIGTERM inside :func:`~vdfast.engine.checkpoint.handle_signals`
+    stops the training after the current epoch, raising
+    :class:`~vdfast.engine.checkpoint.Interrupted` with this tail (the caller says what becomes
+    of the unfinished network); None: the signal waits for the training to end."""
     from vdfast.engine.loop import Loop
     from vdfast.models import RowDropout
 
@@ -172,7 +178,7 @@ def train_student(net, source: Source, cfg, epochs: int, gen: torch.Generator, s
 
     try:  # one epoch a step; no host sync, no checkpoint (a student is retrained, not resumed)
         Loop(total=epochs, desc=desc, unit="ep", progress=progress, dist=dp,
-             stop_on_signal=False).run(epoch)
+             stop_on_signal=stop_hint is not None, what="epoch", stop_hint=stop_hint).run(epoch)
     finally:
         for m in drops:
             m.split = None
@@ -210,7 +216,9 @@ def train_teacher(store, net_cfg, eval_cfg, epochs: int, seed: int, device,
         torch.manual_seed(seed * 31 + 5)
         train_student(net, source, ecfg, epochs,
                       torch.Generator().manual_seed(seed * 31 + 6), desc="teacher",
-                      progress=progress and (dp is None or dp.main), dist=dp)
+                      progress=progress and (dp is None or dp.main), dist=dp,
+                      stop_hint=f"the teacher's {epochs} epochs were not finished and are not kept: "
+                                f"the same command trains it again from the start")
     if cache is not None and (dp is None or dp.main):
         checkpoint.save_weights(Path(cache) / "teacher.safetensors", net.state_dict())
     return net.eval()
