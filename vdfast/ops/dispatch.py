@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from vdfast.ops.tolerances import mismatch
 from vdfast.profiling import recording
 
 log = logging.getLogger("vdfast.ops")
@@ -490,10 +491,6 @@ class Impl:
     kernels: tuple[str, ...] = ()
 
 
-# a check's tolerance, relative to the reference's largest magnitude, by the fast path's dtype
-CHECK_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
-
-
 def _clone_inputs(obj):
     if torch.is_tensor(obj):
         return obj.detach().clone().requires_grad_(obj.requires_grad)
@@ -550,21 +547,18 @@ def _forward_and_grads(fn, args, kwargs, backend: str) -> list[torch.Tensor]:
 
 def compare_with_reference(fn, args, kwargs, backend: str, dtype: torch.dtype) -> str | None:
     """Run ``fn`` on ``backend``, and the reference on the same inputs in float64; None when the
-    outputs and gradients agree (to :data:`CHECK_RTOL` of each tensor's magnitude, by the fast
-    path's dtype), else what differs."""
+    outputs and gradients agree (:func:`vdfast.ops.tolerances.mismatch`: the tests' tolerance
+    table, relative to each tensor's magnitude, by the fast path's dtype), else what differs."""
     got = _forward_and_grads(fn, args, kwargs, backend)
     ref = _forward_and_grads(fn, _float64(args), kwargs, "reference")  # the same rounded inputs
     if len(got) != len(ref):
         return f"{len(got)} outputs and gradients, the reference has {len(ref)}"
-    rtol = CHECK_RTOL.get(dtype, 1e-4)
     for i, (a, b) in enumerate(zip(got, ref)):
         if a.shape != b.shape:
             return f"tensor {i} has shape {tuple(a.shape)}, the reference {tuple(b.shape)}"
-        a, b = a.double().cpu(), b.double().cpu()
-        err = (a - b).abs().max().item() if a.numel() else 0.0
-        scale = max(b.abs().max().item() if b.numel() else 0.0, 1e-3)
-        if not (err <= rtol * scale):  # also catches NaN
-            return f"tensor {i} differs from the reference by {err:.3g} (tolerance {rtol * scale:.3g})"
+        why = mismatch(a, b, dtype)
+        if why:
+            return f"tensor {i} {why}"
     return None
 
 
