@@ -21,7 +21,7 @@ smaller than the video).
 
 Double backward: the ``reference`` backend of this op is the decomposed pure-PyTorch form (conv2d of
 the statics + a 1-channel conv3d of the dynamic memory), which supports it. The fused backends'
-backward is first order (``dispatch.fused_backward``): a second derivative through them raises. The
+backward is first order (``fused.fused_backward``): a second derivative through them raises. The
 blend produces the synthetic videos *before* MTT's unrolled student, so its meta-gradient needs
 only the first derivative of the blend.
 """
@@ -33,7 +33,9 @@ import torch
 from torch.library import wrap_triton
 import torch.nn.functional as F
 
-from vdfast.ops.dispatch import FLOATS, fused, fused_backward, fused_grad, kernel_fake, new_out, op
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused, fused_backward, fused_grad, new_out
+from vdfast.ops.registry import FLOATS, op
 
 __all__ = ["blend_static_dynamic", "static_planes", "blend_decomposed"]
 
@@ -161,7 +163,7 @@ def _triton_meta(HW, t):
     import triton
     import triton.language as tl
 
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     # the interpreter pays per program instance: few, large blocks; on a GPU 256 pixels x C_out
     block = min(2048, triton.next_power_of_2(HW)) if interpreter_sizes(t) else 256
     acc = tl.float64 if t.dtype == torch.float64 else tl.float32

@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
-from vdfast.ops.dispatch import new_out as _out
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused, fused_backward, fused_grad
+from vdfast.ops.fused import acc_dtype as _acc
+from vdfast.ops.fused import new_out as _out
+from vdfast.ops.registry import op
 from vdfast.reference import dm_loss as _ref
 
 _OP = op("dm_loss")
@@ -53,7 +55,7 @@ _MAX_RUNS = 4  # a forward tile spanning at most this many labels sums its rows 
 
 def _tile(x):
     # Small tiles keep the CPU interpreter's program instances cheap; larger ones on a GPU.
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     return (16, 32) if interpreter_sizes(x) else (32, 128)
 
 
@@ -234,7 +236,7 @@ _OP.register("cuda", fused(_dm_loss_op, "cuda", _loss), devices=("cuda",),
 
 
 def _check_inputs(device, dtype, gen):
-    """The first-call check's input (dispatch.Op.first_call_check): unsorted labels, a class with
+    """The first-call check's input (registry.Op.first_call_check): unsorted labels, a class with
     no synthetic rows, odd D."""
     real = torch.randn(13, 37, generator=gen, dtype=torch.float64).to(device, dtype)
     syn = torch.randn(5, 37, generator=gen, dtype=torch.float64).to(device, dtype)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
-from vdfast.ops.dispatch import new_out as _out
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused, fused_backward, fused_grad
+from vdfast.ops.fused import acc_dtype as _acc
+from vdfast.ops.fused import new_out as _out
+from vdfast.ops.registry import op
 from vdfast.reference import gradient_match as _ref
 
 _OP = op("gradient_match")
@@ -42,7 +44,7 @@ def _(real, syn, coef, grad_real, grad_syn):
 
 
 def _block(t):
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     return 128 if interpreter_sizes(t) else 1024
 
 

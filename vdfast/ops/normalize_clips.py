@@ -15,8 +15,10 @@ import functools
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import fused, kernel_fake, op
-from vdfast.ops.dispatch import new_out as _out
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused
+from vdfast.ops.fused import new_out as _out
+from vdfast.ops.registry import op
 from vdfast.reference import normalize_clips as _ref
 
 _OP = op("normalize_clips")
@@ -66,7 +68,7 @@ def _(clips, scale, shift, out):
 
 
 def _block(t):
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     return 256 if interpreter_sizes(t) else 1024
 
 
