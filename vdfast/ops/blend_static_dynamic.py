@@ -34,7 +34,7 @@ from torch.library import wrap_triton
 import torch.nn.functional as F
 
 from vdfast.ops.backends import kernel_fake
-from vdfast.ops.fused import fused, fused_backward, fused_grad, new_out
+from vdfast.ops.fused import fused, fused_backward, fused_grad, fused_op, new_out
 from vdfast.ops.registry import FLOATS, op
 
 __all__ = ["blend_static_dynamic", "static_planes", "blend_decomposed"]
@@ -215,7 +215,7 @@ _LAUNCHERS = {"cpp": (_ext_fwd, _cpp_bwd),
 # the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
 # planes [Ns, K, Co, H, W], dyn [Nd, T, H, W], wd [Co, 27], bias [Co] -> [N, Co, T, H, W]
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("vdfast::blend_static_dynamic", mutates_args=())
+@fused_op("vdfast::blend_static_dynamic", mutates_args=())
 def _blend_op(planes: torch.Tensor, dyn: torch.Tensor, wd: torch.Tensor, bias: torch.Tensor,
               sidx: torch.Tensor, didx: torch.Tensor, backend: str) -> torch.Tensor:
     """The fused forward on ``backend``."""
@@ -228,7 +228,7 @@ def _(planes, dyn, wd, bias, sidx, didx, backend):
     return dyn.new_empty((sidx.shape[0], wd.shape[0], T, H, W))
 
 
-@torch.library.custom_op("vdfast::blend_static_dynamic_grad", mutates_args=())
+@fused_op("vdfast::blend_static_dynamic_grad", mutates_args=())
 def _blend_grad_op(grad: torch.Tensor, dyn: torch.Tensor, wd: torch.Tensor, sidx: torch.Tensor,
                    didx: torch.Tensor, Ns: int, K: int, need_planes: bool, need_dyn: bool,
                    need_params: bool, backend: str
@@ -249,7 +249,7 @@ def _(grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn, need_params, back
     return tuple(dyn.new_empty(sh, dtype=dt) for sh, dt in zip(shapes, dtypes))
 
 
-# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+# what the backward calls: the gradient custom op (triton: its triton_op)
 _blend_grad = fused_grad(_blend_grad_op)
 
 

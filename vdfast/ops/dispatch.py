@@ -27,9 +27,9 @@ The dispatch, by job (this module re-exports their names; ``vdfast.ops`` re-expo
 * :mod:`vdfast.ops.registry`: :class:`Op` / :class:`Impl`, the choice, ``vdfast info``'s table.
 * :mod:`vdfast.ops.selfcheck`: the first-call check's comparison with the reference, within
   :mod:`vdfast.ops.tolerances` (the table the tests use).
-* :mod:`vdfast.ops.fused`: how a fused backend runs (its custom op and its triton_op), the first-order
-  backward guard, and the output helpers every op file shares.
-* :mod:`vdfast.ops.eager`: the eager path (the custom op's functions as a plain autograd Function).
+* :mod:`vdfast.ops.fused`: how a fused backend runs (:func:`fused_op` declares its custom op; its
+  triton_op is built from the same functions), the first-order backward guard, and the output
+  helpers every op file shares.
 """
 from __future__ import annotations
 
@@ -37,9 +37,8 @@ from vdfast.ops.backends import (  # noqa: F401
     DISPATCH_KEY, KERNEL_FAKES, ORDER, PROBES, BackendUnavailable, _triton_import_reason,
     backend_reasons, built_cuda_archs, compiled_extension, cuda_arch_reason, has_kernel,
     interpreter_sizes, kernel_fake, missing_kernels, probe, triton_interpret)
-from vdfast.ops.eager import through_custom_ops  # noqa: F401
 from vdfast.ops.fused import (  # noqa: F401
-    acc_dtype, fused, fused_backward, fused_grad, new_out, triton_variant)
+    FusedOp, acc_dtype, fused, fused_backward, fused_grad, fused_op, new_out, triton_variant)
 from vdfast.ops.registry import FLOATS, OPS, Impl, Op, op, status_table  # noqa: F401
 from vdfast.ops.selfcheck import (  # noqa: F401
     _clone_inputs, _float64, _forward_and_grads, _tensors, compare_with_reference)

@@ -10,7 +10,7 @@ import torch
 from torch.library import wrap_triton
 
 from vdfast.ops.backends import kernel_fake
-from vdfast.ops.fused import fused, fused_backward, fused_grad
+from vdfast.ops.fused import fused, fused_backward, fused_grad, fused_op
 from vdfast.ops.fused import acc_dtype as _acc
 from vdfast.ops.fused import new_out as _out
 from vdfast.ops.registry import op
@@ -103,7 +103,7 @@ _LAUNCHERS = {"cpp": (_fwd_ext, _bwd_ext), "cuda": (_fwd_ext, _bwd_ext),
 # ---------------------------------------------------------------------------------------------
 # the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("vdfast::dm_loss", mutates_args=())
+@fused_op("vdfast::dm_loss", mutates_args=())
 def _dm_loss_op(real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor,
                 syn_labels: torch.Tensor, num_classes: int,
                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -121,7 +121,7 @@ def _(real, real_labels, syn, syn_labels, num_classes, backend):
             real.new_empty((2, num_classes), dtype=acc))
 
 
-@torch.library.custom_op("vdfast::dm_loss_grad", mutates_args=())
+@fused_op("vdfast::dm_loss_grad", mutates_args=())
 def _dm_loss_grad_op(labels: torch.Tensor, diff: torch.Tensor, scale: torch.Tensor, n: int,
                      dtype: torch.dtype, backend: str) -> torch.Tensor:
     """The fused backward of one side: ``grad[i] = scale[labels[i]] * diff[labels[i]]``, [n, D]
@@ -134,7 +134,7 @@ def _(labels, diff, scale, n, dtype, backend):
     return diff.new_empty((n, diff.shape[1]), dtype=dtype)
 
 
-# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+# what the backward calls: the gradient custom op (triton: its triton_op)
 _dm_loss_grad = fused_grad(_dm_loss_grad_op)
 
 

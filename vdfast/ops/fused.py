@@ -4,8 +4,9 @@ The op's fused forward and backward are ``torch.library.custom_op`` ops (``torch
 taking the backend's name as their last argument) with fake kernels and a registered autograd
 formula, so ``torch.compile`` captures them whole; the Triton backend's are
 ``torch.library.triton_op``'s of the same functions (``<op>_triton``: compile traces their
-kernels). In eager mode the same functions run without the custom-op machinery
-(:mod:`vdfast.ops.eager`). The cpp and cuda backends call the same compiled kernels
+kernels). Eager calls go through the same custom ops (a direct ``autograd.Function`` path saved
+10-137 µs per call, unmeasurable in a DM iteration: it went with the private torch attributes it
+read). The cpp and cuda backends call the same compiled kernels
 (``torch.ops.vdfast.<op>_fwd`` ..., one schema each, a CPU and a CUDA kernel): the dispatcher runs
 the one for the tensors' device.
 """
@@ -13,11 +14,10 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from vdfast.ops.eager import _DIRECT, _eager_function, _through_custom_op
 from vdfast.profiling import recording
 
 # ---------------------------------------------------------------------------------------------
@@ -39,69 +39,102 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------------------------
-# how a fused backend runs: its custom op under torch.compile, the same functions directly in eager
+# how a fused backend runs: its custom op (the Triton backend: the same functions as a triton_op)
 # ---------------------------------------------------------------------------------------------
-def fused(custom_op: Callable, backend: str, post: Callable | None = None) -> Callable:
-    """The ``fn`` a fused backend registers: ``custom_op(*args, backend)`` (a
-    ``torch.library.custom_op`` that takes the backend's name last, with its autograd formula
-    registered: call this after ``register_autograd``), its result passed through ``post`` (e.g.
-    the first of several outputs). For ``backend="triton"`` the op's :func:`triton_variant`. In
-    eager mode the same implementation and formula run as a plain ``torch.autograd.Function``
-    (see above); while torch.compile traces, the custom op itself."""
-    if backend == "triton":
-        custom_op = triton_variant(custom_op)
+class FusedOp:
+    """A fused op's ``torch.library.custom_op`` (:attr:`op`, ``torch.ops.vdfast.<name>``), with the
+    functions it was declared with remembered (implementation, fake, autograd formula), so its
+    Triton variant (:attr:`triton`) is built from them through public torch APIs. Made by
+    :func:`fused_op`; ``register_fake`` and ``register_autograd`` as on the custom op."""
+
+    def __init__(self, qualname: str, impl: Callable, mutates_args: Sequence[str] = ()):
+        self.qualname, self.impl, self.mutates_args = qualname, impl, tuple(mutates_args)
+        self.op = torch.library.custom_op(qualname, impl, mutates_args=self.mutates_args)
+        self.fake: Callable | None = None
+        self.backward: Callable | None = None
+        self.setup_context: Callable | None = None
+        self._triton = None
+        functools.update_wrapper(self, impl)
+
+    def register_fake(self, fake: Callable) -> Callable:
+        self.op.register_fake(fake)
+        self.fake = fake
+        return fake
+
+    def register_autograd(self, backward: Callable, setup_context: Callable | None = None) -> None:
+        self.op.register_autograd(backward, setup_context=setup_context)
+        self.backward, self.setup_context = backward, setup_context
+
+    def __call__(self, *args):
+        return self.op(*args)
+
+    @property
+    def triton(self):
+        """The op again as ``torch.library.triton_op("<its name>_triton")``: the same
+        implementation (called with the backend ``"triton"``: its launchers call the kernels
+        through ``torch.library.wrap_triton``), the same fake and the same autograd formula. Under
+        torch.compile, AOT autograd then traces the kernels themselves into the graph
+        (``triton_kernel_wrapper_functional``: inductor compiles and schedules them as user
+        kernels) instead of one opaque op. In eager mode (and in the custom op's own eager call)
+        the kernels launch directly (triton_op turns ``wrap_triton`` off there). Built once, on
+        first use (:func:`fused` and :func:`fused_grad` use it at registration: after the op's
+        ``register_fake`` and ``register_autograd``)."""
+        if self._triton is None:
+            top = torch.library.triton_op(f"{self.qualname}_triton", self.impl,
+                                          mutates_args=self.mutates_args)
+            # the explicit fake, not triton_op's default (the implementation run on fake tensors):
+            # the same shapes without a kernel launch, so FakeTensor also works under
+            # TRITON_INTERPRET=1
+            top.register_fake(self.fake)
+            if self.backward is not None:
+                top.register_autograd(self.backward, setup_context=self.setup_context)
+            self._triton = top
+        return self._triton
+
+    def for_backend(self, backend: str) -> Callable:
+        """What runs ``backend`` (its name is the op's last argument): the triton_op for
+        ``"triton"``, else the custom op."""
+        return self.triton if backend == "triton" else self.op
+
+
+def fused_op(qualname: str, mutates_args: Sequence[str] = ()) -> Callable[[Callable], FusedOp]:
+    """Decorator, in place of ``torch.library.custom_op(qualname, mutates_args=...)``: the fused
+    forward (or gradient) of an op, taking the backend's name as its last argument, as a
+    :class:`FusedOp`."""
+    def deco(impl: Callable) -> FusedOp:
+        return FusedOp(qualname, impl, mutates_args)
+    return deco
+
+
+def fused(custom_op: FusedOp, backend: str, post: Callable | None = None) -> Callable:
+    """The ``fn`` a fused backend registers: ``custom_op(*args, backend)`` (a :class:`FusedOp`
+    with its autograd formula registered: call this after ``register_autograd``), its result
+    passed through ``post`` (e.g. the first of several outputs). For ``backend="triton"`` the op's
+    triton_op (:attr:`FusedOp.triton`)."""
+    target = custom_op.for_backend(backend)
 
     def run(*args):
-        if _through_custom_op():
-            out = custom_op(*args, backend)
-        else:  # built on the first eager call (the op's autograd formula is registered by then)
-            out = _eager_function(custom_op)(*args, backend)
+        out = target(*args, backend)
         return out if post is None else post(out)
     run.__name__ = f"{getattr(custom_op, '__name__', 'op')}[{backend}]"
     return run
 
 
-def fused_grad(grad_op: Callable) -> Callable:
-    """What a fused op's backward calls for its gradient custom op ``grad_op`` (its last argument
-    the backend's name): the op (under the custom op's own autograd formula: torch.compile, a
-    dispatch mode, :func:`through_custom_ops`), or its implementation directly inside the eager
-    path's backward; for the backend ``"triton"``, its :func:`triton_variant`."""
-    ops = {"triton": triton_variant(grad_op)}
-    impls = {name: o._init_fn for name, o in ops.items()}
-    impl = grad_op._init_fn
+def fused_grad(grad_op: FusedOp) -> Callable:
+    """What a fused op's backward calls for its gradient op ``grad_op`` (a :class:`FusedOp`, its
+    last argument the backend's name): the custom op, or for the backend ``"triton"`` its
+    triton_op."""
+    ops = {"triton": grad_op.triton}
 
     def call(*args):
-        if getattr(_DIRECT, "on", False):
-            return impls.get(args[-1], impl)(*args)
-        return ops.get(args[-1], grad_op)(*args)
+        return ops.get(args[-1], grad_op.op)(*args)
     call.__name__ = getattr(grad_op, "__name__", "grad_op")
     return call
 
 
-def triton_variant(custom_op):
-    """``custom_op`` again as ``torch.library.triton_op("<its name>_triton")``: the same
-    implementation (called with the backend ``"triton"``: its launchers call the kernels through
-    ``torch.library.wrap_triton``), the same fake and the same autograd formula. Under
-    torch.compile, AOT autograd then traces the kernels themselves into the graph
-    (``triton_kernel_wrapper_functional``: inductor compiles and schedules them as user kernels)
-    instead of one opaque op. In eager mode (and in the custom op's own eager call) the kernels
-    launch directly (triton_op turns ``wrap_triton`` off there). Built once per op (remembered on
-    it), by :func:`fused` and :func:`fused_grad`."""
-    cached = getattr(custom_op, "_vdfast_triton", None)
-    if cached is not None:
-        return cached
-    schema = custom_op._opoverload._schema
-    mutates = tuple(a.name for a in schema.arguments
-                    if a.alias_info is not None and a.alias_info.is_write)
-    top = torch.library.triton_op(f"{custom_op._qualname}_triton", custom_op._init_fn,
-                                  mutates_args=mutates)
-    # the explicit fake, not triton_op's default (the implementation run on fake tensors): the
-    # same shapes without a kernel launch, so FakeTensor also works under TRITON_INTERPRET=1
-    top.register_fake(custom_op._abstract_fn)
-    if custom_op._backward_fn is not None:
-        top.register_autograd(custom_op._backward_fn, setup_context=custom_op._setup_context_fn)
-    custom_op._vdfast_triton = top
-    return top
+def triton_variant(custom_op: FusedOp):
+    """``custom_op``'s triton_op (:attr:`FusedOp.triton`)."""
+    return custom_op.triton
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 from torch.library import wrap_triton
 
 from vdfast.ops.backends import kernel_fake
-from vdfast.ops.fused import fused
+from vdfast.ops.fused import fused, fused_op
 from vdfast.ops.fused import new_out as _new_out_like
 from vdfast.ops.registry import FLOATS, op
 from vdfast.reference.guided_step import guided_step as _ref_guided_step
@@ -158,7 +158,7 @@ def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
 _LAUNCHERS = {"cpp": _ext, "cuda": _ext, "triton": _triton}
 
 
-@torch.library.custom_op("vdfast::guided_step", mutates_args=("out",))
+@fused_op("vdfast::guided_step", mutates_args=("out",))
 def _guided_step_op(x: torch.Tensor, eps: torch.Tensor, guide: torch.Tensor, lam: torch.Tensor,
                     noise: torch.Tensor | None, coefs: list[float], sampler: str, out: torch.Tensor,
                     backend: str) -> None:

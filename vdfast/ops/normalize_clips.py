@@ -16,7 +16,7 @@ import torch
 from torch.library import wrap_triton
 
 from vdfast.ops.backends import kernel_fake
-from vdfast.ops.fused import fused
+from vdfast.ops.fused import fused, fused_op
 from vdfast.ops.fused import new_out as _out
 from vdfast.ops.registry import op
 from vdfast.reference import normalize_clips as _ref
@@ -125,7 +125,7 @@ _LAUNCHERS = {"cpp": (_stats_ext, _apply_ext), "cuda": (_stats_ext, _apply_ext),
               "triton": (_stats_triton, _apply_triton)}
 
 
-@torch.library.custom_op("vdfast::normalize_clips", mutates_args=())
+@fused_op("vdfast::normalize_clips", mutates_args=())
 def _normalize_clips_op(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                         standardize: bool, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
     """The fused op on ``backend``; ``mean``, ``std``: float64 [C] on the clips' device."""
