@@ -38,7 +38,8 @@ from vdfast.ops.backends import (  # noqa: F401
     backend_reasons, built_cuda_archs, compiled_extension, cuda_arch_reason, has_kernel,
     interpreter_sizes, kernel_fake, missing_kernels, probe, triton_interpret)
 from vdfast.ops.fused import (  # noqa: F401
-    FusedOp, acc_dtype, fused, fused_backward, fused_grad, fused_op, new_out, triton_variant)
+    Fused, FusedOp, acc_dtype, declare, fused, fused_backward, fused_grad, fused_op, new_out,
+    triton_variant)
 from vdfast.ops.registry import FLOATS, OPS, Impl, Op, op, status_table  # noqa: F401
 from vdfast.ops.selfcheck import (  # noqa: F401
     _clone_inputs, _float64, _forward_and_grads, _tensors, compare_with_reference)

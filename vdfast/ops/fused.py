@@ -163,3 +163,45 @@ def fused_backward(op_name: str):
                 return backward(ctx, *grads)
         return wrapper
     return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# one declaration: the forward custom op, its gradient custom op, their fakes and the formula
+# ---------------------------------------------------------------------------------------------
+class Fused:
+    """A fused op's plumbing from one declaration (:func:`declare`): the forward custom op
+    ``vdfast::<name>`` with its fake, the gradient custom op ``vdfast::<name>_grad`` with its fake
+    (:attr:`grad`: what ``backward`` calls), the autograd formula joining them (``backward`` run
+    first order only, :func:`fused_backward`) and the ``fn`` each backend registers
+    (:meth:`backend`)."""
+
+    def __init__(self, name: str, forward: Callable, fake: Callable, *,
+                 grad: Callable | None = None, grad_fake: Callable | None = None,
+                 setup_context: Callable | None = None, backward: Callable | None = None,
+                 post: Callable | None = None, mutates_args: Sequence[str] = ()):
+        if (grad is None) != (grad_fake is None) or (backward is None) != (setup_context is None):
+            raise ValueError(f"{name}: declare grad with grad_fake, backward with setup_context")
+        self.name, self.post = name, post
+        self.op = FusedOp(f"vdfast::{name}", forward, mutates_args)
+        self.op.register_fake(fake)
+        self.grad_op: FusedOp | None = None
+        self.grad: Callable | None = None
+        if grad is not None:
+            self.grad_op = FusedOp(f"vdfast::{name}_grad", grad)
+            self.grad_op.register_fake(grad_fake)
+            self.grad = fused_grad(self.grad_op)
+        if backward is not None:
+            self.op.register_autograd(fused_backward(name)(backward), setup_context=setup_context)
+
+    def backend(self, backend: str) -> Callable:
+        """The ``fn`` backend ``backend`` registers (:func:`fused`, with the declared ``post``)."""
+        return fused(self.op, backend, self.post)
+
+
+def declare(name: str, forward: Callable, fake: Callable, **kw) -> Fused:
+    """A fused op's custom ops, fakes and autograd formula from one declaration: ``forward`` (the
+    fused forward, typed for ``torch.library``, the backend's name last) and its ``fake``;
+    optionally ``grad`` / ``grad_fake`` (the fused gradient, the same way), ``setup_context`` /
+    ``backward`` (the formula; ``backward`` calls ``<the Fused>.grad``), ``post`` (what the
+    public result is, e.g. the first of several outputs) and ``mutates_args``."""
+    return Fused(name, forward, fake, **kw)
