@@ -230,16 +230,15 @@ def markdown(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the fused ops' fixed cost per call: the eager path against the custom-op path
+# the fused ops' fixed cost per call: a fused backend (its custom ops) against the reference
 # ---------------------------------------------------------------------------------------------
 def overhead(backend: str = "cpu", repeats: int = 2000, warmup: int = 50,
              names: Sequence[str] | None = None, dtype: torch.dtype = torch.float32) -> list[dict]:
     """Per op, on its first-call check's tiny input (``Op.check_with``; float32, CPU): the public
-    function with ``backend`` in eager mode (the direct path of ``dispatch.fused``), the same through
-    its custom ops (``dispatch.through_custom_ops()``: the path torch.compile captures), and the
-    reference; forward, plus backward where the input has gradients (``torch.autograd.grad`` of
-    the outputs' sum). Calls interleaved, median µs of ``repeats``."""
-    from vdfast.ops.dispatch import OPS, _tensors, through_custom_ops
+    function with ``backend`` (through its custom ops, eager mode) and with the reference; forward,
+    plus backward where the input has gradients (``torch.autograd.grad`` of the outputs' sum).
+    Calls interleaved, median µs of ``repeats``."""
+    from vdfast.ops.dispatch import OPS, _tensors
     import vdfast.ops  # noqa: F401
 
     rows = []
@@ -251,16 +250,14 @@ def overhead(backend: str = "cpu", repeats: int = 2000, warmup: int = 50,
         args, kwargs = make(torch.device("cpu"), dtype, torch.Generator().manual_seed(0))
         leaves = [t for t in _tensors(args) if t.requires_grad]
 
-        def call(b, custom=False):
+        def call(b):
             def run():
-                with through_custom_ops(custom):
-                    outs = [t for t in _tensors(public(*args, backend=b, **kwargs))
-                            if t.is_floating_point()]
-                    if leaves:
-                        torch.autograd.grad(sum(t.sum() for t in outs), leaves, allow_unused=True)
+                outs = [t for t in _tensors(public(*args, backend=b, **kwargs))
+                        if t.is_floating_point()]
+                if leaves:
+                    torch.autograd.grad(sum(t.sum() for t in outs), leaves, allow_unused=True)
             return run
-        calls = {"reference": call("reference"), f"{backend} eager": call(backend),
-                 f"{backend} custom op": call(backend, custom=True)}
+        calls = {"reference": call("reference"), backend: call(backend)}
         times = {k: [] for k in calls}
         for c in calls.values():
             for _ in range(warmup):
@@ -280,12 +277,10 @@ def overhead_markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
     b = rows[0]["backend"]
-    lines = [f"| op | mode | reference µs | {b} eager µs | {b} custom op µs | custom op - eager µs |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| op | mode | reference µs | {b} µs | {b} - reference µs |", "|---|---|---|---|---|"]
     for r in rows:
-        e, c = r[f"{b} eager us"], r[f"{b} custom op us"]
-        lines.append(f"| {r['op']} | {r['mode']} | {r['reference us']:.1f} | {e:.1f} | {c:.1f} | "
-                     f"{c - e:.1f} |")
+        ref, got = r["reference us"], r[f"{b} us"]
+        lines.append(f"| {r['op']} | {r['mode']} | {ref:.1f} | {got:.1f} | {got - ref:.1f} |")
     return "\n".join(lines)
 
 
@@ -317,8 +312,8 @@ def parse_args(argv=None):
                         "bench's) with KEY set to each value (e.g. P=65536,131072,262144: where a "
                         "backend's crossover with the reference lies)")
     p.add_argument("--overhead", default=None, metavar="BACKEND",
-                   help="instead: each op's fixed cost per call on tiny inputs (CPU), BACKEND's "
-                        "eager path vs its custom ops vs the reference (repeats default 2000)")
+                   help="instead: each op's fixed cost per call on tiny inputs (CPU), BACKEND "
+                        "vs the reference (repeats default 2000)")
     return p.parse_args(argv)
 
 

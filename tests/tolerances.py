@@ -1,4 +1,5 @@
-"""One tolerance table, keyed by dtype, for comparing a fast path with the plain-PyTorch reference.
+"""Comparing a fast path with the plain-PyTorch reference: the one tolerance table, keyed by dtype
+(:data:`TOL`, defined in ``vdfast/ops/tolerances.py``: the dispatch's first-call check uses it too).
 
 For reductions use ``reduction_close``: error(fast vs float64 reference) must be at most
 2 x error(reference run in the fast path's dtype) + a small floor.
@@ -6,13 +7,7 @@ For reductions use ``reduction_close``: error(fast vs float64 reference) must be
 import pytest
 import torch
 
-TOL = {
-    torch.float64: dict(atol=1e-10, rtol=1e-8),
-    torch.float32: dict(atol=1e-5, rtol=1e-4),
-    # half types: 10 and 7 mantissa bits; inputs are rounded before the kernel sees them
-    torch.float16: dict(atol=2e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
-}
+from vdfast.ops.tolerances import TOL
 
 
 def assert_close(actual, expected, dtype=None, **override):

@@ -21,7 +21,7 @@ smaller than the video).
 
 Double backward: the ``reference`` backend of this op is the decomposed pure-PyTorch form (conv2d of
 the statics + a 1-channel conv3d of the dynamic memory), which supports it. The fused backends'
-backward is first order (``dispatch.fused_backward``): a second derivative through them raises. The
+backward is first order (``fused.fused_backward``): a second derivative through them raises. The
 blend produces the synthetic videos *before* MTT's unrolled student, so its meta-gradient needs
 only the first derivative of the blend.
 """
@@ -33,7 +33,9 @@ import torch
 from torch.library import wrap_triton
 import torch.nn.functional as F
 
-from vdfast.ops.dispatch import FLOATS, fused, fused_backward, fused_grad, kernel_fake, new_out, op
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused, fused_backward, fused_grad, fused_op, new_out
+from vdfast.ops.registry import FLOATS, op
 
 __all__ = ["blend_static_dynamic", "static_planes", "blend_decomposed"]
 
@@ -161,7 +163,7 @@ def _triton_meta(HW, t):
     import triton
     import triton.language as tl
 
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     # the interpreter pays per program instance: few, large blocks; on a GPU 256 pixels x C_out
     block = min(2048, triton.next_power_of_2(HW)) if interpreter_sizes(t) else 256
     acc = tl.float64 if t.dtype == torch.float64 else tl.float32
@@ -213,7 +215,7 @@ _LAUNCHERS = {"cpp": (_ext_fwd, _cpp_bwd),
 # the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
 # planes [Ns, K, Co, H, W], dyn [Nd, T, H, W], wd [Co, 27], bias [Co] -> [N, Co, T, H, W]
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("vdfast::blend_static_dynamic", mutates_args=())
+@fused_op("vdfast::blend_static_dynamic", mutates_args=())
 def _blend_op(planes: torch.Tensor, dyn: torch.Tensor, wd: torch.Tensor, bias: torch.Tensor,
               sidx: torch.Tensor, didx: torch.Tensor, backend: str) -> torch.Tensor:
     """The fused forward on ``backend``."""
@@ -226,7 +228,7 @@ def _(planes, dyn, wd, bias, sidx, didx, backend):
     return dyn.new_empty((sidx.shape[0], wd.shape[0], T, H, W))
 
 
-@torch.library.custom_op("vdfast::blend_static_dynamic_grad", mutates_args=())
+@fused_op("vdfast::blend_static_dynamic_grad", mutates_args=())
 def _blend_grad_op(grad: torch.Tensor, dyn: torch.Tensor, wd: torch.Tensor, sidx: torch.Tensor,
                    didx: torch.Tensor, Ns: int, K: int, need_planes: bool, need_dyn: bool,
                    need_params: bool, backend: str
@@ -247,7 +249,7 @@ def _(grad, dyn, wd, sidx, didx, Ns, K, need_planes, need_dyn, need_params, back
     return tuple(dyn.new_empty(sh, dtype=dt) for sh, dt in zip(shapes, dtypes))
 
 
-# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+# what the backward calls: the gradient custom op (triton: its triton_op)
 _blend_grad = fused_grad(_blend_grad_op)
 
 

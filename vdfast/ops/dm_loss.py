@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
-from vdfast.ops.dispatch import new_out as _out
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import declare
+from vdfast.ops.fused import acc_dtype as _acc
+from vdfast.ops.fused import new_out as _out
+from vdfast.ops.registry import op
 from vdfast.reference import dm_loss as _ref
 
 _OP = op("dm_loss")
@@ -53,7 +55,7 @@ _MAX_RUNS = 4  # a forward tile spanning at most this many labels sums its rows 
 
 def _tile(x):
     # Small tiles keep the CPU interpreter's program instances cheap; larger ones on a GPU.
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     return (16, 32) if interpreter_sizes(x) else (32, 128)
 
 
@@ -99,12 +101,12 @@ _LAUNCHERS = {"cpp": (_fwd_ext, _bwd_ext), "cuda": (_fwd_ext, _bwd_ext),
 
 
 # ---------------------------------------------------------------------------------------------
-# the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
+# the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes),
+# declared at once below (fused.declare)
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("vdfast::dm_loss", mutates_args=())
-def _dm_loss_op(real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor,
-                syn_labels: torch.Tensor, num_classes: int,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor,
+             syn_labels: torch.Tensor, num_classes: int,
+             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused forward on ``backend`` (cuda, triton or cpp): the loss in the features' dtype, and
     what the backward needs, diff [nc, D] (class-mean differences) and cnt [2, nc] (class counts,
     real then synthetic), in the accumulator dtype."""
@@ -112,28 +114,21 @@ def _dm_loss_op(real: torch.Tensor, real_labels: torch.Tensor, syn: torch.Tensor
     return loss.to(real.dtype), diff, cnt
 
 
-@_dm_loss_op.register_fake
-def _(real, real_labels, syn, syn_labels, num_classes, backend):
+def _forward_fake(real, real_labels, syn, syn_labels, num_classes, backend):
     acc = _acc(real.dtype)
     return (real.new_empty(()), real.new_empty((num_classes, real.shape[1]), dtype=acc),
             real.new_empty((2, num_classes), dtype=acc))
 
 
-@torch.library.custom_op("vdfast::dm_loss_grad", mutates_args=())
-def _dm_loss_grad_op(labels: torch.Tensor, diff: torch.Tensor, scale: torch.Tensor, n: int,
-                     dtype: torch.dtype, backend: str) -> torch.Tensor:
+def _grad(labels: torch.Tensor, diff: torch.Tensor, scale: torch.Tensor, n: int,
+          dtype: torch.dtype, backend: str) -> torch.Tensor:
     """The fused backward of one side: ``grad[i] = scale[labels[i]] * diff[labels[i]]``, [n, D]
     of ``dtype``."""
     return _LAUNCHERS[backend][1](n, dtype, labels, diff, scale)
 
 
-@_dm_loss_grad_op.register_fake
-def _(labels, diff, scale, n, dtype, backend):
+def _grad_fake(labels, diff, scale, n, dtype, backend):
     return diff.new_empty((n, diff.shape[1]), dtype=dtype)
-
-
-# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
-_dm_loss_grad = fused_grad(_dm_loss_grad_op)
 
 
 def _setup_context(ctx, inputs, output):
@@ -144,7 +139,6 @@ def _setup_context(ctx, inputs, output):
     ctx.meta = (real.shape[0], real.dtype, syn.shape[0], syn.dtype, backend)
 
 
-@fused_backward("dm_loss")
 def _backward(ctx, g, _g_diff, _g_cnt):
     """A gather of the saved class-mean differences, itself not differentiable (raises under
     create_graph): double backward needs ``backend="reference"``."""
@@ -152,18 +146,20 @@ def _backward(ctx, g, _g_diff, _g_cnt):
     nr, dtr, ns, dts, backend = ctx.meta
     # d loss / d real_i = 2 diff[c_i] / n_real[c_i]; d / d syn_j = -2 diff[c_j] / n_syn[c_j]
     scale = 2.0 * g.to(diff.dtype) / cnt.clamp_min(1.0)
-    gr = _dm_loss_grad(rl, diff, scale[0].contiguous(), nr, dtr, backend) \
+    gr = _DM_LOSS.grad(rl, diff, scale[0].contiguous(), nr, dtr, backend) \
         if ctx.needs_input_grad[0] else None
-    gs = _dm_loss_grad(sl, diff, (-scale[1]).contiguous(), ns, dts, backend) \
+    gs = _DM_LOSS.grad(sl, diff, (-scale[1]).contiguous(), ns, dts, backend) \
         if ctx.needs_input_grad[2] else None
     return gr, None, gs, None, None, None
 
 
-_dm_loss_op.register_autograd(_backward, setup_context=_setup_context)
-
-
 def _loss(out):
     return out[0]
+
+
+# vdfast::dm_loss and vdfast::dm_loss_grad, their fakes, the first-order formula joining them
+_DM_LOSS = declare("dm_loss", _forward, _forward_fake, grad=_grad, grad_fake=_grad_fake,
+                   setup_context=_setup_context, backward=_backward, post=_loss)
 
 
 def _check(real_feat, real_labels, syn_feat, syn_labels, num_classes):
@@ -226,15 +222,15 @@ def dm_loss(real_feat: torch.Tensor, real_labels: torch.Tensor, syn_feat: torch.
 
 
 _OP.register("reference", _ref.dm_loss, devices=("cpu", "cuda"), double_backward=True)
-_OP.register("cpp", fused(_dm_loss_op, "cpp", _loss), devices=("cpu",),
+_OP.register("cpp", _DM_LOSS.backend("cpp"), devices=("cpu",),
              kernels=("dm_loss_fwd", "dm_loss_bwd"))
-_OP.register("triton", fused(_dm_loss_op, "triton", _loss), devices=("cuda",))
-_OP.register("cuda", fused(_dm_loss_op, "cuda", _loss), devices=("cuda",),
+_OP.register("triton", _DM_LOSS.backend("triton"), devices=("cuda",))
+_OP.register("cuda", _DM_LOSS.backend("cuda"), devices=("cuda",),
              kernels=("dm_loss_fwd", "dm_loss_bwd"))
 
 
 def _check_inputs(device, dtype, gen):
-    """The first-call check's input (dispatch.Op.first_call_check): unsorted labels, a class with
+    """The first-call check's input (registry.Op.first_call_check): unsorted labels, a class with
     no synthetic rows, odd D."""
     real = torch.randn(13, 37, generator=gen, dtype=torch.float64).to(device, dtype)
     syn = torch.randn(5, 37, generator=gen, dtype=torch.float64).to(device, dtype)

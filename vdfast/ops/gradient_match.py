@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
-from vdfast.ops.dispatch import new_out as _out
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused, fused_backward, fused_grad, fused_op
+from vdfast.ops.fused import acc_dtype as _acc
+from vdfast.ops.fused import new_out as _out
+from vdfast.ops.registry import op
 from vdfast.reference import gradient_match as _ref
 
 _OP = op("gradient_match")
@@ -42,7 +44,7 @@ def _(real, syn, coef, grad_real, grad_syn):
 
 
 def _block(t):
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     return 128 if interpreter_sizes(t) else 1024
 
 
@@ -82,7 +84,7 @@ _LAUNCHERS = {"cpp": (_fwd_ext, _bwd_ext, lambda dtype: torch.float64),
 # ---------------------------------------------------------------------------------------------
 # the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("vdfast::gradient_match", mutates_args=())
+@fused_op("vdfast::gradient_match", mutates_args=())
 def _gradient_match_op(real: list[torch.Tensor], syn: list[torch.Tensor], eps: float,
                        backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused forward on ``backend`` over contiguous [out, K] matrices: the distance in the
@@ -109,7 +111,7 @@ def _row_terms(stats, eps):
     return dot, nr, ns, nr * ns + eps
 
 
-@torch.library.custom_op("vdfast::gradient_match_grad", mutates_args=())
+@fused_op("vdfast::gradient_match_grad", mutates_args=())
 def _gradient_match_grad_op(real: list[torch.Tensor], syn: list[torch.Tensor], coef: torch.Tensor,
                             need_real: bool, need_syn: bool,
                             backend: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -127,7 +129,7 @@ def _(real, syn, coef, need_real, need_syn, backend):
             [torch.empty_like(s) for s in syn] if need_syn else [])
 
 
-# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+# what the backward calls: the gradient custom op (triton: its triton_op)
 _gradient_match_grad = fused_grad(_gradient_match_grad_op)
 
 

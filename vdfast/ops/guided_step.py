@@ -30,8 +30,10 @@ from typing import NamedTuple, Sequence
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import FLOATS, fused, kernel_fake, op
-from vdfast.ops.dispatch import new_out as _new_out_like
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused, fused_op
+from vdfast.ops.fused import new_out as _new_out_like
+from vdfast.ops.registry import FLOATS, op
 from vdfast.reference.guided_step import guided_step as _ref_guided_step
 
 __all__ = ["guided_step", "frame_decay", "StepCoefs"]
@@ -138,7 +140,7 @@ def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
     import triton.language as tl
 
     from vdfast._kernels.guided_step import _guided_step_fwd_kernel
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     B, F = x.shape[:2]
     CHW = math.prod(x.shape[2:])  # x[0, 0] would fail on an empty batch
     if x.numel() == 0:
@@ -156,7 +158,7 @@ def _triton(x, eps, guide, lam, noise, coefs, sampler, out):
 _LAUNCHERS = {"cpp": _ext, "cuda": _ext, "triton": _triton}
 
 
-@torch.library.custom_op("vdfast::guided_step", mutates_args=("out",))
+@fused_op("vdfast::guided_step", mutates_args=("out",))
 def _guided_step_op(x: torch.Tensor, eps: torch.Tensor, guide: torch.Tensor, lam: torch.Tensor,
                     noise: torch.Tensor | None, coefs: list[float], sampler: str, out: torch.Tensor,
                     backend: str) -> None:

@@ -15,8 +15,10 @@ import functools
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import fused, kernel_fake, op
-from vdfast.ops.dispatch import new_out as _out
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused, fused_op
+from vdfast.ops.fused import new_out as _out
+from vdfast.ops.registry import op
 from vdfast.reference import normalize_clips as _ref
 
 _OP = op("normalize_clips")
@@ -66,7 +68,7 @@ def _(clips, scale, shift, out):
 
 
 def _block(t):
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     return 256 if interpreter_sizes(t) else 1024
 
 
@@ -123,7 +125,7 @@ _LAUNCHERS = {"cpp": (_stats_ext, _apply_ext), "cuda": (_stats_ext, _apply_ext),
               "triton": (_stats_triton, _apply_triton)}
 
 
-@torch.library.custom_op("vdfast::normalize_clips", mutates_args=())
+@fused_op("vdfast::normalize_clips", mutates_args=())
 def _normalize_clips_op(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                         standardize: bool, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
     """The fused op on ``backend``; ``mean``, ``std``: float64 [C] on the clips' device."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 from torch.library import wrap_triton
 
-from vdfast.ops.dispatch import acc_dtype as _acc
-from vdfast.ops.dispatch import fused, fused_backward, fused_grad, kernel_fake, op
-from vdfast.ops.dispatch import new_out as _out
+from vdfast.ops.backends import kernel_fake
+from vdfast.ops.fused import fused, fused_backward, fused_grad, fused_op
+from vdfast.ops.fused import acc_dtype as _acc
+from vdfast.ops.fused import new_out as _out
+from vdfast.ops.registry import op
 from vdfast.reference import trajectory_loss as _ref
 
 _OP = op("trajectory_loss")
@@ -56,7 +58,7 @@ def _(s, a, t, coef, gs, ga, gt):
 
 
 def _block(t):
-    from vdfast.ops.dispatch import interpreter_sizes
+    from vdfast.ops.backends import interpreter_sizes
     return 1024 if interpreter_sizes(t) else 4096
 
 
@@ -102,7 +104,7 @@ _LAUNCHERS = {"cpp": (_fwd_ext, _bwd_cpp), "cuda": (_fwd_ext, _bwd_cuda),
 # ---------------------------------------------------------------------------------------------
 # the fused op as custom ops (torch.compile captures them whole; their fakes give the shapes)
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("vdfast::trajectory_loss", mutates_args=())
+@fused_op("vdfast::trajectory_loss", mutates_args=())
 def _trajectory_loss_op(s: torch.Tensor, a: torch.Tensor, t: torch.Tensor,
                         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused forward on ``backend`` (1-D inputs): the loss in the inputs' dtype and the float64
@@ -116,7 +118,7 @@ def _(s, a, t, backend):
     return s.new_empty(()), s.new_empty((2,), dtype=torch.float64)
 
 
-@torch.library.custom_op("vdfast::trajectory_loss_grad", mutates_args=())
+@fused_op("vdfast::trajectory_loss_grad", mutates_args=())
 def _trajectory_loss_grad_op(s: torch.Tensor, a: torch.Tensor, t: torch.Tensor, coef: torch.Tensor,
                              need_s: bool, need_a: bool, need_t: bool,
                              backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -130,7 +132,7 @@ def _(s, a, t, coef, need_s, need_a, need_t, backend):
     return tuple(s.new_empty(s.shape if n else (0,)) for n in (need_s, need_a, need_t))
 
 
-# what the backward calls: the op under compile, its function in eager (triton: the triton_op)
+# what the backward calls: the gradient custom op (triton: its triton_op)
 _trajectory_loss_grad = fused_grad(_trajectory_loss_grad_op)
 
 
