@@ -620,12 +620,13 @@ def test_damaged_static_memory_is_named(tmp_path):
         load_static(d)
 
 
-def test_signal_flag_and_gvd_stage_stop(capsys):
-    """Inside ``handle_signals`` a SIGINT only sets the flag (and says so); a GVD training or
-    sampling loop then saves and stops with :class:`Interrupted` (exit code 130); outside, the
-    previous handler is back."""
-    from vdfast.distributed import Dist
-    from vdfast.methods.gvd import _stop
+def test_signal_flag_and_gvd_stage_stop(capsys, tmp_path):
+    """Inside ``handle_signals`` a SIGINT only sets the flag (and says so); a GVD training loop
+    then saves and stops with :class:`Interrupted` (exit code 130), and so does its sampling
+    (:func:`vdfast.engine.worklist.run_worklist`: after the chunk it arrived in, that chunk kept);
+    outside, the previous handler is back."""
+    from vdfast.engine.loop import Loop
+    from vdfast.engine.worklist import run_worklist
 
     before = signal.getsignal(signal.SIGINT)
     saved = []
@@ -634,7 +635,15 @@ def test_signal_flag_and_gvd_stage_stop(capsys):
         assert checkpoint.interrupt_requested() == signal.SIGINT
         assert "stopping after this iteration" in capsys.readouterr().err
         with pytest.raises(checkpoint.Interrupted) as e:
-            _stop(7, "gvd generator step", Dist(), lambda: saved.append(7))
+            Loop(total=10, start=6, progress=False, window=1, save_at_end=False,
+                 save=lambda done, pending: saved.append(done), what="gvd generator step").run(
+                lambda i: None)
+        with pytest.raises(checkpoint.Interrupted) as s:
+            run_worklist(range(3), lambda c: tmp_path / f"chunk{c:05d}.pt", lambda c, tick: c,
+                         lambda c, tmp: tmp.write_text(str(c)), progress=False,
+                         stop="gvd sampling chunk")
     assert saved == [7] and e.value.exit_code == 130
     assert str(e.value) == "interrupted at gvd generator step 7; continue with --resume"
+    assert str(s.value) == "interrupted at gvd sampling chunk 1; continue with --resume"
+    assert s.value.exit_code == 130 and [p.name for p in tmp_path.iterdir()] == ["chunk00000.pt"]
     assert checkpoint.interrupt_requested() == 0 and signal.getsignal(signal.SIGINT) is before

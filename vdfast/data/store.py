@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from vdfast.config import ConfigError, PrepareConfig
-from vdfast.engine.checkpoint import atomic_save_npy, atomic_write, preflight, read_json_object
+from vdfast.engine.checkpoint import atomic_write, preflight, read_json_object, write_npy
+from vdfast.engine.worklist import run_worklist
 from vdfast.profiling import traced
 from vdfast.version import __version__
 
@@ -526,7 +527,6 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
     from vdfast.data.dali import resolve_decoder
     from vdfast.data.decode import ClipSpec
     from vdfast.data.layouts import list_videos
-    from vdfast.progress import bar
 
     cfg = prepare_config(config, **options)
     check_out(source, out)
@@ -579,37 +579,45 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, config: PrepareCo
         marks.mkdir()
     t0 = time.perf_counter()
     n_frames = 0
+    current = todo[0] if todo else None  # the class being decoded (a killed worker's message)
+
+    def decode(key, tick):
+        nonlocal current, n_frames
+        current = s, c = key
+        items = by_key.get(key, [])
+        (out / s).mkdir(exist_ok=True)
+        k = test_clips if s == "test" else 1
+        jobs = [(it, spec, dec, k, _window_key(it.path, meta["root"]), str(marks) if pool else None)
+                for it in items]
+        results = (_decode_dali(jobs, max(1, workers)) if dec[0] == "dali" else
+                   pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs))
+        clips, used, skipped, short = [], [], [], []
+        for it, (clip, info, err) in zip(items, results):
+            tick(1)
+            if err is not None:
+                skipped.append([it.path, err])
+                continue
+            clips.append(clip)
+            used.append(it.path)
+            n_frames += info.get("num_frames", frames)
+            if info.get("short"):
+                short.append([it.path, f"{info['num_frames']} frames < {frames}: looped"])
+        # the class's report first: its .npy, written last, is what marks the class done
+        _write_json(out / s / f"{c:04d}.json",
+                    {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short})
+        return np.concatenate(clips) if clips else np.zeros((0, frames, size, size, 3), np.uint8)
+
     try:
-        with bar(total=total, desc=f"prepare {out.name}", unit="clip", enable=progress) as pb:
-            for s, c in todo:
-                items = by_key.get((s, c), [])
-                (out / s).mkdir(exist_ok=True)
-                k = test_clips if s == "test" else 1
-                jobs = [(it, spec, dec, k, _window_key(it.path, meta["root"]), str(marks) if pool else None)
-                        for it in items]
-                results = (_decode_dali(jobs, max(1, workers)) if dec[0] == "dali" else
-                           pool.map(_decode_one, jobs, chunksize=4) if pool else map(_decode_one, jobs))
-                clips, used, skipped, short = [], [], [], []
-                for it, (clip, info, err) in zip(items, results):
-                    pb.update(1)
-                    if err is not None:
-                        skipped.append([it.path, err])
-                        continue
-                    clips.append(clip)
-                    used.append(it.path)
-                    n_frames += info.get("num_frames", frames)
-                    if info.get("short"):
-                        short.append([it.path, f"{info['num_frames']} frames < {frames}: looped"])
-                arr = (np.concatenate(clips) if clips else np.zeros((0, frames, size, size, 3), np.uint8))
-                _write_json(out / s / f"{c:04d}.json",
-                            {"class": listing.classes[c], "used": used, "skipped": skipped, "short": short})
-                atomic_save_npy(out / s / f"{c:04d}.npy", arr)
+        run_worklist(todo, lambda key: out / key[0] / f"{key[1]:04d}.npy", decode, write_npy,
+                     size=lambda key: len(by_key.get(key, [])), desc=f"prepare {out.name}",
+                     unit="clip", progress=progress)
     except BrokenProcessPool:
         pool.shutdown(wait=True, cancel_futures=True)
         pool = None
         files = _killed_while(marks)
         raise StoreError(f"a decode worker was killed (by the system: out of memory?) while decoding "
-                         + (", ".join(files) if files else f"a file of {s}/{listing.classes[c]}")
+                         + (", ".join(files) if files else
+                            f"a file of {current[0]}/{listing.classes[current[1]]}")
                          + f"; the finished classes are kept: run the same command again to resume "
                            f"(fewer --workers need less memory), or move that file away") from None
     except BaseException:

@@ -239,15 +239,18 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def atomic_save_npy(path, arr) -> Path:
-    """:func:`atomic_write` of a numpy array as ``.npy`` (through a file object: ``np.save`` given
-    a path would append ``.npy`` to the temporary name)."""
+def write_npy(arr, path) -> None:
+    """A numpy array written to ``path`` as ``.npy`` (through a file object: ``np.save`` given a
+    path would append ``.npy`` to a temporary name)."""
     import numpy as np
 
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
-    return atomic_write(path, write)
+    with open(path, "wb") as fh:
+        np.save(fh, arr)
+
+
+def atomic_save_npy(path, arr) -> Path:
+    """:func:`atomic_write` of a numpy array as ``.npy`` (:func:`write_npy`)."""
+    return atomic_write(path, lambda tmp: write_npy(arr, tmp))
 
 
 # ---- stage caches: work derived from settings, kept in a folder named by their hash --------------

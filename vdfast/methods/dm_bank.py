@@ -28,7 +28,8 @@ On disk (built once, reused by every run with the same key)::
 The cache is ``$VDFAST_BANK_CACHE`` when set, else ``<run out>/dm_bank`` (static learning:
 ``s2d.static_cache``); without either the bank lives in memory for the run. Every finished network
 is written atomically (temporary file + ``os.replace``), so a killed build resumes at the first
-missing network; the per-class files are written when all ``K`` are done. Class-sharded like DM:
+missing network (:func:`vdfast.engine.worklist.run_worklist`); the per-class files are written when
+all ``K`` are done. Class-sharded like DM:
 each process builds and holds only its own classes' means (a process count that changes between a
 killed build and its resume rebuilds the unfinished block's networks). A bank larger than
 :func:`vdfast.data.store.resident_budget` stays memory-mapped and each iteration reads only its
@@ -61,7 +62,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vdfast.engine.checkpoint import atomic_save_npy, atomic_write
+from vdfast.engine.checkpoint import atomic_write, write_npy
+from vdfast.engine.worklist import run_worklist
 from vdfast.profiling import span
 from vdfast.version import __version__
 
@@ -210,7 +212,6 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
     ``resident``: keep the bank on the device (None: when it fits
     :func:`vdfast.data.store.resident_budget`)."""
     from vdfast.data.store import resident_budget
-    from vdfast.progress import bar
 
     K, dtype = int(key["K"]), key["dtype"]
     if K < 1:
@@ -236,10 +237,9 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
 
     if folder is None:  # in memory for this run: no resume, nothing kept
         t0, rows = time.perf_counter(), []
-        with bar(total=K, desc=desc, unit="net", enable=progress) as pb:
-            for k in range(K):
-                rows.append(means_fn(k).to("cpu", getattr(torch, dtype)))
-                pb.update(1)
+        embed = lambda k, tick: means_fn(k).to("cpu", getattr(torch, dtype))  # noqa: E731
+        run_worklist(range(K), lambda k: None, embed, None, after=lambda k, r: rows.append(r),
+                     desc=desc, unit="net", progress=progress)
         stacked = torch.stack(rows).numpy() if rows else np.zeros((0, len(own), 0), npdt)
         return finish([stacked[:, i] for i in range(len(own))], time.perf_counter() - t0, "memory", K)
 
@@ -258,21 +258,24 @@ def build_bank(key: dict, classes: range, device, means_fn: Callable[[int], torc
     _write_json(meta_file, {"vdfast": __version__, "key": key})
     block = _block_name(classes)
     chunk = lambda k: partial / f"k{k:05d}_{block}.npy"  # noqa: E731
-    done = [k for k in range(K) if chunk(k).exists()]
     secs = _all_seconds(folder).get(block, 0.0)
-    built = 0
-    with bar(total=K, initial=len(done), desc=desc, unit="net", enable=progress) as pb:
-        for k in range(K):
-            if chunk(k).exists():
-                continue
-            t0 = time.perf_counter()
-            rows = means_fn(k).to("cpu", getattr(torch, dtype)).numpy()
-            atomic_save_npy(chunk(k), rows)
-            secs += time.perf_counter() - t0
-            built += 1
-            if built % 8 == 0:  # the time so far survives a kill
-                _record_seconds(folder, block, secs)
-            pb.update(1)
+    built, t0 = 0, 0.0
+
+    def embed(k, tick):
+        nonlocal t0
+        t0 = time.perf_counter()
+        return means_fn(k).to("cpu", getattr(torch, dtype)).numpy()
+
+    def written(k, rows):
+        nonlocal secs, built
+        secs += time.perf_counter() - t0
+        built += 1
+        if built % 8 == 0:  # the time so far survives a kill
+            _record_seconds(folder, block, secs)
+
+    # a finished network's file is its checkpoint: a killed build resumes at the first missing one
+    run_worklist(range(K), chunk, embed, write_npy, after=written, desc=desc, unit="net",
+                 progress=progress)
     _record_seconds(folder, block, secs)
     # every network done: one [K, D] file per class, filled one network at a time (bounded memory)
     first = np.load(chunk(0), mmap_mode="r")

@@ -48,10 +48,10 @@ from vdfast.data.store import ClipStore
 from vdfast.distributed import Dist, unwrap
 from vdfast.engine import checkpoint
 from vdfast.engine.checkpoint import StageCache, data_identity, identity_key
+from vdfast.engine.worklist import run_worklist
 from vdfast.engine.train import class_probability, soft_labels, train_stats, train_teacher
 from vdfast.methods.base import Method
 from vdfast.methods.gvd_sample import instance_generator, kmeans, noise_schedule, sample
-from vdfast.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ __all__ = ["GVD", "train_autoencoder", "encode_train", "train_generator", "disco
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _atomic_save(obj, path: Path):
-    """``torch.save`` whole or not at all (fsynced, renamed into place)."""
-    checkpoint.atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 def _load_cached(path: Path, device="cpu"):
     """A cached stage file (:func:`vdfast.engine.checkpoint.load_cached`)."""
     return checkpoint.load_cached(path, device)
@@ -115,15 +110,6 @@ def _train_loop(train_step, steps: int, start: int, desc: str, metric: str, g, d
     Loop(total=steps, start=start, desc=desc, unit="step", progress=progress, dist=dist, window=50,
          partial=True, postfix=lambda v: {metric: f"{v:.4f}"}, every=g.checkpoint_every,
          save=None if state is None else save, save_at_end=False, what=f"{desc} step").run(train_step)
-
-
-def _stop(step: int, what: str, dist, save) -> None:
-    """At a training step's end: on SIGINT / SIGTERM (one process) save and stop."""
-    sig = checkpoint.interrupt_requested()
-    if sig and not dist.active:
-        if save is not None:
-            save()
-        raise checkpoint.Interrupted(step, sig, saved=save is not None, what=what)
 
 
 def _to_unit(u8: torch.Tensor) -> torch.Tensor:
@@ -480,46 +466,48 @@ def generate(model, ae, modes: dict[str, torch.Tensor] | None, classes: list[str
     ab = noise_schedule(g.schedule, g.train_timesteps)
     shape = (model.frames, model.channels, model.latent_size, model.latent_size)
     vids = lats = None  # filled chunk by chunk (no list of chunks concatenated at the end: a 2nd copy)
-    with bar(total=len(jobs) * g.select, desc="gvd sampling", unit="video", enable=progress) as pb:
-        for ci, s in enumerate(range(0, len(jobs), g.chunk)):
-            part = jobs[s:s + g.chunk]
-            f = cache / f"chunk{ci:05d}.pt" if cache else None
-            if f is not None and f.exists():
-                d = _load_cached(f)
-                pb.update(len(part) * g.select)
-            else:
-                y = torch.tensor([sorted_labels.index(lab) for _, lab, _ in part], device=device)
-                guide = None
-                if modes is not None and g.lam > 0:
-                    guide = torch.stack([mvic_guides(modes[lab], k, g.segments)
-                                         for _, lab, k in part]).to(device)
-                d = best = None
-                for r in range(g.select):
-                    gens = [instance_generator(seed, lab, k, device, candidate=r) for _, lab, k in part]
-                    z = sample(model, y, gens, shape, ab, g.steps, g.sampler, g.cfg_scale, guide,
-                               g.lam, g.rho, g.t_stop, g.segments, backend=backend,
-                               prediction=g.prediction)
-                    frames = ae.decode(z.flatten(0, 1).to(next(ae.parameters()).dtype))
-                    u8 = _to_u8(frames.float()).view(len(part), shape[0], *frames.shape[-2:], 3).cpu()
-                    z = z.half().cpu()
-                    sc = score(u8, [lab for _, lab, _ in part]).float().cpu() if g.select > 1 else None
-                    if d is None:
-                        d, best = {"videos": u8, "latents": z}, sc
-                    else:  # a later candidate replaces the kept one where it scores higher
-                        better = sc > best
-                        d["videos"][better], d["latents"][better] = u8[better], z[better]
-                        best = torch.where(better, sc, best)
-                    pb.update(len(part))
-                if f is not None:
-                    _atomic_save(d, f)
-                    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-                        _stop(ci + 1, "gvd sampling chunk", Dist(), lambda: None)  # chunks saved
-            if vids is None:
-                vids = torch.empty((len(jobs),) + tuple(d["videos"].shape[1:]), dtype=torch.uint8)
-                lats = torch.empty((len(jobs),) + tuple(d["latents"].shape[1:]), dtype=torch.float16)
-            vids[s:s + len(part)] = d["videos"]
-            lats[s:s + len(part)] = d["latents"]
-            del d
+    chunks = range(0, len(jobs), g.chunk)
+
+    def draw(s, tick):
+        part = jobs[s:s + g.chunk]
+        y = torch.tensor([sorted_labels.index(lab) for _, lab, _ in part], device=device)
+        guide = None
+        if modes is not None and g.lam > 0:
+            guide = torch.stack([mvic_guides(modes[lab], k, g.segments) for _, lab, k in part]).to(device)
+        d = best = None
+        for r in range(g.select):
+            gens = [instance_generator(seed, lab, k, device, candidate=r) for _, lab, k in part]
+            z = sample(model, y, gens, shape, ab, g.steps, g.sampler, g.cfg_scale, guide,
+                       g.lam, g.rho, g.t_stop, g.segments, backend=backend, prediction=g.prediction)
+            frames = ae.decode(z.flatten(0, 1).to(next(ae.parameters()).dtype))
+            u8 = _to_u8(frames.float()).view(len(part), shape[0], *frames.shape[-2:], 3).cpu()
+            z = z.half().cpu()
+            sc = score(u8, [lab for _, lab, _ in part]).float().cpu() if g.select > 1 else None
+            if d is None:
+                d, best = {"videos": u8, "latents": z}, sc
+            else:  # a later candidate replaces the kept one where it scores higher
+                better = sc > best
+                d["videos"][better], d["latents"][better] = u8[better], z[better]
+                best = torch.where(better, sc, best)
+            tick(len(part))
+        return d
+
+    def keep(s, d):
+        nonlocal vids, lats
+        if vids is None:
+            vids = torch.empty((len(jobs),) + tuple(d["videos"].shape[1:]), dtype=torch.uint8)
+            lats = torch.empty((len(jobs),) + tuple(d["latents"].shape[1:]), dtype=torch.float16)
+        vids[s:s + g.chunk] = d["videos"]
+        lats[s:s + g.chunk] = d["latents"]
+
+    # each chunk is saved as it finishes: a rerun resumes at the first missing one; one process
+    # stops at a signal after its chunk (processes sampling their shares cannot stop alone)
+    alone = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    run_worklist(chunks, lambda s: cache / f"chunk{s // g.chunk:05d}.pt" if cache else None, draw,
+                 lambda d, tmp: torch.save(d, tmp), load=lambda s, f: keep(s, _load_cached(f)),
+                 after=keep, size=lambda s: len(jobs[s:s + g.chunk]) * g.select,
+                 desc="gvd sampling", unit="video", progress=progress,
+                 stop="gvd sampling chunk" if alone else None)
     labels = torch.tensor([c for c, _, _ in jobs], dtype=torch.long)
     return vids, labels, lats
 
