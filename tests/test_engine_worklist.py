@@ -44,12 +44,17 @@ def test_a_killed_run_resumes_at_the_first_missing_item(tmp_path):
     assert _files(tmp_path) == {f"{i}.txt": f"item {i}\n" for i in range(5)}
 
 
-def test_a_stop_between_items_raises_interrupted_and_a_rerun_completes(tmp_path):
-    ref = tmp_path / "ref"
+def _reference_and_empty(tmp_path):
+    """A folder with the whole list's files, and an empty one beside it."""
+    ref, out = tmp_path / "ref", tmp_path / "out"
     ref.mkdir()
-    _run(ref, [])
-    out = tmp_path / "out"
     out.mkdir()
+    _run(ref, [])
+    return ref, out
+
+
+def test_a_stop_between_items_raises_interrupted_and_a_rerun_completes(tmp_path):
+    ref, out = _reference_and_empty(tmp_path)
     computed = []
     with checkpoint.handle_signals():
         def compute_then_signal(i, v):
@@ -74,11 +79,7 @@ def test_without_stop_a_signal_does_not_end_the_list(tmp_path):
 
 
 def test_a_torn_item_file_is_redone(tmp_path):
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    _run(ref, [])
-    out = tmp_path / "out"
-    out.mkdir()
+    ref, out = _reference_and_empty(tmp_path)
     _run(out, [])
     (out / "1.txt").unlink()
     (out / "1.txt.tmp-12345").write_text("it")  # a write killed part-way: never at the real name
