@@ -278,7 +278,7 @@ def test_rows_without_per_class_and_the_gather_of_n_processes():
     rows = [evaluation.Row("dm", 1, [0.5, 0.0], per_class=[[1.0, 0.0, 0.5], [0.0] * 3]),
             evaluation.Row("old", 1, [0.25]),
             evaluation.Row("full", None, [0.0], per_class=[[0.0, 0.1, 0.2]])]
-    evaluation.Share(TwoRanks()).gather(rows)
+    evaluation.StudentShard(TwoRanks()).gather(rows)
     assert rows[0].accs == pytest.approx([5.5, 0.0])
     assert rows[0].per_class == [pytest.approx([11.0, 0.0, 5.5]), [0.0] * 3]
     assert rows[1].accs == pytest.approx([2.75]) and rows[1].per_class is None

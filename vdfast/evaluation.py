@@ -166,7 +166,7 @@ def class_accuracies(correct: torch.Tensor, test_y: torch.Tensor) -> tuple[list,
             [[c / max(1, k) for c, k in zip(r, counts)] for r in rows])
 
 
-class Share:
+class StudentShard:
     """Which students this process trains in an N-process evaluation: the k-th student of the
     whole evaluation goes to rank ``k mod N``; the others' accuracies are left at 0 and
     :meth:`gather` sums every row across processes at the end (one all-reduce)."""
@@ -409,7 +409,7 @@ class _Job:
 
 
 def _run_jobs(jobs: list[_Job], store: ClipStore, test, device, net_cfg, progress: bool,
-              share: Share, batched: bool, cap: int) -> list[Row]:
+              share: StudentShard, batched: bool, cap: int) -> list[Row]:
     """Every job's students, one by one or batched (jobs with the same settings and training-set
     shape share batched networks of at most ``cap`` students; 0: :func:`auto_batch_students`);
     student k of the whole evaluation trains on the process ``share`` gives it."""
@@ -476,7 +476,7 @@ def evaluate(synset, store: ClipStore, cfg: EvalConfig | None = None, seed: int 
 
         raise StoreError(f"store {store.name} has no test clips to evaluate on")
     rep = Report(store.name, cfg.student, test=store.describe_test(), classes=list(store.classes))
-    share = Share(dist)
+    share = StudentShard(dist)
     ipc = synset.ipc
     method = synset.meta.get("method", synset.kind)
 
