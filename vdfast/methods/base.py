@@ -52,6 +52,13 @@ class Method:
         self.run_dir = None  # the run's output directory (set by distill), for caches
         self.dist = None     # the run's process group (set by distill; None: one process)
 
+    def process_group(self, device):
+        """The run's process group (:attr:`dist`), or one process on ``device`` when the method
+        runs outside :func:`vdfast.distill` (a test, a benchmark)."""
+        from vdfast.distributed import Dist
+
+        return self.dist if self.dist is not None else Dist(0, 1, torch.device(device))
+
     def stage_root(self, workdir: str):
         """The folder of a non-iterative method's cached stages (:class:`~vdfast.engine.checkpoint.
         StageCache`): ``workdir`` (its section's option) when set, else ``<run out>/<name>`` when

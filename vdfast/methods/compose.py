@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vdfast.distributed import Dist
 from vdfast.engine import checkpoint
 from vdfast.engine.checkpoint import StageCache, data_identity, identity_key
 from vdfast.engine.train import load_teacher, soft_labels, train_stats, train_teacher
@@ -212,7 +211,7 @@ class Compose(Method):
         c, ipc, T = cfg.compose, cfg.ipc, store.frames
         check_budget(store, ipc, c.segments, T, c.tiles)
         device = torch.device(device)
-        dist = self.dist or Dist(0, 1, device)
+        dist = self.process_group(device)
         progress = progress and dist.main
         ids = self.identities(store, cfg)
         work = self.workdir(cfg)

@@ -217,10 +217,8 @@ class DC(Method):
     class_sharded = True
 
     def setup(self, synset, store, cfg, device):
-        from vdfast.distributed import Dist
-
         check_net_norm(cfg, "dc")
-        dist = self.dist or Dist(0, 1, torch.device(device))
+        dist = self.process_group(device)
         classes = dist.shard(store.num_classes)
         outer, inner = dc_loops(cfg.ipc, cfg.dc.outer_loop, cfg.dc.inner_loop)
         _, labels = synset.videos()

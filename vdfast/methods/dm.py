@@ -87,9 +87,7 @@ class DM(Method):
         return state
 
     def _setup(self, synset, store, cfg, device):
-        from vdfast.distributed import Dist
-
-        dist = self.dist or Dist(0, 1, torch.device(device))
+        dist = self.process_group(device)
         classes = dist.shard(store.num_classes)
         net = build(cfg.net, store, device=device)
         net.requires_grad_(False)

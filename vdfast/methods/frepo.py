@@ -157,12 +157,10 @@ class FRePo(Method):
         return synset
 
     def setup(self, synset, store, cfg, device):
-        from vdfast.distributed import Dist
-
         fc = cfg.frepo
         check_net_norm(cfg, "frepo")
         nc = store.num_classes
-        dist = self.dist or Dist(0, 1, torch.device(device))
+        dist = self.process_group(device)
         if fc.learn_labels and synset.label_targets is None:
             attach_labels(synset, fc.label_confidence)
         groups = synset.param_groups(dataclasses.replace(cfg, lr_img=fc.lr_img))

@@ -587,7 +587,7 @@ class GVD(Method):
         if store.frames % g.segments:
             raise ValueError(f"gvd segments={g.segments} must divide the clip's {store.frames} frames")
         device = torch.device(device)
-        dist = self.dist or Dist(0, 1, device)
+        dist = self.process_group(device)
         progress = progress and dist.main  # one set of progress bars, the main process's
         work = StageCache(self.workdir(cfg))
         ids = self.stage_identities(store, cfg)

@@ -270,10 +270,8 @@ class MTT(Method):
     partial_loss = False  # every process computes the whole trajectory loss
 
     def setup(self, synset, store, cfg, device) -> MTTState:
-        from vdfast.distributed import Dist
-
         device = torch.device(device)
-        dist = self.dist or Dist(0, 1, device)
+        dist = self.process_group(device)
         if cfg.net.norm == "batch":
             raise ValueError("MTT unrolls a functional student; batch norm's running statistics are "
                              "not part of the expert trajectories. Use --net-norm none or instance")
