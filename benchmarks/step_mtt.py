@@ -65,9 +65,10 @@ def fake_buffer(store, cfg, path, experts: int = EXPERTS) -> list:
         theta = ex.flatten_params(net)
         tpath, jpath = ex.expert_paths(path, i)
         ex._create_trajectory_file(tpath, EPOCHS + 1, p)
-        rows = []
+        rows, sums = [], []
         for e in range(EPOCHS + 1):
             ex._write_row(tpath, e, theta)
+            sums.append(ex._row_sha(theta))
             rows.append([t.clone() for t in ex.unflatten(theta, layout)])
             theta = theta + 1e-3 * torch.randn(p, generator=g)
         trajectories.append(rows)
@@ -76,7 +77,8 @@ def fake_buffer(store, cfg, path, experts: int = EXPERTS) -> list:
                                "classes": list(store.classes),
                                "normalization": ex.normalization_header(store),
                                "training": training, "expert": i, "params": layout,
-                               "num_params": p, "epochs_done": EPOCHS, "complete": True})
+                               "num_params": p, "epochs_done": EPOCHS, "complete": True,
+                               "rows_sha256": sums})
     return trajectories
 
 
