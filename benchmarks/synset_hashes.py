@@ -61,8 +61,6 @@ def fingerprint(synset) -> dict[str, str]:
     for k, v in sorted(synset.state_dict().items()):
         t = v.detach().cpu().contiguous()
         out[k] = hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
-    if synset.soft_labels is not None and "soft_labels" not in out:
-        out["soft_labels"] = hashlib.sha256(synset.soft_labels.detach().float().cpu().numpy().tobytes()).hexdigest()
     return out
 
 
